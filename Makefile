@@ -1,0 +1,52 @@
+# Developer entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+DEV_STAMP := $(VENV)/dev.stamp
+ML_STAMP := $(VENV)/ml.stamp
+
+.PHONY: venv venv-ml deps codegen test run bench clean distclean
+
+venv: $(DEV_STAMP)
+
+# Re-install only when pyproject.toml changes; the stamp lives inside the venv so
+# deleting the venv also forgets it.
+$(DEV_STAMP): pyproject.toml
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# torch must be resolved in the same pip command as diffusers/peft/accelerate,
+# otherwise they pull a newer CUDA torch.
+venv-ml: $(ML_STAMP)
+
+$(ML_STAMP): pyproject.toml $(DEV_STAMP)
+	$(VPY) -m pip install -q 'torch==2.13.0' -e '.[dev,ml]'
+	@touch $@
+
+# redis-server is a system binary (Debian package); install it only when missing.
+deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y redis-server; }
+
+codegen: venv
+	$(VPY) -m codegen
+
+test: deps venv
+	$(VPY) -m codegen --check
+	$(VPY) -m pytest -q
+
+run: deps venv
+	$(VENV)/bin/dualplane up
+
+bench: venv
+	$(VPY) bench/dispatch.py
+
+clean:
+	rm -rf build/ test-output/ .pytest_cache/ *.egg-info/ .dualplane/
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

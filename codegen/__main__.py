@@ -1,0 +1,5 @@
+"""Entry point: ``python -m codegen [--check] [--schemas DIR] [--models DIR]``."""
+
+from codegen.generate import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Everything both planes share: models, graph logic, the Redis bridge, the executor, artifacts."""

@@ -1,0 +1,573 @@
+"""The Redis bridge: the only module that spells keys, streams, groups and channels.
+
+Key layout under the configurable prefix ``P`` (default ``dp:``):
+
+============================  ===========================================================
+``P job:<id>``                hash: job fields, ``spec`` (graph JSON as submitted) and one
+                              ``n:<node>`` field per node with its runtime state (JSON)
+``P job:<id>:events``         stream of events; entry id ``<seq>-0``, field ``e`` (JSON)
+``P status|progress|data:<id>``  Pub/Sub channels, a wake-up copy of each event
+``P stream:control``          control-plane stream, group ``control``
+``P stream:data:<pool>``      data-plane stream of a worker pool, group ``workers``
+``P stream:dead``             dead-letter stream (reason, source stream and id, fields)
+``P worker:<id>``             capability manifest of a live worker (TTL)
+============================  ===========================================================
+
+Writes that mirror state go through :class:`_Batcher`: every script call made in
+the same event-loop tick is sent in one pipeline, and pipelines are sent one at a
+time, so per-job order is kept while thousands of jobs share round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
+
+from dualplane.common.errors import BridgeClosed, UnknownJob
+from dualplane.common.models import BridgeConfig, Event, Graph, Handoff, Job
+
+CONTROL_GROUP = "control"
+WORKER_GROUP = "workers"
+#: Job fields that are plain strings/numbers in the hash (the rest are JSON or node states).
+_NODE_FIELD = "n:"
+#: Node fields that make up a node's runtime state (stored under ``n:<id>``).
+RUNTIME_FIELDS = frozenset(
+    {"status", "attempts", "progress", "started_at", "finished_at", "output", "artifacts", "error", "reason"}
+)
+_LUA_NAMES = ("create", "emit", "handoff", "claim", "dead_letter")
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def event_body(kind: str, job_id: str, **fields: Any) -> tuple[str, bytes]:
+    """An event ready for the scripts: (channel kind, JSON object without ``seq``)."""
+    body = {"job_id": job_id, "type": kind, "ts": round(time.time(), 6)}
+    body.update({k: v for k, v in fields.items() if v is not None})
+    return kind, _dumps(body)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One stream entry delivered to a consumer."""
+
+    stream: str
+    id: str
+    fields: dict[bytes, bytes]
+
+    @property
+    def raw(self) -> bytes | None:
+        return self.fields.get(b"m")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the job hash says when a handoff arrives: ``ok`` false means stale or gone."""
+
+    ok: bool
+    gone: bool = False
+    status: str = ""
+    cancel_requested: bool = False
+    node_states: dict[str, dict[str, Any]] | None = None
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Keys:
+    """Key, stream and channel names under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.control_stream = f"{prefix}stream:control"
+        self.dead_stream = f"{prefix}stream:dead"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:events"
+
+    def channel(self, kind: str, job_id: str) -> str:
+        return f"{self.prefix}{kind}:{job_id}"
+
+    def data_stream(self, pool: str) -> str:
+        return f"{self.prefix}stream:data:{pool}"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}worker:{worker_id}"
+
+    def stream_for_lane(self, lane: str) -> str:
+        """``control`` → the control stream; ``python:<pool>`` → that pool's data stream."""
+        if lane == "control":
+            return self.control_stream
+        return self.data_stream(lane.split(":", 1)[1])
+
+    def group_for_stream(self, stream: str) -> str:
+        return CONTROL_GROUP if stream == self.control_stream else WORKER_GROUP
+
+
+class _Batcher:
+    """Coalesces script calls made in the same loop tick into one pipeline.
+
+    Only one pipeline is in flight at a time: Redis runs them in order, which is
+    what keeps a job's events, its handoff and its ack in the order they were made.
+    """
+
+    def __init__(self, client: aioredis.Redis, shas: dict[str, str], sources: dict[str, str]) -> None:
+        self._client = client
+        self._shas = shas
+        self._sources = sources
+        self._pending: list[tuple[str, Sequence[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def call(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((script, [len(keys), *keys, *args], future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_all())
+        return future
+
+    async def _flush_all(self) -> None:
+        await asyncio.sleep(0)  # let the rest of this tick's callers join the batch
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await asyncio.shield(self._flush(batch))
+
+    async def _flush(self, batch: list[tuple[str, Sequence[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for script, argv, _ in batch:
+                pipe.evalsha(self._shas[script], *argv)
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # connection lost: every caller in the batch sees it
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(BridgeClosed(f"redis pipeline failed: {exc}"))
+            return
+        for (script, argv, future), result in zip(batch, results, strict=True):
+            if isinstance(result, NoScriptError):  # Redis restarted and lost its script cache
+                result = await self._retry_eval(script, argv)
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _retry_eval(self, script: str, argv: Sequence[Any]) -> Any:
+        try:
+            return await self._client.eval(self._sources[script], *argv)
+        except Exception as exc:
+            return exc
+
+
+def _load_lua() -> dict[str, str]:
+    folder = resources.files("dualplane.common") / "lua"
+    shared = (folder / "_events.lua").read_text()
+    return {name: shared + "\n" + (folder / f"{name}.lua").read_text() for name in _LUA_NAMES}
+
+
+class Bridge:
+    """Everything the planes do with Redis.
+
+    :param config: validated bridge configuration (see ``bridge_config.schema.json``).
+    :param client: an existing asyncio client (tests); one is created from the URL otherwise.
+    """
+
+    def __init__(self, config: BridgeConfig, *, client: aioredis.Redis | None = None) -> None:
+        self.config = config
+        self.keys = Keys(config.key_prefix)
+        self.lease_ms = int(config.lease_s * 1000)
+        self.heartbeat_s = config.heartbeat_s or config.lease_s / 3
+        self._client = client
+        self._owns_client = client is None
+        self._sources = _load_lua()
+        self._shas: dict[str, str] = {}
+        self._batcher: _Batcher | None = None
+        self._state = _State.NEW
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def connect(self) -> Bridge:
+        if self._state is _State.OPEN:
+            return self
+        if self._state is _State.CLOSED:
+            raise BridgeClosed("bridge was closed")
+        if self._client is None:
+            self._client = aioredis.Redis.from_url(self.config.redis_url, decode_responses=False)
+        try:
+            for name, source in self._sources.items():
+                self._shas[name] = await self._client.script_load(source)
+        except redis.RedisError as exc:
+            raise BridgeClosed(f"cannot reach redis at {self.config.redis_url}: {exc}") from exc
+        self._batcher = _Batcher(self._client, self._shas, self._sources)
+        self._state = _State.OPEN
+        return self
+
+    async def close(self) -> None:
+        if self._state is _State.OPEN and self._batcher and self._batcher._flusher:
+            await asyncio.gather(self._batcher._flusher, return_exceptions=True)
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+        self._state = _State.CLOSED
+
+    async def __aenter__(self) -> Bridge:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._state is not _State.OPEN or self._client is None:
+            raise BridgeClosed(f"bridge is {self._state.value}")
+        return self._client
+
+    def _call(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+        if self._state is not _State.OPEN or self._batcher is None:
+            raise BridgeClosed(f"bridge is {self._state.value}")
+        return self._batcher.call(script, keys, args)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except redis.RedisError:
+            return False
+
+    # -- streams -----------------------------------------------------------------------
+
+    async def ensure_group(self, stream: str) -> None:
+        """Create the stream's consumer group (and the stream) if missing."""
+        try:
+            await self.client.xgroup_create(stream, self.keys.group_for_stream(stream), id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self, stream: str, consumer: str, *, count: int, block_ms: int | None) -> list[Message]:
+        """New messages for this consumer (XREADGROUP ``>``)."""
+        try:
+            reply = await self.client.xreadgroup(
+                self.keys.group_for_stream(stream), consumer, {stream: ">"}, count=count, block=block_ms
+            )
+        except redis.RedisError as exc:
+            raise BridgeClosed(f"read from {stream} failed: {exc}") from exc
+        return [Message(stream, _s(mid), fields) for _, entries in reply or [] for mid, fields in entries]
+
+    async def reclaim(self, stream: str, consumer: str, *, count: int) -> tuple[list[Message], dict[str, int]]:
+        """Take over messages idle longer than the lease (a dead consumer's), with their
+        delivery counts. Entries deleted from the stream meanwhile are acknowledged."""
+        group = self.keys.group_for_stream(stream)
+        reply = await self.client.xautoclaim(stream, group, consumer, self.lease_ms, "0-0", count=count)
+        _, entries, *rest = reply  # Redis 6.2 replies with 2 elements, 7.x with 3
+        deleted = rest[0] if rest else []
+        if deleted:
+            await self.client.xack(stream, group, *deleted)
+        messages = [Message(stream, _s(mid), fields) for mid, fields in entries if fields is not None]
+        return messages, await self.delivery_counts(stream, [m.id for m in messages])
+
+    async def delivery_counts(self, stream: str, ids: Iterable[str]) -> dict[str, int]:
+        group = self.keys.group_for_stream(stream)
+        pipe = self.client.pipeline(transaction=False)
+        ids = list(ids)
+        for mid in ids:
+            pipe.xpending_range(stream, group, min=mid, max=mid, count=1)
+        counts: dict[str, int] = {}
+        for mid, rows in zip(ids, await pipe.execute(), strict=True):
+            counts[mid] = int(rows[0]["times_delivered"]) if rows else 0
+        return counts
+
+    async def release(self, stream: str, consumer: str, ids: Sequence[str]) -> None:
+        """Give messages back so another consumer reclaims them at once (graceful shutdown):
+        they stay pending, with an idle time already past the lease."""
+        if ids:
+            group = self.keys.group_for_stream(stream)
+            await self.client.xclaim(stream, group, consumer, 0, list(ids), idle=self.lease_ms + 1, justid=True)
+
+    async def ack(self, stream: str, ids: Sequence[str]) -> None:
+        if ids:
+            await self.client.xack(stream, self.keys.group_for_stream(stream), *ids)
+
+    async def dead_letter(self, message: Message, reason: str, job_id: str | None = None) -> None:
+        """Park a message with its reason; fail its job, if known, so nobody waits on it."""
+        job_id = job_id or ""
+        fields = {_s(k): _s(v) for k, v in message.fields.items()}
+        _, body = event_body("status", job_id, status="failed", message=f"dead-lettered: {reason}")
+        await self._call(
+            "dead_letter",
+            [self.keys.dead_stream, message.stream, self.keys.job(job_id), self.keys.events(job_id)],
+            [self.keys.prefix, job_id, time.time(), self.keys.group_for_stream(message.stream), message.id,
+             reason, _dumps(fields), self.config.finished_job_ttl_s, body],
+        )
+
+    async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
+        entries = await self.client.xrange(self.keys.dead_stream, count=count)
+        return [{_s(k): _s(v) for k, v in fields.items()} | {"entry": _s(mid)} for mid, fields in entries]
+
+    async def pending_count(self, stream: str) -> int:
+        try:
+            info = await self.client.xpending(stream, self.keys.group_for_stream(stream))
+        except ResponseError:
+            return 0
+        return int(info["pending"])
+
+    async def stream_length(self, stream: str) -> int:
+        return int(await self.client.xlen(stream))
+
+    # -- job state ---------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        job_id: str,
+        graph: Graph,
+        *,
+        lane: str,
+        request_id: str | None,
+        events: Sequence[tuple[str, bytes]],
+        fields: Sequence[Any] = (),
+    ) -> tuple[bool, str | int]:
+        """Store a new job and hand it to ``lane``. Returns ``(created, seq)`` or, for an id
+        that already exists, ``(False, its status)``."""
+        spec = graph.model_dump_json(exclude_defaults=True)
+        message = Handoff(job_id=job_id, handoff_seq=1, graph=graph, request_id=request_id, sent_by="submit")
+        owner = "control" if lane == "control" else "python"
+        fields = ["id", job_id, "status", "queued", "owner", owner, "spec", spec, "cancel", "", *fields]
+        if request_id:
+            fields += ["request_id", request_id]
+        reply = await self._call(
+            "create",
+            [self.keys.job(job_id), self.keys.events(job_id), self.keys.stream_for_lane(lane)],
+            [self.keys.prefix, job_id, time.time(), message.model_dump_json(exclude_defaults=True),
+             len(fields) // 2, *fields, *_flatten(events)],
+        )
+        created, value = int(reply[0]), reply[1]
+        return created == 1, (int(value) if created else _s(value))
+
+    async def claim(self, job_id: str, handoff_seq: int) -> Claim:
+        reply = await self._call("claim", [self.keys.job(job_id)], [handoff_seq])
+        code = int(reply[0])
+        if code == -2:
+            return Claim(ok=False, gone=True)
+        if code == -1:
+            return Claim(ok=False)
+        states = {_s(reply[i]): orjson.loads(reply[i + 1]) for i in range(3, len(reply), 2)}
+        return Claim(ok=True, status=_s(reply[1]), cancel_requested=bool(reply[2]), node_states=states)
+
+    async def emit(
+        self,
+        job_id: str,
+        events: Sequence[tuple[str, bytes]],
+        *,
+        fields: Sequence[Any] = (),
+        fence: int | None = None,
+    ) -> int:
+        """Update job fields and append/publish events in one atomic step. ``fence`` is the
+        caller's handoff_seq; a stale owner gets -1 and changes nothing."""
+        return int(await self.emit_nowait(job_id, events, fields=fields, fence=fence))
+
+    def emit_nowait(
+        self,
+        job_id: str,
+        events: Sequence[tuple[str, bytes]],
+        *,
+        fields: Sequence[Any] = (),
+        fence: int | None = None,
+    ) -> asyncio.Future[Any]:
+        """:meth:`emit` without waiting: queued in this tick's pipeline, in call order."""
+        return self._call(
+            "emit",
+            [self.keys.job(job_id), self.keys.events(job_id)],
+            [self.keys.prefix, job_id, "" if fence is None else fence, time.time(),
+             len(fields) // 2, *fields, *_flatten(events)],
+        )
+
+    async def handoff(
+        self,
+        job_id: str,
+        *,
+        expected_seq: int,
+        source: Message | None,
+        target_lane: str | None,
+        graph: Graph,
+        request_id: str | None,
+        sent_by: str,
+        fields: Sequence[Any] = (),
+        events: Sequence[tuple[str, bytes]] = (),
+    ) -> int:
+        """Hand the full graph to ``target_lane`` (or finish the job when it is None) and
+        acknowledge ``source``, atomically. Returns the last seq, -1 if stale, -2 if gone."""
+        message = b""
+        target = ""
+        if target_lane is not None:
+            target = self.keys.stream_for_lane(target_lane)
+            message = Handoff(
+                job_id=job_id, handoff_seq=expected_seq + 1, graph=graph, request_id=request_id, sent_by=sent_by
+            ).model_dump_json(exclude_defaults=True).encode()
+        src_stream = source.stream if source else self.keys.control_stream
+        return int(
+            await self._call(
+                "handoff",
+                [self.keys.job(job_id), self.keys.events(job_id), src_stream, target or src_stream],
+                [self.keys.prefix, job_id, expected_seq, time.time(), self.keys.group_for_stream(src_stream),
+                 source.id if source else "", message, self.config.finished_job_ttl_s,
+                 len(fields) // 2, *fields, *_flatten(events)],
+            )
+        )
+
+    async def request_cancel(self, job_id: str) -> str:
+        """Set the job's cancel flag (checked by the owner on every poll). Returns the job status."""
+        status = await self.client.hget(self.keys.job(job_id), "status")
+        if status is None:
+            raise UnknownJob(job_id)
+        status = _s(status)
+        if status in ("succeeded", "failed", "partial", "cancelled"):
+            return status
+        await self.emit(
+            job_id,
+            [event_body("status", job_id, status="cancelling", message="cancel requested")],
+            fields=["cancel", "1"],
+        )
+        return status
+
+    async def cancel_flags(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these jobs have a cancel request (one round trip)."""
+        if not job_ids:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self.keys.job(job_id), "cancel")
+        return {job_id for job_id, flag in zip(job_ids, await pipe.execute(), strict=True) if flag}
+
+    async def get_job(self, job_id: str) -> Job:
+        raw = await self.client.hgetall(self.keys.job(job_id))
+        if not raw:
+            raise UnknownJob(job_id)
+        return job_from_hash({_s(k): v for k, v in raw.items()})
+
+    async def events(self, job_id: str, since: int = 0, count: int | None = None) -> list[Event]:
+        """Events with ``seq > since``, in order, from the events stream (the truth)."""
+        entries = await self.client.xrange(self.keys.events(job_id), min=f"{since + 1}-0", count=count)
+        return [Event.model_validate_json(fields[b"e"]) for _, fields in entries]
+
+    async def raw_events(self, job_id: str, since: int = 0) -> list[bytes]:
+        entries = await self.client.xrange(self.keys.events(job_id), min=f"{since + 1}-0")
+        return [fields[b"e"] for _, fields in entries]
+
+    async def publish_capabilities(self, worker_id: str, manifest_json: bytes, ttl_s: float) -> None:
+        await self.client.set(self.keys.worker(worker_id), manifest_json, px=int(ttl_s * 1000))
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self.client.delete(self.keys.worker(worker_id))
+
+
+def job_from_hash(raw: dict[str, bytes]) -> Job:
+    """Assemble a :class:`Job` from its hash: the spec, overlaid with every node's state."""
+    graph = orjson.loads(raw["spec"])
+    for node in graph["nodes"]:
+        state = raw.get(_NODE_FIELD + node["id"])
+        if state is not None:
+            node.update(orjson.loads(state))
+    job = {
+        "id": _s(raw["id"]),
+        "status": _s(raw["status"]),
+        "graph": graph,
+        "owner": _s(raw.get("owner", b"control")),
+        "handoff_seq": int(raw.get("handoff_seq", 0)),
+        "seq": int(raw.get("seq", 0)),
+        "progress": float(raw.get("progress", 0) or 0),
+        "request_id": _s(raw["request_id"]) if raw.get("request_id") else None,
+        "cancel_requested": bool(raw.get("cancel")),
+        "created_at": float(raw["created_at"]),
+        "updated_at": float(raw["updated_at"]) if raw.get("updated_at") else None,
+        "finished_at": float(raw["finished_at"]) if raw.get("finished_at") else None,
+        "error": _s(raw["error"]) if raw.get("error") else None,
+    }
+    return Job.model_validate(job)
+
+
+def node_field(node_id: str) -> str:
+    return _NODE_FIELD + node_id
+
+
+def node_state(node: Any) -> bytes:
+    """A node's runtime state as stored under ``n:<id>``."""
+    return node.model_dump_json(include=RUNTIME_FIELDS).encode()
+
+
+def _flatten(events: Sequence[tuple[str, bytes]]) -> list[Any]:
+    return [part for event in events for part in event]
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class LeaseKeeper:
+    """Keeps in-flight messages claimed while their nodes run (XCLAIM JUSTID, which resets
+    the idle time without counting a delivery).
+
+    It runs in its own thread with its own connection, so a task that blocks the event
+    loop (a long sync torch call holding it) cannot let its lease lapse.
+    """
+
+    def __init__(self, redis_url: str, keys: Keys, consumer: str, interval_s: float) -> None:
+        self._client = redis.Redis.from_url(redis_url)
+        self._keys = keys
+        self._consumer = consumer
+        self._interval_s = interval_s
+        self._held: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{consumer}", daemon=True)
+        self.beats = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def hold(self, stream: str, message_id: str) -> None:
+        with self._lock:
+            self._held.setdefault(stream, set()).add(message_id)
+
+    def drop(self, stream: str, message_id: str) -> None:
+        with self._lock:
+            self._held.get(stream, set()).discard(message_id)
+
+    def held(self) -> dict[str, list[str]]:
+        with self._lock:
+            return {stream: sorted(ids) for stream, ids in self._held.items() if ids}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.beat()
+
+    def beat(self) -> None:
+        for stream, ids in self.held().items():
+            try:
+                self._client.xclaim(
+                    stream, self._keys.group_for_stream(stream), self._consumer, 0, ids, justid=True
+                )
+            except redis.RedisError:
+                continue  # the next beat retries; the lease is several beats long
+        self.beats += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self._client.close()

@@ -1,0 +1,357 @@
+"""The loop both planes run: read handoffs from a lane's stream, run the lane's nodes,
+hand the graph on (or finish the job) and acknowledge — in one atomic step.
+
+``run`` → ``_poll`` → ``_start`` → (executor) → ``_finish``. Reclaiming abandoned
+messages, the cancel watch and the lease heartbeat run beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import orjson
+import pydantic
+
+from dualplane.common.bridge import Bridge, Claim, LeaseKeeper, Message, event_body, node_field, node_state
+from dualplane.common.errors import BridgeClosed
+from dualplane.common.executor import Executor, JobRun
+from dualplane.common.graph import is_terminal, job_outcome, lane_of, next_lane, plan_for_lane, propagate_skips
+from dualplane.common.models import Graph, Handoff, NodeStatus
+from dualplane.common.telemetry import PlaneMetrics
+
+log = logging.getLogger("dualplane.consumer")
+
+#: How often in-flight jobs are checked for a cancel request.
+DEFAULT_CANCEL_POLL_S = 0.1
+
+
+class Consumer:
+    """Consumes one lane (``control`` or ``python:<pool>``).
+
+    :param bridge: connected Redis bridge.
+    :param executor: runs the nodes of this lane's plane.
+    :param lane: which stream to read.
+    :param name: consumer name in the group (unique per process).
+    :param concurrency: most jobs held at once (messages read but not yet handed on).
+    :param metrics: counters and histograms of this plane.
+    """
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        executor: Executor,
+        *,
+        lane: str,
+        name: str,
+        concurrency: int,
+        metrics: PlaneMetrics | None = None,
+        cancel_poll_s: float = DEFAULT_CANCEL_POLL_S,
+    ) -> None:
+        self.bridge = bridge
+        self.executor = executor
+        self.lane = lane
+        self.name = name
+        self.stream = bridge.keys.stream_for_lane(lane)
+        self.plane = "control" if lane == "control" else "python"
+        self._concurrency = concurrency
+        self._metrics = metrics or PlaneMetrics(None, self.plane)
+        self._cancel_poll_s = cancel_poll_s
+        self._inflight: dict[str, JobRun] = {}  # message id -> run
+        self._batches: set[asyncio.Task[None]] = set()
+        self._finishers: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._lease = LeaseKeeper(bridge.config.redis_url, bridge.keys, name, bridge.heartbeat_s)
+        self._side_tasks: list[asyncio.Task[None]] = []
+        self.started = asyncio.Event()
+
+    @property
+    def busy(self) -> int:
+        return len(self._inflight)
+
+    # -- main loop -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`."""
+        await self.bridge.ensure_group(self.stream)
+        self._lease.start()
+        self._side_tasks = [asyncio.create_task(self._reclaim_loop()), asyncio.create_task(self._cancel_loop())]
+        self.started.set()
+        try:
+            while not self._stopping.is_set():
+                await self._poll()
+        finally:
+            for task in self._side_tasks:
+                task.cancel()
+            await asyncio.gather(*self._side_tasks, return_exceptions=True)
+
+    async def _poll(self) -> None:
+        free = self._concurrency - len(self._inflight)
+        if free <= 0:
+            self._slot_freed.clear()
+            await self._wait_or_stop(self._slot_freed.wait(), timeout_s=1.0)
+            return
+        try:
+            messages = await self.bridge.read(
+                self.stream, self.name, count=min(free, self.bridge.config.read_batch),
+                block_ms=self.bridge.config.read_block_ms,
+            )
+        except BridgeClosed as exc:
+            log.error("%s: %s; retrying in 1 s", self.name, exc)
+            await self._wait_or_stop(asyncio.sleep(1.0), timeout_s=1.0)
+            return
+        if messages and not self._stopping.is_set():
+            await self._start(messages, {})
+        elif messages:
+            await self.bridge.release(self.stream, self.name, [m.id for m in messages])
+
+    async def _wait_or_stop(self, awaitable: Awaitable[Any], *, timeout_s: float) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        work = asyncio.ensure_future(awaitable)
+        await asyncio.wait({stop, work}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        for task in (stop, work):
+            task.cancel()
+
+    # -- starting work ---------------------------------------------------------------
+
+    async def _start(self, messages: list[Message], delivery_counts: dict[str, int]) -> None:
+        """Parse, fence-check and plan a batch of messages, then run their plans together."""
+        parsed = [(m, self._parse(m, delivery_counts.get(m.id, 1))) for m in messages]
+        valid = [(m, h) for m, h in parsed if h is not None]
+        for message, _ in valid:
+            self._lease.hold(message.stream, message.id)
+        claims = await asyncio.gather(*(self.bridge.claim(h.job_id, h.handoff_seq) for _, h in valid))
+        runs: list[JobRun] = []
+        for (message, handoff), claim in zip(valid, claims, strict=True):
+            run = await self._accept(message, handoff, claim)
+            if run is not None:
+                runs.append(run)
+        if runs:
+            task = asyncio.create_task(self._run_batch(runs))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    def _parse(self, message: Message, deliveries: int) -> Handoff | None:
+        """The handoff in a message, or None after dead-lettering what cannot be processed."""
+        job_id = None
+        try:
+            if message.raw is None:
+                raise ValueError("message has no 'm' field")
+            job_id = _peek_job_id(message.raw)
+            if deliveries > self.bridge.config.max_deliveries:
+                raise _TooManyDeliveries(
+                    f"delivered {deliveries} times (limit {self.bridge.config.max_deliveries}); "
+                    "its consumers kept dying or timing out"
+                )
+            return Handoff.model_validate_json(message.raw)
+        except (ValueError, pydantic.ValidationError) as exc:
+            reason = _reason(exc)
+            log.error("%s: dead-lettering %s (job %s): %s", self.name, message.id, job_id, reason)
+            self._metrics.dead_letters.labels(stream=self.lane).inc()
+            self._spawn(self.bridge.dead_letter(message, reason, job_id))
+            return None
+
+    async def _accept(self, message: Message, handoff: Handoff, claim: Claim) -> JobRun | None:
+        if not claim.ok:
+            self._lease.drop(message.stream, message.id)
+            if claim.gone:
+                await self.bridge.dead_letter(message, "job no longer exists (expired or purged)", handoff.job_id)
+            else:
+                self._metrics.stale_handoffs.inc()
+                log.warning("%s: rejected stale handoff %s of job %s", self.name, handoff.handoff_seq, handoff.job_id)
+                await self.bridge.ack(message.stream, [message.id])
+            return None
+        graph = _merge_states(handoff.graph, claim.node_states or {})
+        plan = [n.id for n in plan_for_lane(graph, self.lane)] if not claim.cancel_requested else []
+        run = JobRun(
+            job_id=handoff.job_id, graph=graph, plan=plan, fence=handoff.handoff_seq, message=message,
+            request_id=handoff.request_id, job_status=claim.status,
+        )
+        if claim.cancel_requested:
+            run.cancel.set()
+        self._inflight[message.id] = run
+        run.done.add_done_callback(lambda _f, run=run: self._spawn(self._finish(run)))
+        return run
+
+    async def _run_batch(self, runs: list[JobRun]) -> None:
+        try:
+            await self.executor.run(runs)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in the executor must not strand the messages
+            log.exception("%s: executor failed; releasing %d jobs for another attempt", self.name, len(runs))
+            stranded = [r for r in runs if not r.done.done()]
+            for run in stranded:
+                self._forget(run)
+            await self.bridge.release(self.stream, self.name, [r.message.id for r in stranded if r.message])
+
+    # -- finishing -------------------------------------------------------------------
+
+    async def _finish(self, run: JobRun) -> None:
+        """Hand the graph to the next lane, or finish the job; ack the message atomically."""
+        graph = run.graph
+        events: list[tuple[str, bytes]] = []
+        fields: list[Any] = []
+        if run.cancel.is_set() and not run.stale:
+            _cancel_rest(run, events, fields, self.plane)
+        for node in propagate_skips(graph):
+            events.append(event_body("status", run.job_id, node_id=node.id, status="skipped", message=node.reason,
+                                     plane=self.plane))
+            fields += [node_field(node.id), node_state(node)]
+        outcome = job_outcome(graph)
+        target = None if outcome else next_lane(graph)
+        if outcome:
+            fields += ["status", outcome, "owner", "none", "finished_at", time.time(), "progress", 1.0]
+            events.append(event_body("status", run.job_id, status=outcome, plane=self.plane))
+        else:
+            _queue_ready(run, target, events, fields, self.plane)
+            fields += ["owner", "control" if target == "control" else "python"]
+        try:
+            seq = await self.bridge.handoff(
+                run.job_id, expected_seq=run.fence, source=run.message, target_lane=target, graph=graph,
+                request_id=run.request_id, sent_by=self.name, fields=fields, events=events,
+            )
+        except BridgeClosed as exc:  # the message stays pending and is reclaimed after the lease
+            log.error("%s: handoff of job %s failed: %s", self.name, run.job_id, exc)
+        else:
+            self._count_finish(run, outcome, target, seq)
+        self._forget(run)
+
+    def _count_finish(self, run: JobRun, outcome: str | None, target: str | None, seq: int) -> None:
+        if seq == -1:
+            self._metrics.stale_handoffs.inc()
+        elif outcome:
+            self._metrics.jobs_finished.labels(status=outcome).inc()
+        else:
+            self._metrics.handoffs.labels(to=target or "").inc()
+
+    def _forget(self, run: JobRun) -> None:
+        if run.message is not None:
+            self._inflight.pop(run.message.id, None)
+            self._lease.drop(run.message.stream, run.message.id)
+        self._slot_freed.set()
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._finishers.add(task)
+        task.add_done_callback(self._finishers.discard)
+
+    # -- side loops ------------------------------------------------------------------
+
+    async def _reclaim_loop(self) -> None:
+        """Take over messages whose consumer died (idle past the lease)."""
+        interval_s = max(0.05, self.bridge.config.lease_s / 2)
+        while True:
+            await asyncio.sleep(interval_s)
+            free = self._concurrency - len(self._inflight)
+            if free <= 0 or self._stopping.is_set():
+                continue
+            try:
+                messages, counts = await self.bridge.reclaim(self.stream, self.name, count=free)
+            except Exception as exc:  # keep reclaiming after a Redis hiccup
+                log.error("%s: reclaim failed: %s", self.name, exc)
+                continue
+            if messages:
+                self._metrics.reclaimed.inc(len(messages))
+                log.warning("%s: reclaimed %d abandoned messages", self.name, len(messages))
+                await self._start(messages, counts)
+
+    async def _cancel_loop(self) -> None:
+        """Propagate cancel requests into running jobs (tasks see ``ctx.cancelled``)."""
+        while True:
+            await asyncio.sleep(self._cancel_poll_s)
+            runs = [r for r in self._inflight.values() if not r.cancel.is_set()]
+            if not runs:
+                continue
+            try:
+                flagged = await self.bridge.cancel_flags([r.job_id for r in runs])
+            except Exception as exc:
+                log.error("%s: cancel poll failed: %s", self.name, exc)
+                continue
+            for run in runs:
+                if run.job_id in flagged:
+                    run.cancel.set()
+
+    # -- shutdown --------------------------------------------------------------------
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Stop reading; let running work finish for ``grace_s``; then release the rest so
+        another consumer takes it over at once. Nothing is lost either way."""
+        self._stopping.set()
+        deadline = time.monotonic() + grace_s
+        while self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        leftover = list(self._inflight.values())
+        if leftover:
+            log.warning("%s: releasing %d unfinished jobs", self.name, len(leftover))
+            for run in leftover:
+                run.cancel.set()
+            for task in list(self._batches):
+                task.cancel()
+            await asyncio.gather(*self._batches, return_exceptions=True)
+            await self.bridge.release(self.stream, self.name, [r.message.id for r in leftover if r.message])
+            for run in leftover:
+                self._forget(run)
+        await asyncio.gather(*self._finishers, return_exceptions=True)
+        self._lease.stop()
+        self.executor.close()
+
+
+class _TooManyDeliveries(ValueError):
+    """The delivery limit was exceeded."""
+
+
+def _peek_job_id(raw: bytes) -> str | None:
+    try:
+        value = orjson.loads(raw).get("job_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        first = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        return f"invalid handoff message: {exc.error_count()} errors, first at {loc or '<root>'}: {first['msg']}"
+    return str(exc)
+
+
+def _merge_states(graph: Graph, states: dict[str, dict[str, Any]]) -> Graph:
+    """Overlay the job hash's node states (the truth) on the graph the message carried,
+    so a re-delivered message never runs a node that already completed."""
+    if not states:
+        return graph
+    merged = graph.model_dump()
+    for node in merged["nodes"]:
+        state = states.get(node["id"])
+        if state:
+            node.update(state)
+    return Graph.model_validate(merged)
+
+
+def _cancel_rest(run: JobRun, events: list[Any], fields: list[Any], plane: str) -> None:
+    for node in run.graph.nodes:
+        if not is_terminal(node):
+            node.status = NodeStatus.cancelled
+            node.reason = "job cancelled"
+            node.finished_at = time.time()
+            events.append(event_body("status", run.job_id, node_id=node.id, status="cancelled",
+                                     message=node.reason, plane=plane))
+            fields += [node_field(node.id), node_state(node)]
+
+
+def _queue_ready(run: JobRun, target: str | None, events: list[Any], fields: list[Any], plane: str) -> None:
+    by_id = {n.id: n for n in run.graph.nodes}
+    for node in run.graph.nodes:
+        if node.status == NodeStatus.pending and lane_of(node) == target and all(
+            is_terminal(by_id[n]) for n in node.needs
+        ):
+            node.status = NodeStatus.queued
+            events.append(event_body("status", run.job_id, node_id=node.id, status="queued", plane=plane))
+            fields += [node_field(node.id), node_state(node)]
+

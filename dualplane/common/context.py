@@ -1,0 +1,101 @@
+"""What a task sees while it runs: its ids, progress, cancellation and the artifact store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from dualplane.common.errors import TaskCancelled
+
+if TYPE_CHECKING:
+    from dualplane.common.artifacts import ArtifactStore
+
+#: Progress closer than this to the last reported value is not worth an event.
+PROGRESS_STEP = 0.01
+
+Write = Callable[[dict[str, Any]], None]
+
+
+class TaskContext:
+    """Handed to every task as its first argument.
+
+    :param job_id: the job the node belongs to.
+    :param node_id: the node being run.
+    :param attempt: 1 for the first attempt.
+    :param write: sends a chunk to the executor (LangGraph's stream writer, made
+        thread-safe for sync tasks); the executor mirrors it into Redis.
+    :param cancelled: set when the job is cancelled or the worker is releasing it.
+    :param artifacts: the artifact store, or None on a plane without one.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        node_id: str,
+        attempt: int,
+        write: Write,
+        cancelled: threading.Event,
+        artifacts: ArtifactStore | None,
+        loop: asyncio.AbstractEventLoop,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.job_id = job_id
+        self.node_id = node_id
+        self.attempt = attempt
+        self.log = logger
+        self._write = write
+        self._cancelled = cancelled
+        self._store = artifacts
+        self._loop = loop
+        self._last_progress = -1.0
+        self.artifacts_written: list[dict[str, Any]] = []
+
+    # -- progress and data ------------------------------------------------------------
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report progress in [0, 1]; small steps are coalesced, 1.0 always goes out."""
+        fraction = min(1.0, max(0.0, float(fraction)))
+        if fraction < 1.0 and fraction - self._last_progress < PROGRESS_STEP and message is None:
+            return
+        self._last_progress = fraction
+        self._write({"kind": "progress", "progress": round(fraction, 4), "message": message})
+
+    def on_step(self, step: int, total: int, state: Any = None) -> None:
+        """The step callback torch loops take: progress plus a cancellation check."""
+        self.check_cancelled()
+        self.progress(step / total if total else 1.0)
+
+    def emit_data(self, data: dict[str, Any], message: str | None = None) -> None:
+        """Publish task-defined data (a preview, a log line) on the job's data channel."""
+        self._write({"kind": "data", "data": data, "message": message})
+
+    # -- cancellation -----------------------------------------------------------------
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`TaskCancelled` if the job was cancelled; call it inside loops."""
+        if self._cancelled.is_set():
+            raise TaskCancelled(f"job {self.job_id} cancelled")
+
+    # -- artifacts --------------------------------------------------------------------
+
+    async def aput_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
+        """Store bytes under the node's deterministic key and record the reference."""
+        if self._store is None:
+            raise RuntimeError("this plane has no artifact store configured")
+        ref = await self._store.put(self.job_id, self.node_id, name, data, content_type)
+        self.artifacts_written.append(ref)
+        self._write({"kind": "artifact", "artifact": ref})
+        return ref
+
+    def put_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
+        """Blocking version of :meth:`aput_artifact` for sync tasks (they run in a thread)."""
+        future = asyncio.run_coroutine_threadsafe(self.aput_artifact(name, data, content_type), self._loop)
+        return future.result()

@@ -1,0 +1,323 @@
+"""Graph logic both planes share: validation, readiness, skips, `$ref` resolution, outcome.
+
+Everything here is pure: it reads and mutates :class:`~dualplane.common.models.Graph`
+objects and never touches Redis, so it is cheap enough for the dispatch hot path.
+"""
+
+from __future__ import annotations
+
+import graphlib
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from dualplane.common.errors import GraphValidationError
+from dualplane.common.models import Graph, Node, NodeStatus
+
+if TYPE_CHECKING:
+    from dualplane.common.registry import TaskRegistry
+
+#: Node statuses after which a node never runs again.
+TERMINAL = frozenset({"succeeded", "failed", "skipped", "cancelled"})
+#: Statuses that let a dependent run.
+SATISFIED = frozenset({"succeeded"})
+
+GRAPH_FIELD = "_graph"
+REF_KEY = "$ref"
+
+NodeErrors = dict[str, list[dict[str, Any]]]
+
+
+def status_of(node: Node) -> str:
+    """The node status as a plain string (enums compare and hash as their value)."""
+    status = node.status
+    return status.value if hasattr(status, "value") else str(status)
+
+
+def is_terminal(node: Node) -> bool:
+    return status_of(node) in TERMINAL
+
+
+def lane_of(node: Node) -> str:
+    """Where a node runs: ``control`` or ``python:<pool>``."""
+    plane = node.plane.value if hasattr(node.plane, "value") else str(node.plane)
+    return "control" if plane == "control" else f"python:{node.pool}"
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+def validate_graph(document: dict[str, Any] | Graph, registry: TaskRegistry) -> Graph:
+    """Parse and check a graph; raise :class:`GraphValidationError` with node-scoped errors.
+
+    Checks, in order: the schema (generated model), unique ids, known needs, no
+    cycles (reporting the cycle path), known tasks on the right plane, params
+    valid for the task, and ``$ref`` pointing only at upstream nodes.
+    """
+    graph = _parse(document)
+    errors: NodeErrors = {}
+    by_id = _unique_nodes(graph, errors)
+    for node in graph.nodes:
+        if len(set(node.needs)) != len(node.needs):
+            _add(errors, node.id, "needs", "needs lists a node twice")
+        for need in node.needs:
+            if need not in by_id:
+                _add(errors, node.id, "needs", f"unknown node {need!r} in needs")
+            elif need == node.id:
+                _add(errors, node.id, "needs", "a node cannot need itself")
+    if not errors:
+        _check_cycles(by_id, errors)
+    for node in graph.nodes:
+        _check_task(node, registry, errors)
+    if not errors:
+        _check_refs(graph, by_id, errors)
+    if errors:
+        raise GraphValidationError(errors)
+    return graph
+
+
+def _parse(document: dict[str, Any] | Graph) -> Graph:
+    if isinstance(document, Graph):
+        return document
+    try:
+        return Graph.model_validate(document)
+    except pydantic.ValidationError as exc:
+        raise GraphValidationError(_schema_errors(document, exc)) from None
+
+
+def _schema_errors(document: Any, exc: pydantic.ValidationError) -> NodeErrors:
+    """Map pydantic error locations (``nodes.3.params``) to node ids."""
+    nodes = document.get("nodes") if isinstance(document, dict) else None
+    errors: NodeErrors = {}
+    for err in exc.errors(include_url=False):
+        loc = list(err["loc"])
+        owner = GRAPH_FIELD
+        if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int) and isinstance(nodes, list):
+            raw = nodes[loc[1]] if loc[1] < len(nodes) else None
+            owner = str(raw.get("id")) if isinstance(raw, dict) and raw.get("id") else f"nodes[{loc[1]}]"
+            loc = loc[2:]
+        _add(errors, owner, ".".join(str(p) for p in loc) or None, err["msg"])
+    return errors
+
+
+def _unique_nodes(graph: Graph, errors: NodeErrors) -> dict[str, Node]:
+    by_id: dict[str, Node] = {}
+    for node in graph.nodes:
+        if node.id in by_id:
+            _add(errors, node.id, "id", f"duplicate node id {node.id!r}")
+        by_id[node.id] = node
+    return by_id
+
+
+def _check_cycles(by_id: dict[str, Node], errors: NodeErrors) -> None:
+    sorter = graphlib.TopologicalSorter({nid: node.needs for nid, node in by_id.items()})
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        cycle = list(reversed(exc.args[1]))  # graphlib lists it against the edge direction
+        path = " -> ".join(cycle)
+        for nid in dict.fromkeys(cycle):
+            _add(errors, nid, "needs", f"dependency cycle: {path}")
+
+
+def _check_task(node: Node, registry: TaskRegistry, errors: NodeErrors) -> None:
+    spec = registry.get(node.task)
+    if spec is None:
+        _add(errors, node.id, "task", f"unknown task {node.task!r}")
+        return
+    plane = node.plane.value if hasattr(node.plane, "value") else str(node.plane)
+    if spec.plane != plane:
+        _add(errors, node.id, "plane", f"task {node.task!r} runs on the {spec.plane} plane, not {plane}")
+    try:
+        spec.params.model_validate(node.params)
+    except pydantic.ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            if not _points_into_ref(node.params, err["loc"]):
+                _add(errors, node.id, ".".join(str(p) for p in err["loc"]) or "params", err["msg"])
+
+
+def _points_into_ref(params: Any, loc: Iterable[Any]) -> bool:
+    """True when a params error is about a ``$ref`` value, which is only known at run time."""
+    value = params
+    for part in loc:
+        if is_ref(value):
+            return True
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    return is_ref(value)
+
+
+def _check_refs(graph: Graph, by_id: dict[str, Node], errors: NodeErrors) -> None:
+    upstream = ancestors(graph)
+    for node in graph.nodes:
+        for field, ref in iter_refs(node.params):
+            source = ref.split(".", 1)[0]
+            if source not in by_id:
+                _add(errors, node.id, field, f"$ref {ref!r} names unknown node {source!r}")
+            elif source not in upstream[node.id]:
+                _add(errors, node.id, field, f"$ref {ref!r} points at {source!r}, which is not upstream (add it to needs)")
+            elif not _ref_shape_ok(ref):
+                _add(errors, node.id, field, f"$ref {ref!r} must look like 'node.output' or 'node.output.field'")
+
+
+def _ref_shape_ok(ref: str) -> bool:
+    parts = ref.split(".")
+    return len(parts) >= 2 and parts[1] in ("output", "artifacts") and all(parts)
+
+
+def _add(errors: NodeErrors, owner: str, field: str | None, message: str) -> None:
+    errors.setdefault(owner, []).append({"field": field, "message": message})
+
+
+# -- structure -------------------------------------------------------------------------
+
+
+def ancestors(graph: Graph) -> dict[str, set[str]]:
+    """Every node's transitive needs (the graph must be acyclic)."""
+    needs = {node.id: node.needs for node in graph.nodes}
+    result: dict[str, set[str]] = {}
+    for nid in graphlib.TopologicalSorter(needs).static_order():
+        found: set[str] = set()
+        for need in needs.get(nid, ()):
+            found.add(need)
+            found |= result.get(need, set())
+        result[nid] = found
+    return result
+
+
+def topological(graph: Graph) -> list[Node]:
+    """Nodes in an order where every node comes after its needs."""
+    by_id = {node.id: node for node in graph.nodes}
+    order = graphlib.TopologicalSorter({n.id: n.needs for n in graph.nodes}).static_order()
+    return [by_id[nid] for nid in order]
+
+
+def plan_for_lane(graph: Graph, lane: str) -> list[Node]:
+    """The nodes a lane can run now without the other plane: non-terminal nodes of the
+    lane whose every need is terminal or itself in the plan (topological order)."""
+    by_id = {node.id: node for node in graph.nodes}
+    planned: set[str] = set()
+    result: list[Node] = []
+    for node in topological(graph):
+        if is_terminal(node) or lane_of(node) != lane:
+            continue
+        if all(is_terminal(by_id[n]) or n in planned for n in node.needs):
+            planned.add(node.id)
+            result.append(node)
+    return result
+
+
+def blocked_reason(node: Node, by_id: dict[str, Node]) -> str | None:
+    """Why a node whose needs are all terminal must be skipped, or None if it may run."""
+    for need in node.needs:
+        status = status_of(by_id[need])
+        if status not in SATISFIED:
+            return f"needs {need!r}, which {'was ' if status != 'failed' else ''}{status}"
+    return None
+
+
+def propagate_skips(graph: Graph) -> list[Node]:
+    """Skip every non-terminal node that can never run because a need did not succeed.
+
+    Any plane may do this bookkeeping (it needs no task code), which is what keeps
+    a join from stalling when a branch failed on the other plane.
+    """
+    by_id = {node.id: node for node in graph.nodes}
+    skipped: list[Node] = []
+    for node in topological(graph):
+        if is_terminal(node) or not all(is_terminal(by_id[n]) for n in node.needs):
+            continue
+        reason = blocked_reason(node, by_id)
+        if reason is not None:
+            node.status = NodeStatus.skipped
+            node.reason = reason
+            skipped.append(node)
+    return skipped
+
+
+def next_lane(graph: Graph) -> str | None:
+    """The lane that should own the graph next: the lane of the first ready node."""
+    by_id = {node.id: node for node in graph.nodes}
+    for node in topological(graph):
+        if not is_terminal(node) and all(is_terminal(by_id[n]) for n in node.needs):
+            return lane_of(node)
+    return None
+
+
+def job_outcome(graph: Graph) -> str | None:
+    """The final job status once every node is terminal, else None.
+
+    ``partial`` means something failed but an independent branch still produced a
+    result (a leaf node succeeded); ``cancelled`` wins over both.
+    """
+    statuses = [status_of(n) for n in graph.nodes]
+    if any(s not in TERMINAL for s in statuses):
+        return None
+    if all(s == "succeeded" for s in statuses):
+        return "succeeded"
+    if "cancelled" in statuses:
+        return "cancelled"
+    needed = {need for node in graph.nodes for need in node.needs}
+    leaves_ok = any(status_of(n) == "succeeded" for n in graph.nodes if n.id not in needed)
+    return "partial" if leaves_ok else "failed"
+
+
+def progress_of(graph: Graph) -> float:
+    """Mean node progress, terminal nodes counting as done."""
+    total = 0.0
+    for node in graph.nodes:
+        total += 1.0 if is_terminal(node) else float(node.progress or 0.0)
+    return round(total / len(graph.nodes), 4)
+
+
+# -- $ref ------------------------------------------------------------------------------
+
+
+def is_ref(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get(REF_KEY), str)
+
+
+def iter_refs(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Yield ``(param path, ref)`` for every ``{"$ref": ...}`` inside params."""
+    if is_ref(value):
+        yield path or "params", value[REF_KEY]
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from iter_refs(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from iter_refs(item, f"{path}.{index}" if path else str(index))
+
+
+def resolve_refs(value: Any, by_id: dict[str, Node]) -> Any:
+    """Replace every ``{"$ref": "node.output.a.b"}`` with the upstream value."""
+    if is_ref(value):
+        return _lookup(value[REF_KEY], by_id)
+    if isinstance(value, dict):
+        return {key: resolve_refs(item, by_id) for key, item in value.items()}
+    if isinstance(value, list):
+        return [resolve_refs(item, by_id) for item in value]
+    return value
+
+
+def _lookup(ref: str, by_id: dict[str, Node]) -> Any:
+    source, kind, *path = ref.split(".")
+    node = by_id[source]
+    current: Any = node.output if kind == "output" else _artifacts_by_name(node)
+    walked = f"{source}.{kind}"
+    for part in path:
+        walked += f".{part}"
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            raise KeyError(f"$ref {ref!r}: {walked!r} is not in the upstream output")
+    return current
+
+
+def _artifacts_by_name(node: Node) -> dict[str, Any]:
+    return {a.name: a.model_dump() for a in node.artifacts}

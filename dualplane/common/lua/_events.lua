@@ -1,0 +1,26 @@
+-- Shared tail of every mirroring script (prepended by bridge.py, not a script on its own).
+-- append_events(hash, events_key, prefix, job_id, argv, start, now):
+--   ARGV[start..] holds (kind, body) pairs; body is an event JSON object without "seq".
+--   Each event gets the next per-job seq, is appended to the events stream under the
+--   stream id "<seq>-0" (so XRANGE by seq needs no index) and PUBLISHed on
+--   <prefix><kind>:<job_id>. Returns the last seq.
+local function append_events(hash, events_key, prefix, job_id, argv, start, now)
+  local seq = tonumber(redis.call('HGET', hash, 'seq') or '0')
+  for i = start, #argv, 2 do
+    seq = seq + 1
+    local event = '{"seq":' .. seq .. ',' .. string.sub(argv[i + 1], 2)
+    redis.call('XADD', events_key, seq .. '-0', 'e', event)
+    redis.call('PUBLISH', prefix .. argv[i] .. ':' .. job_id, event)
+  end
+  redis.call('HSET', hash, 'seq', seq, 'updated_at', now)
+  return seq
+end
+
+-- set_fields(hash, argv, start): ARGV[start] = n, then n (field, value) pairs. Returns the next index.
+local function set_fields(hash, argv, start)
+  local n = tonumber(argv[start])
+  if n > 0 then
+    redis.call('HSET', hash, unpack(argv, start + 1, start + 2 * n))
+  end
+  return start + 1 + 2 * n
+end

@@ -1,0 +1,27 @@
+-- Pass the ownership token: hand the full graph to another plane's stream, or finish the
+-- job, and acknowledge the message that brought it here, all in one atomic step.
+-- KEYS[1] job hash  KEYS[2] job events stream  KEYS[3] source stream  KEYS[4] target stream
+-- ARGV[1] key prefix  ARGV[2] job id  ARGV[3] expected handoff_seq  ARGV[4] now
+-- ARGV[5] source group  ARGV[6] source message id ('' = none)
+-- ARGV[7] handoff message JSON ('' = the job is finished: no XADD, apply retention)
+-- ARGV[8] retention seconds for a finished job
+-- ARGV[9] n, then n (field, value) pairs, then (kind, body) event pairs.
+-- Returns the last seq; -1 when the expected handoff_seq is stale (the source message is
+-- acknowledged anyway: a newer owner exists), -2 when the job is gone.
+local function ack()
+  if ARGV[6] ~= '' then redis.call('XACK', KEYS[3], ARGV[5], ARGV[6]) end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then ack() return -2 end
+if redis.call('HGET', KEYS[1], 'handoff_seq') ~= ARGV[3] then ack() return -1 end
+local next_arg = set_fields(KEYS[1], ARGV, 9)
+local seq = append_events(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV, next_arg, ARGV[4])
+if ARGV[7] ~= '' then
+  redis.call('HINCRBY', KEYS[1], 'handoff_seq', 1)
+  redis.call('XADD', KEYS[4], '*', 'm', ARGV[7])
+else
+  redis.call('HINCRBY', KEYS[1], 'handoff_seq', 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[8])
+  redis.call('EXPIRE', KEYS[2], ARGV[8])
+end
+ack()
+return seq

@@ -1,0 +1,69 @@
+"""The one place that reads the environment.
+
+Build a :class:`Settings` once at the edge of a process (CLI, test fixture) and
+pass it, or the pieces of it, into constructors. Nothing else reads
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dualplane.common.models import BridgeConfig
+
+#: The bucket artifacts and model weights go to when none is configured.
+DEFAULT_BUCKET = "dualplane"
+
+
+class Settings(BaseSettings):
+    """Every knob of both planes, read from ``DUALPLANE_*`` variables (and the usual
+    unprefixed ``REDIS_URL`` / ``S3_*`` ones, so a compose file stays readable)."""
+
+    model_config = SettingsConfigDict(env_prefix="DUALPLANE_", extra="ignore", populate_by_name=True)
+
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    key_prefix: str = "dp:"
+    lease_s: float = 30.0
+    heartbeat_s: float | None = None
+    max_deliveries: int = 5
+    finished_job_ttl_s: int = 7 * 24 * 3600
+    read_batch: int = 256
+    read_block_ms: int = 1000
+
+    s3_endpoint: str | None = Field(None, validation_alias="S3_ENDPOINT")
+    s3_access_key: str | None = Field(None, validation_alias="S3_ACCESS_KEY")
+    s3_secret_key: str | None = Field(None, validation_alias="S3_SECRET_KEY")
+    s3_bucket: str = Field(DEFAULT_BUCKET, validation_alias="S3_BUCKET")
+    s3_secure: bool = Field(False, validation_alias="S3_SECURE")
+
+    pool: str = "default"
+    concurrency: int = 4
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    shutdown_grace_s: float = 30.0
+
+    control_host: str = "127.0.0.1"
+    control_port: int = 8000
+    worker_host: str = "127.0.0.1"
+    worker_port: int = 8001
+    log_level: str = "INFO"
+
+    def bridge_config(self) -> BridgeConfig:
+        """The Redis side of the settings, validated by the shared schema's model."""
+        if not self.redis_url:
+            raise ValueError("REDIS_URL is not set (dualplane up starts a local Redis for you)")
+        return BridgeConfig.model_validate(
+            {
+                "redis_url": self.redis_url,
+                "key_prefix": self.key_prefix,
+                "lease_s": self.lease_s,
+                "heartbeat_s": self.heartbeat_s,
+                "max_deliveries": self.max_deliveries,
+                "finished_job_ttl_s": self.finished_job_ttl_s,
+                "read_batch": self.read_batch,
+                "read_block_ms": self.read_block_ms,
+            }
+        )

@@ -1,0 +1,114 @@
+"""The control plane as an object: submission, the control runner, job reads, cancel.
+
+The FastAPI app (:mod:`dualplane.control_plane.app`) is a thin HTTP shell over this;
+benchmarks and tests can drive it in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from dualplane.common.artifacts import ArtifactStore, store_from_settings
+from dualplane.common.bridge import Bridge, event_body, node_field, node_state
+from dualplane.common.consumer import Consumer
+from dualplane.common.executor import Executor
+from dualplane.common.graph import lane_of, next_lane, validate_graph
+from dualplane.common.models import Graph, Job, Node, NodeStatus
+from dualplane.common.registry import TaskRegistry
+from dualplane.common.settings import Settings
+from dualplane.common.telemetry import PlaneMetrics
+from dualplane.tasks import default_registry
+
+_RUNTIME_DEFAULTS = {f: Node.model_fields[f].default for f in (
+    "status", "attempts", "progress", "started_at", "finished_at", "output", "error", "reason")}
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """Result of a submission: ``created`` is False when the id already existed."""
+
+    job_id: str
+    created: bool
+    status: str
+
+
+class ControlPlane:
+    """Submission API plus the control runner (consumer of ``stream:control``).
+
+    :param settings: process settings (Redis, S3, concurrency).
+    :param registry: task catalog; the default one when None.
+    :param metrics_registry: Prometheus registry for this process.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: TaskRegistry | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or default_registry()
+        self.bridge = Bridge(settings.bridge_config())
+        self.artifacts: ArtifactStore | None = store_from_settings(settings)
+        self.metrics = PlaneMetrics(metrics_registry, "control")
+        self.executor = Executor(
+            self.registry, "control", bridge=self.bridge, concurrency=max(64, settings.concurrency),
+            artifacts=self.artifacts, on_node_finished=self.metrics.node_finished,
+        )
+        self.runner = Consumer(
+            self.bridge, self.executor, lane="control", name=f"control-{settings.worker_id}",
+            concurrency=max(256, settings.concurrency), metrics=self.metrics,
+        )
+        self._runner_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.bridge.connect()
+        if self.artifacts is not None:
+            await self.artifacts.ensure_bucket()
+        self._runner_task = asyncio.create_task(self.runner.run(), name="control-runner")
+        await self.runner.started.wait()
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        if self._runner_task is not None:
+            await self.runner.stop(grace_s)
+            self._runner_task.cancel()
+            await asyncio.gather(self._runner_task, return_exceptions=True)
+        await self.bridge.close()
+
+    # -- API -------------------------------------------------------------------------
+
+    async def submit(self, document: dict[str, Any] | Graph, *, request_id: str | None = None) -> Submitted:
+        """Validate a graph and queue it on the lane of its first ready node.
+
+        Raises :class:`~dualplane.common.errors.GraphValidationError` with node-scoped errors.
+        """
+        graph = validate_graph(document, self.registry)
+        for node in graph.nodes:  # runtime state is ours to write, whatever the client sent
+            for name, default in _RUNTIME_DEFAULTS.items():
+                setattr(node, name, default)
+            node.artifacts = []
+        job_id = graph.id or uuid.uuid4().hex
+        lane = next_lane(graph) or "control"
+        events = [event_body("status", job_id, status="queued", plane="control")]
+        fields: list[Any] = []  # pending nodes need no state field: absent means the spec's state
+        for node in graph.nodes:
+            if lane_of(node) == lane and not node.needs:
+                node.status = NodeStatus.queued
+                events.append(event_body("status", job_id, node_id=node.id, status="queued", plane="control"))
+                fields += [node_field(node.id), node_state(node)]
+        created, value = await self.bridge.create_job(
+            job_id, graph, lane=lane, request_id=request_id, events=events, fields=fields
+        )
+        return Submitted(job_id=job_id, created=created, status="queued" if created else str(value))
+
+    async def get_job(self, job_id: str) -> Job:
+        return await self.bridge.get_job(job_id)
+
+    async def cancel(self, job_id: str) -> str:
+        return await self.bridge.request_cancel(job_id)

@@ -1,0 +1,128 @@
+"""A data-plane worker: consumes ``stream:data:<pool>``, runs python-plane nodes, hands back.
+
+It also serves ``/health`` and ``/metrics`` on its own port, publishes its capability
+manifest under ``worker:<id>`` with a TTL, and on SIGTERM stops reading, lets running
+nodes finish for a grace period and releases the rest for another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from dualplane import __version__
+from dualplane.common.artifacts import store_from_settings
+from dualplane.common.bridge import Bridge
+from dualplane.common.consumer import Consumer
+from dualplane.common.executor import Executor
+from dualplane.common.models import CapabilityManifest
+from dualplane.common.registry import TaskRegistry
+from dualplane.common.settings import Settings
+from dualplane.common.telemetry import PlaneMetrics
+from dualplane.tasks import default_registry
+
+#: The manifest outlives a few missed heartbeats, no more.
+MANIFEST_TTL_S = 15.0
+
+
+class Worker:
+    """One worker process.
+
+    :param settings: pool, concurrency, Redis and S3 settings, HTTP port.
+    :param registry: task catalog; the default one when None.
+    """
+
+    def __init__(self, settings: Settings, *, registry: TaskRegistry | None = None) -> None:
+        self.settings = settings
+        self.worker_id = settings.worker_id
+        self.registry = registry or default_registry()
+        self.bridge = Bridge(settings.bridge_config())
+        self.artifacts = store_from_settings(settings)
+        self.metrics = PlaneMetrics(CollectorRegistry(), "python")
+        self.executor = Executor(
+            self.registry, "python", bridge=self.bridge, concurrency=settings.concurrency,
+            artifacts=self.artifacts, on_node_finished=self.metrics.node_finished, worker_id=self.worker_id,
+        )
+        self.consumer = Consumer(
+            self.bridge, self.executor, lane=f"python:{settings.pool}", name=self.worker_id,
+            concurrency=settings.concurrency, metrics=self.metrics,
+        )
+        self.started_at = time.time()
+
+    def manifest(self) -> CapabilityManifest:
+        return CapabilityManifest(
+            worker_id=self.worker_id, plane="python", pool=self.settings.pool,
+            tasks=[spec.name for spec in self.registry.for_plane("python")],
+            concurrency=self.settings.concurrency, device="cpu", host=socket.gethostname(), pid=os.getpid(),
+            version=__version__, started_at=self.started_at, heartbeat_at=time.time(), busy=self.consumer.busy,
+        )
+
+    async def run(self, *, serve_http: bool = True, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set (or SIGTERM/SIGINT when it is None)."""
+        stop = stop or _signal_event()
+        await self.bridge.connect()
+        if self.artifacts is not None:
+            await self.artifacts.ensure_bucket()
+        consume = asyncio.create_task(self.consumer.run(), name="consume")
+        beat = asyncio.create_task(self._publish_manifest(), name="manifest")
+        server = self._http_server() if serve_http else None
+        serve = asyncio.create_task(server.serve()) if server else None
+        try:
+            await stop.wait()
+        finally:
+            await self.consumer.stop(self.settings.shutdown_grace_s)
+            for task in (consume, beat):
+                task.cancel()
+            await asyncio.gather(consume, beat, return_exceptions=True)
+            if server and serve:
+                server.should_exit = True
+                await serve
+            await self.bridge.remove_worker(self.worker_id)
+            await self.bridge.close()
+
+    async def _publish_manifest(self) -> None:
+        while True:
+            manifest = self.manifest().model_dump_json().encode()
+            await self.bridge.publish_capabilities(self.worker_id, manifest, MANIFEST_TTL_S)
+            await asyncio.sleep(MANIFEST_TTL_S / 3)
+
+    def _http_server(self) -> uvicorn.Server:
+        config = uvicorn.Config(
+            self.http_app(), host=self.settings.worker_host, port=self.settings.worker_port,
+            log_level="warning", ws="websockets-sansio", lifespan="off",
+        )
+        return uvicorn.Server(config)
+
+    def http_app(self) -> FastAPI:
+        app = FastAPI(title=f"dualplane worker {self.worker_id}")
+
+        @app.get("/health")
+        async def health() -> JSONResponse:
+            ok = await self.bridge.ping()
+            body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "redis": ok,
+                                    "worker_id": self.worker_id, "busy": self.consumer.busy}
+            return JSONResponse(body, status_code=200 if ok else 503)
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            self.metrics.busy.set(self.consumer.busy)
+            return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+        return app
+
+
+def _signal_event() -> asyncio.Event:
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, event.set)
+    return event

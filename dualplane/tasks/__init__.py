@@ -1,0 +1,15 @@
+"""Task modules. Each module holds tasks of one kind; :func:`default_registry` is the catalog
+both planes load (validation needs every task; each plane runs only its own)."""
+
+from __future__ import annotations
+
+from dualplane.common.registry import TaskRegistry
+
+
+def default_registry() -> TaskRegistry:
+    from dualplane.tasks import basic, control
+
+    return TaskRegistry.from_modules([basic, control])
+
+
+__all__ = ["default_registry"]
