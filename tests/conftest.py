@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from dualplane.common.artifacts import ArtifactStore
 from dualplane.common.services import RedisServer, S3Server, start_redis, start_s3
-from tests.helpers import unique_name
+from dualplane.common.settings import Settings
+from dualplane.control_plane import ControlPlane
+from dualplane.data_plane import Worker
+from tests.helpers import RunningWorker, unique_name
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +50,57 @@ async def artifact_store(s3_server: S3Server) -> ArtifactStore:
     )
     await store.ensure_bucket()
     return store
+
+
+# -- planes ------------------------------------------------------------------------------
+
+#: Short leases so reclaim tests take seconds, not minutes.
+TEST_LEASE_S = 1.0
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, s3_server: S3Server, redis: aioredis.Redis) -> Settings:
+    """Settings pointing at the session servers (the ``redis`` fixture flushed the db)."""
+    return Settings(
+        redis_url=redis_server.url,
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
+        s3_bucket=unique_name("jobs"),
+        lease_s=TEST_LEASE_S,
+        read_block_ms=100,
+        shutdown_grace_s=2.0,
+        concurrency=8,
+    )
+
+
+@pytest.fixture
+async def control_plane(settings: Settings) -> AsyncIterator[ControlPlane]:
+    plane = ControlPlane(settings)
+    await plane.start()
+    try:
+        yield plane
+    finally:
+        await plane.stop(grace_s=0.5)
+
+
+@pytest.fixture
+async def worker_factory(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[RunningWorker]]]:
+    """Start in-process workers: ``await worker_factory(concurrency=2)``; all stop at teardown."""
+    started: list[RunningWorker] = []
+
+    async def start(**overrides: Any) -> RunningWorker:
+        worker_settings = settings.model_copy(update={"worker_id": unique_name("w"), **overrides})
+        running = RunningWorker(Worker(worker_settings))
+        await running.start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
+
+
+@pytest.fixture
+async def worker(worker_factory: Callable[..., Awaitable[RunningWorker]]) -> RunningWorker:
+    return await worker_factory()

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 import uuid
 from pathlib import Path
+
+from dualplane.common.models import Job, Node
+from dualplane.control_plane import ControlPlane
+from dualplane.data_plane import Worker
 
 
 def unique_name(prefix: str = "t") -> str:
@@ -40,3 +46,55 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class RunningWorker:
+    """An in-process worker running as an asyncio task (no HTTP server)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.worker.run(serve_http=False, stop=self._stop))
+        await asyncio.wait_for(self.worker.consumer.started.wait(), 10)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 30)
+            self._task = None
+
+
+TERMINAL_JOB = ("succeeded", "failed", "partial", "cancelled")
+
+
+async def wait_for_job(plane: ControlPlane, job_id: str, *, timeout_s: float = 20.0,
+                       statuses: tuple[str, ...] = TERMINAL_JOB) -> Job:
+    """Poll until the job reaches one of ``statuses``; fail the test with its state if not."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = await plane.get_job(job_id)
+        if job.status in statuses:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s: {job.model_dump_json()}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_for_node(plane: ControlPlane, job_id: str, node_id: str, status: str, *,
+                        timeout_s: float = 20.0) -> Job:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = await plane.get_job(job_id)
+        node = next(n for n in job.graph.nodes if n.id == node_id)
+        if node.status == status:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"node {node_id} still {node.status} after {timeout_s}s")
+        await asyncio.sleep(0.02)
+
+
+def node(job: Job, node_id: str) -> Node:
+    return next(n for n in job.graph.nodes if n.id == node_id)

@@ -16,6 +16,7 @@ mirrors each chunk into Redis through the bridge, in order.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -33,7 +34,7 @@ from dualplane.common.bridge import Bridge, Message, event_body, node_field, nod
 from dualplane.common.context import TaskContext
 from dualplane.common.errors import NodeTimeout, TaskCancelled
 from dualplane.common.graph import blocked_reason, progress_of
-from dualplane.common.models import Graph, Node, NodeError, NodeStatus
+from dualplane.common.models import ArtifactRef, Graph, Node, NodeError, NodeStatus
 
 if TYPE_CHECKING:
     from dualplane.common.artifacts import ArtifactStore
@@ -185,7 +186,7 @@ class Executor:
         started = time.perf_counter()
         self.running_nodes += 1
         try:
-            output, artifacts = await self._call_task(run, node, spec, attempt, write)
+            output = await self._call_task(run, node, spec, attempt, write)
         except TaskCancelled as exc:
             write(_chunk(run, node, "finished", status="cancelled", reason=str(exc)))
         except Exception as exc:  # a task may raise anything; the node records it
@@ -196,7 +197,7 @@ class Executor:
             write(_chunk(run, node, "finished", status="failed",
                          error=_error(exc, transient=spec.retry.is_transient(exc))))
         else:
-            write(_chunk(run, node, "finished", status="succeeded", output=output, artifacts=artifacts))
+            write(_chunk(run, node, "finished", status="succeeded", output=output))
         finally:
             self.running_nodes -= 1
             if self._on_node_finished is not None:
@@ -204,7 +205,7 @@ class Executor:
 
     async def _call_task(
         self, run: JobRun, node: Node, spec: TaskSpec, attempt: int, write: Callable[[Any], None]
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    ) -> dict[str, Any]:
         from dualplane.common.graph import resolve_refs
 
         try:
@@ -236,7 +237,7 @@ class Executor:
             result = {}
         if not isinstance(result, dict):
             raise TypeError(f"task {spec.name!r} returned {type(result).__name__}, expected a dict")
-        return result, ctx.artifacts_written
+        return result
 
     # -- mirroring -------------------------------------------------------------------
 
@@ -259,6 +260,7 @@ class Executor:
             events.append(event_body("data", run.job_id, node_id=node.id, data=chunk["data"],
                                      message=chunk.get("message"), plane=self.plane))
         elif kind == "artifact":
+            _record_artifact(node, chunk["artifact"])
             events.append(event_body("data", run.job_id, node_id=node.id, data={"artifact": chunk["artifact"]},
                                      message="artifact", plane=self.plane))
         elif kind == "retrying":
@@ -298,8 +300,12 @@ def _node_writer(
     if not threaded:
         return send
 
+    # LangGraph's writer reads its run config from context variables, which a callback
+    # scheduled from another thread does not carry: run it in the node's own context.
+    node_context = contextvars.copy_context()
+
     def send_from_thread(payload: dict[str, Any]) -> None:
-        loop.call_soon_threadsafe(send, payload)
+        loop.call_soon_threadsafe(send, payload, context=node_context)
 
     return send_from_thread
 
@@ -329,8 +335,8 @@ def _mark_finished(node: Node, chunk: dict[str, Any], events: list[Any], run: Jo
         node.progress = 1.0
         node.error = None
         data = {"output": node.output}
-        if chunk.get("artifacts"):
-            data["artifacts"] = chunk["artifacts"]
+        if node.artifacts:
+            data["artifacts"] = [a.model_dump() for a in node.artifacts]
     elif status == "failed":
         node.error = NodeError.model_validate(chunk["error"])
         data = {"error": chunk["error"]}
@@ -338,6 +344,12 @@ def _mark_finished(node: Node, chunk: dict[str, Any], events: list[Any], run: Jo
         node.reason = chunk.get("reason")
     events.append(event_body("status", run.job_id, node_id=node.id, status=status, attempt=node.attempts or None,
                              message=node.reason, data=data, plane=plane))
+
+
+def _record_artifact(node: Node, ref: dict[str, Any]) -> None:
+    """Keys are deterministic, so a retried attempt replaces its earlier reference."""
+    artifact = ArtifactRef.model_validate(ref)
+    node.artifacts = [a for a in node.artifacts if a.key != artifact.key] + [artifact]
 
 
 def _check_fence(future: asyncio.Future[Any], run: JobRun) -> None:

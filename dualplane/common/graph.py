@@ -133,7 +133,9 @@ def _check_task(node: Node, registry: TaskRegistry, errors: NodeErrors) -> None:
         spec.params.model_validate(node.params)
     except pydantic.ValidationError as exc:
         for err in exc.errors(include_url=False):
-            if not _points_into_ref(node.params, err["loc"]):
+            # An unknown key is wrong whatever its value; only a `$ref` above it excuses it.
+            loc = err["loc"][:-1] if err["type"] == "extra_forbidden" else err["loc"]
+            if not _points_into_ref(node.params, loc):
                 _add(errors, node.id, ".".join(str(p) for p in err["loc"]) or "params", err["msg"])
 
 
@@ -308,6 +310,13 @@ def _lookup(ref: str, by_id: dict[str, Node]) -> Any:
     node = by_id[source]
     current: Any = node.output if kind == "output" else _artifacts_by_name(node)
     walked = f"{source}.{kind}"
+    if kind == "artifacts" and path:
+        # Artifact names may hold dots (`music.wav`): match the longest name first.
+        for cut in range(len(path), 0, -1):
+            name = ".".join(path[:cut])
+            if name in current:
+                current, walked, path = current[name], f"{walked}.{name}", path[cut:]
+                break
     for part in path:
         walked += f".{part}"
         if isinstance(current, dict) and part in current:

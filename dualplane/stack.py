@@ -1,0 +1,236 @@
+"""The embedded-defaults stack behind `dualplane up` / `dualplane demo`.
+
+Starts what the settings do not point at (a local Redis when REDIS_URL is unset, a local
+SeaweedFS S3 with generated, enforced credentials when S3_ENDPOINT is unset), then one control
+plane and one worker as child processes on free ports. Everything started is registered in one
+ExitStack the moment it exists, so `stop()` (and any failure or Ctrl-C during `start()`)
+stops it in reverse order: worker, control plane, S3, Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from dualplane.common.services import LOOPBACK, free_port, start_redis, start_s3
+from dualplane.common.settings import Settings
+
+STATE_DIR = ".dualplane"
+HEALTH_TIMEOUT_S = 60.0
+#: Extra time over the children's own shutdown grace before they get SIGKILL.
+KILL_MARGIN_S = 5.0
+
+
+@dataclass
+class Child:
+    """A control-plane or worker process we started, with its log file."""
+
+    name: str
+    process: subprocess.Popen[bytes] = field(repr=False)
+    log_path: Path
+    health_url: str
+
+    def stop(self, timeout_s: float) -> None:
+        """SIGTERM (both planes shut down gracefully on it), wait, then SIGKILL; always reap."""
+        terminate(self.process, timeout_s)
+
+    def log_tail(self, max_chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-max_chars:]
+        except OSError:
+            return "<no log>"
+
+
+def terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Stop one child for good: SIGTERM, wait `timeout_s`, SIGKILL, and reap it."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Keep a second Ctrl-C / SIGTERM from cutting a shutdown short and orphaning children."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class LocalStack:
+    """Redis + S3 (when not configured) + control plane + one worker, under `root`/.dualplane.
+
+    :param settings: the launcher's settings; REDIS_URL / S3_* there are used as given.
+    :param root: directory that receives `.dualplane/` (data and logs).
+    :param announce: called with one human-readable line per started component.
+    """
+
+    def __init__(
+        self, settings: Settings, root: Path, announce: Callable[[str], None] = print
+    ) -> None:
+        self.settings = settings
+        self.state_dir = Path(root).resolve() / STATE_DIR
+        self.announce = announce
+        self.redis_url = settings.redis_url
+        self.s3_endpoint = settings.s3_endpoint
+        self.s3_access_key = settings.s3_access_key
+        self.s3_secret_key = settings.s3_secret_key
+        self.control_url = ""
+        self.children: list[Child] = []
+        self._exit = contextlib.ExitStack()
+
+    def start(self) -> None:
+        """Start every missing piece and wait until both planes answer /health; clean up on failure."""
+        try:
+            (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+            self._start_redis()
+            self._start_s3()
+            self._start_planes()
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop everything started, newest first; safe to call twice."""
+        with signals_ignored():
+            self._exit.close()
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- pieces ----------------------------------------------------------------------------
+
+    def _start_redis(self) -> None:
+        """A local redis-server only when REDIS_URL is unset (a given URL is used as is)."""
+        if self.redis_url:
+            self.announce(f"redis          {self.redis_url} (from REDIS_URL)")
+            return
+        server = start_redis(self.state_dir / "redis")
+        self._exit.callback(server.stop)
+        self.redis_url = server.url
+        self.announce(f"redis          {server.url}  pid {server.process.pid}")
+
+    def _start_s3(self) -> None:
+        """A local `weed mini` with freshly generated credentials when S3_ENDPOINT is unset."""
+        if self.s3_endpoint:
+            self.announce(f"s3             {self.s3_endpoint} (from S3_ENDPOINT)")
+            return
+        server = start_s3(self.state_dir / "s3")
+        self._exit.callback(server.stop)
+        self.s3_endpoint, self.s3_access_key = server.endpoint, server.access_key
+        self.s3_secret_key = server.secret_key
+        self.announce(f"s3 (seaweedfs) {server.url}  pid {server.process.pid}")
+
+    def _start_planes(self) -> None:
+        control_port, worker_port = free_port(), free_port()
+        env = self.child_env(control_port, worker_port)
+        self.control_url = f"http://{LOOPBACK}:{control_port}"
+        self._spawn("control-plane", env, f"{self.control_url}/health")
+        self._spawn("worker", env, f"http://{LOOPBACK}:{worker_port}/health")
+
+    def child_env(self, control_port: int, worker_port: int) -> dict[str, str]:
+        """The launcher's environment plus what the children need to find Redis, S3 and ports."""
+        env = dict(os.environ)
+        env.update({
+            "REDIS_URL": self.redis_url or "",
+            "S3_ENDPOINT": self.s3_endpoint or "",
+            "S3_ACCESS_KEY": self.s3_access_key or "",
+            "S3_SECRET_KEY": self.s3_secret_key or "",
+            "DUALPLANE_CONTROL_HOST": LOOPBACK,
+            "DUALPLANE_CONTROL_PORT": str(control_port),
+            "DUALPLANE_WORKER_HOST": LOOPBACK,
+            "DUALPLANE_WORKER_PORT": str(worker_port),
+            "PYTHONUNBUFFERED": "1",
+        })  # fmt: skip
+        return env
+
+    def _spawn(self, command: str, env: dict[str, str], health_url: str) -> None:
+        """Start `python -m dualplane <command>` in its own session, logging to .dualplane/logs.
+
+        Its own session keeps a terminal's Ctrl-C away from it: we stop it ourselves, in order
+        (worker before control plane before the servers they talk to).
+        """
+        log_path = self.state_dir / "logs" / f"{command}.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dualplane", command], env=env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        child = Child(command, process, log_path, health_url)
+        self._exit.callback(child.stop, self.settings.shutdown_grace_s + KILL_MARGIN_S)
+        self.children.append(child)
+        self.announce(f"{command:<14} {health_url.removesuffix('/health')}  pid {process.pid}"
+                      f"  log {log_path}")
+
+    def _wait_healthy(self) -> None:
+        """Poll every child's /health until 200; a child that exits first fails with its log."""
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        waiting = list(self.children)
+        with httpx.Client(timeout=1.0) as client:
+            while waiting:
+                self.check_children()
+                waiting = [c for c in waiting if not _healthy(client, c.health_url)]
+                if waiting and time.monotonic() > deadline:
+                    names = ", ".join(c.name for c in waiting)
+                    raise RuntimeError(f"{names} not healthy after {HEALTH_TIMEOUT_S} s")
+                if waiting:
+                    time.sleep(0.05)
+
+    def check_children(self) -> None:
+        """Raise (with the log tail) when a control plane or worker has exited on its own."""
+        for child in self.children:
+            if child.process.poll() is not None:
+                raise RuntimeError(f"{child.name} exited with code {child.process.returncode}; "
+                                   f"log tail ({child.log_path}):\n{child.log_tail()}")
+
+
+def _healthy(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(url).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def kill_leftover_children() -> list[int]:
+    """Last line of defence for a dedicated launcher process: SIGKILL and reap any direct child
+    still alive (one a Ctrl-C could have orphaned between its start and its registration).
+
+    Only for the `dualplane up` / `demo` process itself, whose children are all ours.
+    """
+    me, killed = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == me:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry.name), 0)
+            killed.append(int(entry.name))
+    return killed
