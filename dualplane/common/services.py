@@ -139,10 +139,15 @@ def _wait_until(
 def _spawn(
     args: list[str], log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start a child with stdout+stderr appended to `log_path` (our handle closes at once)."""
+    """Start a child with stdout+stderr appended to `log_path` (our handle closes at once).
+
+    Its own session keeps a terminal's Ctrl-C (SIGINT to the whole foreground group) away from
+    it, so the owner stops it after the processes that still talk to it, via stop().
+    """
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
         )
 
 

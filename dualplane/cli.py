@@ -1,0 +1,251 @@
+"""The `dualplane` command: run a control plane, a worker, or the whole stack on one machine.
+
+`up` and `demo` need nothing configured: they start a local Redis and SeaweedFS S3 when
+REDIS_URL / S3_ENDPOINT are unset (see :mod:`dualplane.stack`), submit the demo graph
+(:mod:`dualplane.demo`) over HTTP and print its events as they happen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+
+from dualplane.common.settings import Settings
+
+POLL_S = 0.1
+BAR_WIDTH = 10
+DEMO_TIMEOUT_S = 120.0
+JOB_TERMINAL = frozenset({"succeeded", "failed", "partial", "cancelled"})
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script and of `python -m dualplane`."""
+    args = _parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dualplane", description="Control plane / data plane job orchestration."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("control-plane", help="run the control plane HTTP API (uvicorn)").set_defaults(
+        handler=cmd_control_plane
+    )
+    sub.add_parser("worker", help="run one data-plane worker").set_defaults(handler=cmd_worker)
+    sub.add_parser(
+        "up", help="start a local stack, run the demo job with live progress, keep serving"
+    ).set_defaults(handler=cmd_up)
+    demo = sub.add_parser("demo", help="like `up`, but exit after the job: 0 if it succeeded")
+    demo.add_argument("--timeout", type=float, default=DEMO_TIMEOUT_S,
+                      help=f"seconds to wait for the job (default {DEMO_TIMEOUT_S:g})")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    """Plain stdlib logging at the configured level (JSON lines come later)."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+# -- the two planes -------------------------------------------------------------------------
+
+
+def cmd_control_plane(args: argparse.Namespace) -> int:
+    """Serve the control plane; uvicorn turns SIGTERM/SIGINT into a graceful lifespan stop."""
+    import uvicorn
+
+    from dualplane.control_plane.app import create_app
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings), host=settings.control_host, port=settings.control_port,
+        ws="websockets-sansio", log_level=settings.log_level.lower(),
+    )  # fmt: skip
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one worker until SIGTERM/SIGINT (the worker installs its own handlers)."""
+    from dualplane.data_plane.worker import Worker
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    asyncio.run(Worker(settings).run())
+    return 0
+
+
+# -- up / demo -------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    return run_stack(serve=True, timeout_s=None)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_stack(serve=False, timeout_s=args.timeout)
+
+
+def say(line: str) -> None:
+    """Progress output: flushed at once so a pipe (tests, `tee`) sees it live."""
+    print(line, flush=True)
+
+
+def _raise_interrupt(signum: int, frame: object) -> NoReturn:
+    """SIGTERM takes the same clean-up path as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+def run_stack(*, serve: bool, timeout_s: float | None) -> int:
+    """Start the local stack, run the demo job, optionally keep serving; always stop it all."""
+    from dualplane.stack import LocalStack, kill_leftover_children, signals_ignored
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    stack = LocalStack(settings, Path.cwd(), announce=say)
+    try:
+        stack.start()
+        succeeded = run_demo_job(stack, settings, timeout_s)
+        return serve_until_interrupted(stack) if serve else (0 if succeeded else 1)
+    except KeyboardInterrupt:
+        say("interrupted")
+        return EXIT_INTERRUPTED
+    except (RuntimeError, OSError, httpx.HTTPError) as exc:
+        say(f"error: {exc}")
+        return 1
+    finally:
+        with signals_ignored():
+            say("stopping: worker, control plane, object store, redis ...")
+            stack.stop()
+            kill_leftover_children()
+            say("stopped")
+        signal.signal(signal.SIGTERM, previous)
+
+
+def serve_until_interrupted(stack: Any) -> int:
+    """Keep the stack up for the person at the terminal; a child dying on its own is an error."""
+    say(f"serving: control plane at {stack.control_url} (API docs at {stack.control_url}/docs)"
+        " - Ctrl-C to stop")
+    try:
+        while True:
+            stack.check_children()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+
+
+# -- the demo job ----------------------------------------------------------------------------
+
+
+def run_demo_job(stack: Any, settings: Settings, timeout_s: float | None) -> bool:
+    """Submit the demo graph, print its events live, then the outcome; True if it succeeded."""
+    from dualplane.demo import demo_graph
+
+    with httpx.Client(base_url=stack.control_url, timeout=10.0) as http:
+        response = http.post("/jobs", json=demo_graph())
+        response.raise_for_status()
+        job_id = response.json()["id"]
+        say(f"submitted job {job_id}")
+        job = follow_job(http, stack, job_id, timeout_s)
+    if job is None:
+        say(f"job {job_id} did not finish within {timeout_s:g} s")
+        return False
+    print_outcome(job, stack, settings)
+    return job["status"] == "succeeded"
+
+
+def follow_job(
+    http: httpx.Client, stack: Any, job_id: str, timeout_s: float | None
+) -> dict[str, Any] | None:
+    """Print every event (polling `since=<last seq>`) until the job is terminal; None on timeout.
+
+    The events stream is the durable record, so polling with `since` never misses or repeats one.
+    """
+    started, deadline = time.time(), None if timeout_s is None else time.monotonic() + timeout_s
+    seq = 0
+    while deadline is None or time.monotonic() < deadline:
+        events = http.get(f"/jobs/{job_id}/events", params={"since": seq}).raise_for_status().json()
+        for event in events:
+            say(format_event(event, started))
+            seq = event["seq"]
+        if any(e["type"] == "status" and not e.get("node_id") for e in events):
+            job = http.get(f"/jobs/{job_id}").raise_for_status().json()
+            if job["status"] in JOB_TERMINAL:
+                return job
+        stack.check_children()
+        time.sleep(POLL_S)
+    return None
+
+
+def progress_bar(fraction: float) -> str:
+    filled = round(max(0.0, min(1.0, fraction)) * BAR_WIDTH)
+    return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction * 100:3.0f}%"
+
+
+def format_event(event: dict[str, Any], started: float) -> str:
+    """One terminal line per event: time since submit, seq, node (or `job`), what happened."""
+    head = (f"[{max(0.0, event['ts'] - started):6.2f}s] seq {event['seq']:<3} "
+            f"{event.get('node_id') or 'job':<10}")
+    message = f"  {event['message']}" if event.get("message") else ""
+    if event["type"] == "progress":
+        return f"{head} {progress_bar(event.get('progress') or 0.0)}{message}".rstrip()
+    if event["type"] == "status":
+        attempt = f"  attempt {event['attempt']}" if event.get("attempt") else ""
+        return f"{head} {event.get('status') or '':<10}{attempt}{message}".rstrip()
+    return f"{head} data       {describe_data(event.get('data'))}{message}".rstrip()
+
+
+def describe_data(data: dict[str, Any] | None) -> str:
+    """An artifact as `name (size B)`; anything else as compact JSON, cut to fit one line."""
+    artifact = (data or {}).get("artifact")
+    if isinstance(artifact, dict) and "name" in artifact:
+        return f"{artifact['name']} ({artifact.get('size', '?')} B)"
+    text = json.dumps(data, separators=(",", ":"))
+    return text[:80] + ("..." if len(text) > 80 else "")
+
+
+def print_outcome(job: dict[str, Any], stack: Any, settings: Settings) -> None:
+    """Final status, each node's status, and a presigned GET URL per artifact."""
+    say(f"job {job['id']} {job['status']}")
+    for node in job["graph"]["nodes"]:
+        error = f"  {node['error']['type']}: {node['error']['message']}" if node.get("error") else ""
+        say(f"  {node['id']:<10} {node['status']:<10}{error}".rstrip())
+    refs = [(node["id"], ref) for node in job["graph"]["nodes"] for ref in node.get("artifacts") or []]
+    if refs:
+        say("artifacts (presigned GET URLs, valid 1 h):")
+    for node_id, ref, url in zip_urls(refs, stack, settings):
+        say(f"  {node_id}/{ref['name']}  {url}")
+
+
+def zip_urls(
+    refs: list[tuple[str, dict[str, Any]]], stack: Any, settings: Settings
+) -> list[tuple[str, dict[str, Any], str]]:
+    """Presign every artifact with the stack's S3 credentials (generated ones included)."""
+    from dualplane.common.artifacts import ArtifactStore
+
+    async def presign() -> list[str]:
+        urls = []
+        for _, ref in refs:
+            store = ArtifactStore(
+                endpoint=stack.s3_endpoint, access_key=stack.s3_access_key or "",
+                secret_key=stack.s3_secret_key or "", bucket=ref["bucket"], secure=settings.s3_secure,
+            )  # fmt: skip
+            urls.append(await store.presigned_url(ref["key"]))
+        return urls
+
+    urls = asyncio.run(presign()) if refs else []
+    return [(node_id, ref, url) for (node_id, ref), url in zip(refs, urls, strict=True)]

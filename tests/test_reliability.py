@@ -1,0 +1,205 @@
+"""At-least-once delivery made safe: cancel, crashes, leases, dead letters, fencing, events."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+
+from dualplane.common.models import Handoff
+from dualplane.control_plane import ControlPlane
+from tests.helpers import RunningWorker, node, wait_for_job, wait_for_node
+
+
+async def test_cancel_stops_a_running_node_within_a_step(control_plane: ControlPlane, worker: RunningWorker):
+    graph = {"nodes": [
+        {"id": "long", "task": "sleep", "plane": "python", "params": {"seconds": 20, "steps": 200}},
+        {"id": "after", "task": "collect", "plane": "control", "needs": ["long"]},
+    ]}
+    job_id = (await control_plane.submit(graph)).job_id
+    await wait_for_node(control_plane, job_id, "long", "running")
+    asked = time.time()
+    await control_plane.cancel(job_id)
+    job = await wait_for_job(control_plane, job_id, timeout_s=5)
+
+    assert job.status == "cancelled"
+    assert node(job, "long").status == "cancelled"
+    assert node(job, "long").finished_at - asked < 1.0  # one 0.1 s step plus the 0.1 s cancel poll
+    assert node(job, "after").status == "cancelled"
+
+
+async def test_cancel_before_a_worker_picks_the_job_up(control_plane: ControlPlane, worker_factory):
+    job_id = (await control_plane.submit({"nodes": [{"id": "a", "task": "noop", "plane": "python"}]})).job_id
+    await control_plane.cancel(job_id)
+    await worker_factory()
+    job = await wait_for_job(control_plane, job_id)
+
+    assert job.status == "cancelled" and node(job, "a").attempts == 0
+
+
+async def test_every_event_has_a_gap_free_seq_and_every_published_event_is_stored(
+    control_plane: ControlPlane, worker: RunningWorker, redis
+):
+    pubsub = redis.pubsub()
+    prefix = control_plane.bridge.keys.prefix
+    await pubsub.psubscribe(f"{prefix}status:*", f"{prefix}progress:*", f"{prefix}data:*")
+    graph = {"nodes": [
+        {"id": "prep", "task": "emit", "plane": "control", "params": {"value": {"text": "x"}}},
+        {"id": "s1", "task": "sleep", "plane": "python", "needs": ["prep"], "params": {"seconds": 0.2, "steps": 5}},
+        {"id": "s2", "task": "checksum", "plane": "python", "needs": ["prep"], "params": {"text": "y"}},
+        {"id": "end", "task": "collect", "plane": "control", "needs": ["s1", "s2"]},
+    ]}
+    job_id = (await control_plane.submit(graph)).job_id
+    await wait_for_job(control_plane, job_id)
+    stored = [orjson.loads(raw) for raw in await control_plane.bridge.raw_events(job_id)]
+    published = []
+    deadline = time.monotonic() + 5
+    while len(published) < len(stored) and time.monotonic() < deadline:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            published.append(orjson.loads(message["data"]))
+    await pubsub.aclose()
+
+    assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
+    assert published == stored  # same events, same order, nothing only in Pub/Sub
+    assert {e["type"] for e in stored} == {"status", "progress", "data"}
+    job = await control_plane.get_job(job_id)
+    assert job.seq == len(stored)
+
+
+async def test_a_malformed_message_is_dead_lettered_with_its_reason(
+    control_plane: ControlPlane, worker: RunningWorker, redis
+):
+    keys = control_plane.bridge.keys
+    stream = keys.data_stream("default")
+    await redis.xadd(stream, {"m": b"{not json"})
+    await redis.xadd(stream, {"other": b"field"})
+    await redis.xadd(stream, {"m": orjson.dumps({"job_id": "ghost", "handoff_seq": "x", "graph": {}})})
+
+    deadline = time.monotonic() + 10
+    while len(dead := await control_plane.bridge.dead_letters()) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    reasons = sorted(d["reason"] for d in dead)
+    assert len(dead) == 3
+    assert any("invalid handoff message" in r for r in reasons)
+    assert any("no 'm' field" in r for r in reasons)
+    assert {d["stream"] for d in dead} == {stream}
+    assert await control_plane.bridge.pending_count(stream) == 0  # acknowledged, not stuck
+
+
+async def test_an_invalid_handoff_for_a_known_job_fails_the_job_with_the_reason(
+    control_plane: ControlPlane, worker: RunningWorker, redis
+):
+    # queued for a pool nobody serves, so only the broken message below can touch it
+    job_id = (await control_plane.submit({"nodes": [{"id": "a", "task": "noop", "plane": "python",
+                                                     "pool": "idle"}]})).job_id
+    await redis.xadd(control_plane.bridge.keys.data_stream("default"),
+                     {"m": orjson.dumps({"job_id": job_id, "handoff_seq": 1, "graph": {"nodes": "broken"}})})
+    job = await wait_for_job(control_plane, job_id, timeout_s=10)
+
+    assert job.status == "failed"
+    assert job.error.startswith("dead-lettered: invalid handoff message") and "graph.nodes" in job.error
+    (dead,) = await control_plane.bridge.dead_letters()
+    assert dead["job"] == job_id
+    events = await control_plane.bridge.events(job_id)
+    assert events[-1].status == "failed" and events[-1].node_id is None
+
+
+async def test_a_stale_duplicate_handoff_is_rejected_by_the_fence(
+    control_plane: ControlPlane, worker: RunningWorker, redis
+):
+    graph = {"nodes": [{"id": "a", "task": "noop", "plane": "python"}]}
+    job_id = (await control_plane.submit(graph)).job_id
+    job = await wait_for_job(control_plane, job_id)
+    stream = control_plane.bridge.keys.data_stream("default")
+    events_before = job.seq
+    # replay the original handoff (seq 1), as a crashed producer's duplicate would
+    replay = Handoff(job_id=job_id, handoff_seq=1, graph=job.graph).model_dump_json()
+    await redis.xadd(stream, {"m": replay})
+
+    deadline = time.monotonic() + 10
+    while worker.worker.metrics.stale_handoffs._value.get() < 1:
+        assert time.monotonic() < deadline, "the stale handoff was not rejected"
+        await asyncio.sleep(0.05)
+    after = await control_plane.get_job(job_id)
+    assert after.seq == events_before  # nothing ran, nothing was mirrored
+    assert node(after, "a").attempts == 1
+    assert await control_plane.bridge.pending_count(stream) == 0
+
+
+async def test_a_message_past_the_delivery_limit_goes_to_the_dead_letter_stream(
+    control_plane: ControlPlane, worker_factory, redis
+):
+    keys = control_plane.bridge.keys
+    stream = keys.data_stream("default")
+    job_id = (await control_plane.submit({"nodes": [{"id": "a", "task": "noop", "plane": "python"}]})).job_id
+    await control_plane.bridge.ensure_group(stream)
+    # consumers that took the message and died, again and again
+    (entries,) = await redis.xreadgroup("workers", "ghost-1", {stream: ">"}, count=1)
+    message_id = entries[1][0][0]
+    for ghost in range(2, 7):
+        await redis.xclaim(stream, "workers", f"ghost-{ghost}", 0, [message_id])
+    await worker_factory(max_deliveries=5)
+
+    job = await wait_for_job(control_plane, job_id, timeout_s=10)
+    assert job.status == "failed" and "delivered" in job.error
+    (dead,) = await control_plane.bridge.dead_letters()
+    assert dead["job"] == job_id and "limit 5" in dead["reason"]
+    assert node(job, "a").attempts == 0
+
+
+async def test_sigterm_releases_unfinished_work_to_another_worker(control_plane: ControlPlane, worker_factory):
+    first = await worker_factory(shutdown_grace_s=0.2)
+    graph = {"nodes": [{"id": "long", "task": "sleep", "plane": "python", "params": {"seconds": 1.5, "steps": 15}}]}
+    job_id = (await control_plane.submit(graph)).job_id
+    await wait_for_node(control_plane, job_id, "long", "running")
+    await first.stop()  # what SIGTERM does: grace, then release
+    await worker_factory()
+    job = await wait_for_job(control_plane, job_id, timeout_s=15)
+
+    assert job.status == "succeeded"
+    assert node(job, "long").attempts == 2
+
+
+def _spawn_worker(settings, worker_id: str) -> subprocess.Popen:
+    env = dict(os.environ, REDIS_URL=settings.redis_url, S3_ENDPOINT=settings.s3_endpoint,
+               S3_ACCESS_KEY=settings.s3_access_key, S3_SECRET_KEY=settings.s3_secret_key,
+               S3_BUCKET=settings.s3_bucket, DUALPLANE_LEASE_S=str(settings.lease_s),
+               DUALPLANE_WORKER_ID=worker_id, DUALPLANE_READ_BLOCK_MS="100", DUALPLANE_WORKER_PORT="0")
+    code = ("import asyncio; from dualplane.common.settings import Settings; "
+            "from dualplane.data_plane import Worker; asyncio.run(Worker(Settings()).run(serve_http=False))")
+    return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+
+async def test_a_worker_killed_mid_node_is_reclaimed_and_completed_nodes_never_rerun(
+    control_plane: ControlPlane, settings, worker_factory
+):
+    victim = _spawn_worker(settings, "victim")
+    try:
+        graph = {"nodes": [
+            {"id": "first", "task": "checksum", "plane": "python", "params": {"text": "done once"}},
+            {"id": "long", "task": "sleep", "plane": "python", "needs": ["first"],
+             "params": {"seconds": 2.0, "steps": 20}},
+            {"id": "end", "task": "collect", "plane": "control", "needs": ["long"]},
+        ]}
+        job_id = (await control_plane.submit(graph)).job_id
+        await wait_for_node(control_plane, job_id, "long", "running", timeout_s=30)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(5)
+        rescuer = await worker_factory()
+        job = await wait_for_job(control_plane, job_id, timeout_s=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+
+    assert job.status == "succeeded"
+    assert node(job, "first").attempts == 1  # completed before the crash: never run again
+    assert node(job, "long").attempts == 2
+    assert rescuer.worker.metrics.reclaimed._value.get() >= 1
+    runs = [e for e in await control_plane.bridge.events(job_id) if e.node_id == "first" and e.status == "running"]
+    assert len(runs) == 1
