@@ -46,8 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         "up", help="start a local stack, run the demo job with live progress, keep serving"
     ).set_defaults(handler=cmd_up)
     demo = sub.add_parser("demo", help="like `up`, but exit after the job: 0 if it succeeded")
-    demo.add_argument("--timeout", type=float, default=DEMO_TIMEOUT_S,
-                      help=f"seconds to wait for the job (default {DEMO_TIMEOUT_S:g})")
+    demo.add_argument(
+        "--timeout",
+        type=float,
+        default=DEMO_TIMEOUT_S,
+        help=f"seconds to wait for the job (default {DEMO_TIMEOUT_S:g})",
+    )
     demo.set_defaults(handler=cmd_demo)
     return parser
 
@@ -138,8 +142,10 @@ def run_stack(*, serve: bool, timeout_s: float | None) -> int:
 
 def serve_until_interrupted(stack: Any) -> int:
     """Keep the stack up for the person at the terminal; a child dying on its own is an error."""
-    say(f"serving: control plane at {stack.control_url} (API docs at {stack.control_url}/docs)"
-        " - Ctrl-C to stop")
+    say(
+        f"serving: control plane at {stack.control_url} (API docs at {stack.control_url}/docs)"
+        " - Ctrl-C to stop"
+    )
     try:
         while True:
             stack.check_children()
@@ -198,8 +204,10 @@ def progress_bar(fraction: float) -> str:
 
 def format_event(event: dict[str, Any], started: float) -> str:
     """One terminal line per event: time since submit, seq, node (or `job`), what happened."""
-    head = (f"[{max(0.0, event['ts'] - started):6.2f}s] seq {event['seq']:<3} "
-            f"{event.get('node_id') or 'job':<10}")
+    head = (
+        f"[{max(0.0, event['ts'] - started):6.2f}s] seq {event['seq']:<3} "
+        f"{event.get('node_id') or 'job':<10}"
+    )
     message = f"  {event['message']}" if event.get("message") else ""
     if event["type"] == "progress":
         return f"{head} {progress_bar(event.get('progress') or 0.0)}{message}".rstrip()
@@ -222,9 +230,13 @@ def print_outcome(job: dict[str, Any], stack: Any, settings: Settings) -> None:
     """Final status, each node's status, and a presigned GET URL per artifact."""
     say(f"job {job['id']} {job['status']}")
     for node in job["graph"]["nodes"]:
-        error = f"  {node['error']['type']}: {node['error']['message']}" if node.get("error") else ""
+        error = (
+            f"  {node['error']['type']}: {node['error']['message']}" if node.get("error") else ""
+        )
         say(f"  {node['id']:<10} {node['status']:<10}{error}".rstrip())
-    refs = [(node["id"], ref) for node in job["graph"]["nodes"] for ref in node.get("artifacts") or []]
+    refs = [
+        (node["id"], ref) for node in job["graph"]["nodes"] for ref in node.get("artifacts") or []
+    ]
     if refs:
         say("artifacts (presigned GET URLs, valid 1 h):")
     for node_id, ref, url in zip_urls(refs, stack, settings):

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -113,7 +114,7 @@ class LocalStack:
         with signals_ignored():
             self._exit.close()
 
-    def __enter__(self) -> LocalStack:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -181,8 +182,9 @@ class LocalStack:
         child = Child(command, process, log_path, health_url)
         self._exit.callback(child.stop, self.settings.shutdown_grace_s + KILL_MARGIN_S)
         self.children.append(child)
-        self.announce(f"{command:<14} {health_url.removesuffix('/health')}  pid {process.pid}"
-                      f"  log {log_path}")
+        self.announce(
+            f"{command:<14} {health_url.removesuffix('/health')}  pid {process.pid}  log {log_path}"
+        )
 
     def _wait_healthy(self) -> None:
         """Poll every child's /health until 200; a child that exits first fails with its log."""
@@ -202,8 +204,10 @@ class LocalStack:
         """Raise (with the log tail) when a control plane or worker has exited on its own."""
         for child in self.children:
             if child.process.poll() is not None:
-                raise RuntimeError(f"{child.name} exited with code {child.process.returncode}; "
-                                   f"log tail ({child.log_path}):\n{child.log_tail()}")
+                raise RuntimeError(
+                    f"{child.name} exited with code {child.process.returncode}; "
+                    f"log tail ({child.log_path}):\n{child.log_tail()}"
+                )
 
 
 def _healthy(client: httpx.Client, url: str) -> bool:

@@ -25,7 +25,7 @@ import enum
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -122,23 +122,63 @@ class Keys:
         return CONTROL_GROUP if stream == self.control_stream else WORKER_GROUP
 
 
+@dataclass(eq=False)
+class _Call:
+    """One script call waiting for the next pipeline.
+
+    Mirroring scripts share an argument layout — ``head``, then the number of field
+    pairs, the pairs, then (kind, body) event pairs — which is what lets consecutive
+    calls for the same job and fence be merged into one.
+    """
+
+    script: str
+    keys: Sequence[str]
+    head: Sequence[Any]
+    fields: list[Any] | None = None
+    events: list[Any] | None = None
+    merge_key: tuple[str, Any] | None = None
+    futures: list[asyncio.Future[Any]] = field(default_factory=list)
+
+    def argv(self) -> list[Any]:
+        if self.fields is None:
+            return [len(self.keys), *self.keys, *self.head]
+        return [len(self.keys), *self.keys, *self.head, len(self.fields) // 2, *self.fields, *(self.events or ())]
+
+    def absorb(self, earlier: _Call) -> None:
+        """Take over an earlier emit of the same job and fence: its fields and events go
+        first, and its callers get this call's result (the same atomic step)."""
+        self.fields = [*(earlier.fields or ()), *(self.fields or ())]
+        self.events = [*(earlier.events or ()), *(self.events or ())]
+        self.futures = earlier.futures + self.futures
+
+
 class _Batcher:
     """Coalesces script calls made in the same loop tick into one pipeline.
 
     Only one pipeline is in flight at a time: Redis runs them in order, which is
     what keeps a job's events, its handoff and its ack in the order they were made.
+    A mirroring call that directly follows an ``emit`` for the same job and fence is
+    merged with it (a node's "running" and "succeeded" and the job's handoff become
+    one script call when they happen in the same tick).
     """
 
     def __init__(self, client: aioredis.Redis, shas: dict[str, str], sources: dict[str, str]) -> None:
         self._client = client
         self._shas = shas
         self._sources = sources
-        self._pending: list[tuple[str, Sequence[Any], asyncio.Future[Any]]] = []
+        self._pending: list[_Call] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    def call(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+    def call(self, call: _Call) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((script, [len(keys), *keys, *args], future))
+        call.futures.append(future)
+        last = self._pending[-1] if self._pending else None
+        if (last is not None and call.merge_key is not None and last.script == "emit"
+                and last.merge_key == call.merge_key):
+            call.absorb(last)
+            self._pending[-1] = call
+        else:
+            self._pending.append(call)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_all())
         return future
@@ -149,31 +189,30 @@ class _Batcher:
             batch, self._pending = self._pending, []
             await asyncio.shield(self._flush(batch))
 
-    async def _flush(self, batch: list[tuple[str, Sequence[Any], asyncio.Future[Any]]]) -> None:
+    async def _flush(self, batch: list[_Call]) -> None:
+        argvs = [call.argv() for call in batch]
         try:
             pipe = self._client.pipeline(transaction=False)
-            for script, argv, _ in batch:
-                pipe.evalsha(self._shas[script], *argv)
+            for call, argv in zip(batch, argvs, strict=True):
+                pipe.evalsha(self._shas[call.script], *argv)
             results = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # connection lost: every caller in the batch sees it
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(BridgeClosed(f"redis pipeline failed: {exc}"))
-            return
-        for (script, argv, future), result in zip(batch, results, strict=True):
+            results = [BridgeClosed(f"redis pipeline failed: {exc}")] * len(batch)
+        for call, argv, result in zip(batch, argvs, results, strict=True):
             if isinstance(result, NoScriptError):  # Redis restarted and lost its script cache
-                result = await self._retry_eval(script, argv)
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+                result = await self._retry_eval(call.script, argv)
+            for future in call.futures:
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
     async def _retry_eval(self, script: str, argv: Sequence[Any]) -> Any:
         try:
             return await self._client.eval(self._sources[script], *argv)
-        except Exception as exc:
+        except Exception as exc:  # handed to the callers as their result
             return exc
 
 
@@ -239,10 +278,10 @@ class Bridge:
             raise BridgeClosed(f"bridge is {self._state.value}")
         return self._client
 
-    def _call(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+    def _call(self, call: _Call) -> asyncio.Future[Any]:
         if self._state is not _State.OPEN or self._batcher is None:
             raise BridgeClosed(f"bridge is {self._state.value}")
-        return self._batcher.call(script, keys, args)
+        return self._batcher.call(call)
 
     async def ping(self) -> bool:
         try:
@@ -309,12 +348,12 @@ class Bridge:
         job_id = job_id or ""
         fields = {_s(k): _s(v) for k, v in message.fields.items()}
         _, body = event_body("status", job_id, status="failed", message=f"dead-lettered: {reason}")
-        await self._call(
+        await self._call(_Call(
             "dead_letter",
             [self.keys.dead_stream, message.stream, self.keys.job(job_id), self.keys.events(job_id)],
             [self.keys.prefix, job_id, time.time(), self.keys.group_for_stream(message.stream), message.id,
              reason, _dumps(fields), self.config.finished_job_ttl_s, body],
-        )
+        ))
 
     async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         entries = await self.client.xrange(self.keys.dead_stream, count=count)
@@ -350,17 +389,17 @@ class Bridge:
         fields = ["id", job_id, "status", "queued", "owner", owner, "spec", spec, "cancel", "", *fields]
         if request_id:
             fields += ["request_id", request_id]
-        reply = await self._call(
+        reply = await self._call(_Call(
             "create",
             [self.keys.job(job_id), self.keys.events(job_id), self.keys.stream_for_lane(lane)],
-            [self.keys.prefix, job_id, time.time(), message.model_dump_json(exclude_defaults=True),
-             len(fields) // 2, *fields, *_flatten(events)],
-        )
+            [self.keys.prefix, job_id, time.time(), message.model_dump_json(exclude_defaults=True)],
+            fields, _flatten(events),
+        ))
         created, value = int(reply[0]), reply[1]
         return created == 1, (int(value) if created else _s(value))
 
     async def claim(self, job_id: str, handoff_seq: int) -> Claim:
-        reply = await self._call("claim", [self.keys.job(job_id)], [handoff_seq])
+        reply = await self._call(_Call("claim", [self.keys.job(job_id)], [handoff_seq]))
         code = int(reply[0])
         if code == -2:
             return Claim(ok=False, gone=True)
@@ -390,14 +429,19 @@ class Bridge:
         fence: int | None = None,
     ) -> asyncio.Future[Any]:
         """:meth:`emit` without waiting: queued in this tick's pipeline, in call order."""
-        return self._call(
+        return self._call(_Call(
             "emit",
             [self.keys.job(job_id), self.keys.events(job_id)],
-            [self.keys.prefix, job_id, "" if fence is None else fence, time.time(),
-             len(fields) // 2, *fields, *_flatten(events)],
-        )
+            [self.keys.prefix, job_id, "" if fence is None else fence, time.time()],
+            list(fields), _flatten(events), merge_key=(job_id, fence),
+        ))
 
-    async def handoff(
+    async def handoff(self, job_id: str, **kwargs: Any) -> int:
+        """Hand the full graph to ``target_lane`` (or finish the job when it is None) and
+        acknowledge ``source``, atomically. Returns the last seq, -1 if stale, -2 if gone."""
+        return int(await self.handoff_nowait(job_id, **kwargs))
+
+    def handoff_nowait(
         self,
         job_id: str,
         *,
@@ -409,9 +453,8 @@ class Bridge:
         sent_by: str,
         fields: Sequence[Any] = (),
         events: Sequence[tuple[str, bytes]] = (),
-    ) -> int:
-        """Hand the full graph to ``target_lane`` (or finish the job when it is None) and
-        acknowledge ``source``, atomically. Returns the last seq, -1 if stale, -2 if gone."""
+    ) -> asyncio.Future[Any]:
+        """:meth:`handoff` without waiting; merged with the job's last emit when adjacent."""
         message = b""
         target = ""
         if target_lane is not None:
@@ -420,15 +463,13 @@ class Bridge:
                 job_id=job_id, handoff_seq=expected_seq + 1, graph=graph, request_id=request_id, sent_by=sent_by
             ).model_dump_json(exclude_defaults=True).encode()
         src_stream = source.stream if source else self.keys.control_stream
-        return int(
-            await self._call(
-                "handoff",
-                [self.keys.job(job_id), self.keys.events(job_id), src_stream, target or src_stream],
-                [self.keys.prefix, job_id, expected_seq, time.time(), self.keys.group_for_stream(src_stream),
-                 source.id if source else "", message, self.config.finished_job_ttl_s,
-                 len(fields) // 2, *fields, *_flatten(events)],
-            )
-        )
+        return self._call(_Call(
+            "handoff",
+            [self.keys.job(job_id), self.keys.events(job_id), src_stream, target or src_stream],
+            [self.keys.prefix, job_id, expected_seq, time.time(), self.keys.group_for_stream(src_stream),
+             source.id if source else "", message, self.config.finished_job_ttl_s],
+            list(fields), _flatten(events), merge_key=(job_id, expected_seq),
+        ))
 
     async def request_cancel(self, job_id: str) -> str:
         """Set the job's cancel flag (checked by the owner on every poll). Returns the job status."""

@@ -16,11 +16,20 @@ from typing import Any
 import orjson
 import pydantic
 
-from dualplane.common.bridge import Bridge, Claim, LeaseKeeper, Message, event_body, node_field, node_state
+from dualplane.common.bridge import (
+    RUNTIME_FIELDS,
+    Bridge,
+    Claim,
+    LeaseKeeper,
+    Message,
+    event_body,
+    node_field,
+    node_state,
+)
 from dualplane.common.errors import BridgeClosed
 from dualplane.common.executor import Executor, JobRun
 from dualplane.common.graph import is_terminal, job_outcome, lane_of, next_lane, plan_for_lane, propagate_skips
-from dualplane.common.models import Graph, Handoff, NodeStatus
+from dualplane.common.models import Graph, Handoff, Node, NodeStatus
 from dualplane.common.telemetry import PlaneMetrics
 
 log = logging.getLogger("dualplane.consumer")
@@ -137,11 +146,9 @@ class Consumer:
 
     def _parse(self, message: Message, deliveries: int) -> Handoff | None:
         """The handoff in a message, or None after dead-lettering what cannot be processed."""
-        job_id = None
         try:
             if message.raw is None:
                 raise ValueError("message has no 'm' field")
-            job_id = _peek_job_id(message.raw)
             if deliveries > self.bridge.config.max_deliveries:
                 raise _TooManyDeliveries(
                     f"delivered {deliveries} times (limit {self.bridge.config.max_deliveries}); "
@@ -150,6 +157,7 @@ class Consumer:
             return Handoff.model_validate_json(message.raw)
         except (ValueError, pydantic.ValidationError) as exc:
             reason = _reason(exc)
+            job_id = _peek_job_id(message.raw) if message.raw else None
             log.error("%s: dead-lettering %s (job %s): %s", self.name, message.id, job_id, reason)
             self._metrics.dead_letters.labels(stream=self.lane).inc()
             self._spawn(self.bridge.dead_letter(message, reason, job_id))
@@ -174,7 +182,10 @@ class Consumer:
         if claim.cancel_requested:
             run.cancel.set()
         self._inflight[message.id] = run
-        run.done.add_done_callback(lambda _f, run=run: self._spawn(self._finish(run)))
+        if plan:
+            run.on_done = self._finish
+        else:  # nothing to run here (cancelled, or all skipped): hand on at once
+            self._finish(run)
         return run
 
     async def _run_batch(self, runs: list[JobRun]) -> None:
@@ -191,8 +202,12 @@ class Consumer:
 
     # -- finishing -------------------------------------------------------------------
 
-    async def _finish(self, run: JobRun) -> None:
-        """Hand the graph to the next lane, or finish the job; ack the message atomically."""
+    def _finish(self, run: JobRun) -> None:
+        """Hand the graph to the next lane, or finish the job; ack the message atomically.
+
+        Synchronous on purpose: called from the executor as the last node's end is
+        mirrored, the handoff is merged into that same script call.
+        """
         graph = run.graph
         events: list[tuple[str, bytes]] = []
         fields: list[Any] = []
@@ -210,15 +225,19 @@ class Consumer:
         else:
             _queue_ready(run, target, events, fields, self.plane)
             fields += ["owner", "control" if target == "control" else "python"]
-        try:
-            seq = await self.bridge.handoff(
-                run.job_id, expected_seq=run.fence, source=run.message, target_lane=target, graph=graph,
-                request_id=run.request_id, sent_by=self.name, fields=fields, events=events,
-            )
-        except BridgeClosed as exc:  # the message stays pending and is reclaimed after the lease
-            log.error("%s: handoff of job %s failed: %s", self.name, run.job_id, exc)
+        reply = self.bridge.handoff_nowait(
+            run.job_id, expected_seq=run.fence, source=run.message, target_lane=target, graph=graph,
+            request_id=run.request_id, sent_by=self.name, fields=fields, events=events,
+        )
+        reply.add_done_callback(lambda f: self._handed_off(run, f, outcome, target))
+
+    def _handed_off(self, run: JobRun, reply: asyncio.Future[Any], outcome: str | None, target: str | None) -> None:
+        if reply.cancelled():
+            return
+        if reply.exception() is not None:  # the message stays pending and is reclaimed after the lease
+            log.error("%s: handoff of job %s failed: %s", self.name, run.job_id, reply.exception())
         else:
-            self._count_finish(run, outcome, target, seq)
+            self._count_finish(run, outcome, target, int(reply.result()))
         self._forget(run)
 
     def _count_finish(self, run: JobRun, outcome: str | None, target: str | None, seq: int) -> None:
@@ -264,7 +283,9 @@ class Consumer:
         """Propagate cancel requests into running jobs (tasks see ``ctx.cancelled``)."""
         while True:
             await asyncio.sleep(self._cancel_poll_s)
-            runs = [r for r in self._inflight.values() if not r.cancel.is_set()]
+            # a run younger than one poll has just read the flag in its claim
+            horizon = time.monotonic() - self._cancel_poll_s
+            runs = [r for r in self._inflight.values() if not r.cancel.is_set() and r.started < horizon]
             if not runs:
                 continue
             try:
@@ -324,14 +345,11 @@ def _reason(exc: Exception) -> str:
 def _merge_states(graph: Graph, states: dict[str, dict[str, Any]]) -> Graph:
     """Overlay the job hash's node states (the truth) on the graph the message carried,
     so a re-delivered message never runs a node that already completed."""
-    if not states:
-        return graph
-    merged = graph.model_dump()
-    for node in merged["nodes"]:
-        state = states.get(node["id"])
-        if state:
-            node.update(state)
-    return Graph.model_validate(merged)
+    for index, node in enumerate(graph.nodes):
+        state = states.get(node.id)
+        if state and (state.get("status") != node.status or state.get("attempts", 0) != node.attempts):
+            graph.nodes[index] = Node.model_validate({**node.model_dump(exclude=RUNTIME_FIELDS), **state})
+    return graph
 
 
 def _cancel_rest(run: JobRun, events: list[Any], fields: list[Any], plane: str) -> None:

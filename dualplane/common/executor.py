@@ -68,6 +68,10 @@ class JobRun:
     cancel: threading.Event = field(default_factory=threading.Event)
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     stale: bool = False
+    #: Called synchronously when the plan is done, so the handoff joins the same pipeline
+    #: as the last node's events.
+    on_done: Callable[[JobRun], None] | None = None
+    started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.by_id: dict[str, Node] = {node.id: node for node in self.graph.nodes}
@@ -281,6 +285,8 @@ class Executor:
             run.remaining -= 1
             if run.remaining == 0 and not run.done.done():
                 run.done.set_result(None)
+                if run.on_done is not None:
+                    run.on_done(run)
 
 
 class _InvalidParams(ValueError):

@@ -36,7 +36,7 @@ def status_of(node: Node) -> str:
 
 
 def is_terminal(node: Node) -> bool:
-    return status_of(node) in TERMINAL
+    return node.status in TERMINAL  # a StrEnum member hashes as its value
 
 
 def lane_of(node: Node) -> str:
@@ -191,7 +191,18 @@ def ancestors(graph: Graph) -> dict[str, set[str]]:
 
 
 def topological(graph: Graph) -> list[Node]:
-    """Nodes in an order where every node comes after its needs."""
+    """Nodes in an order where every node comes after its needs (the graph is acyclic).
+
+    This runs several times per job on the dispatch hot path, so the usual case — nodes
+    already listed after their needs — is a single pass without graphlib.
+    """
+    seen: set[str] = set()
+    for node in graph.nodes:
+        if not seen.issuperset(node.needs):
+            break
+        seen.add(node.id)
+    else:
+        return list(graph.nodes)
     by_id = {node.id: node for node in graph.nodes}
     order = graphlib.TopologicalSorter({n.id: n.needs for n in graph.nodes}).static_order()
     return [by_id[nid] for nid in order]

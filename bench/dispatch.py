@@ -1,0 +1,166 @@
+"""Dispatch benchmark: jobs/s and submit → completed latency on a local Redis.
+
+One control-plane process (this one: the ControlPlane object with its control runner,
+jobs submitted through its in-process submission API — no HTTP) and one worker process
+(``dualplane worker`` started as a subprocess) on a redis-server this script starts.
+
+    .venv/bin/python bench/dispatch.py [--jobs 20000] [--graphs 6000] [--latency 500]
+
+Prints figures; asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from dualplane.common.services import start_redis
+from dualplane.common.settings import Settings
+from dualplane.control_plane import ControlPlane
+
+SINGLE = {"nodes": [{"id": "a", "task": "noop", "plane": "python"}]}
+THREE = {"nodes": [
+    {"id": "pre", "task": "emit", "plane": "control"},
+    {"id": "mid", "task": "noop", "plane": "python", "needs": ["pre"]},
+    {"id": "post", "task": "collect", "plane": "control", "needs": ["mid"]},
+]}
+#: Submissions kept in flight by the throughput runs.
+IN_FLIGHT = 2000
+
+
+def start_worker(redis_url: str, concurrency: int, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, REDIS_URL=redis_url, DUALPLANE_CONCURRENCY=str(concurrency),
+               DUALPLANE_READ_BATCH="512", DUALPLANE_WORKER_ID="bench-worker", DUALPLANE_WORKER_PORT="0",
+               DUALPLANE_LOG_LEVEL="WARNING")
+    env.pop("S3_ENDPOINT", None)
+    return subprocess.Popen([sys.executable, "-m", "dualplane", "worker"], env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+class Completions:
+    """Counts finished jobs from the job-level status events on Pub/Sub (one PSUBSCRIBE)."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._pubsub = client.pubsub()
+        self._prefix = prefix
+        self.finished: dict[str, float] = {}
+        self._waiters: dict[str, asyncio.Future[float]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._pubsub.psubscribe(f"{self._prefix}status:*")
+        self._task = asyncio.create_task(self._listen())
+
+    async def _listen(self) -> None:
+        async for message in self._pubsub.listen():
+            data = message.get("data")
+            if not isinstance(data, bytes) or b'"node_id"' in data or b'"status":"succeeded"' not in data:
+                continue
+            job_id = message["channel"].decode().rsplit(":", 1)[1]
+            now = time.perf_counter()
+            self.finished[job_id] = now
+            waiter = self._waiters.pop(job_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(now)
+
+    def wait(self, job_id: str) -> asyncio.Future[float]:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if job_id in self.finished:
+            future.set_result(self.finished[job_id])
+        else:
+            self._waiters[job_id] = future
+        return future
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        await self._pubsub.aclose()
+
+
+async def throughput(plane: ControlPlane, done: Completions, graph: dict, count: int) -> float:
+    """Submit ``count`` jobs keeping IN_FLIGHT outstanding; jobs/s from first submit to last completion."""
+    ids: list[str] = []
+    slots = asyncio.Semaphore(IN_FLIGHT)
+
+    async def one() -> None:
+        async with slots:
+            submitted = await plane.submit(graph)
+            ids.append(submitted.job_id)
+            await done.wait(submitted.job_id)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(count)))
+    return count / (max(done.finished[i] for i in ids) - started)
+
+
+async def latency(plane: ControlPlane, done: Completions, graph: dict, count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        submitted = await plane.submit(graph)
+        finished = await done.wait(submitted.job_id)
+        samples.append((finished - started) * 1000)
+        await asyncio.sleep(0.002)  # idle between jobs
+    return samples
+
+
+def pct(samples: list[float], q: float) -> float:
+    return statistics.quantiles(samples, n=100)[int(q) - 1] if len(samples) > 1 else samples[0]
+
+
+async def run(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="dp-bench-"))
+    with start_redis(tmp / "redis") as server:
+        settings = Settings(redis_url=server.url, s3_endpoint=None, concurrency=256, read_batch=512)
+        worker = start_worker(server.url, args.concurrency, tmp / "worker.log")
+        plane = ControlPlane(settings)
+        await plane.start()
+        client = aioredis.Redis.from_url(server.url)
+        done = Completions(client, settings.key_prefix)
+        await done.start()
+        try:
+            await throughput(plane, done, SINGLE, 500)  # warm-up: imports, JIT-less caches, connections
+            report(args, "warm-up done")
+            single = await throughput(plane, done, SINGLE, args.jobs)
+            report(args, f"single-node no-op python jobs: {single:,.0f} jobs/s ({args.jobs} jobs)")
+            three = await throughput(plane, done, THREE, args.graphs)
+            report(args, f"3-node control->python->control graphs: {three:,.0f} graphs/s ({args.graphs} graphs)")
+            for name, graph in (("single-node", SINGLE), ("3-node", THREE)):
+                samples = await latency(plane, done, graph, args.latency)
+                report(args, f"idle submit->completed latency, {name}: p50 {pct(samples, 50):.2f} ms, "
+                             f"p99 {pct(samples, 99):.2f} ms ({args.latency} jobs, one at a time)")
+        finally:
+            await done.stop()
+            await client.aclose()
+            await plane.stop(1.0)
+            worker.terminate()
+            worker.wait(30)
+
+
+def report(args: argparse.Namespace, line: str) -> None:
+    print(line, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument("--graphs", type=int, default=6000)
+    parser.add_argument("--latency", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=512, help="worker concurrency (jobs held at once)")
+    args = parser.parse_args()
+    print(f"dispatch benchmark: 1 control-plane process (in-process submission API, no HTTP), "
+          f"1 worker process, local redis-server; {os.cpu_count()} CPUs", flush=True)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
