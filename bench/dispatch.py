@@ -23,6 +23,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from dualplane.cli import run_async
 from dualplane.common.services import start_redis
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
@@ -159,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"dispatch benchmark: 1 control-plane process (in-process submission API, no HTTP), "
           f"1 worker process, local redis-server; {os.cpu_count()} CPUs", flush=True)
-    asyncio.run(run(args))
+    run_async(run(args))
 
 
 if __name__ == "__main__":

@@ -399,14 +399,12 @@ class Bridge:
         return created == 1, (int(value) if created else _s(value))
 
     async def claim(self, job_id: str, handoff_seq: int) -> Claim:
-        reply = await self._call(_Call("claim", [self.keys.job(job_id)], [handoff_seq]))
-        code = int(reply[0])
-        if code == -2:
-            return Claim(ok=False, gone=True)
-        if code == -1:
-            return Claim(ok=False)
-        states = {_s(reply[i]): orjson.loads(reply[i + 1]) for i in range(3, len(reply), 2)}
-        return Claim(ok=True, status=_s(reply[1]), cancel_requested=bool(reply[2]), node_states=states)
+        return parse_claim(await self.claim_nowait(job_id, handoff_seq))
+
+    def claim_nowait(self, job_id: str, handoff_seq: int) -> asyncio.Future[Any]:
+        """The raw claim reply, batched with this tick's other calls (see :func:`parse_claim`);
+        gathering these futures costs no task per message."""
+        return self._call(_Call("claim", [self.keys.job(job_id)], [handoff_seq]))
 
     async def emit(
         self,
@@ -515,6 +513,17 @@ class Bridge:
 
     async def remove_worker(self, worker_id: str) -> None:
         await self.client.delete(self.keys.worker(worker_id))
+
+
+def parse_claim(reply: Any) -> Claim:
+    """Decode a claim script reply."""
+    code = int(reply[0])
+    if code == -2:
+        return Claim(ok=False, gone=True)
+    if code == -1:
+        return Claim(ok=False)
+    states = {_s(reply[i]): orjson.loads(reply[i + 1]) for i in range(3, len(reply), 2)}
+    return Claim(ok=True, status=_s(reply[1]), cancel_requested=bool(reply[2]), node_states=states)
 
 
 def job_from_hash(raw: dict[str, bytes]) -> Job:

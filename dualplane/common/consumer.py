@@ -25,6 +25,7 @@ from dualplane.common.bridge import (
     event_body,
     node_field,
     node_state,
+    parse_claim,
 )
 from dualplane.common.errors import BridgeClosed
 from dualplane.common.executor import Executor, JobRun
@@ -133,10 +134,10 @@ class Consumer:
         valid = [(m, h) for m, h in parsed if h is not None]
         for message, _ in valid:
             self._lease.hold(message.stream, message.id)
-        claims = await asyncio.gather(*(self.bridge.claim(h.job_id, h.handoff_seq) for _, h in valid))
+        replies = await asyncio.gather(*(self.bridge.claim_nowait(h.job_id, h.handoff_seq) for _, h in valid))
         runs: list[JobRun] = []
-        for (message, handoff), claim in zip(valid, claims, strict=True):
-            run = await self._accept(message, handoff, claim)
+        for (message, handoff), reply in zip(valid, replies, strict=True):
+            run = await self._accept(message, handoff, parse_claim(reply))
             if run is not None:
                 runs.append(run)
         if runs:

@@ -51,7 +51,7 @@ class _RetryAttempt(Exception):
 
 
 class _BatchState(TypedDict, total=False):
-    sends: list[dict[str, Any]]
+    batch: int  # key of the batch's sends, kept by the executor (LangGraph copies state)
 
 
 @dataclass(eq=False)
@@ -75,8 +75,10 @@ class JobRun:
 
     def __post_init__(self) -> None:
         self.by_id: dict[str, Node] = {node.id: node for node in self.graph.nodes}
+        # futures only where another planned node waits on them (most plans have one node)
+        awaited = {need for nid in self.plan for need in self.by_id[nid].needs}.intersection(self.plan)
         loop = asyncio.get_running_loop()
-        self.finished: dict[str, asyncio.Future[None]] = {nid: loop.create_future() for nid in self.plan}
+        self.finished: dict[str, asyncio.Future[None]] = {nid: loop.create_future() for nid in awaited}
         self.remaining = len(self.plan)
         if not self.plan and not self.done.done():
             self.done.set_result(None)
@@ -113,6 +115,7 @@ class Executor:
         self._artifacts = artifacts
         self._on_node_finished = on_node_finished
         self._runs: dict[int, JobRun] = {}
+        self._sends: dict[int, list[tuple[str, tuple[int, str]]]] = {}
         self._graph = self._compile()
         self.running_nodes = 0
 
@@ -133,10 +136,12 @@ class Executor:
                 ),
             )
             builder.add_edge(spec.name, END)
-        builder.add_conditional_edges(
-            START, lambda state: [Send(s["task"], s) for s in state["sends"]], [s.name for s in specs]
-        )
+        builder.add_conditional_edges(START, self._route, [s.name for s in specs])
         return builder.compile()
+
+    async def _route(self, state: _BatchState) -> list[Send]:
+        # async, so LangGraph does not hop to a thread to call it
+        return [Send(task, key) for task, key in self._sends.pop(state["batch"])]
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -150,20 +155,22 @@ class Executor:
         for run in runs:
             self._runs[id(run)] = run
             for node_id in run.plan:
-                sends.append({"task": run.by_id[node_id].task, "run": id(run), "node": node_id})
+                sends.append((run.by_id[node_id].task, (id(run), node_id)))
         if not sends:
             return
+        self._sends[id(sends)] = sends
         try:
-            async for chunk in self._graph.astream({"sends": sends}, stream_mode="custom"):
+            async for chunk in self._graph.astream({"batch": id(sends)}, stream_mode="custom"):
                 self._apply(chunk)
         finally:
+            self._sends.pop(id(sends), None)
             for run in runs:
                 self._runs.pop(id(run), None)
 
-    def _make_node(self, spec: TaskSpec) -> Callable[[dict[str, Any]], Any]:
-        async def node(send: dict[str, Any]) -> None:
-            run = self._runs[send["run"]]
-            await self._run_node(run, run.by_id[send["node"]], spec, get_stream_writer())
+    def _make_node(self, spec: TaskSpec) -> Callable[[tuple[int, str]], Any]:
+        async def node(key: tuple[int, str]) -> None:
+            run = self._runs[key[0]]
+            await self._run_node(run, run.by_id[key[1]], spec, get_stream_writer())
 
         node.__name__ = f"task_{spec.name}"
         return node
@@ -281,7 +288,8 @@ class Executor:
         reply = self._bridge.emit_nowait(run.job_id, events, fields=fields, fence=run.fence)
         reply.add_done_callback(lambda f, run=run: _check_fence(f, run))
         if kind == "finished":
-            run.finished[node.id].set_result(None)
+            if node.id in run.finished:
+                run.finished[node.id].set_result(None)
             run.remaining -= 1
             if run.remaining == 0 and not run.done.done():
                 run.done.set_result(None)
