@@ -129,16 +129,17 @@ async def run(args: argparse.Namespace) -> None:
         done = Completions(client, settings.key_prefix)
         await done.start()
         try:
-            await throughput(plane, done, SINGLE, 500)  # warm-up: imports, JIT-less caches, connections
-            report(args, "warm-up done")
-            single = await throughput(plane, done, SINGLE, args.jobs)
-            report(args, f"single-node no-op python jobs: {single:,.0f} jobs/s ({args.jobs} jobs)")
-            three = await throughput(plane, done, THREE, args.graphs)
-            report(args, f"3-node control->python->control graphs: {three:,.0f} graphs/s ({args.graphs} graphs)")
+            await throughput(plane, done, SINGLE, 500)  # warm-up: imports, caches, connections
             for name, graph in (("single-node", SINGLE), ("3-node", THREE)):
                 samples = await latency(plane, done, graph, args.latency)
                 report(args, f"idle submit->completed latency, {name}: p50 {pct(samples, 50):.2f} ms, "
                              f"p99 {pct(samples, 99):.2f} ms ({args.latency} jobs, one at a time)")
+            single = await throughput(plane, done, SINGLE, args.jobs)
+            report(args, f"single-node no-op python jobs: {single:,.0f} jobs/s ({args.jobs} jobs, "
+                         f"{IN_FLIGHT} submissions in flight)")
+            three = await throughput(plane, done, THREE, args.graphs)
+            report(args, f"3-node control->python->control graphs: {three:,.0f} graphs/s ({args.graphs} graphs, "
+                         f"{IN_FLIGHT} in flight)")
         finally:
             await done.stop()
             await client.aclose()

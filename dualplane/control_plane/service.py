@@ -7,6 +7,7 @@ benchmarks and tests can drive it in-process.
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,7 @@ class ControlPlane:
         self._runner_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        gc.freeze()  # long-lived start-up objects: keep the cyclic GC off them (see Worker.run)
         await self.bridge.connect()
         if self.artifacts is not None:
             await self.artifacts.ensure_bucket()
