@@ -166,14 +166,13 @@ async def test_sigterm_releases_unfinished_work_to_another_worker(control_plane:
     assert node(job, "long").attempts == 2
 
 
-def _spawn_worker(settings, worker_id: str) -> subprocess.Popen:
+def _spawn_worker(settings, worker_id: str, extra: dict[str, str] | None = None) -> subprocess.Popen:
     env = dict(os.environ, REDIS_URL=settings.redis_url, S3_ENDPOINT=settings.s3_endpoint,
                S3_ACCESS_KEY=settings.s3_access_key, S3_SECRET_KEY=settings.s3_secret_key,
                S3_BUCKET=settings.s3_bucket, DUALPLANE_LEASE_S=str(settings.lease_s),
                DUALPLANE_WORKER_ID=worker_id, DUALPLANE_READ_BLOCK_MS="100", DUALPLANE_WORKER_PORT="0")
-    code = ("import asyncio; from dualplane.common.settings import Settings; "
-            "from dualplane.data_plane import Worker; asyncio.run(Worker(Settings()).run(serve_http=False))")
-    return subprocess.Popen([sys.executable, "-c", code], env=env)
+    env.update(extra or {})
+    return subprocess.Popen([sys.executable, "-m", "dualplane", "worker"], env=env)
 
 
 async def test_a_worker_killed_mid_node_is_reclaimed_and_completed_nodes_never_rerun(
@@ -203,3 +202,73 @@ async def test_a_worker_killed_mid_node_is_reclaimed_and_completed_nodes_never_r
     assert rescuer.worker.metrics.reclaimed._value.get() >= 1
     runs = [e for e in await control_plane.bridge.events(job_id) if e.node_id == "first" and e.status == "running"]
     assert len(runs) == 1
+
+
+async def test_the_lease_heartbeat_keeps_a_node_longer_than_the_lease_claimed(
+    control_plane: ControlPlane, worker_factory
+):
+    holder = await worker_factory()
+    graph = {"nodes": [{"id": "long", "task": "sleep", "plane": "python", "params": {"seconds": 3.0, "steps": 6}}]}
+    job_id = (await control_plane.submit(graph)).job_id
+    await wait_for_node(control_plane, job_id, "long", "running")
+    bystander = await worker_factory()  # would reclaim the message if the lease lapsed (lease is 1 s)
+    job = await wait_for_job(control_plane, job_id, timeout_s=15)
+
+    assert job.status == "succeeded"
+    assert node(job, "long").attempts == 1
+    assert bystander.worker.metrics.reclaimed._value.get() == 0
+    assert holder.worker.consumer._lease.beats >= 3
+
+
+async def test_sigterm_on_a_worker_process_hands_its_work_on_and_exits(control_plane: ControlPlane, settings,
+                                                                        worker_factory):
+    import httpx
+
+    from dualplane.common.services import free_port
+
+    port = free_port()
+    proc = _spawn_worker(settings, "terminated", extra={"DUALPLANE_WORKER_PORT": str(port),
+                                                        "DUALPLANE_SHUTDOWN_GRACE_S": "0.3"})
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    health = await client.get("/health")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "worker HTTP never came up"
+                    await asyncio.sleep(0.1)
+            assert health.status_code == 200 and health.json()["worker_id"] == "terminated"
+            graph = {"nodes": [{"id": "long", "task": "sleep", "plane": "python",
+                                "params": {"seconds": 3.0, "steps": 30}}]}
+            job_id = (await control_plane.submit(graph)).job_id
+            await wait_for_node(control_plane, job_id, "long", "running", timeout_s=20)
+            metrics = (await client.get("/metrics")).text
+            assert "dualplane_busy_jobs 1.0" in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        await worker_factory()
+        job = await wait_for_job(control_plane, job_id, timeout_s=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    assert job.status == "succeeded"
+    assert node(job, "long").attempts == 2
+    keys = control_plane.bridge.keys
+    assert await control_plane.bridge.client.exists(keys.worker("terminated")) == 0
+
+
+async def test_the_key_prefix_separates_deployments(settings, redis, worker_factory):
+    other = ControlPlane(settings.model_copy(update={"key_prefix": "other:"}))
+    await other.start()
+    try:
+        await worker_factory(key_prefix="other:")
+        job_id = (await other.submit({"nodes": [{"id": "a", "task": "noop", "plane": "python"}]})).job_id
+        job = await wait_for_job(other, job_id)
+    finally:
+        await other.stop(0.5)
+    keys = {k.decode() for k in await redis.keys("*")}
+    assert job.status == "succeeded"
+    assert keys and all(k.startswith("other:") for k in keys), keys
