@@ -106,6 +106,15 @@ class Keys:
     def channel(self, kind: str, job_id: str) -> str:
         return f"{self.prefix}{kind}:{job_id}"
 
+    def channel_pattern(self, kind: str) -> str:
+        """PSUBSCRIBE pattern for one kind of event of every job (one subscription per hub)."""
+        return f"{self.prefix}{kind}:*"
+
+    @staticmethod
+    def job_id_of_channel(channel: str) -> str:
+        """Job ids contain no ':' (graph.schema.json), so the id is the last segment."""
+        return channel.rsplit(":", 1)[1]
+
     def data_stream(self, pool: str) -> str:
         return f"{self.prefix}stream:data:{pool}"
 
@@ -542,6 +551,7 @@ def job_from_hash(raw: dict[str, bytes]) -> Job:
         "seq": int(raw.get("seq", 0)),
         "progress": float(raw.get("progress", 0) or 0),
         "request_id": _s(raw["request_id"]) if raw.get("request_id") else None,
+        "user": _s(raw["user"]) if raw.get("user") else None,
         "cancel_requested": bool(raw.get("cancel")),
         "created_at": float(raw["created_at"]),
         "updated_at": float(raw["updated_at"]) if raw.get("updated_at") else None,

@@ -29,6 +29,8 @@ class TaskContext:
         thread-safe for sync tasks); the executor mirrors it into Redis.
     :param cancelled: set when the job is cancelled or the worker is releasing it.
     :param artifacts: the artifact store, or None on a plane without one.
+    :param models: the worker's model manager (weights from the model store, kept warm),
+        or None on a plane without one.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class TaskContext:
         artifacts: ArtifactStore | None,
         loop: asyncio.AbstractEventLoop,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        models: Any = None,
     ) -> None:
         self.job_id = job_id
         self.node_id = node_id
@@ -51,6 +54,7 @@ class TaskContext:
         self._cancelled = cancelled
         self._store = artifacts
         self._loop = loop
+        self.models = models
         self._last_progress = -1.0
         self.artifacts_written: list[dict[str, Any]] = []
 

@@ -93,6 +93,7 @@ class Executor:
     :param concurrency: nodes running at once (waiting for needs does not count).
     :param artifacts: artifact store offered to tasks.
     :param on_node_finished: metrics hook.
+    :param models: model manager offered to tasks as ``ctx.models`` (data plane).
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class Executor:
         artifacts: ArtifactStore | None = None,
         on_node_finished: NodeFinished | None = None,
         worker_id: str | None = None,
+        models: Any = None,
     ) -> None:
         self.plane = plane
         self.worker_id = worker_id or plane
@@ -113,6 +115,7 @@ class Executor:
         self._slots = asyncio.Semaphore(concurrency)
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"{plane}-task")
         self._artifacts = artifacts
+        self._models = models
         self._on_node_finished = on_node_finished
         self._runs: dict[int, JobRun] = {}
         self._sends: dict[int, list[tuple[str, tuple[int, str]]]] = {}
@@ -227,7 +230,7 @@ class Executor:
         ctx_write = _node_writer(run, node, write, threaded=not spec.is_async, loop=loop)
         ctx = TaskContext(
             job_id=run.job_id, node_id=node.id, attempt=attempt, write=ctx_write, cancelled=run.cancel,
-            artifacts=self._artifacts, loop=loop,
+            artifacts=self._artifacts, models=self._models, loop=loop,
             logger=logging.LoggerAdapter(log, {"job_id": run.job_id, "node_id": node.id,
                                                "request_id": run.request_id, "plane": self.plane}),
         )

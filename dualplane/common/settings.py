@@ -45,6 +45,30 @@ class Settings(BaseSettings):
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     shutdown_grace_s: float = 30.0
 
+    model_cache_dir: str = ".dualplane/model-cache"
+    models_config: str | None = None  # a TOML registry; None for the packaged one
+    model_cache_max_bytes: int = 8 * 1024**3
+
+    # -- auth and limits (control plane) ----------------------------------------------
+    jwt_algorithm: str = "HS256"  # HS256 (shared secret) or RS256 (key pair)
+    jwt_secret: str | None = None  # HS256; `dualplane up` generates one per stack
+    jwt_private_key_file: str | None = None  # RS256: signs tokens (`dualplane token`)
+    jwt_public_key_file: str | None = None  # RS256: verifies tokens
+    jwt_issuer: str = "dualplane"
+    token_ttl_s: int = 12 * 3600
+    submit_rate_per_min: int = 600  # per user; 0 disables
+    max_body_bytes: int = 1024 * 1024
+    max_nodes: int = 256
+    max_params_bytes: int = 64 * 1024
+    max_wait_s: float = 300.0
+    hub_buffer_messages: int = 1000  # per WebSocket connection before a slow client is closed
+    ollama_url: str | None = Field(None, validation_alias="OLLAMA_URL")
+    ollama_model: str = "llama3.1"
+
+    # -- client side (CLI commands that talk to a running control plane) ----------------
+    api_url: str = Field("http://127.0.0.1:8000", validation_alias="DUALPLANE_URL")
+    token: str | None = Field(None, validation_alias="DUALPLANE_TOKEN")
+
     control_host: str = "127.0.0.1"
     control_port: int = 8000
     worker_host: str = "127.0.0.1"

@@ -45,6 +45,12 @@ class Job(BaseModel):
     )
     id: str
     status: JobStatus
+    user: Annotated[
+        str | None,
+        Field(
+            description='The user that submitted the job (owner for access control).'
+        ),
+    ] = None
     graph: Graph
     progress: Annotated[
         float,

@@ -1,0 +1,127 @@
+"""Authentication (JWT via PyJWT, HS256 or RS256) and the access rules of the API.
+
+Roles:
+
+* ``user`` — submits jobs and sees, follows and cancels only its own;
+* ``admin`` — sees and manages every job;
+* ``orchestrator`` — a service account (a worker, an external reporter): reads and cancels
+  any job and may submit on behalf of a user, but has no user preferences of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from dualplane.common.errors import DualplaneError
+from dualplane.common.settings import Settings
+
+ROLES = ("user", "admin", "orchestrator")
+#: Roles that may act on any user's jobs.
+PRIVILEGED = frozenset({"admin", "orchestrator"})
+
+
+class AuthError(DualplaneError):
+    """A token is missing, malformed, expired or signed by someone else (HTTP 401)."""
+
+
+class Forbidden(DualplaneError):
+    """The principal is known but its role does not allow this (HTTP 403)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: ``user`` is the job owner id; ``role`` one of :data:`ROLES`."""
+
+    user: str
+    role: str
+
+    @property
+    def privileged(self) -> bool:
+        return self.role in PRIVILEGED
+
+    def can_access(self, job_user: str | None) -> bool:
+        """Whether this principal may see, follow or cancel a job owned by ``job_user``."""
+        return self.privileged or (job_user is not None and job_user == self.user)
+
+
+class Authenticator:
+    """Mints and verifies tokens.
+
+    :param algorithm: ``HS256`` (``secret``) or ``RS256`` (``private_key`` signs,
+        ``public_key`` verifies; either may be absent where it is not needed).
+    :param issuer: ``iss`` claim written and required.
+    :param ttl_s: default token lifetime.
+    """
+
+    def __init__(
+        self,
+        *,
+        algorithm: str,
+        secret: str | None = None,
+        private_key: str | None = None,
+        public_key: str | None = None,
+        issuer: str = "dualplane",
+        ttl_s: int = 12 * 3600,
+    ) -> None:
+        if algorithm not in ("HS256", "RS256"):
+            raise ValueError(f"unsupported JWT algorithm {algorithm!r} (HS256 or RS256)")
+        if algorithm == "HS256" and not secret:
+            raise ValueError("HS256 needs DUALPLANE_JWT_SECRET")
+        if algorithm == "RS256" and not (private_key or public_key):
+            raise ValueError("RS256 needs DUALPLANE_JWT_PUBLIC_KEY_FILE (and a private key to mint)")
+        self.algorithm = algorithm
+        self._signing_key = secret if algorithm == "HS256" else private_key
+        self._verifying_key = secret if algorithm == "HS256" else public_key
+        self.issuer = issuer
+        self.ttl_s = ttl_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Authenticator:
+        def read(path: str | None) -> str | None:
+            return Path(path).read_text() if path else None
+
+        return cls(
+            algorithm=settings.jwt_algorithm, secret=settings.jwt_secret,
+            private_key=read(settings.jwt_private_key_file), public_key=read(settings.jwt_public_key_file),
+            issuer=settings.jwt_issuer, ttl_s=settings.token_ttl_s,
+        )
+
+    def mint(self, user: str, role: str = "user", *, ttl_s: int | None = None) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        if not self._signing_key:
+            raise ValueError("this authenticator can only verify (no signing key configured)")
+        now = int(time.time())
+        claims: dict[str, Any] = {"sub": user, "role": role, "iss": self.issuer, "iat": now,
+                                  "exp": now + (self.ttl_s if ttl_s is None else ttl_s)}
+        return jwt.encode(claims, self._signing_key, algorithm=self.algorithm)
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token, self._verifying_key, algorithms=[self.algorithm], issuer=self.issuer,
+                options={"require": ["exp", "sub", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {exc}") from None
+        role = claims.get("role", "user")
+        if role not in ROLES:
+            raise AuthError(f"invalid token: unknown role {role!r}")
+        return Principal(user=str(claims["sub"]), role=role)
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header."""
+    if not authorization:
+        raise AuthError("missing Authorization: Bearer <token>")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("Authorization must be 'Bearer <token>'")
+    return token.strip()
