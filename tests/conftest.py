@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from dualplane.common.artifacts import ArtifactStore
 from dualplane.common.services import RedisServer, S3Server, start_redis, start_s3
 from dualplane.common.settings import Settings
-from dualplane.control_plane import ControlPlane
+from dualplane.control_plane import ControlPlane, create_app
+from dualplane.control_plane.auth import Authenticator
 from dualplane.data_plane import Worker
 from tests.helpers import RunningWorker, unique_name
 
@@ -56,6 +58,7 @@ async def artifact_store(s3_server: S3Server) -> ArtifactStore:
 
 #: Short leases so reclaim tests take seconds, not minutes.
 TEST_LEASE_S = 1.0
+TEST_JWT_SECRET = "test-secret-for-hs256-at-least-32-bytes"
 
 
 @pytest.fixture
@@ -71,6 +74,7 @@ def settings(redis_server: RedisServer, s3_server: S3Server, redis: aioredis.Red
         read_block_ms=100,
         shutdown_grace_s=2.0,
         concurrency=8,
+        jwt_secret=TEST_JWT_SECRET,
     )
 
 
@@ -104,3 +108,31 @@ async def worker_factory(settings: Settings) -> AsyncIterator[Callable[..., Awai
 @pytest.fixture
 async def worker(worker_factory: Callable[..., Awaitable[RunningWorker]]) -> RunningWorker:
     return await worker_factory()
+
+
+@pytest.fixture
+def authenticator(settings: Settings) -> Authenticator:
+    return Authenticator.from_settings(settings)
+
+
+@pytest.fixture
+async def api(settings: Settings, control_plane: ControlPlane, authenticator: Authenticator
+              ) -> AsyncIterator[Callable[..., httpx.AsyncClient]]:
+    """HTTP clients of the real app (in-process ASGI) on the running control plane:
+    ``api("alice")`` is alice with role user, ``api("root", role="admin")`` an admin."""
+    app = create_app(settings, plane=control_plane, authenticator=authenticator)
+    clients: list[httpx.AsyncClient] = []
+
+    def make(user: str | None = "alice", role: str = "user", token: str | None = None) -> httpx.AsyncClient:
+        headers = {}
+        if token is None and user is not None:
+            token = authenticator.mint(user, role)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cp", headers=headers)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()

@@ -170,42 +170,34 @@ async def test_a_slow_branch_does_not_delay_an_unrelated_one(control_plane: Cont
     assert c.started_at - b.finished_at < 0.25  # c started as soon as its own need was done
 
 
-async def test_job_state_is_served_over_http(control_plane: ControlPlane, worker: RunningWorker):
-    from dualplane.control_plane import create_app
-
-    app = create_app(control_plane.settings, plane=control_plane)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cp") as client:
-        created = await client.post("/jobs", json=cross_plane_graph(), headers={"X-Request-Id": "req-42"})
-        assert created.status_code == 201
-        assert created.headers["X-Request-Id"] == "req-42"
-        job_id = created.json()["id"]
-        await wait_for_job(control_plane, job_id)
-        job = (await client.get(f"/jobs/{job_id}")).json()
-        assert job["status"] == "succeeded" and job["request_id"] == "req-42"
-        assert [n["status"] for n in job["graph"]["nodes"]] == ["succeeded"] * 3
-        events = (await client.get(f"/jobs/{job_id}/events", params={"since": 3})).json()
-        assert events[0]["seq"] == 4
-        assert (await client.get("/jobs/nope")).status_code == 404
-        health = await client.get("/health")
-        assert health.status_code == 200 and health.json()["redis"] is True
-        metrics = (await client.get("/metrics")).text
-        assert "dualplane_nodes_finished_total" in metrics
+async def test_job_state_is_served_over_http(api, worker: RunningWorker, control_plane: ControlPlane):
+    client = api("alice")
+    created = await client.post("/jobs", json=cross_plane_graph(), headers={"X-Request-Id": "req-42"})
+    assert created.status_code == 201
+    assert created.headers["X-Request-Id"] == "req-42"
+    job_id = created.json()["id"]
+    await wait_for_job(control_plane, job_id)
+    job = (await client.get(f"/jobs/{job_id}")).json()
+    assert job["status"] == "succeeded" and job["request_id"] == "req-42" and job["user"] == "alice"
+    assert [n["status"] for n in job["graph"]["nodes"]] == ["succeeded"] * 3
+    events = (await client.get(f"/jobs/{job_id}/events", params={"since": 3})).json()
+    assert events[0]["seq"] == 4
+    assert (await client.get("/jobs/nope")).status_code == 404
+    health = await client.get("/health")
+    assert health.status_code == 200 and health.json()["redis"] is True
+    metrics = (await client.get("/metrics")).text
+    assert "dualplane_nodes_finished_total" in metrics
 
 
-async def test_invalid_graph_is_a_422_with_node_scoped_errors(control_plane: ControlPlane):
-    from dualplane.control_plane import create_app
-
-    app = create_app(control_plane.settings, plane=control_plane)
+async def test_invalid_graph_is_a_422_with_node_scoped_errors(api, control_plane: ControlPlane):
     graph = {"nodes": [
         {"id": "a", "task": "sleep", "plane": "python", "params": {"seconds": -1}},
         {"id": "b", "task": "nope", "plane": "python", "needs": ["a"]},
     ]}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cp") as client:
-        response = await client.post("/jobs", json=graph)
+    response = await api("alice").post("/jobs", json=graph)
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     errors = response.json()["node_errors"]
     assert errors["a"][0]["field"] == "seconds"
     assert "unknown task" in errors["b"][0]["message"]
     assert await control_plane.bridge.stream_length(control_plane.bridge.keys.data_stream("default")) == 0
-    await asyncio.sleep(0)

@@ -96,6 +96,19 @@ class Keys:
         self.prefix = prefix
         self.control_stream = f"{prefix}stream:control"
         self.dead_stream = f"{prefix}stream:dead"
+        self.jobs_index = f"{prefix}jobs"
+
+    def user_jobs(self, user: str) -> str:
+        return f"{self.prefix}jobs:user:{user}"
+
+    def preferences(self, user: str) -> str:
+        return f"{self.prefix}prefs:{user}"
+
+    def rate(self, user: str, window: int) -> str:
+        return f"{self.prefix}rate:{user}:{window}"
+
+    def workers_pattern(self) -> str:
+        return f"{self.prefix}worker:*"
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
@@ -389,18 +402,25 @@ class Bridge:
         request_id: str | None,
         events: Sequence[tuple[str, bytes]],
         fields: Sequence[Any] = (),
+        user: str | None = None,
     ) -> tuple[bool, str | int]:
         """Store a new job and hand it to ``lane``. Returns ``(created, seq)`` or, for an id
         that already exists, ``(False, its status)``."""
         spec = graph.model_dump_json(exclude_defaults=True)
         message = Handoff(job_id=job_id, handoff_seq=1, graph=graph, request_id=request_id, sent_by="submit")
         owner = "control" if lane == "control" else "python"
-        fields = ["id", job_id, "status", "queued", "owner", owner, "spec", spec, "cancel", "", *fields]
+        tasks = ",".join(dict.fromkeys(node.task for node in graph.nodes))
+        fields = ["id", job_id, "status", "queued", "owner", owner, "spec", spec, "cancel", "", "tasks", tasks,
+                  *fields]
         if request_id:
             fields += ["request_id", request_id]
+        if user:
+            fields += ["user", user]
+        index = self.keys.jobs_index
         reply = await self._call(_Call(
             "create",
-            [self.keys.job(job_id), self.keys.events(job_id), self.keys.stream_for_lane(lane)],
+            [self.keys.job(job_id), self.keys.events(job_id), self.keys.stream_for_lane(lane), index,
+             self.keys.user_jobs(user) if user else index],
             [self.keys.prefix, job_id, time.time(), message.model_dump_json(exclude_defaults=True)],
             fields, _flatten(events),
         ))
@@ -517,6 +537,93 @@ class Bridge:
         entries = await self.client.xrange(self.keys.events(job_id), min=f"{since + 1}-0")
         return [fields[b"e"] for _, fields in entries]
 
+    async def job_fields(self, job_id: str, *names: str) -> list[str | bytes | None]:
+        """A few raw fields of a job's hash ("user" and "tasks" come back as str)."""
+        values = await self.client.hmget(self.keys.job(job_id), list(names))
+        return [_s(v) if v is not None and n in ("user", "tasks", "status") else v for n, v in zip(names, values)]
+
+    async def wait_finished(self, job_id: str, timeout_s: float) -> bool:
+        """Block until the job's terminal job-level event is in its stream, or the timeout.
+        Reads the events stream (XREAD BLOCK), so nothing published meanwhile is missed."""
+        status, seq = await self.client.hmget(self.keys.job(job_id), ["status", "seq"])
+        if status is None:
+            raise UnknownJob(job_id)
+        if _s(status) in FINISHED_STATUSES:
+            return True
+        last = f"{int(seq or 0)}-0"
+        deadline = time.monotonic() + timeout_s
+        while (remaining_ms := int((deadline - time.monotonic()) * 1000)) > 0:
+            reply = await self.client.xread({self.keys.events(job_id): last}, count=100, block=remaining_ms)
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    if _is_final_event(fields[b"e"]):
+                        return True
+        return False
+
+    async def delete_job(self, job_id: str, user: str | None) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.keys.job(job_id), self.keys.events(job_id))
+        pipe.zrem(self.keys.jobs_index, job_id)
+        if user:
+            pipe.zrem(self.keys.user_jobs(user), job_id)
+        await pipe.execute()
+
+    async def job_page(self, index: str, *, max_score: str, min_score: str, count: int) -> list[tuple[str, float]]:
+        """Newest-first ids (with their created_at) from a job index, by score range."""
+        rows = await self.client.zrange(index, max_score, min_score, desc=True, byscore=True, offset=0,
+                                        num=count, withscores=True)
+        return [(_s(member), float(score)) for member, score in rows]
+
+    async def job_summaries(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Summary fields of many jobs in one round trip; None for jobs that expired."""
+        names = ["id", "status", "user", "tasks", "progress", "created_at", "finished_at", "request_id"]
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), names)
+        out: list[dict[str, Any] | None] = []
+        for values in await pipe.execute():
+            if values[0] is None:
+                out.append(None)
+                continue
+            row = dict(zip(names, (_s(v) if v is not None else None for v in values)))
+            out.append({
+                "id": row["id"], "status": row["status"], "user": row["user"],
+                "tasks": row["tasks"].split(",") if row["tasks"] else [],
+                "progress": float(row["progress"] or 0), "created_at": float(row["created_at"] or 0),
+                "finished_at": float(row["finished_at"]) if row["finished_at"] else None,
+                "request_id": row["request_id"],
+            })
+        return out
+
+    async def forget_expired(self, index: str, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            await self.client.zrem(index, *job_ids)
+
+    async def get_preferences(self, user: str) -> dict[str, Any]:
+        raw = await self.client.get(self.keys.preferences(user))
+        return orjson.loads(raw) if raw else {}
+
+    async def put_preferences(self, user: str, preferences: dict[str, Any]) -> None:
+        await self.client.set(self.keys.preferences(user), _dumps(preferences))
+
+    async def count_submission(self, user: str, amount: int = 1, window_s: int = 60) -> tuple[int, int]:
+        """Fixed-window submission counter: (submissions in this window, seconds until it ends)."""
+        window = int(time.time() // window_s)
+        key = self.keys.rate(user, window)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.incrby(key, amount)
+        pipe.expire(key, window_s + 1)
+        count, _ = await pipe.execute()
+        return int(count), int((window + 1) * window_s - time.time()) + 1
+
+    async def live_workers(self) -> list[bytes]:
+        """Manifests of every worker whose capability key has not expired."""
+        keys = [key async for key in self.client.scan_iter(match=self.keys.workers_pattern(), count=500)]
+        if not keys:
+            return []
+        return [value for value in await self.client.mget(keys) if value is not None]
+
     async def publish_capabilities(self, worker_id: str, manifest_json: bytes, ttl_s: float) -> None:
         await self.client.set(self.keys.worker(worker_id), manifest_json, px=int(ttl_s * 1000))
 
@@ -559,6 +666,15 @@ def job_from_hash(raw: dict[str, bytes]) -> Job:
         "error": _s(raw["error"]) if raw.get("error") else None,
     }
     return Job.model_validate(job)
+
+
+FINISHED_STATUSES = frozenset({"succeeded", "failed", "partial", "cancelled"})
+
+
+def _is_final_event(raw: bytes) -> bool:
+    if b'"node_id"' in raw:
+        return False
+    return orjson.loads(raw).get("status") in FINISHED_STATUSES
 
 
 def node_field(node_id: str) -> str:

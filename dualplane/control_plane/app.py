@@ -1,86 +1,201 @@
-"""HTTP shell of the control plane (FastAPI): submit, read, cancel, health, metrics."""
+"""HTTP shell of the control plane (FastAPI).
+
+Every user-facing endpoint needs a bearer JWT (see :mod:`.auth`); users see only their
+own jobs (another user's job is a 404, never a 403, so ids do not leak). Every error is
+``application/problem+json``; graph errors carry ``node_errors``.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, Query, Request
+import orjson
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dualplane.common.errors import GraphValidationError, UnknownJob
-from dualplane.common.models import Event, Graph, Job
+from dualplane.common.models import CapabilityManifest, Event, Graph, Job
 from dualplane.common.settings import Settings
-from dualplane.control_plane.service import ControlPlane
+from dualplane.control_plane.auth import Authenticator, AuthError, Forbidden, Principal, bearer_token
+from dualplane.control_plane.limits import Limits, RateLimited, TooLarge
+from dualplane.control_plane.listing import InvalidCursor, JobFilter, list_jobs
+from dualplane.control_plane.service import FINISHED, ControlPlane, JobConflict
 
 PROBLEM = "application/problem+json"
 REQUEST_ID_HEADER = "X-Request-Id"
+#: Largest preferences document kept per user.
+MAX_PREFERENCES_BYTES = 16 * 1024
+
+_GRAPH_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/Graph"}}}}}
 
 
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+async def current_principal(request: Request,
+                            authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """The caller, from its bearer token (401 when missing or invalid)."""
+    authenticator: Authenticator = request.app.state.authenticator
+    return authenticator.verify(bearer_token(authorization))
+
+
+User = Annotated[Principal, Depends(current_principal)]
+
+
+def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None,
+            **extra: Any) -> JSONResponse:
     """The one error shape of the API (RFC 9457)."""
     return JSONResponse({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra},
-                        status_code=status, media_type=PROBLEM)
+                        status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def create_app(settings: Settings, *, plane: ControlPlane | None = None) -> FastAPI:
-    """Build the app; the control plane starts and stops with the app's lifespan."""
-    metrics_registry = CollectorRegistry()
-    control = plane or ControlPlane(settings, metrics_registry=metrics_registry)
+def create_app(settings: Settings, *, plane: ControlPlane | None = None,
+               authenticator: Authenticator | None = None) -> FastAPI:
+    """Build the app; the control plane starts and stops with the app's lifespan (unless
+    it was passed in already started)."""
+    control = plane or ControlPlane(settings, metrics_registry=CollectorRegistry())
+    auth = authenticator or Authenticator.from_settings(settings)
+    limits = Limits.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await control.start()
+        if plane is None:
+            await control.start()
+        await app.state.hub.start()
         try:
             yield
         finally:
-            await control.stop(settings.shutdown_grace_s)
+            await app.state.hub.stop()
+            if plane is None:
+                await control.stop(settings.shutdown_grace_s)
 
-    app = FastAPI(title="dualplane control plane", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="dualplane control plane", version="0.1.0", lifespan=lifespan,
+                  description="Submit generative-media job graphs, follow them live, fetch their artifacts.")
     app.state.control = control
+    app.state.authenticator = auth
+    _install_error_handlers(app)
+    _install_request_id(app)
+    _install_hub(app, control, auth, settings)
 
-    @app.exception_handler(GraphValidationError)
-    async def _invalid_graph(request: Request, exc: GraphValidationError) -> JSONResponse:
-        return problem(422, "Invalid graph", str(exc), node_errors=exc.node_errors)
+    async def owned_job(job_id: str, who: Principal) -> Job:
+        job = await control.get_job(job_id)
+        if not who.can_access(job.user):
+            raise UnknownJob(job_id)
+        return job
 
-    @app.exception_handler(UnknownJob)
-    async def _unknown_job(request: Request, exc: UnknownJob) -> JSONResponse:
-        return problem(404, "Unknown job", f"no job {exc.args[0]!r}")
+    @app.post("/jobs", status_code=201, response_model=Job, openapi_extra=_GRAPH_BODY, responses={
+        200: {"description": "Same id or Idempotency-Key as an existing job of yours, or finished within `wait`"},
+        202: {"description": "`wait` elapsed first; the job as it is now"}, 409: {"description": "Id taken"},
+        413: {"description": "Body too large"}, 422: {"description": "Invalid graph (`node_errors`)"},
+        429: {"description": "Submission rate limit"}})
+    async def submit_job(request: Request, who: User, wait: Annotated[float | None, Query(ge=0)] = None,
+                         idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Response:
+        """Submit a graph. `?wait=<seconds>` returns the finished job when it ends in time."""
+        document = await limits.read_json(request)
+        limits.check_graph(document)
+        await limits.admit(control.bridge, who.user)
+        result = await control.submit(document, request_id=request.state.request_id, user=who.user,
+                                      idempotency_key=idempotency_key)
+        return await _job_response(result.job_id, created=result.created, wait=wait)
 
-    @app.middleware("http")
-    async def _request_id(request: Request, call_next: Any) -> Response:
-        request.state.request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        response: Response = await call_next(request)
-        response.headers[REQUEST_ID_HEADER] = request.state.request_id
-        return response
+    @app.post("/jobs/batch", status_code=201, responses={422: {"description": "An invalid graph (by index)"}})
+    async def submit_batch(request: Request, who: User) -> JSONResponse:
+        """Submit many graphs at once; all are validated before any is queued."""
+        body = await limits.read_json(request)
+        graphs = body.get("graphs") if isinstance(body, dict) else None
+        if not isinstance(graphs, list) or not graphs:
+            return problem(422, "Invalid batch", "body must be {\"graphs\": [graph, ...]} with at least one graph")
+        errors: dict[str, Any] = {}
+        parsed = []
+        for index, document in enumerate(graphs):
+            try:
+                limits.check_graph(document)
+                parsed.append(control.validate(document))
+            except GraphValidationError as exc:
+                errors[str(index)] = exc.node_errors
+        if errors:
+            return problem(422, "Invalid graph in batch", f"{len(errors)} of {len(graphs)} graphs are invalid",
+                           errors=errors)
+        await limits.admit(control.bridge, who.user, amount=len(parsed))
+        jobs = []
+        for graph in parsed:
+            result = await control.submit(graph, request_id=request.state.request_id, user=who.user)
+            jobs.append((await control.get_job(result.job_id)).model_dump(mode="json"))
+        return JSONResponse({"jobs": jobs}, status_code=201)
 
-    @app.post("/jobs", status_code=201, responses={200: {"description": "The job with that id already existed"},
-                                                    422: {"description": "Invalid graph, with node_errors"}})
-    async def submit_job(request: Request, graph: dict[str, Any] = Body(..., examples=[
-            Graph.model_json_schema().get("examples", [{}])[0]])) -> JSONResponse:
-        """Submit a graph; returns the job id. Resubmitting a client-chosen id returns that job."""
-        result = await control.submit(graph, request_id=request.state.request_id)
-        return JSONResponse({"id": result.job_id, "status": result.status, "created": result.created},
-                            status_code=201 if result.created else 200)
+    @app.get("/jobs")
+    async def jobs(who: User, status: Annotated[list[str] | None, Query()] = None, task: str | None = None,
+                   user: str | None = None, created_after: float | None = None, created_before: float | None = None,
+                   limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: str | None = None) -> dict[str, Any]:
+        """Your jobs, newest first (admins: anyone's, `user=` to narrow). Follow `next_cursor`."""
+        if user is not None and user != who.user and not who.privileged:
+            raise Forbidden("only admins and orchestrators can list other users' jobs")
+        owner = user if (user is not None or not who.privileged) else None
+        flt = JobFilter(user=owner or (None if who.privileged else who.user), statuses=frozenset(status or ()),
+                        task=task, created_after=created_after, created_before=created_before)
+        page = await list_jobs(control.bridge, flt, limit=limit, cursor=cursor)
+        return {"jobs": page.jobs, "next_cursor": page.next_cursor}
 
     @app.get("/jobs/{job_id}", response_model=Job)
-    async def get_job(job_id: str) -> Job:
+    async def get_job(job_id: str, who: User) -> Job:
         """Job status, progress and every node's state."""
-        return await control.get_job(job_id)
+        return await owned_job(job_id, who)
 
     @app.get("/jobs/{job_id}/events", response_model=list[Event])
-    async def job_events(job_id: str, since: int = Query(0, ge=0)) -> list[Event]:
+    async def job_events(job_id: str, who: User, since: Annotated[int, Query(ge=0)] = 0,
+                         limit: Annotated[int | None, Query(ge=1, le=10_000)] = None) -> list[Event]:
         """Events with seq > since, in order (the durable event stream)."""
-        await control.get_job(job_id)
-        return await control.bridge.events(job_id, since)
+        await owned_job(job_id, who)
+        return await control.bridge.events(job_id, since, count=limit)
 
     @app.post("/jobs/{job_id}/cancel", status_code=202)
-    async def cancel_job(job_id: str) -> dict[str, str]:
-        """Ask the owning plane to cancel; running tasks see it between steps."""
+    async def cancel_job(job_id: str, who: User) -> dict[str, str]:
+        """Ask the owning plane to cancel; running tasks stop at their next step."""
+        await owned_job(job_id, who)
         return {"id": job_id, "status": await control.cancel(job_id)}
+
+    @app.delete("/jobs/{job_id}", status_code=204, responses={409: {"description": "Job not finished"}})
+    async def purge_job(job_id: str, who: User) -> Response:
+        """Delete a finished job, its events and its artifacts."""
+        await owned_job(job_id, who)
+        await control.purge(job_id)
+        return Response(status_code=204)
+
+    @app.get("/jobs/{job_id}/artifacts")
+    async def job_artifacts(job_id: str, who: User,
+                            expires_s: Annotated[int, Query(ge=60, le=7 * 24 * 3600)] = 3600) -> dict[str, Any]:
+        """Every artifact of the job with a presigned GET URL."""
+        job = await owned_job(job_id, who)
+        return {"artifacts": await control.artifact_links(job, expires_s)}
+
+    @app.get("/tasks")
+    async def tasks(who: User) -> dict[str, Any]:
+        """The task catalog: plane, description, GPU need and params JSON Schema of every task."""
+        return {"tasks": control.task_catalog()}
+
+    @app.get("/workers")
+    async def workers(who: User) -> dict[str, Any]:
+        """Live workers (capability key not expired) with their manifests."""
+        manifests = [CapabilityManifest.model_validate_json(raw) for raw in await control.bridge.live_workers()]
+        return {"workers": [m.model_dump(mode="json") for m in sorted(manifests, key=lambda m: m.worker_id)]}
+
+    @app.get("/me/preferences")
+    async def get_preferences(who: User) -> dict[str, Any]:
+        """Your saved preferences (e.g. the last generator and its options)."""
+        return await control.bridge.get_preferences(who.user)
+
+    @app.put("/me/preferences", responses={413: {"description": "Preferences too large"}})
+    async def put_preferences(request: Request, who: User) -> dict[str, Any]:
+        """Replace your preferences with a JSON object."""
+        document = await limits.read_json(request, max_bytes=MAX_PREFERENCES_BYTES)
+        if not isinstance(document, dict):
+            return problem(422, "Invalid preferences", "preferences must be a JSON object")
+        await control.bridge.put_preferences(who.user, document)
+        return document
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -92,4 +207,108 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None) -> Fast
         control.metrics.busy.set(control.runner.busy)
         return Response(generate_latest(control.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def _job_response(job_id: str, *, created: bool, wait: float | None) -> Response:
+        status_code = 201 if created else 200
+        if wait:
+            job = await control.wait_finished(job_id, min(wait, settings.max_wait_s))
+            status_code = 200 if job.status in FINISHED else 202
+        else:
+            job = await control.get_job(job_id)
+        return Response(job.model_dump_json(), status_code=status_code, media_type="application/json",
+                        headers={"Location": f"/jobs/{job_id}"})
+
+    app.state.owned_job = owned_job
+    _document_graph_body(app)
     return app
+
+
+def _document_graph_body(app: FastAPI) -> None:
+    """The graph routes read their body themselves (size cap, node-scoped errors), so the
+    OpenAPI document gets the Graph schema and its example from the shared JSON Schema."""
+    from importlib import resources
+
+    import fastapi.openapi.utils
+
+    example = orjson.loads((resources.files("dualplane.common") / "schemas" / "graph.schema.json")
+                           .read_bytes())["examples"][0]
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = fastapi.openapi.utils.get_openapi(title=app.title, version=app.version,
+                                                       description=app.description, routes=app.routes)
+            graph = Graph.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in graph.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components["Graph"] = {**graph, "examples": [example]}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _install_hub(app: FastAPI, control: ControlPlane, auth: Authenticator, settings: Settings) -> None:
+    from dualplane.control_plane.hub import Hub, add_websocket_route
+
+    async def job_user(job_id: str) -> str | None:
+        (user,) = await control.bridge.job_fields(job_id, "user")
+        return user  # type: ignore[return-value]
+
+    hub = Hub(control.bridge, job_user=job_user, buffer_messages=settings.hub_buffer_messages)
+    app.state.hub = hub
+    add_websocket_route(app, hub, auth)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GraphValidationError)
+    async def _invalid_graph(request: Request, exc: GraphValidationError) -> JSONResponse:
+        return problem(422, "Invalid graph", str(exc), node_errors=exc.node_errors)
+
+    @app.exception_handler(UnknownJob)
+    async def _unknown_job(request: Request, exc: UnknownJob) -> JSONResponse:
+        return problem(404, "Unknown job", f"no job {exc.args[0]!r}")
+
+    @app.exception_handler(AuthError)
+    async def _unauthorized(request: Request, exc: AuthError) -> JSONResponse:
+        return problem(401, "Unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return problem(403, "Forbidden", str(exc))
+
+    @app.exception_handler(JobConflict)
+    async def _conflict(request: Request, exc: JobConflict) -> JSONResponse:
+        return problem(409, "Conflict", str(exc))
+
+    @app.exception_handler(TooLarge)
+    async def _too_large(request: Request, exc: TooLarge) -> JSONResponse:
+        return problem(exc.status, "Request too large", str(exc), **exc.extra)
+
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
+        return problem(429, "Too many submissions", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(InvalidCursor)
+    async def _bad_cursor(request: Request, exc: InvalidCursor) -> JSONResponse:
+        return problem(400, "Invalid cursor", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        return problem(422, "Invalid request", errors[0]["message"] if errors else "invalid request",
+                       errors=orjson.loads(orjson.dumps(errors, default=str)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+def _install_request_id(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def _request_id(request: Request, call_next: Any) -> Response:
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        request.state.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() \
+            else uuid.uuid4().hex
+        response: Response = await call_next(request)
+        response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        return response

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
-from dualplane.common.bridge import Bridge, event_body, node_field, node_state
+from dualplane.common.bridge import RUNTIME_FIELDS, Bridge, event_body, node_field, node_state
 from dualplane.common.consumer import Consumer
+from dualplane.common.errors import DualplaneError
 from dualplane.common.executor import Executor
 from dualplane.common.graph import lane_of, next_lane, validate_graph
 from dualplane.common.models import Graph, Job, Node, NodeStatus
@@ -85,9 +88,19 @@ class ControlPlane:
 
     # -- API -------------------------------------------------------------------------
 
-    async def submit(self, document: dict[str, Any] | Graph, *, request_id: str | None = None) -> Submitted:
+    async def submit(
+        self,
+        document: dict[str, Any] | Graph,
+        *,
+        request_id: str | None = None,
+        user: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Submitted:
         """Validate a graph and queue it on the lane of its first ready node.
 
+        The job id is the graph's ``id``, else one derived from ``(user, idempotency_key)``,
+        else a fresh one; an id that exists returns that job (``created`` False) when it
+        belongs to the same user with the same graph, and raises :class:`JobConflict` otherwise.
         Raises :class:`~dualplane.common.errors.GraphValidationError` with node-scoped errors.
         """
         graph = validate_graph(document, self.registry)
@@ -95,7 +108,7 @@ class ControlPlane:
             for name, default in _RUNTIME_DEFAULTS.items():
                 setattr(node, name, default)
             node.artifacts = []
-        job_id = graph.id or uuid.uuid4().hex
+        job_id = graph.id or _idempotent_id(user, idempotency_key) or uuid.uuid4().hex
         lane = next_lane(graph) or "control"
         events = [event_body("status", job_id, status="queued", plane="control")]
         fields: list[Any] = []  # pending nodes need no state field: absent means the spec's state
@@ -105,12 +118,84 @@ class ControlPlane:
                 events.append(event_body("status", job_id, node_id=node.id, status="queued", plane="control"))
                 fields += [node_field(node.id), node_state(node)]
         created, value = await self.bridge.create_job(
-            job_id, graph, lane=lane, request_id=request_id, events=events, fields=fields
+            job_id, graph, lane=lane, request_id=request_id, events=events, fields=fields, user=user
         )
+        if not created:
+            await self._check_replay(job_id, graph, user)
         return Submitted(job_id=job_id, created=created, status="queued" if created else str(value))
+
+    async def _check_replay(self, job_id: str, graph: Graph, user: str | None) -> None:
+        """A resubmission must be the same user's same graph, or it is a conflict."""
+        owner, spec = await self.bridge.job_fields(job_id, "user", "spec")
+        if (owner or None) != user:
+            raise JobConflict(f"job id {job_id!r} is already used by another job")
+        if spec is not None and _same_spec(spec, graph):
+            return
+        raise JobConflict(f"job id {job_id!r} already exists with a different graph")
+
+    def validate(self, document: dict[str, Any] | Graph) -> Graph:
+        """Validate without submitting (raises GraphValidationError)."""
+        return validate_graph(document, self.registry)
 
     async def get_job(self, job_id: str) -> Job:
         return await self.bridge.get_job(job_id)
 
+    async def artifact_links(self, job: Job, expires_s: int = 3600) -> list[dict[str, Any]]:
+        """Every artifact of a job, with its node and a presigned GET URL."""
+        links = []
+        for node in job.graph.nodes:
+            for ref in node.artifacts:
+                url = await self.artifacts.presigned_url(ref.key, expires_s) if self.artifacts else None
+                links.append({"node_id": node.id, **ref.model_dump(mode="json"), "url": url})
+        return links
+
     async def cancel(self, job_id: str) -> str:
         return await self.bridge.request_cancel(job_id)
+
+    async def wait_finished(self, job_id: str, timeout_s: float) -> Job:
+        """The job once it is finished, or as it is after ``timeout_s``."""
+        await self.bridge.wait_finished(job_id, timeout_s)
+        return await self.bridge.get_job(job_id)
+
+    async def purge(self, job_id: str) -> None:
+        """Delete a finished job, its events and its artifacts."""
+        job = await self.bridge.get_job(job_id)
+        if job.status not in FINISHED:
+            raise JobConflict(f"job {job_id!r} is {job.status}; cancel it and wait until it has finished")
+        if self.artifacts is not None:
+            await self.artifacts.delete_prefix(f"jobs/{job_id}/")
+        await self.bridge.delete_job(job_id, job.user)
+
+    def task_catalog(self) -> list[dict[str, Any]]:
+        """Every task with its plane, GPU need and params JSON Schema (a UI builds forms from it)."""
+        return [
+            {"name": spec.name, "plane": spec.plane, "description": spec.description, "gpu": spec.gpu,
+             "params_schema": spec.params.model_json_schema()}
+            for spec in sorted(self.registry.for_plane("control") + self.registry.for_plane("python"),
+                               key=lambda spec: spec.name)
+        ]
+
+
+#: Job statuses after which nothing changes any more.
+FINISHED = frozenset({"succeeded", "failed", "partial", "cancelled"})
+
+
+class JobConflict(DualplaneError):
+    """An id is taken by another job, or the job is in a state that forbids the request (HTTP 409)."""
+
+
+def _idempotent_id(user: str | None, key: str | None) -> str | None:
+    """Idempotency keys are per user: the same key from two users is two jobs."""
+    if not key:
+        return None
+    return "idem-" + hashlib.sha256(f"{user or ''}\0{key}".encode()).hexdigest()[:40]
+
+
+def _same_spec(stored: bytes, graph: Graph) -> bool:
+    """Same graph, runtime state aside."""
+
+    def spec_only(document: dict[str, Any]) -> dict[str, Any]:
+        nodes = [{k: v for k, v in node.items() if k not in RUNTIME_FIELDS} for node in document["nodes"]]
+        return {**document, "nodes": nodes}
+
+    return spec_only(orjson.loads(stored)) == spec_only(orjson.loads(graph.model_dump_json(exclude_defaults=True)))

@@ -1,0 +1,242 @@
+"""Every endpoint of the control-plane API, through the real app on a real Redis and worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import jwt
+
+from dualplane.control_plane import ControlPlane
+from tests.helpers import RunningWorker, wait_for_job
+
+NOOP = {"nodes": [{"id": "a", "task": "noop", "plane": "python"}]}
+SLOW = {"nodes": [{"id": "s", "task": "sleep", "plane": "python", "params": {"seconds": 3, "steps": 30}}]}
+
+
+def problem_of(response: httpx.Response) -> dict:
+    assert response.headers["content-type"].startswith("application/problem+json"), response.text
+    return response.json()
+
+
+async def test_submit_returns_the_job_with_its_location(api, worker: RunningWorker):
+    response = await api("alice").post("/jobs", json=NOOP)
+    job = response.json()
+    assert response.status_code == 201, job
+    assert response.headers["Location"] == f"/jobs/{job['id']}"
+    assert job["user"] == "alice" and job["status"] == "queued"
+
+
+async def test_resubmitting_the_same_client_id_returns_the_same_job(api, worker: RunningWorker,
+                                                                    control_plane: ControlPlane):
+    client = api("alice")
+    graph = {"id": "alice-job-1", **NOOP}
+    first = await client.post("/jobs", json=graph)
+    again = await client.post("/jobs", json=graph)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"] == "alice-job-1"
+    page = (await client.get("/jobs")).json()
+    assert [j["id"] for j in page["jobs"]] == ["alice-job-1"]
+
+
+async def test_an_idempotency_key_never_creates_a_duplicate(api, worker: RunningWorker):
+    client = api("alice")
+    responses = await asyncio.gather(*(client.post("/jobs", json=NOOP, headers={"Idempotency-Key": "k-1"})
+                                       for _ in range(5)))
+    ids = {r.json()["id"] for r in responses}
+    assert len(ids) == 1
+    assert sorted(r.status_code for r in responses) == [200, 200, 200, 200, 201]
+    # the same key from another user is another job
+    other = await api("bob").post("/jobs", json=NOOP, headers={"Idempotency-Key": "k-1"})
+    assert other.status_code == 201 and other.json()["id"] not in ids
+
+
+async def test_reusing_an_id_for_another_graph_or_user_is_a_conflict(api, worker: RunningWorker):
+    graph = {"id": "shared-id", **NOOP}
+    assert (await api("alice").post("/jobs", json=graph)).status_code == 201
+    different = {"id": "shared-id", "nodes": [{"id": "b", "task": "noop", "plane": "python"}]}
+    assert (await api("alice").post("/jobs", json=different)).status_code == 409
+    assert problem_of(await api("bob").post("/jobs", json=graph))["status"] == 409
+
+
+async def test_wait_returns_the_finished_job_when_it_ends_in_time(api, worker: RunningWorker):
+    response = await api("alice").post("/jobs", params={"wait": 10}, json=NOOP)
+    assert response.status_code == 200
+    assert response.json()["status"] == "succeeded"
+    assert response.json()["graph"]["nodes"][0]["status"] == "succeeded"
+
+
+async def test_wait_returns_202_with_the_running_job_when_time_runs_out(api, worker: RunningWorker):
+    started = time.monotonic()
+    response = await api("alice").post("/jobs", params={"wait": 0.3}, json=SLOW)
+    assert response.status_code == 202
+    assert response.json()["status"] in ("queued", "running")
+    assert time.monotonic() - started < 2.5
+
+
+async def test_batch_submits_all_or_reports_invalid_graphs_by_index(api, worker: RunningWorker,
+                                                                    control_plane: ControlPlane):
+    client = api("alice")
+    ok = await client.post("/jobs/batch", json={"graphs": [NOOP, NOOP, NOOP]})
+    assert ok.status_code == 201 and len({j["id"] for j in ok.json()["jobs"]}) == 3
+    bad = await client.post("/jobs/batch", json={"graphs": [NOOP, {"nodes": [{"id": "x", "task": "nope",
+                                                                                 "plane": "python"}]}]})
+    body = problem_of(bad)
+    assert bad.status_code == 422 and list(body["errors"]) == ["1"] and "x" in body["errors"]["1"]
+    assert len((await client.get("/jobs")).json()["jobs"]) == 3  # nothing of the bad batch was queued
+
+
+async def test_listing_pages_with_a_cursor_and_filters(api, worker: RunningWorker, control_plane: ControlPlane):
+    client = api("alice")
+    ids = [(await client.post("/jobs", json=NOOP)).json()["id"] for _ in range(7)]
+    failing = (await client.post("/jobs", json={"nodes": [{"id": "f", "task": "fail", "plane": "python"}]})).json()
+    for job_id in [*ids, failing["id"]]:
+        await wait_for_job(control_plane, job_id)
+    await api("bob").post("/jobs", json=NOOP)
+
+    seen, cursor = [], None
+    while True:
+        page = (await client.get("/jobs", params={"limit": 3, **({"cursor": cursor} if cursor else {})})).json()
+        seen += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [failing["id"], *reversed(ids)]  # newest first, no repeats, no gaps, no bob
+    failed = (await client.get("/jobs", params={"status": "failed"})).json()["jobs"]
+    assert [j["id"] for j in failed] == [failing["id"]]
+    assert [j["id"] for j in (await client.get("/jobs", params={"task": "fail"})).json()["jobs"]] == [failing["id"]]
+    first = (await client.get(f"/jobs/{ids[0]}")).json()
+    newer = (await client.get("/jobs", params={"created_after": first["created_at"]})).json()["jobs"]
+    assert ids[0] in {j["id"] for j in newer} and len(newer) == 8
+    assert (await client.get("/jobs", params={"cursor": "garbage!"})).status_code == 400
+
+
+async def test_admins_list_everyone_and_users_cannot(api, worker: RunningWorker):
+    await api("alice").post("/jobs", json=NOOP)
+    await api("bob").post("/jobs", json=NOOP)
+    everyone = (await api("root", role="admin").get("/jobs")).json()["jobs"]
+    assert {j["user"] for j in everyone} == {"alice", "bob"}
+    only_bob = (await api("root", role="admin").get("/jobs", params={"user": "bob"})).json()["jobs"]
+    assert {j["user"] for j in only_bob} == {"bob"}
+    assert (await api("alice").get("/jobs", params={"user": "bob"})).status_code == 403
+
+
+async def test_another_users_job_is_not_found(api, worker: RunningWorker):
+    job_id = (await api("alice").post("/jobs", json=NOOP)).json()["id"]
+    bob = api("bob")
+    for response in (await bob.get(f"/jobs/{job_id}"), await bob.get(f"/jobs/{job_id}/events"),
+                     await bob.post(f"/jobs/{job_id}/cancel"), await bob.delete(f"/jobs/{job_id}"),
+                     await bob.get(f"/jobs/{job_id}/artifacts")):
+        assert response.status_code == 404
+    assert (await api("root", role="admin").get(f"/jobs/{job_id}")).status_code == 200
+    assert (await api("svc", role="orchestrator").get(f"/jobs/{job_id}")).status_code == 200
+
+
+async def test_tokens_that_are_missing_expired_forged_or_of_an_unknown_role_are_refused(api, authenticator):
+    expired = authenticator.mint("alice", "user", ttl_s=-10)
+    forged = jwt.encode({"sub": "alice", "role": "admin", "iss": "dualplane", "exp": time.time() + 60},
+                        "not-the-secret-but-long-enough-32b", algorithm="HS256")
+    unknown_role = jwt.encode({"sub": "alice", "role": "superuser", "iss": "dualplane", "exp": time.time() + 60},
+                              "test-secret-for-hs256-at-least-32-bytes", algorithm="HS256")
+    for client in (api(None), api(token=expired), api(token=forged), api(token=unknown_role),
+                   api(token="not.a.jwt")):
+        response = await client.get("/jobs")
+        assert response.status_code == 401, response.text
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert "expired" in problem_of(await api(token=expired).get("/jobs"))["detail"]
+
+
+async def test_cancel_stops_a_running_job(api, worker: RunningWorker, control_plane: ControlPlane):
+    client = api("alice")
+    job_id = (await client.post("/jobs", json=SLOW)).json()["id"]
+    await asyncio.sleep(0.3)
+    response = await client.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 202
+    job = await wait_for_job(control_plane, job_id, timeout_s=5)
+    assert job.status == "cancelled"
+
+
+async def test_purge_deletes_a_finished_job_and_its_artifacts(api, worker: RunningWorker,
+                                                             control_plane: ControlPlane):
+    client = api("alice")
+    graph = {"nodes": [{"id": "c", "task": "checksum", "plane": "python", "params": {"text": "bytes"}}]}
+    job_id = (await client.post("/jobs", params={"wait": 10}, json=graph)).json()["id"]
+    (artifact,) = (await client.get(f"/jobs/{job_id}/artifacts")).json()["artifacts"]
+    async with httpx.AsyncClient() as plain:
+        assert (await plain.get(artifact["url"])).status_code == 200
+    assert artifact["node_id"] == "c" and artifact["key"] == f"jobs/{job_id}/c/checksum.txt"
+
+    assert (await client.delete(f"/jobs/{job_id}")).status_code == 204
+    assert (await client.get(f"/jobs/{job_id}")).status_code == 404
+    assert job_id not in {j["id"] for j in (await client.get("/jobs")).json()["jobs"]}
+    async with httpx.AsyncClient() as plain:
+        assert (await plain.get(artifact["url"])).status_code == 404
+
+
+async def test_purging_an_unfinished_job_is_a_conflict(api, worker: RunningWorker):
+    client = api("alice")
+    job_id = (await client.post("/jobs", json=SLOW)).json()["id"]
+    assert problem_of(await client.delete(f"/jobs/{job_id}"))["status"] == 409
+    await client.post(f"/jobs/{job_id}/cancel")
+
+
+async def test_the_submission_rate_limit_answers_429_with_retry_after(api, settings, control_plane, authenticator):
+    from dualplane.control_plane import create_app
+
+    strict = settings.model_copy(update={"submit_rate_per_min": 3})
+    app = create_app(strict, plane=control_plane, authenticator=authenticator)
+    headers = {"Authorization": f"Bearer {authenticator.mint('alice')}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cp",
+                                 headers=headers) as client:
+        codes = [(await client.post("/jobs", json=NOOP)).status_code for _ in range(4)]
+        limited = await client.post("/jobs", json=NOOP)
+    assert codes == [201, 201, 201, 429]
+    assert 1 <= int(limited.headers["Retry-After"]) <= 61
+    assert problem_of(limited)["title"] == "Too many submissions"
+
+
+async def test_limits_on_body_nodes_and_params_are_clear_4xx(api, settings):
+    client = api("alice")
+    huge = {"nodes": [{"id": "a", "task": "noop", "plane": "python", "params": {"value": "x" * 2_000_000}}]}
+    assert problem_of(await client.post("/jobs", json=huge))["status"] == 413
+    many = {"nodes": [{"id": f"n{i}", "task": "noop", "plane": "python"} for i in range(settings.max_nodes + 1)]}
+    response = await client.post("/jobs", json=many)
+    assert response.status_code == 422 and "at most" in response.json()["node_errors"]["_graph"][0]["message"]
+    fat = {"nodes": [{"id": "a", "task": "noop", "plane": "python", "params": {"value": "x" * 70_000}}]}
+    response = await client.post("/jobs", json=fat)
+    assert response.status_code == 422 and response.json()["node_errors"]["a"][0]["field"] == "params"
+    broken = await client.post("/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert problem_of(broken)["status"] == 400
+
+
+async def test_the_task_catalog_describes_params_for_forms(api):
+    catalog = {t["name"]: t for t in (await api("alice").get("/tasks")).json()["tasks"]}
+    assert catalog["sleep"]["plane"] == "python" and catalog["emit"]["plane"] == "control"
+    assert catalog["sleep"]["params_schema"]["properties"]["seconds"]["maximum"] == 3600
+    assert catalog["sleep"]["description"]
+
+
+async def test_live_workers_are_listed_with_their_manifests(api, worker: RunningWorker):
+    deadline = time.monotonic() + 5
+    while not (workers := (await api("alice").get("/workers")).json()["workers"]):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    (manifest,) = workers
+    assert manifest["worker_id"] == worker.worker.worker_id and "noop" in manifest["tasks"]
+
+
+async def test_preferences_persist_per_user(api):
+    alice = api("alice")
+    assert (await alice.get("/me/preferences")).json() == {}
+    prefs = {"generator": "sleep", "options": {"seconds": 2}}
+    assert (await alice.put("/me/preferences", json=prefs)).json() == prefs
+    assert (await alice.get("/me/preferences")).json() == prefs
+    assert (await api("bob").get("/me/preferences")).json() == {}
+    assert (await alice.put("/me/preferences", json=["not", "an", "object"])).status_code == 422
+
+
+async def test_a_request_id_is_generated_when_absent(api, worker: RunningWorker):
+    response = await api("alice").post("/jobs", json=NOOP)
+    request_id = response.headers["X-Request-Id"]
+    assert len(request_id) == 32 and response.json()["request_id"] == request_id
