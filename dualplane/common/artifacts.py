@@ -136,6 +136,16 @@ class ArtifactStore:
             content_type=content_type,
         )  # fmt: skip
 
+    async def put_upload(self, user: str, name: str, data: bytes, content_type: str) -> dict[str, Any]:
+        """Store a user's input file under ``uploads/<user>/<sha256>/<name>`` (content-addressed,
+        so uploading the same file twice gives the same key)."""
+        digest = hashlib.sha256(data).hexdigest()
+        key = f"uploads/{_check_segment(user, 'user')}/{digest}/{_check_segment(name, 'name')}"
+        await asyncio.to_thread(self._client.put_object, self.bucket, key, io.BytesIO(data), len(data),
+                                content_type=content_type)
+        return _artifact_ref(bucket=self.bucket, key=key, name=name, size=len(data), sha256=digest,
+                             content_type=content_type)
+
     async def get(self, key: str) -> bytes:
         """Whole object in memory; use get_file for large objects."""
         return await asyncio.to_thread(self._get_sync, key)

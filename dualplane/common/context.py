@@ -99,6 +99,16 @@ class TaskContext:
         self._write({"kind": "artifact", "artifact": ref})
         return ref
 
+    async def aget_artifact(self, key: str) -> bytes:
+        """Bytes of any object in the store (an upstream node's artifact, an upload)."""
+        if self._store is None:
+            raise RuntimeError("this plane has no artifact store configured")
+        return await self._store.get(key)
+
+    def get_artifact(self, key: str) -> bytes:
+        """Blocking version of :meth:`aget_artifact` for sync tasks."""
+        return asyncio.run_coroutine_threadsafe(self.aget_artifact(key), self._loop).result()
+
     def put_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
         """Blocking version of :meth:`aput_artifact` for sync tasks (they run in a thread)."""
         future = asyncio.run_coroutine_threadsafe(self.aput_artifact(name, data, content_type), self._loop)

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     max_nodes: int = 256
     max_params_bytes: int = 64 * 1024
     max_wait_s: float = 300.0
+    max_upload_bytes: int = 64 * 1024 * 1024
     hub_buffer_messages: int = 1000  # per WebSocket connection before a slow client is closed
     ollama_url: str | None = Field(None, validation_alias="OLLAMA_URL")
     ollama_model: str = "llama3.1"

@@ -16,6 +16,7 @@ import orjson
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,6 +26,7 @@ from dualplane.common.settings import Settings
 from dualplane.control_plane.auth import Authenticator, AuthError, Forbidden, Principal, bearer_token
 from dualplane.control_plane.limits import Limits, RateLimited, TooLarge
 from dualplane.control_plane.listing import InvalidCursor, JobFilter, list_jobs
+from dualplane.control_plane.planner import StructuredIntent
 from dualplane.control_plane.service import FINISHED, ControlPlane, JobConflict
 
 PROBLEM = "application/problem+json"
@@ -34,6 +36,13 @@ MAX_PREFERENCES_BYTES = 16 * 1024
 
 _GRAPH_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/Graph"}}}}}
+
+
+class ComposeRequest(BaseModel):
+    """Body of ``POST /compose``."""
+
+    intent: str | StructuredIntent = Field(..., examples=["a 30-second lo-fi track with a rainy-night video"])
+    dry_run: bool = Field(False, description="Only plan: return the validated graph without submitting it.")
 
 
 async def current_principal(request: Request,
@@ -171,6 +180,33 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         """Every artifact of the job with a presigned GET URL."""
         job = await owned_job(job_id, who)
         return {"artifacts": await control.artifact_links(job, expires_s)}
+
+    @app.post("/compose", status_code=201, responses={
+        200: {"description": "dry_run: the planned graph, or the finished job within `wait`"},
+        202: {"description": "`wait` elapsed first"}, 422: {"description": "Invalid intent"}})
+    async def compose(request: Request, who: User, body: ComposeRequest,
+                      wait: Annotated[float | None, Query(ge=0)] = None) -> Response:
+        """Plan a graph from intent (free text or structured) and submit it; `dry_run` only plans."""
+        plan = await control.planner.plan(body.intent)
+        if body.dry_run:
+            return JSONResponse(plan.model_dump(mode="json"))
+        limits.check_graph(plan.graph)
+        await limits.admit(control.bridge, who.user)
+        result = await control.submit(plan.graph, request_id=request.state.request_id, user=who.user)
+        return await _job_response(result.job_id, created=result.created, wait=wait)
+
+    @app.post("/uploads", status_code=201, responses={413: {"description": "Upload too large"}})
+    async def upload(request: Request, who: User, name: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.-]{1,128}$")],
+                     ) -> dict[str, Any]:
+        """Store an input file (style images, voice clips) and return its object key for graph params."""
+        if control.artifacts is None:
+            return problem(503, "No object store", "this control plane has no S3 endpoint configured")
+        data = await limits.read_bytes(request, max_bytes=settings.max_upload_bytes)
+        content_type = request.headers.get("content-type", "application/octet-stream")
+        try:
+            return await control.artifacts.put_upload(who.user, name, data, content_type)
+        except ValueError as exc:
+            return problem(422, "Invalid upload", str(exc))
 
     @app.get("/tasks")
     async def tasks(who: User) -> dict[str, Any]:

@@ -47,8 +47,8 @@ class Limits:
         return cls(max_body_bytes=settings.max_body_bytes, max_nodes=settings.max_nodes,
                    max_params_bytes=settings.max_params_bytes, submit_rate_per_min=settings.submit_rate_per_min)
 
-    async def read_json(self, request: Request, *, max_bytes: int | None = None) -> Any:
-        """The JSON body, read no further than the limit (a lying Content-Length changes nothing)."""
+    async def read_bytes(self, request: Request, *, max_bytes: int | None = None) -> bytes:
+        """The body, read no further than the limit (a lying Content-Length changes nothing)."""
         cap = max_bytes or self.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > cap:
@@ -58,6 +58,10 @@ class Limits:
             body += chunk
             if len(body) > cap:
                 raise TooLarge(f"body is over the limit of {cap} bytes")
+        return bytes(body)
+
+    async def read_json(self, request: Request, *, max_bytes: int | None = None) -> Any:
+        body = await self.read_bytes(request, max_bytes=max_bytes)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:

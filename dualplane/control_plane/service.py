@@ -26,6 +26,7 @@ from dualplane.common.models import Graph, Job, Node, NodeStatus
 from dualplane.common.registry import TaskRegistry
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import PlaneMetrics
+from dualplane.control_plane.planner import Planner, chat_model_from_settings
 from dualplane.tasks import default_registry
 
 _RUNTIME_DEFAULTS = {f: Node.model_fields[f].default for f in (
@@ -70,6 +71,8 @@ class ControlPlane:
             concurrency=max(256, settings.concurrency), metrics=self.metrics,
         )
         self._runner_task: asyncio.Task[None] | None = None
+        self.planner = Planner(self.registry,
+                               chat_model=chat_model_from_settings(settings.ollama_url, settings.ollama_model))
 
     async def start(self) -> None:
         gc.freeze()  # long-lived start-up objects: keep the cyclic GC off them (see Worker.run)
