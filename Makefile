@@ -34,11 +34,11 @@ deps:
 codegen: venv
 	$(VPY) -m codegen
 
-test: deps venv
+test: deps venv-ml
 	$(VPY) -m codegen --check
 	$(VPY) -m pytest -q
 
-run: deps venv
+run: deps venv-ml
 	$(VENV)/bin/dualplane up
 
 bench: venv

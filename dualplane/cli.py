@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="dualplane", description="Control plane / data plane job orchestration."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    models = sub.add_parser("models", help="model tools: `models make-tiny` builds the tiny models and uploads them")
+    models.add_argument("rest", nargs=argparse.REMAINDER)
+    models.set_defaults(handler=cmd_models)
     sub.add_parser("control-plane", help="run the control plane HTTP API (uvicorn)").set_defaults(
         handler=cmd_control_plane
     )
@@ -53,14 +56,17 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds to wait for the job (default {DEMO_TIMEOUT_S:g})",
     )
     demo.set_defaults(handler=cmd_demo)
+    from dualplane.cli_client import add_commands  # submit, compose, jobs, cancel, token
+
+    add_commands(sub)
     return parser
 
 
 def configure_logging(level: str) -> None:
-    """Plain stdlib logging at the configured level (JSON lines come later)."""
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    """JSON lines with the bound ids (job, node, request, plane, worker); text on a terminal."""
+    from dualplane.common import logs
+
+    logs.configure(level)
 
 
 # -- the two planes -------------------------------------------------------------------------
@@ -79,6 +85,13 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
         ws="websockets-sansio", log_level=settings.log_level.lower(),
     )  # fmt: skip
     return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """`dualplane models make-tiny [--out DIR] [--only NAME...] [--no-upload]` (torch needed)."""
+    from dualplane.data_plane.tiny import main_models
+
+    return int(main_models(args.rest) or 0)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

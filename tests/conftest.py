@@ -136,3 +136,31 @@ async def api(settings: Settings, control_plane: ControlPlane, authenticator: Au
     yield make
     for client in clients:
         await client.aclose()
+
+
+# -- ML: tiny models (issue 4; tests marked `ml`) -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Tiny random-weight models of the real classes (MusicGen, SD 1.5, motion adapter,
+    SpeechT5 + HiFi-GAN), built once per session into a tmp dir: name → directory."""
+    pytest.importorskip("torch")
+    from dualplane.data_plane.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture
+async def uploaded_models(settings: Settings, tiny_models: dict[str, Any]) -> ArtifactStore:
+    """The tiny MusicGen uploaded under ``models/musicgen-small/`` of this test's bucket, where
+    the packaged registry sends workers (each test has its own bucket, so this runs per test:
+    six small files)."""
+    from dualplane.common.artifacts import store_from_settings
+    from dualplane.data_plane.model_store import upload_model_dir
+
+    store = store_from_settings(settings)
+    assert store is not None
+    await store.ensure_bucket()
+    await upload_model_dir(store, "musicgen-small", tiny_models["musicgen-small"])
+    return store

@@ -27,6 +27,7 @@ from dualplane.common.bridge import (
     node_state,
     parse_claim,
 )
+from dualplane.common import logs
 from dualplane.common.errors import BridgeClosed
 from dualplane.common.executor import Executor, JobRun
 from dualplane.common.graph import is_terminal, job_outcome, lane_of, next_lane, plan_for_lane, propagate_skips
@@ -87,6 +88,7 @@ class Consumer:
 
     async def run(self) -> None:
         """Consume until :meth:`stop`."""
+        logs.bind(plane=self.plane, worker=self.name)  # inherited by every task started below
         await self.bridge.ensure_group(self.stream)
         self._lease.start()
         self._side_tasks = [asyncio.create_task(self._reclaim_loop()), asyncio.create_task(self._cancel_loop())]
@@ -235,10 +237,13 @@ class Consumer:
     def _handed_off(self, run: JobRun, reply: asyncio.Future[Any], outcome: str | None, target: str | None) -> None:
         if reply.cancelled():
             return
-        if reply.exception() is not None:  # the message stays pending and is reclaimed after the lease
-            log.error("%s: handoff of job %s failed: %s", self.name, run.job_id, reply.exception())
-        else:
-            self._count_finish(run, outcome, target, int(reply.result()))
+        with logs.bound(job_id=run.job_id, request_id=run.request_id):
+            if reply.exception() is not None:  # the message stays pending and is reclaimed after the lease
+                log.error("handoff of job %s failed: %s", run.job_id, reply.exception())
+            else:
+                self._count_finish(run, outcome, target, int(reply.result()))
+                if log.isEnabledFor(logging.INFO):
+                    log.info("job %s %s", run.job_id, f"finished {outcome}" if outcome else f"handed to {target}")
         self._forget(run)
 
     def _count_finish(self, run: JobRun, outcome: str | None, target: str | None, seq: int) -> None:

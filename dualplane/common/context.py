@@ -43,7 +43,7 @@ class TaskContext:
         cancelled: threading.Event,
         artifacts: ArtifactStore | None,
         loop: asyncio.AbstractEventLoop,
-        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        logger: logging.Logger,
         models: Any = None,
     ) -> None:
         self.job_id = job_id

@@ -31,6 +31,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy, Send
 
 from dualplane.common.bridge import Bridge, Message, event_body, node_field, node_state
+from dualplane.common import logs
 from dualplane.common.context import TaskContext
 from dualplane.common.errors import NodeTimeout, TaskCancelled
 from dualplane.common.graph import blocked_reason, progress_of
@@ -179,6 +180,9 @@ class Executor:
         return node
 
     async def _run_node(self, run: JobRun, node: Node, spec: TaskSpec, write: Callable[[Any], None]) -> None:
+        # this LangGraph task's own context: every line logged below carries the ids
+        logs.bind(job_id=run.job_id, node_id=node.id, request_id=run.request_id, plane=self.plane,
+                  worker=self.worker_id)
         for need in node.needs:
             if need in run.finished:
                 await asyncio.shield(run.finished[need])
@@ -199,23 +203,32 @@ class Executor:
         write(_chunk(run, node, "running", attempt=attempt))
         started = time.perf_counter()
         self.running_nodes += 1
+        outcome = "retrying"
         try:
             output = await self._call_task(run, node, spec, attempt, write)
         except TaskCancelled as exc:
-            write(_chunk(run, node, "finished", status="cancelled", reason=str(exc)))
+            outcome = "cancelled"
+            write(_chunk(run, node, "finished", status=outcome, reason=str(exc)))
         except Exception as exc:  # a task may raise anything; the node records it
             if spec.retry.should_retry(exc, attempt) and not run.cancel.is_set():
                 write(_chunk(run, node, "retrying", error=_error(exc, transient=True),
                              delay_s=spec.retry.delay_s(attempt)))
                 raise _RetryAttempt from exc
-            write(_chunk(run, node, "finished", status="failed",
+            outcome = "failed"
+            write(_chunk(run, node, "finished", status=outcome,
                          error=_error(exc, transient=spec.retry.is_transient(exc))))
         else:
-            write(_chunk(run, node, "finished", status="succeeded", output=output))
+            outcome = "succeeded"
+            write(_chunk(run, node, "finished", status=outcome, output=output))
         finally:
             self.running_nodes -= 1
-            if self._on_node_finished is not None:
-                self._on_node_finished(spec.name, node.status.value, time.perf_counter() - started)
+            self._attempt_ended(node, spec, attempt, outcome, time.perf_counter() - started)
+
+    def _attempt_ended(self, node: Node, spec: TaskSpec, attempt: int, outcome: str, elapsed_s: float) -> None:
+        if self._on_node_finished is not None:
+            self._on_node_finished(spec.name, outcome, elapsed_s)
+        if log.isEnabledFor(logging.INFO):
+            log.info("node %s (%s) attempt %d %s in %.3fs", node.id, spec.name, attempt, outcome, elapsed_s)
 
     async def _call_task(
         self, run: JobRun, node: Node, spec: TaskSpec, attempt: int, write: Callable[[Any], None]
@@ -231,14 +244,14 @@ class Executor:
         ctx = TaskContext(
             job_id=run.job_id, node_id=node.id, attempt=attempt, write=ctx_write, cancelled=run.cancel,
             artifacts=self._artifacts, models=self._models, loop=loop,
-            logger=logging.LoggerAdapter(log, {"job_id": run.job_id, "node_id": node.id,
-                                               "request_id": run.request_id, "plane": self.plane}),
+            logger=logging.getLogger(f"dualplane.task.{spec.name}"),
         )
         timeout_s = node.timeout_s or spec.timeout_s
         if spec.is_async:
             call = spec.fn(ctx, params)
         else:
-            call = loop.run_in_executor(self._threads, spec.fn, ctx, params)
+            # run_in_executor does not carry context variables: enter the node's context
+            call = loop.run_in_executor(self._threads, contextvars.copy_context().run, spec.fn, ctx, params)
         try:
             result = await asyncio.wait_for(call, timeout_s) if timeout_s else await call
         except TimeoutError:

@@ -41,5 +41,7 @@ class PlaneMetrics:
         self.info.labels(**labels).set(1)
 
     def node_finished(self, task: str, status: str, duration_s: float) -> None:
-        self.nodes_finished.labels(task=task, status=status).inc()
+        """One attempt ended; ``retrying`` attempts count towards duration only."""
+        if status != "retrying":
+            self.nodes_finished.labels(task=task, status=status).inc()
         self.node_duration.labels(task=task).observe(duration_s)

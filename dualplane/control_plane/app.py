@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dualplane.common import logs
 from dualplane.common.errors import GraphValidationError, UnknownJob
 from dualplane.common.models import CapabilityManifest, Event, Graph, Job
 from dualplane.common.settings import Settings
@@ -345,6 +346,7 @@ def _install_request_id(app: FastAPI) -> None:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         request.state.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() \
             else uuid.uuid4().hex
-        response: Response = await call_next(request)
+        with logs.bound(request_id=request.state.request_id, plane="control"):
+            response: Response = await call_next(request)
         response.headers[REQUEST_ID_HEADER] = request.state.request_id
         return response

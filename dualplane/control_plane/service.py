@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from dualplane.common import logs
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
 from dualplane.common.bridge import RUNTIME_FIELDS, Bridge, event_body, node_field, node_state
 from dualplane.common.consumer import Consumer
@@ -28,6 +30,8 @@ from dualplane.common.settings import Settings
 from dualplane.common.telemetry import PlaneMetrics
 from dualplane.control_plane.planner import Planner, chat_model_from_settings
 from dualplane.tasks import default_registry
+
+log = logging.getLogger("dualplane.control")
 
 _RUNTIME_DEFAULTS = {f: Node.model_fields[f].default for f in (
     "status", "attempts", "progress", "started_at", "finished_at", "output", "error", "reason")}
@@ -125,6 +129,9 @@ class ControlPlane:
         )
         if not created:
             await self._check_replay(job_id, graph, user)
+        elif log.isEnabledFor(logging.INFO):
+            with logs.bound(job_id=job_id, request_id=request_id, plane="control"):
+                log.info("job %s submitted by %s: %d nodes, first lane %s", job_id, user, len(graph.nodes), lane)
         return Submitted(job_id=job_id, created=created, status="queued" if created else str(value))
 
     async def _check_replay(self, job_id: str, graph: Graph, user: str | None) -> None:

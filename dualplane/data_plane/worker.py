@@ -29,6 +29,7 @@ from dualplane.common.models import CapabilityManifest
 from dualplane.common.registry import TaskRegistry
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import PlaneMetrics
+from dualplane.data_plane.model_store import manager_from_settings
 from dualplane.tasks import default_registry
 
 #: The manifest outlives a few missed heartbeats, no more.
@@ -49,9 +50,11 @@ class Worker:
         self.bridge = Bridge(settings.bridge_config())
         self.artifacts = store_from_settings(settings)
         self.metrics = PlaneMetrics(CollectorRegistry(), "python")
+        self.models = manager_from_settings(settings, self.artifacts)
         self.executor = Executor(
             self.registry, "python", bridge=self.bridge, concurrency=settings.concurrency,
             artifacts=self.artifacts, on_node_finished=self.metrics.node_finished, worker_id=self.worker_id,
+            models=self.models,
         )
         self.consumer = Consumer(
             self.bridge, self.executor, lane=f"python:{settings.pool}", name=self.worker_id,
@@ -120,6 +123,14 @@ class Worker:
         async def metrics() -> Response:
             self.metrics.busy.set(self.consumer.busy)
             return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+        @app.get("/debug/torch")
+        async def debug_torch() -> JSONResponse:
+            from dualplane.data_plane.device import describe_torch
+
+            body = await asyncio.to_thread(describe_torch)  # the first call imports torch
+            body["warm_models"] = self.models.warm()
+            return JSONResponse(body)
 
         return app
 

@@ -7,9 +7,9 @@ from dualplane.common.registry import TaskRegistry
 
 
 def default_registry() -> TaskRegistry:
-    from dualplane.tasks import basic, control
+    from dualplane.tasks import basic, control, media, music, song
 
-    return TaskRegistry.from_modules([basic, control])
+    return TaskRegistry.from_modules([basic, control, media, music, song])
 
 
 __all__ = ["default_registry"]

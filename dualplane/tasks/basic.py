@@ -79,6 +79,7 @@ class ChecksumParams(BaseModel):
 def checksum(ctx: TaskContext, p: ChecksumParams) -> dict[str, Any]:
     """SHA-256 of a text, written as an artifact (a sync task: it runs in a worker thread)."""
     digest = hashlib.sha256(p.text.encode()).hexdigest()
+    ctx.log.info("hashed %d characters", len(p.text))
     ctx.progress(0.5)
     ref = ctx.put_artifact(p.name, f"{digest}\n".encode(), "text/plain")
     return {"sha256": digest, "artifact": ref["key"]}
