@@ -26,6 +26,7 @@ from dualplane.common.executor import Executor
 from dualplane.common.graph import lane_of, next_lane, validate_graph
 from dualplane.common.models import Graph, Job, Node, NodeStatus
 from dualplane.common.registry import TaskRegistry
+from dualplane.common.routing import Router
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import PlaneMetrics
 from dualplane.control_plane.planner import Planner, chat_model_from_settings
@@ -75,6 +76,7 @@ class ControlPlane:
             concurrency=max(256, settings.concurrency), metrics=self.metrics,
         )
         self._runner_task: asyncio.Task[None] | None = None
+        self.router = Router(self.bridge)
         self.planner = Planner(self.registry,
                                chat_model=chat_model_from_settings(settings.ollama_url, settings.ollama_model))
 
@@ -116,9 +118,13 @@ class ControlPlane:
                 setattr(node, name, default)
             node.artifacts = []
         job_id = graph.id or _idempotent_id(user, idempotency_key) or uuid.uuid4().hex
+        unroutable = await self.router.route(graph)
         lane = next_lane(graph) or "control"
         events = [event_body("status", job_id, status="queued", plane="control")]
         fields: list[Any] = []  # pending nodes need no state field: absent means the spec's state
+        for problem in unroutable:
+            events.append(event_body("data", job_id, node_id=problem.node_id, message=problem.reason,
+                                     data={"unroutable": problem.reason}, plane="control"))
         for node in graph.nodes:
             if lane_of(node) == lane and not node.needs:
                 node.status = NodeStatus.queued

@@ -61,14 +61,30 @@ class Worker:
             concurrency=settings.concurrency, metrics=self.metrics,
         )
         self.started_at = time.time()
+        self._device: dict[str, Any] | None = None
 
     def manifest(self) -> CapabilityManifest:
+        device = self._device_facts()
+        loaded = sorted({w["name"] for w in self.models.warm()}) if self.models is not None else []
         return CapabilityManifest(
             worker_id=self.worker_id, plane="python", pool=self.settings.pool,
             tasks=[spec.name for spec in self.registry.for_plane("python")],
-            concurrency=self.settings.concurrency, device="cpu", host=socket.gethostname(), pid=os.getpid(),
-            version=__version__, started_at=self.started_at, heartbeat_at=time.time(), busy=self.consumer.busy,
+            concurrency=self.settings.concurrency, device=device["device"], device_name=device.get("name"),
+            vram_total_mb=device.get("vram_total_mb"), loaded_models=loaded, host=socket.gethostname(),
+            pid=os.getpid(), version=__version__, started_at=self.started_at, heartbeat_at=time.time(),
+            busy=self.consumer.busy,
         )
+
+    def _device_facts(self) -> dict[str, Any]:
+        """Device, name and VRAM for routing; computed once (torch is imported here, on the data plane)."""
+        if self._device is None:
+            from dualplane.data_plane.device import describe_torch
+
+            info = describe_torch()
+            first = info["devices"][0] if info.get("devices") else {}
+            self._device = {"device": info.get("device", "cpu"), "name": first.get("name"),
+                            "vram_total_mb": first["total_bytes"] // 2**20 if first else None}
+        return self._device
 
     async def run(self, *, serve_http: bool = True, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or SIGTERM/SIGINT when it is None)."""

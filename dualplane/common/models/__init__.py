@@ -10,7 +10,7 @@ from .event import Event, EventType
 from .graph import Graph
 from .handoff import Handoff
 from .job import Job, JobOwner, JobStatus
-from .node import Node, NodeError, NodeStatus, Plane
+from .node import Node, NodeError, NodeStatus, Plane, Requirements
 
 __all__ = [
     "ArtifactRef",
@@ -27,4 +27,5 @@ __all__ = [
     "NodeError",
     "NodeStatus",
     "Plane",
+    "Requirements",
 ]

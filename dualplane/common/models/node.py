@@ -47,6 +47,26 @@ class NodeError(BaseModel):
     ] = False
 
 
+class Requirements(BaseModel):
+    """
+    Worker requirements of a python-plane node.
+    """
+
+    model_config = ConfigDict(
+        extra='forbid',
+    )
+    gpu: Annotated[bool, Field(description='Needs a CUDA device.')] = False
+    min_vram_gb: Annotated[
+        float | None, Field(description='Least total GPU memory, in GiB.', ge=0.0)
+    ] = None
+    model: Annotated[
+        str | None,
+        Field(
+            description='A model (registry name) the worker should have loaded or be able to load.'
+        ),
+    ] = None
+
+
 class Node(BaseModel):
     """
     One unit of work in a job graph: its spec (what to run, where, with what) and its runtime state (filled in by the planes as it runs).
@@ -81,6 +101,12 @@ class Node(BaseModel):
             pattern='^[a-z0-9][a-z0-9_-]{0,31}$',
         ),
     ] = 'default'
+    requires: Annotated[
+        Requirements | None,
+        Field(
+            description='What a worker must offer to run this node; the control plane routes the node to a pool with a live worker that does.'
+        ),
+    ] = None
     timeout_s: Annotated[
         float | None,
         Field(

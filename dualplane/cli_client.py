@@ -1,0 +1,297 @@
+"""The `dualplane` commands that talk to a running control plane: submit, compose, jobs,
+cancel, and `token` (mints a JWT locally from the configured key).
+
+The server is ``DUALPLANE_URL``, the credentials ``DUALPLANE_TOKEN`` (both through
+:class:`Settings`). ``--watch`` follows the job over the WebSocket hub: one live progress bar
+per node on a terminal, one plain line per event when stdout is a pipe or a file (logs, CI).
+Exit codes: 0 when the job succeeded (or the command did what it was asked), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from dualplane.cli import EXIT_INTERRUPTED, format_event, progress_bar, say
+from dualplane.client import JOB_TERMINAL, ApiError, Client
+from dualplane.common.settings import Settings
+
+#: Seconds between two redraws of the live view (events can come much faster).
+REDRAW_S = 0.05
+JOBS_LIMIT = 20
+NODE_TERMINAL = frozenset({"succeeded", "failed", "skipped", "cancelled"})
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the client commands on the `dualplane` parser's subcommands."""
+    submit = sub.add_parser("submit", help="submit a graph document (JSON file, - for stdin)")
+    submit.add_argument("graph", help="path of the graph JSON, or - to read stdin")
+    submit.add_argument(
+        "--idempotency-key", help="resubmitting with the same key returns the same job"
+    )
+    _add_follow_options(submit)
+    submit.set_defaults(handler=partial(run, cmd_submit))
+
+    compose = sub.add_parser("compose", help="plan a job from a sentence and submit it")
+    compose.add_argument("intent", help='what you want, e.g. "lo-fi track with rain"')
+    compose.add_argument("--dry-run", action="store_true", help="print the planned graph only")
+    _add_follow_options(compose)
+    compose.set_defaults(handler=partial(run, cmd_compose))
+
+    jobs = sub.add_parser("jobs", help="list jobs, newest first")
+    jobs.add_argument("--status", help="only jobs with this status")
+    jobs.add_argument("--task", help="only jobs with a node of this task")
+    jobs.add_argument("--limit", type=int, default=JOBS_LIMIT, help=f"rows (default {JOBS_LIMIT})")
+    jobs.set_defaults(handler=partial(run, cmd_jobs))
+
+    cancel = sub.add_parser("cancel", help="cancel a job")
+    cancel.add_argument("job_id", metavar="ID")
+    cancel.set_defaults(handler=partial(run, cmd_cancel))
+
+    token = sub.add_parser("token", help="mint an API token (needs the JWT signing key)")
+    token.add_argument("--user", required=True)
+    token.add_argument("--role", default="user", choices=("user", "admin", "orchestrator"))
+    token.add_argument(
+        "--ttl-s", type=int, default=None, help="lifetime (default DUALPLANE_TOKEN_TTL_S)"
+    )
+    token.set_defaults(handler=partial(run, cmd_token))
+
+
+def _add_follow_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--watch", action="store_true", help="follow the job live until it ends")
+    parser.add_argument(
+        "--wait", type=float, metavar="S", help="let the server wait up to S seconds"
+    )
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.graph == "-" else Path(args.graph).read_text()
+    graph = json.loads(text)
+    with _client() as client:
+        job = client.submit(graph, wait_s=args.wait, idempotency_key=args.idempotency_key)
+        return _follow(client, job, watch=args.watch, waited=args.wait is not None)
+
+
+def cmd_compose(args: argparse.Namespace) -> int:
+    with _client() as client:
+        if args.dry_run:
+            say(json.dumps(client.compose(args.intent, dry_run=True)["graph"], indent=2))
+            return 0
+        job = client.compose(args.intent, wait_s=args.wait)
+        return _follow(client, job, watch=args.watch, waited=args.wait is not None)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client() as client:
+        filters = {"status": args.status, "task": args.task, "limit": min(args.limit, 100)}
+        rows = [summary for _, summary in zip(range(args.limit), client.iter_jobs(**filters))]
+    say(format_table(rows))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client() as client:
+        answer = client.cancel(args.job_id)
+    say(f"job {answer['id']} {answer['status']}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a token and nothing else, so `export DUALPLANE_TOKEN=$(dualplane token ...)` works."""
+    from dualplane.control_plane.auth import Authenticator
+
+    try:
+        token = Authenticator.from_settings(Settings()).mint(args.user, args.role, ttl_s=args.ttl_s)
+    except (ValueError, OSError) as exc:
+        raise _Fail(f"cannot mint a token: {exc}") from None
+    print(token, flush=True)
+    return 0
+
+
+# -- plumbing --------------------------------------------------------------------------------
+
+
+class _Fail(Exception):
+    """A message for stderr and exit code 1."""
+
+
+def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a client command, turning API / network / input errors into a message and exit 1."""
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (_Fail, ApiError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except httpx.TransportError as exc:
+        print(
+            f"error: cannot reach the control plane at {Settings().api_url}: {exc}", file=sys.stderr
+        )
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return 1
+
+
+@contextmanager
+def _client() -> Iterator[Client]:
+    settings = Settings()
+    if not settings.token:
+        raise _Fail(
+            "no API token: set DUALPLANE_TOKEN "
+            "(e.g. export DUALPLANE_TOKEN=$(dualplane token --user alice))"
+        )
+    with Client.from_settings(settings) as client:
+        yield client
+
+
+def _follow(client: Client, job: dict[str, Any], *, watch: bool, waited: bool) -> int:
+    """After a submission: watch it, report the waited-for outcome, or just name the job."""
+    if watch:
+        say(f"submitted job {job['id']}")
+        if job["status"] not in JOB_TERMINAL:
+            LiveView(sys.stdout, tty=sys.stdout.isatty(), started=job.get("created_at")).run(
+                client.watch(job["id"])
+            )
+        job = client.get_job(job["id"])
+    elif not waited:
+        say(f"job {job['id']} {job['status']}")
+        return 0
+    elif job["status"] not in JOB_TERMINAL:
+        say(f"job {job['id']} still {job['status']} after the wait")
+        return 1
+    print_outcome(client, job)
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def print_outcome(client: Client, job: dict[str, Any]) -> None:
+    """Final status, each node's status (with its error), and the artifacts' URLs."""
+    say(f"job {job['id']} {job['status']}" + (f": {job['error']}" if job.get("error") else ""))
+    for node in job["graph"]["nodes"]:
+        error = node.get("error")
+        detail = f"  {error['type']}: {error['message']}" if error else ""
+        say(f"  {node['id']:<12} {node['status']:<10}{detail}".rstrip())
+    try:
+        artifacts = client.artifacts(job["id"])
+    except ApiError as exc:
+        say(f"artifacts: unavailable ({exc.status} {exc.title})")
+        return
+    if artifacts:
+        say("artifacts:")
+    for artifact in artifacts:
+        say(f"  {artifact['node_id']}/{artifact['name']}  {artifact.get('url') or artifact['key']}")
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Job summaries as aligned columns."""
+    header = ("ID", "STATUS", "PROGRESS", "CREATED", "USER", "TASKS")
+    lines = [header] + [(
+        row["id"], row["status"], f"{(row.get('progress') or 0) * 100:.0f}%",
+        _local_time(row.get("created_at")), row.get("user") or "-",
+        _cut(",".join(row.get("tasks") or []), 40),
+    ) for row in rows]  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _local_time(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# -- the live view ---------------------------------------------------------------------------
+
+
+class LiveView:
+    """Renders a job's hub messages.
+
+    :param out: where to write.
+    :param tty: redraw a block of progress bars in place (ANSI) instead of one line per event.
+    :param started: job creation time, for the plain lines' relative timestamps.
+    """
+
+    def __init__(self, out: TextIO, *, tty: bool, started: float | None = None) -> None:
+        self.out, self.tty = out, tty
+        self.started = started or time.time()
+        self.job_status = "pending"
+        self.nodes: dict[str, dict[str, Any]] = {}  # id -> {"status", "progress"}, graph order
+        self._drawn_lines = 0
+        self._last_draw = 0.0
+        self._dirty = False
+
+    def run(self, messages: Iterator[dict[str, Any]]) -> None:
+        for message in messages:
+            self.apply(message)
+            if self.tty:
+                self.draw()
+        if self.tty and self._dirty:
+            self.draw(force=True)  # the last state, whatever the throttle skipped
+
+    def apply(self, message: dict[str, Any]) -> None:
+        """Update the state; in plain mode, print the line for this message."""
+        self._dirty = True
+        if message["type"] == "snapshot":
+            job = message["job"]
+            self.job_status = job["status"]
+            for node in job["graph"]["nodes"]:
+                progress = node.get("progress") or 0.0
+                self.nodes[node["id"]] = {"status": node["status"], "progress": progress}
+            return
+        event = message["event"]
+        if not self.tty:
+            self._write(format_event(event, self.started) + "\n")
+        if event["type"] != "status" and event["type"] != "progress":
+            return
+        if not event.get("node_id"):
+            self.job_status = event.get("status") or self.job_status
+            return
+        node = self.nodes.setdefault(event["node_id"], {"status": "", "progress": 0.0})
+        if event["type"] == "progress":
+            node["progress"] = event.get("progress") or 0.0
+        else:
+            node["status"] = event.get("status") or node["status"]
+            if node["status"] == "succeeded":
+                node["progress"] = 1.0
+
+    def lines(self) -> list[str]:
+        nodes = self.nodes.values()
+        done = [1.0 if n["status"] in NODE_TERMINAL else n["progress"] for n in nodes]
+        overall = sum(done) / len(done) if done else 0.0
+        width = max((len(node_id) for node_id in self.nodes), default=4)
+        return [f"job {self.job_status:<10} {progress_bar(overall)}"] + [
+            f"  {node_id:<{width}}  {state['status']:<10} {progress_bar(state['progress'])}"
+            for node_id, state in self.nodes.items()
+        ]
+
+    def draw(self, *, force: bool = False) -> None:
+        """Redraw the block in place: cursor up over the last drawing, clear, print again."""
+        now = time.monotonic()
+        if not force and now - self._last_draw < REDRAW_S:
+            return
+        lines = self.lines()
+        up = f"\x1b[{self._drawn_lines}F\x1b[J" if self._drawn_lines else ""
+        self._write(up + "\n".join(lines) + "\n")
+        self._drawn_lines, self._last_draw, self._dirty = len(lines), now, False
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()

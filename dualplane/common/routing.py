@@ -1,0 +1,102 @@
+"""Routing python-plane nodes to worker pools by what live workers can do.
+
+Workers publish capability manifests (tasks, device, VRAM, loaded models) under
+``worker:<id>`` with a TTL. A node that declares ``requires`` (GPU, VRAM, a model) and no
+pool of its own is sent to the pool with the most free capacity among those with a live
+worker that satisfies it. A node no live worker can run is *reported* — an event and a
+``reason`` on the node — rather than left waiting silently; it stays queued, so a worker
+that starts later still picks it up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dualplane.common.bridge import Bridge
+from dualplane.common.models import CapabilityManifest, Graph, Node
+
+#: Manifests are re-read at most this often (routing runs on the submission hot path).
+DEFAULT_REFRESH_S = 2.0
+DEFAULT_POOL = "default"
+
+
+@dataclass(frozen=True)
+class Unroutable:
+    """A node no live worker can run, and why."""
+
+    node_id: str
+    reason: str
+
+
+class Router:
+    """Chooses pools for python nodes from the live manifests.
+
+    :param bridge: where manifests are read from.
+    :param refresh_s: how long a read of the manifests is reused.
+    """
+
+    def __init__(self, bridge: Bridge, *, refresh_s: float = DEFAULT_REFRESH_S) -> None:
+        self._bridge = bridge
+        self._refresh_s = refresh_s
+        self._manifests: list[CapabilityManifest] = []
+        self._read_at = float("-inf")
+
+    async def workers(self) -> list[CapabilityManifest]:
+        if time.monotonic() - self._read_at > self._refresh_s:
+            raw = await self._bridge.live_workers()
+            self._manifests = [CapabilityManifest.model_validate_json(item) for item in raw]
+            self._read_at = time.monotonic()
+        return self._manifests
+
+    async def route(self, graph: Graph) -> list[Unroutable]:
+        """Set the pool of python nodes with requirements; report nodes nobody can run."""
+        workers = [w for w in await self.workers() if w.plane == "python"]
+        problems = []
+        for node in graph.nodes:
+            if node.plane != "python":
+                continue
+            problem = route_node(node, workers)
+            if problem is not None:
+                problems.append(Unroutable(node.id, problem))
+        return problems
+
+
+def route_node(node: Node, workers: Iterable[CapabilityManifest]) -> str | None:
+    """Pick the node's pool in place; return why no live worker can run it, or None."""
+    able = [w for w in workers if node.task in w.tasks and _satisfies(w, node)]
+    if node.pool != DEFAULT_POOL or node.requires is None:
+        if any(w.pool == node.pool for w in able):
+            return None
+        return f"no live worker in pool {node.pool!r} can run task {node.task!r}{_wants(node)}"
+    if not able:
+        return f"no live worker can run task {node.task!r}{_wants(node)}"
+    # prefer a pool that already holds the model warm, then the one with most free slots
+    score: dict[str, tuple[int, int]] = {}
+    model = node.requires.model
+    for worker in able:
+        warm, free = score.get(worker.pool, (0, 0))
+        score[worker.pool] = (max(warm, int(model in worker.loaded_models)),
+                              free + max(0, worker.concurrency - worker.busy))
+    node.pool = max(sorted(score), key=lambda pool: score[pool])
+    return None
+
+
+def _satisfies(worker: CapabilityManifest, node: Node) -> bool:
+    needs = node.requires
+    if needs is None:
+        return True
+    if needs.gpu and not worker.device.startswith("cuda"):
+        return False
+    if needs.min_vram_gb is not None and (worker.vram_total_mb or 0) < needs.min_vram_gb * 1024:
+        return False
+    return True  # a model need is met by loading it; loaded_models only breaks ties (see route_node)
+
+
+def _wants(node: Node) -> str:
+    needs = node.requires
+    if needs is None:
+        return ""
+    parts = (["a GPU"] if needs.gpu else []) + ([f"{needs.min_vram_gb} GiB of VRAM"] if needs.min_vram_gb else [])
+    return f" with {' and '.join(parts)}" if parts else ""
