@@ -16,6 +16,7 @@ import orjson
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+import pydantic
 from pydantic import BaseModel, Field
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -42,7 +43,8 @@ _GRAPH_BODY = {"requestBody": {"required": True, "content": {"application/json":
 class ComposeRequest(BaseModel):
     """Body of ``POST /compose``."""
 
-    intent: str | StructuredIntent = Field(..., examples=["a 30-second lo-fi track with a rainy-night video"])
+    intent: Annotated[str, Field(min_length=1, max_length=4000)] | StructuredIntent = Field(
+        ..., examples=["a 30-second lo-fi track with a rainy-night video"])
     dry_run: bool = Field(False, description="Only plan: return the validated graph without submitting it.")
 
 
@@ -188,7 +190,10 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
     async def compose(request: Request, who: User, body: ComposeRequest,
                       wait: Annotated[float | None, Query(ge=0)] = None) -> Response:
         """Plan a graph from intent (free text or structured) and submit it; `dry_run` only plans."""
-        plan = await control.planner.plan(body.intent)
+        try:
+            plan = await control.planner.plan(body.intent)
+        except pydantic.ValidationError as exc:
+            return problem(422, "Invalid intent", str(exc.errors(include_url=False)[0]["msg"]))
         if body.dry_run:
             return JSONResponse(plan.model_dump(mode="json"))
         limits.check_graph(plan.graph)
@@ -241,7 +246,9 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        await control.queue_metrics.refresh()  # Redis reads are async; collect() only reads the snapshot
         control.metrics.busy.set(control.runner.busy)
+        control.metrics.running_nodes.set(control.executor.running_nodes)
         return Response(generate_latest(control.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _job_response(job_id: str, *, created: bool, wait: float | None) -> Response:
@@ -262,12 +269,11 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
 def _document_graph_body(app: FastAPI) -> None:
     """The graph routes read their body themselves (size cap, node-scoped errors), so the
     OpenAPI document gets the Graph schema and its example from the shared JSON Schema."""
-    from importlib import resources
-
     import fastapi.openapi.utils
 
-    example = orjson.loads((resources.files("dualplane.common") / "schemas" / "graph.schema.json")
-                           .read_bytes())["examples"][0]
+    # no `$ref` params in the example: OpenAPI tools read any "$ref" key as a JSON reference
+    example = {"nodes": [{"id": "beat", "task": "noop", "plane": "python", "params": {"value": "hello"}},
+                         {"id": "join", "task": "collect", "plane": "control", "needs": ["beat"]}]}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -293,6 +299,7 @@ def _install_hub(app: FastAPI, control: ControlPlane, auth: Authenticator, setti
 
     hub = Hub(control.bridge, job_user=job_user, buffer_messages=settings.hub_buffer_messages)
     app.state.hub = hub
+    control.hub_metrics.hub = hub  # read at scrape time (hub.connections, hub.stats)
     add_websocket_route(app, hub, auth)
 
 
