@@ -82,7 +82,8 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     uvicorn.run(
         create_app(settings), host=settings.control_host, port=settings.control_port,
-        ws="websockets-sansio", log_level=settings.log_level.lower(),
+        ws="websockets-sansio", ws_per_message_deflate=False, timeout_graceful_shutdown=10,
+        log_level=settings.log_level.lower(),
     )  # fmt: skip
     return 0
 
@@ -184,7 +185,8 @@ def run_demo_job(stack: Any, settings: Settings, timeout_s: float | None) -> boo
     """Submit the demo graph, print its events live, then the outcome; True if it succeeded."""
     from dualplane.demo import demo_graph
 
-    with httpx.Client(base_url=stack.control_url, timeout=10.0) as http:
+    headers = {"Authorization": f"Bearer {stack.mint_token()}"}
+    with httpx.Client(base_url=stack.control_url, timeout=10.0, headers=headers) as http:
         response = http.post("/jobs", json=demo_graph())
         response.raise_for_status()
         job_id = response.json()["id"]

@@ -9,8 +9,10 @@ stops it in reverse order: worker, control plane, S3, Redis.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import httpx
 
@@ -94,6 +96,9 @@ class LocalStack:
         self.s3_access_key = settings.s3_access_key
         self.s3_secret_key = settings.s3_secret_key
         self.control_url = ""
+        # HS256 secret shared with the children; the launcher mints its own token from it
+        self.jwt_secret = settings.jwt_secret or secrets.token_urlsafe(32)
+        self.token = ""
         self.children: list[Child] = []
         self._exit = contextlib.ExitStack()
 
@@ -103,6 +108,7 @@ class LocalStack:
             (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
             self._start_redis()
             self._start_s3()
+            self._ensure_models()
             self._start_planes()
             self._wait_healthy()
         except BaseException:
@@ -144,6 +150,25 @@ class LocalStack:
         self.s3_secret_key = server.secret_key
         self.announce(f"s3 (seaweedfs) {server.url}  pid {server.process.pid}")
 
+    def _ensure_models(self) -> None:
+        """Where the object store holds no weights for a registry name, build the tiny random
+        model of that class and upload it (the same loading path then serves it)."""
+        from dualplane.common.artifacts import ArtifactStore
+        from dualplane.data_plane.model_store import MANIFEST, ModelRegistry
+
+        store = ArtifactStore(endpoint=self.s3_endpoint or "", access_key=self.s3_access_key or "",
+                              secret_key=self.s3_secret_key or "", bucket=self.settings.s3_bucket)
+        names = ModelRegistry.load(self.settings.models_config).names()
+        missing = asyncio.run(_missing_models(store, names, MANIFEST))
+        if not missing:
+            self.announce(f"models         {', '.join(names)} (in the object store)")
+            return
+        self.announce(f"models         no weights for {', '.join(missing)}: building tiny random models "
+                      "(SIMULATED quality: random weights, real classes and loading path)")
+        from dualplane.data_plane.tiny import make_and_upload
+
+        asyncio.run(make_and_upload(store, self.state_dir / "tiny-models", missing))
+
     def _start_planes(self) -> None:
         control_port, worker_port = free_port(), free_port()
         env = self.child_env(control_port, worker_port)
@@ -163,6 +188,8 @@ class LocalStack:
             "DUALPLANE_CONTROL_PORT": str(control_port),
             "DUALPLANE_WORKER_HOST": LOOPBACK,
             "DUALPLANE_WORKER_PORT": str(worker_port),
+            "DUALPLANE_JWT_SECRET": self.jwt_secret,
+            "DUALPLANE_MODEL_CACHE_DIR": str(self.state_dir / "model-cache"),
             "PYTHONUNBUFFERED": "1",
         })  # fmt: skip
         return env
@@ -185,6 +212,11 @@ class LocalStack:
         self.announce(
             f"{command:<14} {health_url.removesuffix('/health')}  pid {process.pid}  log {log_path}"
         )
+
+    def mint_token(self, user: str = "demo") -> str:
+        from dualplane.control_plane.auth import Authenticator
+
+        return Authenticator(algorithm="HS256", secret=self.jwt_secret).mint(user, "user")
 
     def _wait_healthy(self) -> None:
         """Poll every child's /health until 200; a child that exits first fails with its log."""
@@ -215,6 +247,16 @@ def _healthy(client: httpx.Client, url: str) -> bool:
         return client.get(url).status_code == 200
     except httpx.TransportError:
         return False
+
+
+async def _missing_models(store: Any, names: list[str], manifest: str) -> list[str]:
+    missing = []
+    for name in names:
+        try:
+            await store.get(f"models/{name}/{manifest}")
+        except Exception:  # absent (or unreadable): build it
+            missing.append(name)
+    return missing
 
 
 def kill_leftover_children() -> list[int]:
