@@ -25,11 +25,17 @@ $(ML_STAMP): pyproject.toml $(DEV_STAMP)
 	$(VPY) -m pip install -q 'torch==2.13.0' -e '.[dev,ml]'
 	@touch $@
 
-# redis-server is a system binary (Debian package); install it only when missing.
+# System binaries from Debian packages, installed only when missing: redis-server, and
+# prometheus + promtool (package prometheus) for the rule checks and the scrape test.
 deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get update && $$SUDO apt-get install -y redis-server; }
+	  $$SUDO apt-get update && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
 
 codegen: venv
 	$(VPY) -m codegen

@@ -1,8 +1,11 @@
 """The graph `dualplane up` / `dualplane demo` submits: the one place to change the demo.
 
-For now a cross-plane graph on the small CPU tasks (control -> python in parallel -> control),
-so the demo exercises both handoffs, a fan-out, a join, progress events and an artifact
-without any model weights. A later issue swaps in the music-video graph on tiny models.
+The music-video graph: ``plan_song`` (control) plans title, lyrics and prompts from the
+intent; ``generate_music`` (MusicGen) and ``render_video`` (AnimateDiff) run in parallel on
+the worker; ``mux_media`` (control, ffmpeg) puts the track under the video. Without real
+weights the stack serves tiny random-initialised models of the same classes, so the audio
+and video are noise-like — the pipeline, loading path, progress and artifacts are real.
+Sizes are kept small so the demo finishes in seconds on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 DEMO_TEXT = "a 30-second lo-fi track with a rainy-night video"
+#: Seconds of music the demo generates (the real intent says 30; CPU demo keeps it short).
+DEMO_DURATION_S = 4.0
 
 
 def demo_graph() -> dict[str, Any]:
@@ -17,14 +22,15 @@ def demo_graph() -> dict[str, Any]:
     return {
         "intent": DEMO_TEXT,
         "nodes": [
-            {"id": "seed", "task": "emit", "plane": "control",
-             "params": {"value": {"text": DEMO_TEXT}}},
-            {"id": "hash", "task": "checksum", "plane": "python", "needs": ["seed"],
-             "params": {"text": {"$ref": "seed.output.text"}}},
-            {"id": "wait", "task": "sleep", "plane": "python", "needs": ["seed"],
-             "params": {"seconds": 1.5, "steps": 10}},
-            {"id": "collect", "task": "collect", "plane": "control", "needs": ["hash", "wait"],
-             "params": {"values": {"sha256": {"$ref": "hash.output.sha256"},
-                                   "slept_s": {"$ref": "wait.output.slept_s"}}}},
+            {"id": "song", "task": "plan_song", "plane": "control",
+             "params": {"narrative": DEMO_TEXT, "duration_s": DEMO_DURATION_S}},
+            {"id": "music", "task": "generate_music", "plane": "python", "needs": ["song"],
+             "params": {"prompt": {"$ref": "song.output.music_prompt"}, "duration_s": DEMO_DURATION_S,
+                        "seed": 7}},
+            {"id": "video", "task": "render_video", "plane": "python", "needs": ["song"],
+             "params": {"prompt": {"$ref": "song.output.video_prompt"}, "num_frames": 16, "fps": 8,
+                        "steps": 4, "seed": 7}},
+            {"id": "final", "task": "mux_media", "plane": "control", "needs": ["music", "video"],
+             "params": {"audio": {"$ref": "music.output.audio"}, "video": {"$ref": "video.output.video"}}},
         ],
     }  # fmt: skip

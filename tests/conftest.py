@@ -152,15 +152,31 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def uploaded_models(settings: Settings, tiny_models: dict[str, Any]) -> ArtifactStore:
-    """The tiny MusicGen uploaded under ``models/musicgen-small/`` of this test's bucket, where
-    the packaged registry sends workers (each test has its own bucket, so this runs per test:
-    six small files)."""
+async def upload_models(settings: Settings, tiny_models: dict[str, Any]
+                        ) -> Callable[..., Awaitable[ArtifactStore]]:
+    """Upload tiny models under ``models/<name>/`` of this test's bucket, where the packaged
+    registry sends workers: ``store = await upload_models("sd15", "animatediff-motion-adapter")``."""
     from dualplane.common.artifacts import store_from_settings
     from dualplane.data_plane.model_store import upload_model_dir
 
     store = store_from_settings(settings)
     assert store is not None
-    await store.ensure_bucket()
-    await upload_model_dir(store, "musicgen-small", tiny_models["musicgen-small"])
-    return store
+
+    async def upload(*names: str) -> ArtifactStore:
+        await store.ensure_bucket()
+        for name in names:
+            await upload_model_dir(store, name, tiny_models[name])
+        return store
+
+    return upload
+
+
+@pytest.fixture
+async def uploaded_models(request: pytest.FixtureRequest,
+                          upload_models: Callable[..., Awaitable[ArtifactStore]]) -> ArtifactStore:
+    """The tiny MusicGen uploaded under ``models/musicgen-small/`` of this test's bucket (each
+    test has its own bucket, so this runs per test: six small files). Other models: parametrize
+    indirectly, ``@pytest.mark.parametrize("uploaded_models", [("sd15", ...)], indirect=True)``,
+    or call :func:`upload_models`."""
+    names = getattr(request, "param", None) or ("musicgen-small",)
+    return await upload_models(*([names] if isinstance(names, str) else names))

@@ -91,15 +91,17 @@ def assert_nothing_left(pids: set[int], directory: Path) -> None:
 
 def test_demo_succeeds_and_leaves_nothing(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "dualplane", "demo", "--timeout", "60"], check=False, cwd=tmp_path,
-        env=clean_env(), capture_output=True, text=True, timeout=100,
+        [sys.executable, "-m", "dualplane", "demo", "--timeout", "120"], check=False, cwd=tmp_path,
+        env=clean_env(), capture_output=True, text=True, timeout=200,
     )  # fmt: skip
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
-    assert re.search(r"seq \d+\s+wait\s+\[#+\.*\]\s+\d+%", out), out  # live progress lines
-    assert re.search(r"seq \d+\s+hash\s+running\s+attempt 1", out), out
+    assert re.search(r"seq \d+\s+music\s+\[#+\.*\]\s+\d+%", out), out  # live progress lines
+    assert re.search(r"seq \d+\s+video\s+\[#+\.*\]\s+\d+%", out), out
+    assert re.search(r"seq \d+\s+music\s+running\s+attempt 1", out), out
     assert re.search(r"^job \S+ succeeded$", out, re.MULTILINE), out
-    assert re.search(r"hash/checksum\.txt\s+http://127\.0\.0\.1:\d+/\S+X-Amz-Signature=", out), out
+    for artifact in (r"music/music\.wav", r"video/video\.mp4", r"video/poster\.png", r"final/final\.mp4"):
+        assert re.search(artifact + r"\s+http://127\.0\.0\.1:\d+/\S+X-Amz-Signature=", out), out
     assert (tmp_path / ".dualplane" / "logs" / "worker.log").is_file()
     pids = {int(pid) for pid in PID_RE.findall(out)}
     assert len(pids) == 4, out  # redis, weed, control plane, worker

@@ -81,6 +81,7 @@ class Claim:
     status: str = ""
     cancel_requested: bool = False
     node_states: dict[str, dict[str, Any]] | None = None
+    created_at: float | None = None
 
 
 class _State(enum.Enum):
@@ -362,8 +363,12 @@ class Bridge:
             await self.client.xclaim(stream, group, consumer, 0, list(ids), idle=self.lease_ms + 1, justid=True)
 
     async def ack(self, stream: str, ids: Sequence[str]) -> None:
+        """Acknowledge and delete (see handoff.lua: acked entries are never read again)."""
         if ids:
-            await self.client.xack(stream, self.keys.group_for_stream(stream), *ids)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xack(stream, self.keys.group_for_stream(stream), *ids)
+            pipe.xdel(stream, *ids)
+            await pipe.execute()
 
     async def dead_letter(self, message: Message, reason: str, job_id: str | None = None) -> None:
         """Park a message with its reason; fail its job, if known, so nobody waits on it."""
@@ -638,8 +643,9 @@ def parse_claim(reply: Any) -> Claim:
         return Claim(ok=False, gone=True)
     if code == -1:
         return Claim(ok=False)
-    states = {_s(reply[i]): orjson.loads(reply[i + 1]) for i in range(3, len(reply), 2)}
-    return Claim(ok=True, status=_s(reply[1]), cancel_requested=bool(reply[2]), node_states=states)
+    states = {_s(reply[i]): orjson.loads(reply[i + 1]) for i in range(4, len(reply), 2)}
+    return Claim(ok=True, status=_s(reply[1]), cancel_requested=bool(reply[2]), node_states=states,
+                 created_at=float(reply[3]) if reply[3] else None)
 
 
 def job_from_hash(raw: dict[str, bytes]) -> Job:

@@ -180,7 +180,7 @@ class Consumer:
         plan = [n.id for n in plan_for_lane(graph, self.lane)] if not claim.cancel_requested else []
         run = JobRun(
             job_id=handoff.job_id, graph=graph, plan=plan, fence=handoff.handoff_seq, message=message,
-            request_id=handoff.request_id, job_status=claim.status,
+            request_id=handoff.request_id, job_status=claim.status, created_at=claim.created_at,
         )
         if claim.cancel_requested:
             run.cancel.set()
@@ -250,7 +250,7 @@ class Consumer:
         if seq == -1:
             self._metrics.stale_handoffs.inc()
         elif outcome:
-            self._metrics.jobs_finished.labels(status=outcome).inc()
+            self._metrics.job_finished(run.graph, outcome, run.created_at)
         else:
             self._metrics.handoffs.labels(to=target or "").inc()
 

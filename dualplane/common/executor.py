@@ -43,8 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dualplane.executor")
 
-NodeFinished = Callable[[str, str, float], None]
-"""Hook called with (task, final status, seconds) when a node ends."""
+NodeFinished = Callable[[str, str, float, "dict[str, Any] | None"], None]
+"""Hook called with (task, final status, seconds, output of a succeeded node) when a node ends."""
 
 
 class _RetryAttempt(Exception):
@@ -73,6 +73,8 @@ class JobRun:
     #: as the last node's events.
     on_done: Callable[[JobRun], None] | None = None
     started: float = field(default_factory=time.monotonic)
+    #: When the job was submitted (unix s, from the job hash), for the job duration metric.
+    created_at: float | None = None
 
     def __post_init__(self) -> None:
         self.by_id: dict[str, Node] = {node.id: node for node in self.graph.nodes}
@@ -93,7 +95,7 @@ class Executor:
     :param bridge: where state changes are mirrored.
     :param concurrency: nodes running at once (waiting for needs does not count).
     :param artifacts: artifact store offered to tasks.
-    :param on_node_finished: metrics hook.
+    :param on_node_finished: metrics hook ``(task, outcome, seconds, output or None)``.
     :param models: model manager offered to tasks as ``ctx.models`` (data plane).
     """
 
@@ -204,6 +206,7 @@ class Executor:
         started = time.perf_counter()
         self.running_nodes += 1
         outcome = "retrying"
+        output: dict[str, Any] | None = None
         try:
             output = await self._call_task(run, node, spec, attempt, write)
         except TaskCancelled as exc:
@@ -222,11 +225,13 @@ class Executor:
             write(_chunk(run, node, "finished", status=outcome, output=output))
         finally:
             self.running_nodes -= 1
-            self._attempt_ended(node, spec, attempt, outcome, time.perf_counter() - started)
+            self._attempt_ended(node, spec, attempt, outcome, time.perf_counter() - started,
+                                output if outcome == "succeeded" else None)
 
-    def _attempt_ended(self, node: Node, spec: TaskSpec, attempt: int, outcome: str, elapsed_s: float) -> None:
+    def _attempt_ended(self, node: Node, spec: TaskSpec, attempt: int, outcome: str, elapsed_s: float,
+                       output: dict[str, Any] | None = None) -> None:
         if self._on_node_finished is not None:
-            self._on_node_finished(spec.name, outcome, elapsed_s)
+            self._on_node_finished(spec.name, outcome, elapsed_s, output)
         if log.isEnabledFor(logging.INFO):
             log.info("node %s (%s) attempt %d %s in %.3fs", node.id, spec.name, attempt, outcome, elapsed_s)
 

@@ -10,6 +10,7 @@ that starts later still picks it up.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,12 +43,21 @@ class Router:
         self._refresh_s = refresh_s
         self._manifests: list[CapabilityManifest] = []
         self._read_at = float("-inf")
+        self._reading: asyncio.Future[list[CapabilityManifest]] | None = None
 
     async def workers(self) -> list[CapabilityManifest]:
-        if time.monotonic() - self._read_at > self._refresh_s:
-            raw = await self._bridge.live_workers()
-            self._manifests = [CapabilityManifest.model_validate_json(item) for item in raw]
-            self._read_at = time.monotonic()
+        """The live manifests, read at most once per ``refresh_s`` however many submissions
+        ask at the same moment (they share one in-flight read)."""
+        if time.monotonic() - self._read_at <= self._refresh_s:
+            return self._manifests
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._read())
+        return await asyncio.shield(self._reading)
+
+    async def _read(self) -> list[CapabilityManifest]:
+        raw = await self._bridge.live_workers()
+        self._manifests = [CapabilityManifest.model_validate_json(item) for item in raw]
+        self._read_at = time.monotonic()
         return self._manifests
 
     async def route(self, graph: Graph) -> list[Unroutable]:

@@ -28,7 +28,7 @@ from dualplane.common.models import Graph, Job, Node, NodeStatus
 from dualplane.common.registry import TaskRegistry
 from dualplane.common.routing import Router
 from dualplane.common.settings import Settings
-from dualplane.common.telemetry import PlaneMetrics
+from dualplane.common.telemetry import HubCollector, PlaneMetrics, QueueCollector
 from dualplane.control_plane.planner import Planner, chat_model_from_settings
 from dualplane.tasks import default_registry
 
@@ -67,6 +67,12 @@ class ControlPlane:
         self.bridge = Bridge(settings.bridge_config())
         self.artifacts: ArtifactStore | None = store_from_settings(settings)
         self.metrics = PlaneMetrics(metrics_registry, "control")
+        #: Streams and worker pools read from Redis at scrape time (``await queues.refresh()``).
+        self.queue_metrics = QueueCollector(self.bridge)
+        #: WebSocket counters; the app points ``hub_metrics.hub`` at its hub.
+        self.hub_metrics = HubCollector()
+        self.metrics.registry.register(self.queue_metrics)
+        self.metrics.registry.register(self.hub_metrics)
         self.executor = Executor(
             self.registry, "control", bridge=self.bridge, concurrency=max(64, settings.concurrency),
             artifacts=self.artifacts, on_node_finished=self.metrics.node_finished,
@@ -75,6 +81,7 @@ class ControlPlane:
             self.bridge, self.executor, lane="control", name=f"control-{settings.worker_id}",
             concurrency=max(256, settings.concurrency), metrics=self.metrics,
         )
+        self.metrics.concurrency.set(self.runner._concurrency)
         self._runner_task: asyncio.Task[None] | None = None
         self.router = Router(self.bridge)
         self.planner = Planner(self.registry,
@@ -135,7 +142,9 @@ class ControlPlane:
         )
         if not created:
             await self._check_replay(job_id, graph, user)
-        elif log.isEnabledFor(logging.INFO):
+            return Submitted(job_id=job_id, created=created, status=str(value))
+        self.metrics.job_submitted(graph)
+        if log.isEnabledFor(logging.INFO):
             with logs.bound(job_id=job_id, request_id=request_id, plane="control"):
                 log.info("job %s submitted by %s: %d nodes, first lane %s", job_id, user, len(graph.nodes), lane)
         return Submitted(job_id=job_id, created=created, status="queued" if created else str(value))

@@ -65,6 +65,13 @@ _HASH_CHUNK_BYTES = 1 << 20
 
 Loader = Callable[[Path, str, Any], Any]
 
+#: Held while torch modules are built. diffusers' ``from_pretrained`` patches process-wide state
+#: (accelerate's ``init_empty_weights`` replaces ``nn.Module.register_parameter``; a dtype
+#: sets torch's default dtype), so a module built meanwhile in another thread gets meta or
+#: wrongly typed tensors. Every loader runs under it; a task that builds modules outside
+#: :meth:`ModelManager.load` (a fresh UNet to train, LoRA layers) takes it too.
+BUILD_LOCK = threading.RLock()
+
 
 class ModelError(DualplaneError):
     """A model could not be found, fetched or loaded."""
@@ -478,6 +485,9 @@ class ModelManager:
         self._pending: dict[tuple[str, str], _Pending] = {}
         self.loads = 0
         self.hits = 0
+        #: Metrics hook ``(name, seconds, ok)`` called after every load this manager performs
+        #: (warm hits are not loads; see ``hits``).
+        self.on_load: Callable[[str, float, bool], None] | None = None
 
     @property
     def device(self) -> str:
@@ -532,6 +542,7 @@ class ModelManager:
             pending.warm = warm
         except BaseException as exc:
             pending.error = exc
+            self._report_load(name, time.perf_counter() - started, ok=False)
             raise
         finally:
             with self._lock:
@@ -543,7 +554,16 @@ class ModelManager:
                 del self._pending[cache_key]
             pending.done.set()
         self._release(evicted)
-        return _loaded(warm, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._report_load(name, elapsed, ok=True)
+        return _loaded(warm, elapsed)
+
+    def _report_load(self, name: str, seconds: float, *, ok: bool) -> None:
+        if self.on_load is not None:
+            try:
+                self.on_load(name, seconds, ok)
+            except Exception:  # metrics must never fail a load
+                log.exception("model load hook failed")
 
     async def aload(self, name: str, loader: Loader, *, key: str | None = None) -> LoadedModel:
         """:meth:`load` for async tasks (runs it in a thread)."""
@@ -569,7 +589,8 @@ class ModelManager:
         path = _run_blocking(self.store.ensure_local(entry.name))
         device = self.device
         dtype = select_dtype(device, entry.dtype)
-        model = loader(path, device, dtype)
+        with BUILD_LOCK:
+            model = loader(path, device, dtype)
         size = estimate_bytes(model) or _dir_bytes(path)
         self.loads += 1
         return _Warm(model=model, name=entry.name, path=path, device=device, dtype=dtype, size_bytes=size)

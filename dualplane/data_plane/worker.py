@@ -28,7 +28,7 @@ from dualplane.common.executor import Executor
 from dualplane.common.models import CapabilityManifest
 from dualplane.common.registry import TaskRegistry
 from dualplane.common.settings import Settings
-from dualplane.common.telemetry import PlaneMetrics
+from dualplane.common.telemetry import GpuCollector, ModelMetrics, PlaneMetrics
 from dualplane.data_plane.model_store import manager_from_settings
 from dualplane.tasks import default_registry
 
@@ -51,6 +51,10 @@ class Worker:
         self.artifacts = store_from_settings(settings)
         self.metrics = PlaneMetrics(CollectorRegistry(), "python")
         self.models = manager_from_settings(settings, self.artifacts)
+        self.model_metrics = ModelMetrics(self.metrics.registry)
+        self.model_metrics.attach(self.models)
+        self.metrics.registry.register(GpuCollector())
+        self.metrics.concurrency.set(settings.concurrency)
         self.executor = Executor(
             self.registry, "python", bridge=self.bridge, concurrency=settings.concurrency,
             artifacts=self.artifacts, on_node_finished=self.metrics.node_finished, worker_id=self.worker_id,
@@ -138,6 +142,7 @@ class Worker:
         @app.get("/metrics")
         async def metrics() -> Response:
             self.metrics.busy.set(self.consumer.busy)
+            self.metrics.running_nodes.set(self.executor.running_nodes)
             return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
         @app.get("/debug/torch")

@@ -8,6 +8,7 @@
 local id = redis.call('XADD', KEYS[1], '*', 'stream', KEYS[2], 'id', ARGV[5], 'group', ARGV[4],
   'reason', ARGV[6], 'job', ARGV[2], 'fields', ARGV[7], 'ts', ARGV[3])
 redis.call('XACK', KEYS[2], ARGV[4], ARGV[5])
+redis.call('XDEL', KEYS[2], ARGV[5])  -- its copy is in the dead-letter entry
 if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
   local status = redis.call('HGET', KEYS[3], 'status')
   if status ~= 'succeeded' and status ~= 'failed' and status ~= 'partial' and status ~= 'cancelled' then

@@ -8,8 +8,13 @@
 -- ARGV[9] n, then n (field, value) pairs, then (kind, body) event pairs.
 -- Returns the last seq; -1 when the expected handoff_seq is stale (the source message is
 -- acknowledged anyway: a newer owner exists), -2 when the job is gone.
+-- The source entry is deleted once acknowledged: one group reads each stream, so an acked
+-- entry is read by no one again, and keeping it would grow the stream by a full graph per hop.
 local function ack()
-  if ARGV[6] ~= '' then redis.call('XACK', KEYS[3], ARGV[5], ARGV[6]) end
+  if ARGV[6] ~= '' then
+    redis.call('XACK', KEYS[3], ARGV[5], ARGV[6])
+    redis.call('XDEL', KEYS[3], ARGV[6])
+  end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then ack() return -2 end
 if redis.call('HGET', KEYS[1], 'handoff_seq') ~= ARGV[3] then ack() return -1 end

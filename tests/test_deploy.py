@@ -1,0 +1,248 @@
+"""Static checks of the deployment files (there is no Docker engine or cluster here): the compose
+stack, the Dockerfiles, the dev containers and the Kubernetes manifests agree with each other,
+with the Prometheus/Grafana configuration and with the settings the code reads."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dualplane.common.bridge import WORKER_GROUP, Keys
+from dualplane.common.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.dev.yml"
+DUALPLANE_SERVICES = ("control-plane", "worker")
+
+
+def settings_env_names() -> set[str]:
+    """The environment variables Settings reads: a field's alias, else DUALPLANE_<FIELD>."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    names = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        names.add(alias if isinstance(alias, str) else f"{prefix}{name}".upper())
+    return names
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def container_ports(service: dict[str, Any]) -> set[int]:
+    ports = {int(str(p).split("/")[0]) for p in service.get("expose", [])}
+    for mapping in service.get("ports", []):
+        ports.add(int(str(mapping).split("/")[0].rsplit(":", 1)[-1]))
+    return ports
+
+
+def healthcheck_port(service: dict[str, Any]) -> int | None:
+    test = service.get("healthcheck", {}).get("test")
+    text = " ".join(test) if isinstance(test, list) else str(test or "")
+    found = re.search(r"https?://[^/:'\"\s]+:(\d+)", text)
+    return int(found.group(1)) if found else None
+
+
+def test_settings_env_names_are_what_the_readme_documents() -> None:
+    names = settings_env_names()
+    assert {"REDIS_URL", "S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_BUCKET", "S3_SECURE",
+            "DUALPLANE_POOL", "DUALPLANE_CONTROL_PORT", "DUALPLANE_WORKER_PORT", "DUALPLANE_LOG_LEVEL"} <= names
+
+
+def test_compose_has_the_whole_stack(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) >= {"redis", "minio", "control-plane", "worker", "prometheus", "grafana",
+                                         "dcgm-exporter", "redis-exporter"}
+    redis_cmd = compose["services"]["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes", "Redis must run with AOF on"
+
+
+def test_compose_builds_exist(compose: dict[str, Any]) -> None:
+    for name in DUALPLANE_SERVICES:
+        build = compose["services"][name]["build"]
+        context = (COMPOSE_FILE.parent / build["context"]).resolve()
+        assert context.is_dir(), name
+        assert (context / build["dockerfile"]).is_file(), name
+        assert (context / "pyproject.toml").is_file(), f"{name}: the context must be the repository root"
+
+
+def test_compose_environment_matches_settings(compose: dict[str, Any]) -> None:
+    known = settings_env_names()
+    for name in DUALPLANE_SERVICES:
+        env = env_of(compose["services"][name])
+        assert set(env) - known == set(), f"{name} sets variables no setting reads"
+        assert {"REDIS_URL", "S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY"} <= set(env), name
+        settings = Settings(**_fields_from_env(env))  # the values parse as the settings' types
+        redis_host = re.match(r"redis://(?:[^@]*@)?([^:/]+):(\d+)", settings.redis_url or "")
+        assert redis_host and redis_host.group(1) in compose["services"], settings.redis_url
+        assert int(redis_host.group(2)) in container_ports(compose["services"][redis_host.group(1)])
+        s3_host, s3_port = (settings.s3_endpoint or ":").split(":")
+        assert s3_host in compose["services"] and int(s3_port) in container_ports(compose["services"][s3_host])
+        minio_env = env_of(compose["services"][s3_host])
+        assert (settings.s3_access_key, settings.s3_secret_key) == (minio_env["MINIO_ROOT_USER"],
+                                                                     minio_env["MINIO_ROOT_PASSWORD"])
+
+
+def _fields_from_env(env: dict[str, str]) -> dict[str, str]:
+    """Environment names → Settings field names (so the test builds Settings without os.environ)."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    by_env = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        by_env[alias if isinstance(alias, str) else f"{prefix}{name}".upper()] = name
+    return {by_env[k]: v for k, v in env.items()}
+
+
+def test_compose_ports_and_healthchecks_line_up(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    listen = {"control-plane": "DUALPLANE_CONTROL_PORT", "worker": "DUALPLANE_WORKER_PORT"}
+    for name, variable in listen.items():
+        env = env_of(services[name])
+        port = int(env[variable])
+        assert env[variable.replace("PORT", "HOST")] == "0.0.0.0", f"{name} must listen beyond localhost"
+        assert healthcheck_port(services[name]) == port, name
+        assert port in container_ports(services[name]), name
+    for name in ("prometheus", "grafana"):
+        assert healthcheck_port(services[name]) in container_ports(services[name]), name
+    # Prometheus scrapes the ports the services listen on
+    scrape = yaml.safe_load((ROOT / "prometheus/prometheus.yml").read_text())
+    targets: dict[str, int] = {}
+    for job in scrape["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            for host in sd["names"]:
+                targets[host] = sd["port"]
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                targets[host] = int(port)
+    assert targets["control-plane"] == int(env_of(services["control-plane"])["DUALPLANE_CONTROL_PORT"])
+    assert targets["worker"] == int(env_of(services["worker"])["DUALPLANE_WORKER_PORT"])
+    for exporter in ("dcgm-exporter", "redis-exporter"):
+        assert targets[exporter] in container_ports(services[exporter]), exporter
+    # Grafana's datasource is the prometheus service
+    sources = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    url = re.match(r"http://([^:/]+):(\d+)", sources["datasources"][0]["url"])
+    assert url and url.group(1) == "prometheus" and int(url.group(2)) in container_ports(services["prometheus"])
+
+
+def test_compose_mounts_exist_and_gpu_is_reserved(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = str(volume).split(":", 1)[0]
+            if source.startswith("."):
+                assert (COMPOSE_FILE.parent / source).exists(), f"{name}: {source}"
+    for name in ("worker", "dcgm-exporter"):
+        devices = compose["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+        assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), name
+    streams = env_of(compose["services"]["redis-exporter"])["REDIS_EXPORTER_CHECK_STREAMS"]
+    assert re.fullmatch(streams.replace("*", ".*"), Keys(Settings.model_fields["key_prefix"].default)
+                        .data_stream("default"))
+
+
+def _dockerfile(name: str) -> str:
+    return (ROOT / "docker" / name).read_text()
+
+
+def test_control_plane_image_is_slim() -> None:
+    text = _dockerfile("control-plane.Dockerfile")
+    install = [line for line in text.splitlines() if "pip install" in line]
+    assert install and not any("torch" in line or "[ml" in line or "cuda" in line.lower() for line in install)
+    assert "FROM python:3.11-slim" in text
+    assert 'CMD ["dualplane", "control-plane"]' in text
+
+
+def test_worker_image_is_multistage_cuda_without_weights() -> None:
+    text = _dockerfile("worker.Dockerfile")
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
+    assert len(froms) >= 2, "multi-stage"
+    assert re.search(r"CUDA_IMAGE=nvidia/cuda:[\w.-]+-runtime-", text)
+    assert re.search(r"download\.pytorch\.org/whl/cu\d+", text), "a CUDA build of torch"
+    copies = [line for line in text.splitlines() if line.startswith(("COPY", "ADD"))]
+    assert not any(re.search(r"model|weight|\.safetensors|\.bin|cache", c, re.IGNORECASE) for c in copies), copies
+    assert 'CMD ["dualplane", "worker"]' in text
+    ignored = (ROOT / ".dockerignore").read_text()
+    assert ".venv/" in ignored and ".dualplane/" in ignored and "*.safetensors" in ignored
+
+
+def test_devcontainers_point_at_compose_services(compose: dict[str, Any]) -> None:
+    for kind, service in (("control-plane", "control-plane"), ("data-plane", "worker")):
+        folder = ROOT / ".devcontainer" / kind
+        config = json.loads((folder / "devcontainer.json").read_text())
+        assert config["service"] == service
+        for file in config["dockerComposeFile"]:
+            assert (folder / file).is_file(), file
+        override = yaml.safe_load((folder / "compose.override.yml").read_text())
+        assert set(override["services"]) == {service}
+        assert set(config["runServices"]) <= set(compose["services"])
+
+
+# -- Kubernetes ------------------------------------------------------------------------------
+
+
+def manifests() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((ROOT / "deploy/kustomization.yaml").read_text())
+    docs = []
+    for resource in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((ROOT / "deploy" / resource).read_text()) if d]
+    return docs
+
+
+def test_k8s_workers_scale_on_their_pool_stream() -> None:
+    docs = manifests()
+    keys = Keys(Settings.model_fields["key_prefix"].default)
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    scaled = [d for d in docs if d["kind"] == "ScaledObject"]
+    workers = {n: d for n, d in deployments.items() if "worker" in n}
+    assert len(workers) >= 2, "one Deployment per GPU pool"
+    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == set(workers)
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    auths = {d["metadata"]["name"]: d for d in docs if d["kind"] == "TriggerAuthentication"}
+    for obj in scaled:
+        worker = workers[obj["spec"]["scaleTargetRef"]["name"]]
+        (container,) = worker["spec"]["template"]["spec"]["containers"]
+        pool = {e["name"]: e.get("value") for e in container["env"]}["DUALPLANE_POOL"]
+        assert worker["spec"]["template"]["metadata"]["labels"]["dualplane.io/pool"] == pool
+        kinds = set()
+        for trigger in obj["spec"]["triggers"]:
+            meta = trigger["metadata"]
+            assert trigger["type"] == "redis-streams"
+            assert meta["stream"] == keys.data_stream(pool)
+            assert meta["consumerGroup"] == WORKER_GROUP
+            kinds |= {"pending" if "pendingEntriesCount" in meta else "lag" if "lagCount" in meta else "?"}
+            for ref in auths[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]:
+                assert ref["key"] in secrets[ref["name"]]["stringData"]
+        assert kinds == {"pending", "lag"}, "pending entries, plus lag to scale up from zero"
+
+
+def test_k8s_environment_matches_settings_and_secrets() -> None:
+    docs = manifests()
+    known = settings_env_names()
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            names = {e["name"] for e in container.get("env", [])}
+            for source in container.get("envFrom", []):
+                data = secrets[source["secretRef"]["name"]]
+                names |= {k for k in data if k.isupper()}
+            assert names - known == set(), deployment["metadata"]["name"]
+            assert {"REDIS_URL", "S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY"} <= names
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            port = int(env.get("DUALPLANE_CONTROL_PORT") or env["DUALPLANE_WORKER_PORT"])
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            assert port in ports.values()
+            annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+            assert int(annotations["prometheus.io/port"]) == port
+            assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+            assert ports[container["readinessProbe"]["httpGet"]["port"]] == port
