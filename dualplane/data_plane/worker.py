@@ -95,6 +95,8 @@ class Worker:
         stop = stop or _signal_event()
         # Everything imported and compiled so far lives as long as the process: keep the
         # cyclic GC from re-scanning it on every collection of the dispatch loop's garbage.
+        # torch is imported first (device facts), or its objects would be re-scanned.
+        await asyncio.to_thread(self._device_facts)
         gc.freeze()
         await self.bridge.connect()
         if self.artifacts is not None:
