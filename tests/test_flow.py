@@ -201,3 +201,12 @@ async def test_invalid_graph_is_a_422_with_node_scoped_errors(api, control_plane
     assert errors["a"][0]["field"] == "seconds"
     assert "unknown task" in errors["b"][0]["message"]
     assert await control_plane.bridge.stream_length(control_plane.bridge.keys.data_stream("default")) == 0
+
+
+async def test_get_capabilities_reports_the_worker_that_ran_it(control_plane: ControlPlane, worker: RunningWorker):
+    graph = {"nodes": [{"id": "caps", "task": "get_capabilities", "plane": "python"}]}
+    job = await wait_for_job(control_plane, (await control_plane.submit(graph)).job_id)
+    caps = node(job, "caps").output
+    assert job.status == "succeeded"
+    assert caps["worker_id"] == worker.worker.worker_id and caps["device"] == "cpu"
+    assert {"generate_music", "render_video", "train_lora", "train_voice", "get_capabilities"} <= set(caps["tasks"])

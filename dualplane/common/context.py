@@ -29,6 +29,7 @@ class TaskContext:
         thread-safe for sync tasks); the executor mirrors it into Redis.
     :param cancelled: set when the job is cancelled or the worker is releasing it.
     :param artifacts: the artifact store, or None on a plane without one.
+    :param describe_worker: returns this worker's capability manifest (data plane).
     :param models: the worker's model manager (weights from the model store, kept warm),
         or None on a plane without one.
     """
@@ -45,6 +46,7 @@ class TaskContext:
         loop: asyncio.AbstractEventLoop,
         logger: logging.Logger,
         models: Any = None,
+        describe_worker: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.job_id = job_id
         self.node_id = node_id
@@ -55,6 +57,8 @@ class TaskContext:
         self._store = artifacts
         self._loop = loop
         self.models = models
+        #: The worker's capability manifest (tasks, device, VRAM, warm models), where there is one.
+        self.describe_worker = describe_worker
         self._last_progress = -1.0
         self.artifacts_written: list[dict[str, Any]] = []
 

@@ -97,6 +97,7 @@ class Executor:
     :param artifacts: artifact store offered to tasks.
     :param on_node_finished: metrics hook ``(task, outcome, seconds, output or None)``.
     :param models: model manager offered to tasks as ``ctx.models`` (data plane).
+    :param describe_worker: the worker's capability manifest, as ``ctx.describe_worker``.
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class Executor:
         on_node_finished: NodeFinished | None = None,
         worker_id: str | None = None,
         models: Any = None,
+        describe_worker: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.plane = plane
         self.worker_id = worker_id or plane
@@ -119,6 +121,7 @@ class Executor:
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"{plane}-task")
         self._artifacts = artifacts
         self._models = models
+        self._describe_worker = describe_worker
         self._on_node_finished = on_node_finished
         self._runs: dict[int, JobRun] = {}
         self._sends: dict[int, list[tuple[str, tuple[int, str]]]] = {}
@@ -248,7 +251,7 @@ class Executor:
         ctx_write = _node_writer(run, node, write, threaded=not spec.is_async, loop=loop)
         ctx = TaskContext(
             job_id=run.job_id, node_id=node.id, attempt=attempt, write=ctx_write, cancelled=run.cancel,
-            artifacts=self._artifacts, models=self._models, loop=loop,
+            artifacts=self._artifacts, models=self._models, describe_worker=self._describe_worker, loop=loop,
             logger=logging.getLogger(f"dualplane.task.{spec.name}"),
         )
         timeout_s = node.timeout_s or spec.timeout_s

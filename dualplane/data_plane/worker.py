@@ -58,7 +58,7 @@ class Worker:
         self.executor = Executor(
             self.registry, "python", bridge=self.bridge, concurrency=settings.concurrency,
             artifacts=self.artifacts, on_node_finished=self.metrics.node_finished, worker_id=self.worker_id,
-            models=self.models,
+            models=self.models, describe_worker=lambda: self.manifest().model_dump(mode="json"),
         )
         self.consumer = Consumer(
             self.bridge, self.executor, lane=f"python:{settings.pool}", name=self.worker_id,
