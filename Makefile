@@ -25,12 +25,14 @@ $(ML_STAMP): pyproject.toml $(DEV_STAMP)
 	$(VPY) -m pip install -q 'torch==2.13.0' -e '.[dev,ml]'
 	@touch $@
 
-# System binaries from Debian packages, installed only when missing: redis-server, and
-# prometheus + promtool (package prometheus) for the rule checks and the scrape test.
+# System binaries from Debian packages, installed only when missing: redis-server,
+# prometheus + promtool (package prometheus) for the rule checks and the scrape test, and
+# chromium for the web UI's browser tests (Playwright drives it; no browser download).
 deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update && \
@@ -42,6 +44,7 @@ codegen: venv
 
 test: deps venv-ml
 	$(VPY) -m codegen --check
+	$(VPY) -m ruff check dualplane tests bench codegen
 	$(VPY) -m pytest -q
 
 run: deps venv-ml

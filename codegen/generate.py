@@ -279,7 +279,7 @@ def check_examples_with_models(
                             f"{name}: examples[{i}] dumped by {title} (with defaults) "
                             f"breaks the schema: {err.message}"
                         )
-        except Exception as exc:  # noqa: BLE001 - e.g. an import error in generated code
+        except Exception as exc:
             errors.append(f"generated models do not import: {type(exc).__name__}: {exc}")
         finally:
             for mod in [m for m in sys.modules if m == pkg_name or m.startswith(pkg_name + ".")]:

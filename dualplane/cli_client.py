@@ -97,7 +97,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client() as client:
         filters = {"status": args.status, "task": args.task, "limit": min(args.limit, 100)}
-        rows = [summary for _, summary in zip(range(args.limit), client.iter_jobs(**filters))]
+        rows = [summary for _, summary in zip(range(args.limit), client.iter_jobs(**filters), strict=False)]
     say(format_table(rows))
     return 0
 

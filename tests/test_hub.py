@@ -193,7 +193,7 @@ async def test_200_subscribers_over_20_jobs_get_every_event_once_in_order(
     # 200 connections, 10 per job; every 4th also follows a second job (several per connection).
     followers = await asyncio.gather(*(Follower.open(url, token) for _ in range(200)))
     plan: list[list[str]] = []
-    for i, follower in enumerate(followers):
+    for i, _follower in enumerate(followers):
         jobs = [job_ids[i % 20]] + ([job_ids[(i + 7) % 20]] if i % 4 == 0 else [])
         plan.append(jobs)
     await asyncio.gather(*(f.subscribe(j, since=0) for f, jobs in zip(followers, plan) for j in jobs))

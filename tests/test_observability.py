@@ -528,7 +528,7 @@ async def test_prometheus_scrapes_the_running_planes(stack: Stack, tmp_path: Pat
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     log = (tmp_path / "prometheus.log").open("wb")
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: ASYNC220 - starting a server, not waiting on it
         [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
          f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"],
         stdout=log, stderr=subprocess.STDOUT)

@@ -6,7 +6,13 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from dualplane.common.graph import validate_graph
-from dualplane.control_plane.planner import Planner, StructuredIntent, guess_goal, interpret, parse_duration
+from dualplane.control_plane.planner import (
+    Planner,
+    StructuredIntent,
+    guess_goal,
+    interpret,
+    parse_duration,
+)
 from dualplane.tasks import default_registry
 from dualplane.tasks.song import SongParams, make_plan
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Self
 
 import orjson
 import redis
@@ -266,7 +266,7 @@ class Bridge:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def connect(self) -> Bridge:
+    async def connect(self) -> Self:
         if self._state is _State.OPEN:
             return self
         if self._state is _State.CLOSED:
@@ -289,7 +289,7 @@ class Bridge:
             await self._client.aclose()
         self._state = _State.CLOSED
 
-    async def __aenter__(self) -> Bridge:
+    async def __aenter__(self) -> Self:
         return await self.connect()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -545,7 +545,7 @@ class Bridge:
     async def job_fields(self, job_id: str, *names: str) -> list[str | bytes | None]:
         """A few raw fields of a job's hash ("user" and "tasks" come back as str)."""
         values = await self.client.hmget(self.keys.job(job_id), list(names))
-        return [_s(v) if v is not None and n in ("user", "tasks", "status") else v for n, v in zip(names, values)]
+        return [_s(v) if v is not None and n in ("user", "tasks", "status") else v for n, v in zip(names, values, strict=False)]
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> bool:
         """Block until the job's terminal job-level event is in its stream, or the timeout.
@@ -591,7 +591,7 @@ class Bridge:
             if values[0] is None:
                 out.append(None)
                 continue
-            row = dict(zip(names, (_s(v) if v is not None else None for v in values)))
+            row = dict(zip(names, (_s(v) if v is not None else None for v in values), strict=False))
             out.append({
                 "id": row["id"], "status": row["status"], "user": row["user"],
                 "tasks": row["tasks"].split(",") if row["tasks"] else [],

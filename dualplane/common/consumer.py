@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pydantic
 
+from dualplane.common import logs
 from dualplane.common.bridge import (
     RUNTIME_FIELDS,
     Bridge,
@@ -27,10 +28,16 @@ from dualplane.common.bridge import (
     node_state,
     parse_claim,
 )
-from dualplane.common import logs
 from dualplane.common.errors import BridgeClosed
 from dualplane.common.executor import Executor, JobRun
-from dualplane.common.graph import is_terminal, job_outcome, lane_of, next_lane, plan_for_lane, propagate_skips
+from dualplane.common.graph import (
+    is_terminal,
+    job_outcome,
+    lane_of,
+    next_lane,
+    plan_for_lane,
+    propagate_skips,
+)
 from dualplane.common.models import Graph, Handoff, Node, NodeStatus
 from dualplane.common.telemetry import PlaneMetrics
 

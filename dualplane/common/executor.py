@@ -30,8 +30,8 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy, Send
 
-from dualplane.common.bridge import Bridge, Message, event_body, node_field, node_state
 from dualplane.common import logs
+from dualplane.common.bridge import Bridge, Message, event_body, node_field, node_state
 from dualplane.common.context import TaskContext
 from dualplane.common.errors import NodeTimeout, TaskCancelled
 from dualplane.common.graph import blocked_reason, progress_of

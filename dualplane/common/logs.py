@@ -16,18 +16,19 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
 #: The ids a log line may carry, in the order they are printed.
 CONTEXT_FIELDS = ("plane", "worker", "request_id", "job_id", "node_id")
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("dualplane_log_context", default={})
+_EMPTY: dict[str, str] = {}  # never mutated: bind() always builds a new dict
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("dualplane_log_context")
 
 
 def bind(**fields: str | None) -> contextvars.Token[dict[str, str]]:
     """Add ids to the current context (None values are skipped); returns a reset token."""
-    merged = {**_context.get(), **{k: v for k, v in fields.items() if v is not None}}
+    merged = {**_context.get(_EMPTY), **{k: v for k, v in fields.items() if v is not None}}
     return _context.set(merged)
 
 
@@ -45,14 +46,14 @@ def bound(**fields: str | None) -> Iterator[None]:
 
 
 def current() -> dict[str, str]:
-    return dict(_context.get())
+    return dict(_context.get(_EMPTY))
 
 
 class ContextFilter(logging.Filter):
     """Copies the bound ids onto every record (as attributes, for both formatters)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in _context.get().items():
+        for key, value in _context.get(_EMPTY).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
         return True
@@ -80,7 +81,7 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """``HH:MM:SS level logger [job=… node=… req=…] message`` for people at a terminal."""
 
-    _short = {"request_id": "req", "job_id": "job", "node_id": "node"}
+    _short: ClassVar[dict[str, str]] = {"request_id": "req", "job_id": "job", "node_id": "node"}
 
     def format(self, record: logging.LogRecord) -> str:
         ids = " ".join(f"{self._short.get(k, k)}={getattr(record, k)}" for k in CONTEXT_FIELDS

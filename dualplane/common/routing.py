@@ -99,9 +99,8 @@ def _satisfies(worker: CapabilityManifest, node: Node) -> bool:
         return True
     if needs.gpu and not worker.device.startswith("cuda"):
         return False
-    if needs.min_vram_gb is not None and (worker.vram_total_mb or 0) < needs.min_vram_gb * 1024:
-        return False
-    return True  # a model need is met by loading it; loaded_models only breaks ties (see route_node)
+    # a model need is met by loading it; loaded_models only breaks ties (see route_node)
+    return needs.min_vram_gb is None or (worker.vram_total_mb or 0) >= needs.min_vram_gb * 1024
 
 
 def _wants(node: Node) -> str:

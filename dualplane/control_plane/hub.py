@@ -226,7 +226,7 @@ class _Connection:
             self._abort_handle = loop.call_later(close_timeout_s, self._abort)
             if self.ws.application_state is WebSocketState.CONNECTED:
                 await self.ws.close(self.close_code, self.close_reason)
-        except Exception:  # noqa: BLE001 - the peer went away (ClientDisconnected, OSError, ...)
+        except Exception:
             self.closing = True
         finally:
             if self._abort_handle is not None:
@@ -594,7 +594,7 @@ class Hub:
                     raw = message.get("bytes") or b""
                     text = raw.decode("utf-8", "replace")
                 await self._handle(conn, text)
-        except Exception as exc:  # noqa: BLE001 - a broken connection ends like a disconnect
+        except Exception as exc:
             log.warning("hub connection ended: %r", exc)
         finally:
             self._drop(conn)

@@ -75,8 +75,8 @@ async def list_jobs(bridge: Bridge, flt: JobFilter, *, limit: int, cursor: str |
         if not rows:
             return page
         summaries = await bridge.job_summaries([jid for jid, _ in rows])
-        await bridge.forget_expired(index, [jid for (jid, _), s in zip(rows, summaries) if s is None])
-        for (job_id, score), summary in zip(rows, summaries):
+        await bridge.forget_expired(index, [jid for (jid, _), s in zip(rows, summaries, strict=False) if s is None])
+        for (job_id, score), summary in zip(rows, summaries, strict=False):
             scanned += 1
             max_score, after_id = score, job_id
             if summary is not None and flt.matches(summary):

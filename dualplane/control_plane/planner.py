@@ -259,7 +259,7 @@ def _json_object(content: Any) -> dict[str, Any]:
         raise ValueError("no JSON object in the answer")
     value = orjson.loads(text[start:end + 1])
     if not isinstance(value, dict):
-        raise ValueError("the answer is not a JSON object")
+        raise ValueError("the answer is not a JSON object")  # noqa: TRY004 - caught as "model failed"
     return value
 
 
