@@ -138,21 +138,48 @@ class Consumer:
     # -- starting work ---------------------------------------------------------------
 
     async def _start(self, messages: list[Message], delivery_counts: dict[str, int]) -> None:
-        """Parse, fence-check and plan a batch of messages, then run their plans together."""
+        """Parse, fence-check and plan a batch of messages, then run their plans together.
+
+        A first delivery is planned from the graph it carries and handed to the executor
+        while its claim is still on the way (the claim's round trip overlaps LangGraph's
+        start-up); its nodes wait for the claim to confirm the plan before doing anything.
+        A re-delivery, or a claim that disagrees, goes the careful way: claim, merge, plan.
+        """
         parsed = [(m, self._parse(m, delivery_counts.get(m.id, 1))) for m in messages]
         valid = [(m, h) for m, h in parsed if h is not None]
         for message, _ in valid:
             self._lease.hold(message.stream, message.id)
-        replies = await asyncio.gather(*(self.bridge.claim_nowait(h.job_id, h.handoff_seq) for _, h in valid))
+        pending_claims = [self.bridge.claim_nowait(h.job_id, h.handoff_seq) for _, h in valid]
+        early = {i: run for i, (m, h) in enumerate(valid)
+                 if delivery_counts.get(m.id, 1) == 1 and (run := _speculative_run(m, h, self.lane)).plan}
+        self._launch(list(early.values()))
+        replies = await asyncio.gather(*pending_claims)
         runs: list[JobRun] = []
-        for (message, handoff), reply in zip(valid, replies, strict=True):
-            run = await self._accept(message, handoff, parse_claim(reply))
+        for i, ((message, handoff), reply) in enumerate(zip(valid, replies, strict=True)):
+            claim = parse_claim(reply)
+            run = early.get(i)
+            if run is not None and _confirms(run, claim):
+                self._admit(run, claim)
+                continue
             if run is not None:
-                runs.append(run)
+                run.admitted.set_result(False)  # its nodes return without a trace
+            accepted = await self._accept(message, handoff, claim)
+            if accepted is not None:
+                runs.append(accepted)
+        self._launch(runs)
+
+    def _launch(self, runs: list[JobRun]) -> None:
         if runs:
             task = asyncio.create_task(self._run_batch(runs))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
+
+    def _admit(self, run: JobRun, claim: Claim) -> None:
+        run.job_status, run.created_at = claim.status, claim.created_at
+        if run.message is not None:
+            self._inflight[run.message.id] = run
+        run.on_done = self._finish
+        run.admitted.set_result(True)
 
     def _parse(self, message: Message, deliveries: int) -> Handoff | None:
         """The handoff in a message, or None after dead-lettering what cannot be processed."""
@@ -337,6 +364,31 @@ class Consumer:
 
 class _TooManyDeliveries(ValueError):
     """The delivery limit was exceeded."""
+
+
+def _speculative_run(message: Message, handoff: Handoff, lane: str) -> JobRun:
+    """A run planned from the graph the message carries, not yet admitted."""
+    plan = [n.id for n in plan_for_lane(handoff.graph, lane)]
+    run = JobRun(job_id=handoff.job_id, graph=handoff.graph, plan=plan, fence=handoff.handoff_seq,
+                 message=message, request_id=handoff.request_id)
+    run.admitted = asyncio.get_running_loop().create_future()
+    return run
+
+
+def _confirms(run: JobRun, claim: Claim) -> bool:
+    """The claim agrees with the graph the run was planned from: same owner, no cancel, and
+    every node in the state the message said (a node with no state field is pending)."""
+    if not claim.ok or claim.cancel_requested:
+        return False
+    states = claim.node_states or {}
+    for node in run.graph.nodes:
+        state = states.get(node.id)
+        if state is None:
+            if node.status != NodeStatus.pending:
+                return False
+        elif state.get("status") != node.status or state.get("attempts", 0) != node.attempts:
+            return False
+    return True
 
 
 def _peek_job_id(raw: bytes) -> str | None:

@@ -75,6 +75,8 @@ class JobRun:
     started: float = field(default_factory=time.monotonic)
     #: When the job was submitted (unix s, from the job hash), for the job duration metric.
     created_at: float | None = None
+    #: Set for a run started before its claim returned: nodes wait for True; False drops the run.
+    admitted: asyncio.Future[bool] | None = None
 
     def __post_init__(self) -> None:
         self.by_id: dict[str, Node] = {node.id: node for node in self.graph.nodes}
@@ -188,6 +190,8 @@ class Executor:
         # this LangGraph task's own context: every line logged below carries the ids
         logs.bind(job_id=run.job_id, node_id=node.id, request_id=run.request_id, plane=self.plane,
                   worker=self.worker_id)
+        if run.admitted is not None and not await asyncio.shield(run.admitted):
+            return
         for need in node.needs:
             if need in run.finished:
                 await asyncio.shield(run.finished[need])
