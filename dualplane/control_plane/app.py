@@ -13,23 +13,30 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
+import pydantic
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-import pydantic
-from pydantic import BaseModel, Field
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dualplane.common import logs
 from dualplane.common.errors import GraphValidationError, UnknownJob
 from dualplane.common.models import CapabilityManifest, Event, Graph, Job
 from dualplane.common.settings import Settings
-from dualplane.control_plane.auth import Authenticator, AuthError, Forbidden, Principal, bearer_token
+from dualplane.control_plane.auth import (
+    Authenticator,
+    AuthError,
+    Forbidden,
+    Principal,
+    bearer_token,
+)
 from dualplane.control_plane.limits import Limits, RateLimited, TooLarge
 from dualplane.control_plane.listing import InvalidCursor, JobFilter, list_jobs
 from dualplane.control_plane.planner import StructuredIntent
 from dualplane.control_plane.service import FINISHED, ControlPlane, JobConflict
+from dualplane.control_plane.ui import mount_ui
 
 PROBLEM = "application/problem+json"
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -262,6 +269,7 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
                         headers={"Location": f"/jobs/{job_id}"})
 
     app.state.owned_job = owned_job
+    mount_ui(app, settings)
     _document_graph_body(app)
     return app
 

@@ -1,0 +1,778 @@
+"""GPU task benchmark: per-task throughput, and the worker's overhead over calling the pipeline directly.
+
+    .venv/bin/python bench/gpu_tasks.py [--size tiny|full] [--tasks music,video,lora,voice,speak] [--runs 5]
+
+Starts its own redis-server and SeaweedFS (``weed mini``) in a temporary directory, builds the
+models (``--size tiny``: the tiny random-weight models of ``dualplane/data_plane/tiny.py``;
+``--size full``: random weights in the *full-size* configurations of the real checkpoints, built
+below: musicgen-small, Stable Diffusion 1.5, the AnimateDiff v1.5 motion adapter, SpeechT5 TTS and
+its HiFi-GAN), uploads them under the registry names (``models/<name>/``, where the packaged
+``models.toml`` points), runs one ``ControlPlane`` in this process and one worker subprocess
+(``python -m dualplane worker``), and for each task:
+
+(a) DIRECT — this process loads the same model with the same loader the task uses, through a
+    ``ModelManager`` over the same object store (warm after the first run), and times the core
+    call the task makes, with the same arguments:
+
+    * ``generate_music``: the processor + ``model.generate`` (same ``max_new_tokens``, sampling,
+      guidance, temperature, seed and a token-counting stopping criterion), audio to numpy;
+    * ``render_video``: the AnimateDiff pipeline call (same prompt, frames, size, steps, guidance,
+      seeded generator, ``output_type="latent"`` with a per-step callback), then the same VAE decode
+      and post-processing to uint8 frames;
+    * ``train_lora``: the task's own training loop (``lora._Trainer``: a fresh UNet from disk with
+      the LoRA added, image/prompt encoding, the optimizer steps), as the task runs it per job;
+    * ``synthesize_voice``: per text chunk, the processor + ``generate_speech`` + the HiFi-GAN
+      vocoder, under the same seeded dropout generator, the chunks joined with the same pauses;
+    * ``train_voice``: its optimisation loop is not callable apart from the task, so DIRECT runs the
+      task function itself in this process with an in-memory stand-in for the TaskContext (clips
+      from memory, output kept in memory, progress and cancellation no-ops). That is the whole
+      task compute without the framework (no queue, no Redis progress events, no object store).
+
+    Encoding the output (WAV / MP4 + PNG / the LoRA safetensors) is timed separately ("encode"):
+    the task does it, a bare pipeline call does not.
+
+(b) VIA THE WORKER — N identical one-node jobs are submitted one at a time through the in-process
+    ``ControlPlane.submit``; each is timed from just before submit to its terminal event in Redis
+    (``e2e``). The node's own ``started_at → finished_at`` (stamped by the worker) is read back too
+    (``node``). One untimed job per task comes first, so the worker's model is warm (as is the
+    direct one: one untimed direct run first). Direct and worker runs alternate, so drift on a
+    shared machine hits both alike.
+
+Overhead = (median e2e − median direct) / median direct, in % and ms; "node ovh" is the same with
+the node's run time. What that difference contains: queueing and dispatch (submit, stream read,
+hand-back), per-step progress events to Redis, the task's input fetches (images, clips) and output
+upload to the object store, a manifest check on the motion adapter (render_video), and the
+output encoding (shown in its own column; "frame ovh" = e2e − direct − encode, the part that is
+neither the pipeline nor the task's output encoding). The sizes are chosen so that a direct run
+takes about a second on a 2-core CPU with the tiny models; with smaller ones the fixed costs (an
+upload, a few Redis round trips) dominate. Throughput is given both for the direct call and as the
+worker delivers it end to end.
+
+Prints figures; asserts nothing about speed. Needs torch (``make venv-ml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import logging
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dualplane.cli import run_async
+from dualplane.common.artifacts import ArtifactStore, store_from_settings
+from dualplane.common.services import start_redis, start_s3
+from dualplane.common.settings import Settings
+from dualplane.control_plane import ControlPlane
+from dualplane.data_plane.model_store import ModelManager, ModelRegistry, ModelStore, upload_model_dir
+
+log = logging.getLogger("bench.gpu_tasks")
+
+#: Per task and size: the job params (inputs such as images and clips are added at run time).
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "music": {"prompt": "lo fi hip hop beat with piano and drums", "duration_s": 16.0, "seed": 1},
+        "video": {"prompt": "a cat with a dog", "num_frames": 8, "steps": 3, "width": 32, "height": 32,
+                  "fps": 8, "seed": 7},
+        "lora": {"instance_prompt": "sks style", "steps": 12, "resolution": 32, "rank": 4, "seed": 1},
+        "voice": {"transcripts": ["the cat and the dog", ""], "steps": 6, "learning_rate": 0.05, "seed": 3},
+        "speak": {"text": "hello rainy night. the cat and the dog play jazz with piano and bass. "
+                          "a slow happy song of the night!", "seed": 7, "minlenratio": 8.0,
+                  "maxlenratio": 8.0},
+    },
+    "full": {
+        "music": {"prompt": "lo fi hip hop beat with piano and drums", "duration_s": 10.0, "seed": 1},
+        "video": {"prompt": "a cat with a dog", "num_frames": 16, "steps": 25, "width": 512, "height": 512,
+                  "fps": 8, "seed": 7},
+        "lora": {"instance_prompt": "sks style", "steps": 50, "resolution": 512, "rank": 4, "seed": 1},
+        "voice": {"transcripts": ["the cat and the dog", ""], "steps": 20, "learning_rate": 0.05, "seed": 3},
+        "speak": {"text": "hello rainy night. the cat and the dog play jazz with piano and bass. "
+                          "a slow happy song of the night!", "seed": 7, "minlenratio": 4.0,
+                  "maxlenratio": 4.0},
+    },
+}
+#: Seconds of each training clip of train_voice, by size.
+CLIP_SECONDS = {"tiny": (1.2, 0.9), "full": (4.0, 3.0)}
+ALL_TASKS = ("music", "video", "lora", "voice", "speak")
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Direct:
+    """One direct run: seconds of the core call, seconds of the output encoding, units of work."""
+
+    core_s: float
+    encode_s: float
+    work: float
+    audio_s: float | None = None
+
+
+@dataclass
+class Result:
+    name: str
+    task: str
+    unit: str
+    sizes: str
+    direct: list[Direct] = field(default_factory=list)
+    e2e_s: list[float] = field(default_factory=list)
+    node_s: list[float] = field(default_factory=list)
+    reported_s: list[float] = field(default_factory=list)  # the task's own compute time, if it says
+    work: list[float] = field(default_factory=list)  # units of work per worker run
+    audio_s: list[float] = field(default_factory=list)
+
+
+# -- a TaskContext stand-in for the direct runs --------------------------------------------------
+
+
+class DirectContext:
+    """What a task (or its training loop) reads of a TaskContext, without the framework:
+    artifacts in memory, progress and cancellation as no-ops."""
+
+    def __init__(self, models: ModelManager, blobs: dict[str, bytes]) -> None:
+        self.job_id, self.node_id, self.attempt = "direct", "bench", 1
+        self.models = models
+        self.log = log
+        self._blobs = blobs
+        self.outputs: dict[str, bytes] = {}
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        pass
+
+    def on_step(self, step: int, total: int, state: Any = None) -> None:
+        pass
+
+    def check_cancelled(self) -> None:
+        pass
+
+    def emit_data(self, data: dict[str, Any], message: str | None = None) -> None:
+        pass
+
+    def get_artifact(self, key: str) -> bytes:
+        return self._blobs[key]
+
+    def put_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
+        self.outputs[name] = data
+        return {"key": f"jobs/{self.job_id}/{self.node_id}/{name}", "size": len(data)}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# -- the tasks, direct -----------------------------------------------------------------------------
+
+
+def direct_music(models: ModelManager, params: dict[str, Any], blobs: dict[str, bytes]) -> Direct:
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    from dualplane.tasks.music import MusicParams, load_musicgen, wav_bytes
+
+    p = MusicParams(**params)
+    loaded = models.load(p.model, load_musicgen)
+    processor, model = loaded.model
+    audio_cfg = model.config.audio_encoder
+    max_new_tokens = max(1, round(p.duration_s * audio_cfg.frame_rate)) + model.decoder.num_codebooks - 1
+    tokens = 0
+
+    class _Count(StoppingCriteria):  # what the task's progress criterion does, minus the progress
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            nonlocal tokens
+            tokens += 1
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    started = time.perf_counter()
+    inputs = processor(text=[p.prompt], padding=True, return_tensors="pt").to(loaded.device)
+    torch.manual_seed(p.seed or 0)
+    with torch.inference_mode():
+        audio = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=True, guidance_scale=p.guidance_scale,
+            temperature=p.temperature, stopping_criteria=StoppingCriteriaList([_Count()]),
+        )
+    samples = audio[0].float().cpu().numpy()
+    core = time.perf_counter() - started
+    rate = int(audio_cfg.sampling_rate)
+    wav_bytes(samples, rate)
+    return Direct(core, time.perf_counter() - started - core, tokens, samples.shape[-1] / rate)
+
+
+def direct_video(models: ModelManager, params: dict[str, Any], blobs: dict[str, bytes]) -> Direct:
+    import torch
+
+    from dualplane.tasks.video import VideoParams, animatediff_loader, mp4_bytes, png_bytes
+
+    p = VideoParams(**params)
+    adapter_path = asyncio.run(models.store.ensure_local(p.motion_adapter))
+    loaded = models.load(p.model, animatediff_loader(adapter_path), key=f"animatediff:{p.motion_adapter}")
+    pipe = loaded.model.pipe
+    steps = 0
+
+    def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        nonlocal steps
+        steps = i + 1
+        return {}
+
+    started = time.perf_counter()
+    with torch.inference_mode():
+        latents = pipe(
+            prompt=p.prompt, negative_prompt=p.negative_prompt, num_frames=p.num_frames,
+            num_inference_steps=p.steps, guidance_scale=p.guidance_scale, width=p.width, height=p.height,
+            generator=torch.Generator("cpu").manual_seed(p.seed or 0), output_type="latent",
+            callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"],
+        ).frames
+        video = pipe.decode_latents(latents, decode_chunk_size=16)
+        frames = pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
+    frames = (frames.clip(0, 1) * 255).round().astype("uint8")
+    core = time.perf_counter() - started
+    mp4_bytes(frames, p.fps)
+    png_bytes(frames[0])
+    return Direct(core, time.perf_counter() - started - core, steps)
+
+
+def direct_lora(models: ModelManager, params: dict[str, Any], blobs: dict[str, bytes]) -> Direct:
+    import numpy as np
+    import torch
+
+    from dualplane.tasks.lora import LoraParams, _Trainer, image_array, load_sd_frozen
+
+    p = LoraParams(**params)
+    loaded = models.load(p.model, load_sd_frozen)
+    ctx = DirectContext(models, blobs)
+    started = time.perf_counter()
+    pixels = torch.from_numpy(np.stack([image_array(blobs[key], p.resolution) for key in p.images]))
+    trainer = _Trainer(ctx, p, loaded.model, loaded.path, loaded.device, loaded.dtype)  # type: ignore[arg-type]
+    trainer.encode(pixels.permute(0, 3, 1, 2).contiguous())
+    trainer.train()
+    _sync(loaded.device)
+    core = time.perf_counter() - started
+    trainer.lora_bytes()
+    return Direct(core, time.perf_counter() - started - core, trainer.step)
+
+
+def direct_voice(models: ModelManager, params: dict[str, Any], blobs: dict[str, bytes]) -> Direct:
+    from dualplane.tasks.voice import TrainVoiceParams, train_voice
+
+    p = TrainVoiceParams(**params)
+    ctx = DirectContext(models, blobs)
+    started = time.perf_counter()
+    out = train_voice(ctx, p)  # type: ignore[arg-type]
+    return Direct(time.perf_counter() - started, 0.0, out["steps"])
+
+
+def direct_speak(models: ModelManager, params: dict[str, Any], blobs: dict[str, bytes]) -> Direct:
+    import numpy as np
+    import torch
+
+    from dualplane.tasks.music import wav_bytes
+    from dualplane.tasks.voice import (
+        SynthesizeVoiceParams,
+        dropout_rng,
+        load_speecht5_tts,
+        load_speecht5_vocoder,
+        split_text,
+    )
+
+    p = SynthesizeVoiceParams(**params)
+    tts = models.load(p.model, load_speecht5_tts)
+    processor, model = tts.model
+    vocoder = models.load(p.vocoder, load_speecht5_vocoder).model
+    device, config = tts.device, model.config
+    dtype = next(model.parameters()).dtype
+    speaker = torch.zeros(1, config.speaker_embedding_dim, device=device, dtype=dtype)
+    sample_rate = int(vocoder.config.sampling_rate)
+    hop = int(np.prod(vocoder.config.upsample_rates))
+    gap = np.zeros(round(p.pause_s * sample_rate), dtype=np.float32)
+    started = time.perf_counter()
+    pieces: list[Any] = []
+    for i, chunk in enumerate(split_text(p.text, p.max_chunk_chars)):
+        ids = processor(text=chunk, return_tensors="pt")["input_ids"][:, : config.max_text_positions - 1]
+        with dropout_rng(device, p.seed * 1_000_003 + i), torch.inference_mode():
+            mel = model.generate_speech(ids.to(device), speaker, threshold=p.threshold,
+                                        minlenratio=p.minlenratio, maxlenratio=p.maxlenratio)
+            audio = vocoder(mel.to(next(vocoder.parameters()).dtype))
+        if pieces and gap.size:
+            pieces.append(gap)
+        pieces.append(audio.float().cpu().numpy().reshape(-1))
+    samples = np.concatenate(pieces)[None, :]
+    core = time.perf_counter() - started
+    wav_bytes(samples, sample_rate)
+    return Direct(core, time.perf_counter() - started - core, samples.shape[-1] // hop,
+                  samples.shape[-1] / sample_rate)
+
+
+# -- the tasks, as the worker reports them -----------------------------------------------------
+
+
+def reported_music(out: dict[str, Any]) -> tuple[float, float | None, float | None]:
+    """(units of work, the task's own compute seconds, audio seconds) from a node's output."""
+    return out["tokens"], out["tokens"] / out["tokens_per_s"], out["duration_s"]
+
+
+def reported_steps(out: dict[str, Any]) -> tuple[float, float | None, float | None]:
+    rate = out.get("steps_per_s")
+    return out["steps"], (out["steps"] / rate if rate else None), None
+
+
+def reported_speak(out: dict[str, Any]) -> tuple[float, float | None, float | None]:
+    return out["frames"], out["generate_s"], out["duration_s"]
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    task: str
+    unit: str
+    models: tuple[str, ...]
+    direct: Callable[[ModelManager, dict[str, Any], dict[str, bytes]], Direct]
+    reported: Callable[[dict[str, Any]], tuple[float, float | None, float | None]]
+
+
+BENCHES = {
+    "music": Bench("music", "generate_music", "tokens", ("musicgen-small",), direct_music, reported_music),
+    "video": Bench("video", "render_video", "steps", ("sd15", "animatediff-motion-adapter"),
+                   direct_video, reported_steps),
+    "lora": Bench("lora", "train_lora", "steps", ("sd15",), direct_lora, reported_steps),
+    "voice": Bench("voice", "train_voice", "steps", ("speecht5-tts",), direct_voice, reported_steps),
+    "speak": Bench("speak", "synthesize_voice", "frames", ("speecht5-tts", "speecht5-hifigan"),
+                   direct_speak, reported_speak),
+}
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def png_images(count: int = 2) -> list[bytes]:
+    """Small striped PNGs (as the tests use); train_lora resizes them to its resolution."""
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for i in range(count):
+        pixels = np.zeros((48, 40, 3), dtype=np.uint8)
+        pixels[:, ::4] = (255, 40 * i, 0)
+        pixels[::6, :] = (0, 0, 255)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def voiced_wav(f0: float, seconds: float, seed: int, rate: int = 16000) -> bytes:
+    """A buzzy harmonic tone with vibrato: speech-like enough for mel features (16-bit mono WAV)."""
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.03 * np.sin(2 * np.pi * 5 * t))) / rate
+    x = sum(0.25 / k * np.sin(k * phase) for k in range(1, 8))
+    x = x * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t) ** 2) + 0.01 * np.random.default_rng(seed).standard_normal(t.size)
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((np.clip(x, -1, 1) * 32767).round().astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+async def prepare_inputs(name: str, size: str, store: ArtifactStore, blobs: dict[str, bytes]) -> dict[str, Any]:
+    """The job params of a task, with its input files uploaded (and kept in ``blobs`` for direct)."""
+    params = dict(SIZES[size][name])
+    if name == "lora":
+        params["images"] = []
+        for i, data in enumerate(png_images()):
+            ref = await store.put_upload("bench", f"img{i}.png", data, "image/png")
+            blobs[ref["key"]] = data
+            params["images"].append(ref["key"])
+        params["checkpoint_every"] = params["steps"]  # no mid-run checkpoint: time the training
+    elif name == "voice":
+        params["clips"] = []
+        for i, (f0, seconds) in enumerate(zip((110.0, 240.0), CLIP_SECONDS[size], strict=True)):
+            data = voiced_wav(f0, seconds, seed=i)
+            ref = await store.put_upload("bench", f"clip{i}.wav", data, "audio/wav")
+            blobs[ref["key"]] = data
+            params["clips"].append(ref["key"])
+    return params
+
+
+def describe(name: str, params: dict[str, Any]) -> str:
+    p = params
+    if name == "music":
+        return f"duration_s={p['duration_s']}"
+    if name == "video":
+        return f"{p['num_frames']} frames {p['width']}x{p['height']}, {p['steps']} steps"
+    if name == "lora":
+        return f"{p['steps']} steps @{p['resolution']}px, rank {p['rank']}, {len(p['images'])} images"
+    if name == "voice":
+        return f"{p['steps']} steps, {len(p['clips'])} clips"
+    return f"{len(p['text'])} chars, len ratio {p['minlenratio']}"
+
+
+# -- full-size models ------------------------------------------------------------------------------
+#
+# Random weights in the configurations of the real checkpoints (what matters for timing), saved in
+# float16 (the loaders cast to the worker's dtype). The tokenizers / processors are the tiny ones
+# (their ids fit the full vocabularies); the CLIP tokenizer pads to 77 tokens as the real one does.
+
+
+def _tiny_dir(builder: Callable[[Path], Path], tmp: str) -> Path:
+    return builder(Path(tmp) / "tiny")
+
+
+def build_full_musicgen(out: Path) -> Path:
+    """musicgen-small: T5-base text encoder, EnCodec 32 kHz (4 codebooks of 2048, 50 frames/s),
+    a 24-layer 1024-wide decoder."""
+    import torch
+    from transformers import (
+        EncodecConfig,
+        EncodecFeatureExtractor,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenProcessor,
+        T5Config,
+    )
+
+    from dualplane.data_plane.tiny import build_musicgen
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = MusicgenProcessor.from_pretrained(_tiny_dir(build_musicgen, tmp)).tokenizer
+    torch.manual_seed(0)
+    text = T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
+                    feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    audio = EncodecConfig(
+        sampling_rate=32000, audio_channels=1, hidden_size=128, num_filters=64, num_residual_layers=1,
+        upsampling_ratios=[8, 5, 4, 4], num_lstm_layers=2, codebook_size=2048, codebook_dim=128,
+        target_bandwidths=[2.2], normalize=False, use_causal_conv=False, use_conv_shortcut=False,
+        pad_mode="reflect", norm_type="weight_norm", trim_right_ratio=1.0,
+    )
+    decoder = MusicgenDecoderConfig(
+        vocab_size=2048, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096,
+        num_codebooks=4, max_position_embeddings=2048, audio_channels=1,
+        pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048,
+    )
+    model = MusicgenForConditionalGeneration(
+        MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)).eval()
+    gen = model.generation_config
+    for key in ("decoder_start_token_id", "pad_token_id", "bos_token_id"):
+        setattr(gen, key, 2048)
+    gen.do_sample, gen.guidance_scale, gen.max_length = True, 3.0, 1500
+    out.mkdir(parents=True, exist_ok=True)
+    model.half().save_pretrained(out)
+    MusicgenProcessor(feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=32000),
+                      tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def build_full_sd15(out: Path) -> Path:
+    """Stable Diffusion 1.5: CLIP ViT-L/14 text encoder, the 860M UNet, the KL VAE, DDIM."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from dualplane.data_plane.tiny import build_sd15
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(_tiny_dir(build_sd15, tmp) / "tokenizer", model_max_length=77)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # the defaults are SD 1.x's
+    vae = AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, sample_size=512,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.to(torch.float16).save_pretrained(out)
+    return out
+
+
+def build_full_motion_adapter(out: Path) -> Path:
+    """AnimateDiff motion adapter v1.5-2 dimensions (MotionAdapter's defaults)."""
+    import torch
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(0)
+    MotionAdapter().to(torch.float16).save_pretrained(out)
+    return out
+
+
+def build_full_speecht5_tts(out: Path) -> Path:
+    """SpeechT5 TTS with the default (microsoft/speecht5_tts) dimensions: 768 wide, 12 + 6 layers,
+    80 mel bins, 512-dim speaker embeddings."""
+    import torch
+    from transformers import (
+        SpeechT5Config,
+        SpeechT5FeatureExtractor,
+        SpeechT5ForTextToSpeech,
+        SpeechT5Processor,
+    )
+
+    from dualplane.data_plane.tiny import build_speecht5_tts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = SpeechT5Processor.from_pretrained(_tiny_dir(build_speecht5_tts, tmp)).tokenizer
+    torch.manual_seed(0)
+    config = SpeechT5Config(vocab_size=max(81, len(tokenizer)), pad_token_id=1, bos_token_id=0,
+                            eos_token_id=2, decoder_start_token_id=2)
+    out.mkdir(parents=True, exist_ok=True)
+    SpeechT5ForTextToSpeech(config).eval().half().save_pretrained(out)
+    SpeechT5Processor(feature_extractor=SpeechT5FeatureExtractor(), tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def build_full_hifigan(out: Path) -> Path:
+    """The SpeechT5 HiFi-GAN vocoder with its default (microsoft/speecht5_hifigan) dimensions."""
+    import torch
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    torch.manual_seed(0)
+    SpeechT5HifiGan(SpeechT5HifiGanConfig()).eval().half().save_pretrained(out)
+    return out
+
+
+FULL_BUILDERS: dict[str, Callable[[Path], Path]] = {
+    "musicgen-small": build_full_musicgen,
+    "sd15": build_full_sd15,
+    "animatediff-motion-adapter": build_full_motion_adapter,
+    "speecht5-tts": build_full_speecht5_tts,
+    "speecht5-hifigan": build_full_hifigan,
+}
+
+
+async def build_and_upload(size: str, names: list[str], store: ArtifactStore, root: Path) -> None:
+    """Build each model, upload it under ``models/<name>/``, and drop the local copy."""
+    from dualplane.data_plane.tiny import BUILDERS
+
+    builders = BUILDERS if size == "tiny" else FULL_BUILDERS
+    await store.ensure_bucket()
+    for name in names:
+        started = time.perf_counter()
+        target = root / name
+        target.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(builders[name], target)
+        built = time.perf_counter()
+        await upload_model_dir(store, name, target)
+        size_mb = sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) / 1e6
+        shutil.rmtree(target, ignore_errors=True)
+        print(f"  model {name} ({size}): built in {built - started:.1f} s, {size_mb:,.1f} MB uploaded in "
+              f"{time.perf_counter() - built:.1f} s", flush=True)
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def start_worker(settings: Settings, cache_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    assert settings.redis_url and settings.s3_endpoint
+    env = dict(os.environ, REDIS_URL=settings.redis_url, S3_ENDPOINT=settings.s3_endpoint,
+               S3_ACCESS_KEY=settings.s3_access_key or "", S3_SECRET_KEY=settings.s3_secret_key or "",
+               S3_BUCKET=settings.s3_bucket, DUALPLANE_CONCURRENCY="1", DUALPLANE_WORKER_ID="bench-gpu-worker",
+               DUALPLANE_WORKER_PORT="0", DUALPLANE_LOG_LEVEL="WARNING",
+               DUALPLANE_MODEL_CACHE_DIR=str(cache_dir))
+    env.pop("DUALPLANE_MODELS_CONFIG", None)  # the packaged registry, as the direct side uses
+    return subprocess.Popen([sys.executable, "-m", "dualplane", "worker"], env=env,
+                            stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+
+
+async def via_worker(plane: ControlPlane, bench: Bench, params: dict[str, Any], timeout_s: float,
+                     worker: subprocess.Popen[bytes], log_path: Path) -> tuple[float, float, dict[str, Any]]:
+    """One job through the control plane and the worker: (e2e s, node run s, node output)."""
+    graph = {"nodes": [{"id": bench.name, "task": bench.task, "plane": "python", "params": params}]}
+    started = time.perf_counter()
+    job_id = (await plane.submit(graph)).job_id
+    deadline = time.monotonic() + timeout_s
+    while not await plane.bridge.wait_finished(job_id, 5.0):
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited ({worker.returncode}); log tail:\n{_tail(log_path)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job_id} ({bench.task}) not finished after {timeout_s} s")
+    e2e = time.perf_counter() - started
+    job = await plane.get_job(job_id)
+    node = job.graph.nodes[0]
+    if job.status != "succeeded" or node.output is None:
+        raise RuntimeError(f"{bench.task} job {job_id} {job.status}: {node.error}")
+    assert node.started_at is not None and node.finished_at is not None
+    return e2e, node.finished_at - node.started_at, node.output
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "<no log>"
+
+
+async def measure(bench: Bench, args: argparse.Namespace, plane: ControlPlane, models: ModelManager,
+                  store: ArtifactStore, worker: subprocess.Popen[bytes], log_path: Path) -> Result:
+    blobs: dict[str, bytes] = {}
+    params = await prepare_inputs(bench.name, args.size, store, blobs)
+    result = Result(bench.name, bench.task, bench.unit, describe(bench.name, params))
+    print(f"{bench.task}: {result.sizes}", flush=True)
+
+    def direct() -> Awaitable[Direct]:
+        return asyncio.to_thread(bench.direct, models, params, blobs)
+
+    t0 = time.perf_counter()
+    await direct()  # warm: model loaded into this process's ModelManager, first-call costs paid
+    t1 = time.perf_counter()
+    await via_worker(plane, bench, params, args.timeout, worker, log_path)  # warm the worker alike
+    print(f"  warm-up: direct {t1 - t0:.1f} s, worker {time.perf_counter() - t1:.1f} s (model loads included)",
+          flush=True)
+    for i in range(args.runs):
+        d = await direct()
+        e2e, node_s, out = await via_worker(plane, bench, params, args.timeout, worker, log_path)
+        work, reported, audio = bench.reported(out)
+        result.direct.append(d)
+        result.e2e_s.append(e2e)
+        result.node_s.append(node_s)
+        result.work.append(work)
+        if reported is not None:
+            result.reported_s.append(reported)
+        if audio is not None:
+            result.audio_s.append(audio)
+        print(f"  run {i + 1}/{args.runs}: direct {d.core_s * 1e3:8.1f} ms (+{d.encode_s * 1e3:.1f} encode)  "
+              f"worker e2e {e2e * 1e3:8.1f} ms  node {node_s * 1e3:8.1f} ms  "
+              f"[{d.work:g} / {work:g} {bench.unit}]", flush=True)
+    models.clear()  # free this side's copy before the next task's models (GPU memory)
+    return result
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def report(results: list[Result], args: argparse.Namespace) -> None:
+    rows = [("task", "sizes", "direct ms", "encode ms", "e2e ms", "node ms", "overhead",
+             "node ovh", "frame ovh", "direct thrpt", "via worker thrpt")]
+    for r in results:
+        direct = med([d.core_s for d in r.direct])
+        encode = med([d.encode_s for d in r.direct])
+        e2e, node_s = med(r.e2e_s), med(r.node_s)
+        work_direct, work_worker = med([d.work for d in r.direct]), med(r.work)
+        over = e2e - direct
+        rows.append((
+            r.task, r.sizes, f"{direct * 1e3:.1f}", f"{encode * 1e3:.1f}", f"{e2e * 1e3:.1f}",
+            f"{node_s * 1e3:.1f}", f"{over / direct:+.1%} ({over * 1e3:+.0f} ms)",
+            f"{(node_s - direct) / direct:+.1%}", f"{(e2e - direct - encode) / direct:+.1%}",
+            f"{work_direct / direct:.1f} {r.unit}/s", f"{work_worker / e2e:.1f} {r.unit}/s",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print(f"\nmedians of {args.runs} runs each ({args.size} models, device {_device()}):")
+    for n, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    for r in results:
+        reported = med(r.reported_s)
+        line = f"{r.task}: the task's own compute timer says {reported * 1e3:.1f} ms" if r.reported_s else r.task
+        if r.audio_s and r.name == "speak":
+            audio = med(r.audio_s)
+            direct = med([d.core_s for d in r.direct])
+            line += (f"; {audio:.2f} s of audio: real-time factor {direct / audio:.3f} direct, "
+                     f"{med(r.e2e_s) / audio:.3f} via the worker end to end")
+        elif r.audio_s:
+            line += f"; {med(r.audio_s):.2f} s of audio"
+        print(line)
+    print("overhead = (median e2e - median direct) / median direct; node ovh uses the node's "
+          "started_at->finished_at; frame ovh = e2e - direct - encode (dispatch, progress events, "
+          "input/output transfers)")
+
+
+def _device() -> str:
+    from dualplane.data_plane.device import select_device
+
+    return select_device()
+
+
+async def run(args: argparse.Namespace) -> list[Result]:
+    names = [name for name in ALL_TASKS if name in args.tasks]
+    tmp = Path(tempfile.mkdtemp(prefix="dp-gpubench-"))
+    results: list[Result] = []
+    try:
+        with start_redis(tmp / "redis") as redis_server, start_s3(tmp / "s3") as s3_server:
+            settings = Settings(
+                redis_url=redis_server.url, s3_endpoint=s3_server.endpoint, s3_access_key=s3_server.access_key,
+                s3_secret_key=s3_server.secret_key, s3_bucket="dp-gpubench", model_cache_dir=str(tmp / "cache-direct"),
+            )
+            store = store_from_settings(settings)
+            assert store is not None
+            models_needed = list(dict.fromkeys(m for name in names for m in BENCHES[name].models))
+            print(f"building and uploading {len(models_needed)} {args.size} models ...", flush=True)
+            await build_and_upload(args.size, models_needed, store, tmp / "build")
+            log_path = tmp / "worker.log"
+            worker = start_worker(settings, tmp / "cache-worker", log_path)
+            plane = ControlPlane(settings)
+            await plane.start()
+            models = ModelManager(ModelStore(ModelRegistry.load(), store, tmp / "cache-direct"),
+                                  max_bytes=settings.model_cache_max_bytes)
+            try:
+                for name in names:
+                    results.append(await measure(BENCHES[name], args, plane, models, store, worker, log_path))
+            finally:
+                await plane.stop(1.0)
+                worker.terminate()
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=("tiny", "full"), default="tiny",
+                        help="tiny random-weight models (default) or full-size configurations (for a GPU)")
+    parser.add_argument("--tasks", default=",".join(ALL_TASKS),
+                        help=f"comma-separated, from {','.join(ALL_TASKS)} (voice = train_voice, "
+                             f"speak = synthesize_voice)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per task and side (after one warm-up)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one job may take")
+    args = parser.parse_args()
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = sorted(set(args.tasks) - set(ALL_TASKS))
+    if unknown or not args.tasks:
+        parser.error(f"unknown tasks {unknown}; choose from {','.join(ALL_TASKS)}")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    device = _device()
+    gpu = f", {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else ""
+    print(f"gpu task benchmark: {args.size} models, device {device}{gpu}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs; 1 control plane in-process, "
+          f"1 worker process; {args.runs} timed runs per task", flush=True)
+    results = run_async(run(args))
+    report(results, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+// Option forms generated from a task's params JSON Schema (pydantic's output: properties with
+// type / anyOf-null / enum / default / minimum / maximum / description / items).
+
+let uid = 0;
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+/** The property's own schema with a `T | None` union unwrapped (nullable: true). */
+export function resolve(prop) {
+  if (Array.isArray(prop.anyOf)) {
+    const branches = prop.anyOf.filter((b) => b.type !== "null");
+    const nullable = branches.length < prop.anyOf.length;
+    if (branches.length === 1) {
+      const { anyOf, ...outer } = prop;
+      return { ...branches[0], ...outer, nullable };
+    }
+    return { ...prop, type: "json", nullable };
+  }
+  if (prop.enum && !prop.type) return { ...prop, type: "string" };
+  return { ...prop, nullable: false };
+}
+
+function kindOf(p) {
+  if (p.enum) return "enum";
+  if (p.type === "boolean") return "boolean";
+  if (p.type === "integer" || p.type === "number") return "number";
+  if (p.type === "array" && (p.items?.type === "string" || !p.items)) return "lines";
+  if (p.type === "string") return "string";
+  return "json";
+}
+
+const LONG_TEXT = /^(prompt|text|narrative|lyrics|negative_prompt|intent)$/;
+
+function limitsText(p) {
+  const parts = [];
+  const lo = p.minimum ?? p.exclusiveMinimum;
+  const hi = p.maximum ?? p.exclusiveMaximum;
+  if (lo !== undefined || hi !== undefined) {
+    const left = lo === undefined ? "" : `${p.exclusiveMinimum !== undefined ? ">" : "≥"} ${lo}`;
+    const right = hi === undefined ? "" : `${p.exclusiveMaximum !== undefined ? "<" : "≤"} ${hi}`;
+    parts.push([left, right].filter(Boolean).join(", "));
+  }
+  if (p.multipleOf) parts.push(`multiple of ${p.multipleOf}`);
+  if (p.minItems) parts.push(`at least ${p.minItems}`);
+  if (p.maxLength && p.maxLength < 100000) parts.push(`up to ${p.maxLength} characters`);
+  if (p.default !== undefined && p.default !== null && typeof p.default !== "object") {
+    parts.push(`default ${p.default}`);
+  }
+  return parts.join("; ");
+}
+
+function clearField(f) {
+  f.error.hidden = true;
+  f.error.textContent = "";
+  f.input.removeAttribute("aria-invalid");
+  f.wrap.classList.remove("invalid");
+}
+
+function isModelField(name, p) {
+  return p.type === "string" && /registry name/i.test(p.description || "");
+}
+
+/**
+ * Build the form for one task inside `container`. `values` pre-fills fields (saved
+ * preferences); `models` is the registry [{name, kind}] for model-like fields.
+ * Returns {read() -> {params, errors}, showErrors(list) -> leftovers, clearErrors()}.
+ */
+export function buildForm(container, schema, { values = {}, models = [], prefix = "p" } = {}) {
+  container.replaceChildren();
+  const props = schema?.properties || {};
+  const required = new Set(schema?.required || []);
+  const fields = new Map();
+  const formId = ++uid;
+
+  for (const [name, raw] of Object.entries(props)) {
+    const p = resolve(raw);
+    const kind = kindOf(p);
+    const id = `${prefix}${formId}-${name}`;
+    const helpId = `${id}-help`;
+    const errId = `${id}-error`;
+    const isRequired = required.has(name);
+    const value = name in values ? values[name] : p.default;
+    const describedBy = `${helpId} ${errId}`;
+    let input;
+
+    if (kind === "enum" || (isModelField(name, p) && models.length)) {
+      const options = kind === "enum" ? p.enum.slice() : models.map((m) => m.name);
+      if (kind !== "enum" && value && !options.includes(value)) options.unshift(value);
+      input = el("select", { id, name, "aria-describedby": describedBy, required: isRequired });
+      if (p.nullable || (kind === "enum" && !isRequired && p.default === undefined)) {
+        input.append(el("option", { value: "", text: "—" }));
+      }
+      for (const option of options) {
+        const kindLabel = kind === "enum" ? "" : models.find((m) => m.name === option)?.kind;
+        input.append(el("option", { value: option, text: kindLabel ? `${option} (${kindLabel})` : option }));
+      }
+      input.value = value ?? "";
+    } else if (kind === "boolean") {
+      input = el("input", { id, name, type: "checkbox", "aria-describedby": describedBy });
+      input.checked = Boolean(value);
+    } else if (kind === "number") {
+      const step = p.multipleOf ?? (p.type === "integer" ? 1 : "any");
+      input = el("input", {
+        id, name, type: "number", step, inputmode: p.type === "integer" ? "numeric" : "decimal",
+        min: p.minimum ?? p.exclusiveMinimum, max: p.maximum ?? p.exclusiveMaximum,
+        required: isRequired, "aria-describedby": describedBy,
+      });
+      input.value = value === undefined || value === null ? "" : String(value);
+    } else if (kind === "lines") {
+      input = el("textarea", { id, name, rows: 3, spellcheck: "false", required: isRequired,
+        "aria-describedby": describedBy });
+      input.value = Array.isArray(value) ? value.join("\n") : "";
+    } else if (kind === "string") {
+      const long = LONG_TEXT.test(name) || (p.maxLength || 0) > 4000;
+      input = el(long ? "textarea" : "input", { id, name, rows: long ? 3 : undefined,
+        maxlength: p.maxLength && p.maxLength <= 100000 ? p.maxLength : undefined,
+        required: isRequired, "aria-describedby": describedBy });
+      input.value = value ?? "";
+    } else {
+      input = el("textarea", { id, name, rows: 3, spellcheck: "false", class: "mono",
+        "aria-describedby": describedBy });
+      input.value = value === undefined || value === null ? "" : JSON.stringify(value, null, 1);
+    }
+
+    const title = p.title || name;
+    const label = el("label", { for: id }, title);
+    if (isRequired) label.append(el("span", { class: "req", text: " (required)" }));
+    const helpText = [p.description, limitsText(p), kind === "lines" ? "one per line" : "",
+      kind === "json" ? "JSON" : ""].filter(Boolean).join(" — ");
+    const help = el("p", { id: helpId, class: "help", text: helpText });
+    const error = el("p", { id: errId, class: "field-error", role: "alert", hidden: true });
+    const wrap = el("div", { class: `field field-${kind}`, "data-field": name });
+    if (kind === "boolean") wrap.append(el("div", { class: "check" }, input, label), help, error);
+    else wrap.append(label, input, help, error);
+    container.append(wrap);
+    const entry = { p, kind, input, error, wrap, required: isRequired };
+    input.addEventListener("input", () => clearField(entry)); // an edited value's old error goes
+    fields.set(name, entry);
+  }
+  if (!fields.size) container.append(el("p", { class: "muted", text: "This generator has no options." }));
+
+  function read() {
+    const params = {};
+    const errors = [];
+    for (const [name, f] of fields) {
+      const { input, kind, p } = f;
+      if (kind === "boolean") { params[name] = input.checked; continue; }
+      const text = input.value;
+      if (kind === "number") {
+        if (text.trim() === "") {
+          if (input.validity?.badInput) errors.push({ field: name, message: "not a number" });
+          continue;
+        }
+        const n = Number(text);
+        if (!Number.isFinite(n)) { errors.push({ field: name, message: "not a number" }); continue; }
+        params[name] = n;
+      } else if (kind === "lines") {
+        const lines = text.split("\n").map((s) => s.trim()).filter(Boolean);
+        if (lines.length || f.required) params[name] = lines;
+      } else if (kind === "json") {
+        if (text.trim() === "") continue;
+        try { params[name] = JSON.parse(text); } catch (e) { errors.push({ field: name, message: `invalid JSON: ${e.message}` }); }
+      } else {
+        if (text === "" && (p.nullable || !f.required)) continue;
+        params[name] = text;
+      }
+    }
+    return { params, errors };
+  }
+
+  function clearErrors() {
+    for (const f of fields.values()) clearField(f);
+  }
+
+  /** Show each {field, message} next to its input; returns those with no input here. */
+  function showErrors(list) {
+    const leftovers = [];
+    let first = null;
+    for (const item of list) {
+      const key = String(item.field ?? "").split(".")[0];
+      const f = fields.get(key);
+      if (!f) { leftovers.push(item); continue; }
+      f.error.hidden = false;
+      f.error.textContent = f.error.textContent ? `${f.error.textContent}; ${item.message}` : item.message;
+      f.input.setAttribute("aria-invalid", "true");
+      f.wrap.classList.add("invalid");
+      first = first || f.input;
+    }
+    if (first) first.focus();
+    return leftovers;
+  }
+
+  return { read, showErrors, clearErrors, fields };
+}
