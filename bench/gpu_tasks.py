@@ -48,6 +48,17 @@ takes about a second on a 2-core CPU with the tiny models; with smaller ones the
 upload, a few Redis round trips) dominate. Throughput is given both for the direct call and as the
 worker delivers it end to end.
 
+Threads: both sides run the pipeline in a pool thread (the worker runs sync tasks in one). On a
+host without CUDA both run torch with ONE intra-op thread by default (``--torch-threads``; the
+worker gets ``OMP_NUM_THREADS``): with torch's default of one per core, the tiny pipelines called
+from a non-main thread ran 2-5x slower than from the main thread on the 2-core development
+machine, and unevenly between the two processes, which swamped the comparison. With CUDA the
+default is torch's own.
+
+``--size full`` is for a CUDA host (tens of GB of weights would take hours on a CPU): the builders
+below give the real parameter counts (MusicGen small 587 M, UNet 860 M, VAE 84 M, CLIP text 123 M,
+motion adapter 453 M, SpeechT5 144 M, HiFi-GAN 13 M).
+
 Prints figures; asserts nothing about speed. Needs torch (``make venv-ml``).
 """
 
@@ -83,14 +94,14 @@ log = logging.getLogger("bench.gpu_tasks")
 #: Per task and size: the job params (inputs such as images and clips are added at run time).
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
-        "music": {"prompt": "lo fi hip hop beat with piano and drums", "duration_s": 16.0, "seed": 1},
-        "video": {"prompt": "a cat with a dog", "num_frames": 8, "steps": 3, "width": 32, "height": 32,
+        "music": {"prompt": "lo fi hip hop beat with piano and drums", "duration_s": 20.0, "seed": 1},
+        "video": {"prompt": "a cat with a dog", "num_frames": 8, "steps": 4, "width": 32, "height": 32,
                   "fps": 8, "seed": 7},
-        "lora": {"instance_prompt": "sks style", "steps": 12, "resolution": 32, "rank": 4, "seed": 1},
-        "voice": {"transcripts": ["the cat and the dog", ""], "steps": 6, "learning_rate": 0.05, "seed": 3},
+        "lora": {"instance_prompt": "sks style", "steps": 24, "resolution": 32, "rank": 4, "seed": 1},
+        "voice": {"transcripts": ["the cat and the dog", ""], "steps": 40, "learning_rate": 0.05, "seed": 3},
         "speak": {"text": "hello rainy night. the cat and the dog play jazz with piano and bass. "
-                          "a slow happy song of the night!", "seed": 7, "minlenratio": 8.0,
-                  "maxlenratio": 8.0},
+                          "a slow happy song of the night!", "seed": 7, "minlenratio": 16.0,
+                  "maxlenratio": 16.0},
     },
     "full": {
         "music": {"prompt": "lo fi hip hop beat with piano and drums", "duration_s": 10.0, "seed": 1},
@@ -130,6 +141,8 @@ class Result:
     direct: list[Direct] = field(default_factory=list)
     e2e_s: list[float] = field(default_factory=list)
     node_s: list[float] = field(default_factory=list)
+    direct_cpu_s: list[float] = field(default_factory=list)  # CPU seconds of the whole stack, per run
+    worker_cpu_s: list[float] = field(default_factory=list)
     reported_s: list[float] = field(default_factory=list)  # the task's own compute time, if it says
     work: list[float] = field(default_factory=list)  # units of work per worker run
     audio_s: list[float] = field(default_factory=list)
@@ -167,6 +180,27 @@ class DirectContext:
     def put_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
         self.outputs[name] = data
         return {"key": f"jobs/{self.job_id}/{self.node_id}/{name}", "size": len(data)}
+
+
+class CpuClock:
+    """CPU seconds (user + system, all threads) used so far by a set of processes, from /proc:
+    this one, the worker, redis-server and weed. Contention from other work on the host inflates
+    wall-clock times, much less the CPU each side spends. NaN where /proc is not there."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __call__(self) -> float:
+        total = 0
+        for pid in self.pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return math.nan
+            fields = stat.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        return total / self._tick
 
 
 def _sync(device: str) -> None:
@@ -586,7 +620,7 @@ async def build_and_upload(size: str, names: list[str], store: ArtifactStore, ro
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def start_worker(settings: Settings, cache_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, cache_dir: Path, log_path: Path, torch_threads: int) -> subprocess.Popen[bytes]:
     assert settings.redis_url and settings.s3_endpoint
     env = dict(os.environ, REDIS_URL=settings.redis_url, S3_ENDPOINT=settings.s3_endpoint,
                S3_ACCESS_KEY=settings.s3_access_key or "", S3_SECRET_KEY=settings.s3_secret_key or "",
@@ -594,6 +628,8 @@ def start_worker(settings: Settings, cache_dir: Path, log_path: Path) -> subproc
                DUALPLANE_WORKER_PORT="0", DUALPLANE_LOG_LEVEL="WARNING",
                DUALPLANE_MODEL_CACHE_DIR=str(cache_dir))
     env.pop("DUALPLANE_MODELS_CONFIG", None)  # the packaged registry, as the direct side uses
+    if torch_threads:
+        env.update(OMP_NUM_THREADS=str(torch_threads), MKL_NUM_THREADS=str(torch_threads))
     return subprocess.Popen([sys.executable, "-m", "dualplane", "worker"], env=env,
                             stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
 
@@ -605,7 +641,8 @@ async def via_worker(plane: ControlPlane, bench: Bench, params: dict[str, Any], 
     started = time.perf_counter()
     job_id = (await plane.submit(graph)).job_id
     deadline = time.monotonic() + timeout_s
-    while not await plane.bridge.wait_finished(job_id, 5.0):
+    # short blocks: redis-py 8's default socket timeout (5 s) cuts a longer XREAD BLOCK
+    while not await plane.bridge.wait_finished(job_id, 2.0):
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited ({worker.returncode}); log tail:\n{_tail(log_path)}")
         if time.monotonic() > deadline:
@@ -627,14 +664,21 @@ def _tail(path: Path, chars: int = 3000) -> str:
 
 
 async def measure(bench: Bench, args: argparse.Namespace, plane: ControlPlane, models: ModelManager,
-                  store: ArtifactStore, worker: subprocess.Popen[bytes], log_path: Path) -> Result:
+                  store: ArtifactStore, worker: subprocess.Popen[bytes], log_path: Path, cpu: CpuClock) -> Result:
     blobs: dict[str, bytes] = {}
     params = await prepare_inputs(bench.name, args.size, store, blobs)
     result = Result(bench.name, bench.task, bench.unit, describe(bench.name, params))
     print(f"{bench.task}: {result.sizes}", flush=True)
 
-    def direct() -> Awaitable[Direct]:
-        return asyncio.to_thread(bench.direct, models, params, blobs)
+    def one_direct() -> Direct:
+        if args.torch_threads:
+            import torch
+
+            torch.set_num_threads(args.torch_threads)
+        return bench.direct(models, params, blobs)
+
+    def direct() -> Awaitable[Direct]:  # in a pool thread, as the worker runs a task
+        return asyncio.to_thread(one_direct)
 
     t0 = time.perf_counter()
     await direct()  # warm: model loaded into this process's ModelManager, first-call costs paid
@@ -642,9 +686,15 @@ async def measure(bench: Bench, args: argparse.Namespace, plane: ControlPlane, m
     await via_worker(plane, bench, params, args.timeout, worker, log_path)  # warm the worker alike
     print(f"  warm-up: direct {t1 - t0:.1f} s, worker {time.perf_counter() - t1:.1f} s (model loads included)",
           flush=True)
-    for i in range(args.runs):
-        d = await direct()
-        e2e, node_s, out = await via_worker(plane, bench, params, args.timeout, worker, log_path)
+    for i in range(args.runs):  # alternate which side goes first
+        for side in ("direct", "worker") if i % 2 == 0 else ("worker", "direct"):
+            before = cpu()
+            if side == "direct":
+                d = await direct()
+                result.direct_cpu_s.append(cpu() - before)
+            else:
+                e2e, node_s, out = await via_worker(plane, bench, params, args.timeout, worker, log_path)
+                result.worker_cpu_s.append(cpu() - before)
         work, reported, audio = bench.reported(out)
         result.direct.append(d)
         result.e2e_s.append(e2e)
@@ -656,7 +706,8 @@ async def measure(bench: Bench, args: argparse.Namespace, plane: ControlPlane, m
             result.audio_s.append(audio)
         print(f"  run {i + 1}/{args.runs}: direct {d.core_s * 1e3:8.1f} ms (+{d.encode_s * 1e3:.1f} encode)  "
               f"worker e2e {e2e * 1e3:8.1f} ms  node {node_s * 1e3:8.1f} ms  "
-              f"[{d.work:g} / {work:g} {bench.unit}]", flush=True)
+              f"[{d.work:g} / {work:g} {bench.unit}]  cpu {result.direct_cpu_s[-1]:.2f} / "
+              f"{result.worker_cpu_s[-1]:.2f} s", flush=True)
     models.clear()  # free this side's copy before the next task's models (GPU memory)
     return result
 
@@ -667,17 +718,19 @@ def med(values: list[float]) -> float:
 
 def report(results: list[Result], args: argparse.Namespace) -> None:
     rows = [("task", "sizes", "direct ms", "encode ms", "e2e ms", "node ms", "overhead",
-             "node ovh", "frame ovh", "direct thrpt", "via worker thrpt")]
+             "node ovh", "frame ovh", "cpu ovh", "direct thrpt", "via worker thrpt")]
     for r in results:
         direct = med([d.core_s for d in r.direct])
         encode = med([d.encode_s for d in r.direct])
         e2e, node_s = med(r.e2e_s), med(r.node_s)
         work_direct, work_worker = med([d.work for d in r.direct]), med(r.work)
         over = e2e - direct
+        cpu_direct, cpu_worker = med(r.direct_cpu_s), med(r.worker_cpu_s)
         rows.append((
             r.task, r.sizes, f"{direct * 1e3:.1f}", f"{encode * 1e3:.1f}", f"{e2e * 1e3:.1f}",
             f"{node_s * 1e3:.1f}", f"{over / direct:+.1%} ({over * 1e3:+.0f} ms)",
             f"{(node_s - direct) / direct:+.1%}", f"{(e2e - direct - encode) / direct:+.1%}",
+            f"{(cpu_worker - cpu_direct) / cpu_direct:+.1%} ({cpu_direct:.2f}/{cpu_worker:.2f} s)",
             f"{work_direct / direct:.1f} {r.unit}/s", f"{work_worker / e2e:.1f} {r.unit}/s",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -700,7 +753,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         print(line)
     print("overhead = (median e2e - median direct) / median direct; node ovh uses the node's "
           "started_at->finished_at; frame ovh = e2e - direct - encode (dispatch, progress events, "
-          "input/output transfers)")
+          "input/output transfers); cpu ovh compares the CPU seconds (user+system) the whole "
+          "stack (this process, worker, redis, weed) spent per direct run, encode included, vs per job")
 
 
 def _device() -> str:
@@ -725,14 +779,15 @@ async def run(args: argparse.Namespace) -> list[Result]:
             print(f"building and uploading {len(models_needed)} {args.size} models ...", flush=True)
             await build_and_upload(args.size, models_needed, store, tmp / "build")
             log_path = tmp / "worker.log"
-            worker = start_worker(settings, tmp / "cache-worker", log_path)
+            worker = start_worker(settings, tmp / "cache-worker", log_path, args.torch_threads)
             plane = ControlPlane(settings)
             await plane.start()
+            cpu = CpuClock([os.getpid(), worker.pid, redis_server.process.pid, s3_server.process.pid])
             models = ModelManager(ModelStore(ModelRegistry.load(), store, tmp / "cache-direct"),
                                   max_bytes=settings.model_cache_max_bytes)
             try:
                 for name in names:
-                    results.append(await measure(BENCHES[name], args, plane, models, store, worker, log_path))
+                    results.append(await measure(BENCHES[name], args, plane, models, store, worker, log_path, cpu))
             finally:
                 await plane.stop(1.0)
                 worker.terminate()
@@ -755,6 +810,9 @@ def main() -> None:
                              f"speak = synthesize_voice)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per task and side (after one warm-up)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one job may take")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch intra-op threads of both sides (0: torch's default); default 1 "
+                             "without CUDA, else torch's default")
     args = parser.parse_args()
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = sorted(set(args.tasks) - set(ALL_TASKS))
@@ -766,10 +824,14 @@ def main() -> None:
     import torch
 
     device = _device()
+    if args.torch_threads is None:
+        args.torch_threads = 1 if device == "cpu" else 0
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     gpu = f", {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else ""
     print(f"gpu task benchmark: {args.size} models, device {device}{gpu}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs; 1 control plane in-process, "
-          f"1 worker process; {args.runs} timed runs per task", flush=True)
+          f"{torch.get_num_threads()} torch threads per side, {os.cpu_count()} CPUs; 1 control plane "
+          f"in-process, 1 worker process; {args.runs} timed runs per task", flush=True)
     results = run_async(run(args))
     report(results, args)
 

@@ -57,4 +57,18 @@ async def test_a_node_no_live_worker_can_run_is_reported_not_left_silent(control
     events = await control_plane.bridge.events(job_id)
     reports = [e for e in events if e.data and "unroutable" in e.data]
     assert reports and reports[0].node_id == "g" and "GPU" in reports[0].message
-    assert (await control_plane.get_job(job_id)).status == "queued"  # still there for a GPU worker to come
+    assert "waiting in pool 'gpu'" in reports[0].message
+    await asyncio.sleep(0.5)  # the CPU worker in the default pool must not take it
+    job = await control_plane.get_job(job_id)
+    assert job.status == "queued" and node(job, "g").pool == "gpu" and node(job, "g").attempts == 0
+    assert await control_plane.bridge.stream_length(control_plane.bridge.keys.data_stream("gpu")) == 1
+
+
+async def test_a_worker_refuses_a_node_whose_requirements_it_cannot_meet(control_plane: ControlPlane,
+                                                                        worker_factory):
+    await worker_factory(pool="cpu-only")
+    graph = {"nodes": [{"id": "g", "task": "noop", "plane": "python", "pool": "cpu-only",
+                        "requires": {"gpu": True}}]}  # sent to a CPU pool by hand
+    job = await wait_for_job(control_plane, (await control_plane.submit(graph)).job_id)
+    assert job.status == "failed"
+    assert node(job, "g").error.type == "RequirementsNotMet" and "cpu" in node(job, "g").error.message

@@ -100,6 +100,7 @@ class Executor:
     :param on_node_finished: metrics hook ``(task, outcome, seconds, output or None)``.
     :param models: model manager offered to tasks as ``ctx.models`` (data plane).
     :param describe_worker: the worker's capability manifest, as ``ctx.describe_worker``.
+    :param unmet_requirements: why this worker cannot meet a node's ``requires`` (None: it can).
     """
 
     def __init__(
@@ -114,8 +115,10 @@ class Executor:
         worker_id: str | None = None,
         models: Any = None,
         describe_worker: Callable[[], dict[str, Any]] | None = None,
+        unmet_requirements: Callable[[Node], str | None] | None = None,
     ) -> None:
         self.plane = plane
+        self._unmet_requirements = unmet_requirements
         self.worker_id = worker_id or plane
         self._registry = registry
         self._bridge = bridge
@@ -203,6 +206,11 @@ class Executor:
             return
         if run.cancel.is_set():
             write(_chunk(run, node, "finished", status="cancelled", reason="job cancelled"))
+            return
+        unmet = self._unmet_requirements(node) if self._unmet_requirements else None
+        if unmet is not None:  # sent to this pool by hand: fail loudly rather than run it on the wrong device
+            error = {"type": "RequirementsNotMet", "message": unmet, "transient": False}
+            write(_chunk(run, node, "finished", status="failed", error=error))
             return
         async with self._slots:
             await self._attempt(run, node, spec, write)

@@ -21,6 +21,8 @@ from dualplane.common.models import CapabilityManifest, Graph, Node
 #: Manifests are re-read at most this often (routing runs on the submission hot path).
 DEFAULT_REFRESH_S = 2.0
 DEFAULT_POOL = "default"
+#: Where GPU nodes wait when no live worker can run them.
+DEFAULT_GPU_POOL = "gpu"
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,10 @@ class Router:
     :param refresh_s: how long a read of the manifests is reused.
     """
 
-    def __init__(self, bridge: Bridge, *, refresh_s: float = DEFAULT_REFRESH_S) -> None:
+    def __init__(self, bridge: Bridge, *, refresh_s: float = DEFAULT_REFRESH_S,
+                 gpu_pool: str = DEFAULT_GPU_POOL) -> None:
         self._bridge = bridge
+        self._gpu_pool = gpu_pool
         self._refresh_s = refresh_s
         self._manifests: list[CapabilityManifest] = []
         self._read_at = float("-inf")
@@ -67,20 +71,27 @@ class Router:
         for node in graph.nodes:
             if node.plane != "python":
                 continue
-            problem = route_node(node, workers)
+            problem = route_node(node, workers, gpu_pool=self._gpu_pool)
             if problem is not None:
                 problems.append(Unroutable(node.id, problem))
         return problems
 
 
-def route_node(node: Node, workers: Iterable[CapabilityManifest]) -> str | None:
-    """Pick the node's pool in place; return why no live worker can run it, or None."""
-    able = [w for w in workers if node.task in w.tasks and _satisfies(w, node)]
+def route_node(node: Node, workers: Iterable[CapabilityManifest], *, gpu_pool: str = "gpu") -> str | None:
+    """Pick the node's pool in place; return why no live worker can run it, or None.
+
+    A GPU node nobody can run now is parked in ``gpu_pool``, never in the default pool a CPU
+    worker would take it from: it waits there (its lag is what scales GPU workers from zero).
+    """
+    able = [w for w in workers if node.task in w.tasks and satisfies(w, node)]
     if node.pool != DEFAULT_POOL or node.requires is None:
         if any(w.pool == node.pool for w in able):
             return None
         return f"no live worker in pool {node.pool!r} can run task {node.task!r}{_wants(node)}"
     if not able:
+        if node.requires.gpu:
+            node.pool = gpu_pool
+            return f"no live worker can run task {node.task!r}{_wants(node)}; waiting in pool {gpu_pool!r}"
         return f"no live worker can run task {node.task!r}{_wants(node)}"
     # prefer a pool that already holds the model warm, then the one with most free slots
     score: dict[str, tuple[int, int]] = {}
@@ -93,13 +104,14 @@ def route_node(node: Node, workers: Iterable[CapabilityManifest]) -> str | None:
     return None
 
 
-def _satisfies(worker: CapabilityManifest, node: Node) -> bool:
+def satisfies(worker: CapabilityManifest, node: Node) -> bool:
+    """Whether a worker meets a node's ``requires`` (a model need is met by loading it)."""
     needs = node.requires
     if needs is None:
         return True
     if needs.gpu and not worker.device.startswith("cuda"):
         return False
-    # a model need is met by loading it; loaded_models only breaks ties (see route_node)
+    # loaded_models only breaks ties (see route_node)
     return needs.min_vram_gb is None or (worker.vram_total_mb or 0) >= needs.min_vram_gb * 1024
 
 

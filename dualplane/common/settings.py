@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     s3_secure: bool = Field(False, validation_alias="S3_SECURE")
 
     pool: str = "default"
+    gpu_pool: str = "gpu"  # where GPU nodes wait when no live worker can run them
     concurrency: int = 4
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     shutdown_grace_s: float = 30.0

@@ -83,7 +83,7 @@ class ControlPlane:
         )
         self.metrics.concurrency.set(self.runner._concurrency)
         self._runner_task: asyncio.Task[None] | None = None
-        self.router = Router(self.bridge)
+        self.router = Router(self.bridge, gpu_pool=settings.gpu_pool)
         self.planner = Planner(self.registry,
                                chat_model=chat_model_from_settings(settings.ollama_url, settings.ollama_model))
 

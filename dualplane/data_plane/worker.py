@@ -25,8 +25,9 @@ from dualplane.common.artifacts import store_from_settings
 from dualplane.common.bridge import Bridge
 from dualplane.common.consumer import Consumer
 from dualplane.common.executor import Executor
-from dualplane.common.models import CapabilityManifest
+from dualplane.common.models import CapabilityManifest, Node
 from dualplane.common.registry import TaskRegistry
+from dualplane.common.routing import satisfies
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import GpuCollector, ModelMetrics, PlaneMetrics
 from dualplane.data_plane.model_store import manager_from_settings
@@ -59,6 +60,7 @@ class Worker:
             self.registry, "python", bridge=self.bridge, concurrency=settings.concurrency,
             artifacts=self.artifacts, on_node_finished=self.metrics.node_finished, worker_id=self.worker_id,
             models=self.models, describe_worker=lambda: self.manifest().model_dump(mode="json"),
+            unmet_requirements=self._unmet_requirements,
         )
         self.consumer = Consumer(
             self.bridge, self.executor, lane=f"python:{settings.pool}", name=self.worker_id,
@@ -78,6 +80,13 @@ class Worker:
             pid=os.getpid(), version=__version__, started_at=self.started_at, heartbeat_at=time.time(),
             busy=self.consumer.busy,
         )
+
+    def _unmet_requirements(self, node: Node) -> str | None:
+        if node.requires is None or satisfies(self.manifest(), node):
+            return None
+        device = self._device_facts()
+        return (f"worker {self.worker_id} ({device['device']}, {device.get('vram_total_mb') or 0} MiB) cannot meet "
+                f"requires {node.requires.model_dump(exclude_none=True)} of node {node.id!r}")
 
     def _device_facts(self) -> dict[str, Any]:
         """Device, name and VRAM for routing; computed once (torch is imported here, on the data plane)."""
