@@ -240,3 +240,10 @@ async def test_a_request_id_is_generated_when_absent(api, worker: RunningWorker)
     response = await api("alice").post("/jobs", json=NOOP)
     request_id = response.headers["X-Request-Id"]
     assert len(request_id) == 32 and response.json()["request_id"] == request_id
+
+
+async def test_wait_outlasts_the_redis_client_socket_timeout(api, worker: RunningWorker):
+    """redis-py's default socket timeout is 5 s: a longer wait must still end with the job."""
+    graph = {"nodes": [{"id": "s", "task": "sleep", "plane": "python", "params": {"seconds": 5.5, "steps": 2}}]}
+    response = await api("alice").post("/jobs", params={"wait": 15}, json=graph)
+    assert response.status_code == 200 and response.json()["status"] == "succeeded"

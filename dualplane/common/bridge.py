@@ -38,6 +38,8 @@ from dualplane.common.errors import BridgeClosed, UnknownJob
 from dualplane.common.models import BridgeConfig, Event, Graph, Handoff, Job
 
 CONTROL_GROUP = "control"
+#: Longest single blocking read: well under redis-py's default 5 s socket timeout.
+MAX_BLOCK_MS = 2000
 WORKER_GROUP = "workers"
 #: Job fields that are plain strings/numbers in the hash (the rest are JSON or node states).
 _NODE_FIELD = "n:"
@@ -558,7 +560,9 @@ class Bridge:
         last = f"{int(seq or 0)}-0"
         deadline = time.monotonic() + timeout_s
         while (remaining_ms := int((deadline - time.monotonic()) * 1000)) > 0:
-            reply = await self.client.xread({self.keys.events(job_id): last}, count=100, block=remaining_ms)
+            # blocks in slices: the client's socket timeout (5 s by default) must not cut a read
+            reply = await self.client.xread({self.keys.events(job_id): last}, count=100,
+                                            block=min(remaining_ms, MAX_BLOCK_MS))
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     last = entry_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
 
 #: Progress closer than this to the last reported value is not worth an event.
 PROGRESS_STEP = 0.01
+#: At most this often, whatever the step: each event costs the task's loop a hop to the event
+#: loop and a Redis write (about 2 ms measured on 2 cores), and 10 updates/s look live.
+PROGRESS_INTERVAL_S = 0.1
 
 Write = Callable[[dict[str, Any]], None]
 
@@ -60,15 +64,20 @@ class TaskContext:
         #: The worker's capability manifest (tasks, device, VRAM, warm models), where there is one.
         self.describe_worker = describe_worker
         self._last_progress = -1.0
+        self._last_progress_at = float("-inf")
         self.artifacts_written: list[dict[str, Any]] = []
 
     # -- progress and data ------------------------------------------------------------
 
     def progress(self, fraction: float, message: str | None = None) -> None:
-        """Report progress in [0, 1]; small steps are coalesced, 1.0 always goes out."""
+        """Report progress in [0, 1]: at most every 1 % and every 0.1 s; 1.0 and progress with a
+        message always go out."""
         fraction = min(1.0, max(0.0, float(fraction)))
-        if fraction < 1.0 and fraction - self._last_progress < PROGRESS_STEP and message is None:
-            return
+        if fraction < 1.0 and message is None:
+            now = time.monotonic()
+            if fraction - self._last_progress < PROGRESS_STEP or now - self._last_progress_at < PROGRESS_INTERVAL_S:
+                return
+            self._last_progress_at = now
         self._last_progress = fraction
         self._write({"kind": "progress", "progress": round(fraction, 4), "message": message})
 
