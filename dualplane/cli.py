@@ -166,6 +166,8 @@ def run_stack(*, serve: bool, timeout_s: float | None) -> int:
 
 def serve_until_interrupted(stack: Any) -> int:
     """Keep the stack up for the person at the terminal; a child dying on its own is an error."""
+    say(f"web UI: {stack.control_url}/  - sign in with this token (user 'demo', owner of the demo job):")
+    say(f"  {stack.mint_token()}")
     say(
         f"serving: control plane at {stack.control_url} (API docs at {stack.control_url}/docs)"
         " - Ctrl-C to stop"
