@@ -104,6 +104,7 @@ class Consumer:
             while not self._stopping.is_set():
                 await self._poll()
         finally:
+            self._stopping.set()  # the side loops end on it even if a cancellation is swallowed
             for task in self._side_tasks:
                 task.cancel()
             await asyncio.gather(*self._side_tasks, return_exceptions=True)
@@ -301,13 +302,25 @@ class Consumer:
 
     # -- side loops ------------------------------------------------------------------
 
+    async def _every(self, interval_s: float) -> bool:
+        """Wait one interval; False once the consumer is stopping.
+
+        The side loops end on the stop flag, not only on task cancellation: a client library
+        that turns a cancellation into a connection error (caught below as a Redis hiccup)
+        would otherwise leave a loop sleeping forever after stop.
+        """
+        try:
+            await asyncio.wait_for(self._stopping.wait(), interval_s)
+        except TimeoutError:
+            return True
+        return False
+
     async def _reclaim_loop(self) -> None:
         """Take over messages whose consumer died (idle past the lease)."""
         interval_s = max(0.05, self.bridge.config.lease_s / 2)
-        while True:
-            await asyncio.sleep(interval_s)
+        while await self._every(interval_s):
             free = self._concurrency - len(self._inflight)
-            if free <= 0 or self._stopping.is_set():
+            if free <= 0:
                 continue
             try:
                 messages, counts = await self.bridge.reclaim(self.stream, self.name, count=free)
@@ -321,8 +334,7 @@ class Consumer:
 
     async def _cancel_loop(self) -> None:
         """Propagate cancel requests into running jobs (tasks see ``ctx.cancelled``)."""
-        while True:
-            await asyncio.sleep(self._cancel_poll_s)
+        while await self._every(self._cancel_poll_s):
             # a run younger than one poll has just read the flag in its claim
             horizon = time.monotonic() - self._cancel_poll_s
             runs = [r for r in self._inflight.values() if not r.cancel.is_set() and r.started < horizon]
@@ -330,7 +342,7 @@ class Consumer:
                 continue
             try:
                 flagged = await self.bridge.cancel_flags([r.job_id for r in runs])
-            except Exception as exc:
+            except Exception as exc:  # keep polling after a Redis hiccup
                 log.error("%s: cancel poll failed: %s", self.name, exc)
                 continue
             for run in runs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import signal
 import socket
@@ -32,6 +33,8 @@ from dualplane.common.settings import Settings
 from dualplane.common.telemetry import GpuCollector, ModelMetrics, PlaneMetrics
 from dualplane.data_plane.model_store import manager_from_settings
 from dualplane.tasks import default_registry
+
+log = logging.getLogger("dualplane.worker")
 
 #: The manifest outlives a few missed heartbeats, no more.
 MANIFEST_TTL_S = 15.0
@@ -129,8 +132,11 @@ class Worker:
 
     async def _publish_manifest(self) -> None:
         while True:
-            manifest = self.manifest().model_dump_json().encode()
-            await self.bridge.publish_capabilities(self.worker_id, manifest, MANIFEST_TTL_S)
+            try:
+                manifest = self.manifest().model_dump_json().encode()
+                await self.bridge.publish_capabilities(self.worker_id, manifest, MANIFEST_TTL_S)
+            except Exception as exc:  # a Redis hiccup must not end the heartbeat for good
+                log.error("worker %s: capability heartbeat failed: %s", self.worker_id, exc)
             await asyncio.sleep(MANIFEST_TTL_S / 3)
 
     def _http_server(self) -> uvicorn.Server:
