@@ -24,7 +24,7 @@ from typing import Any, Self
 
 import httpx
 
-from dualplane.common.services import LOOPBACK, free_port, start_redis, start_s3
+from dualplane.common.services import LOOPBACK, free_port, start_redis, start_s3, terminate
 from dualplane.common.settings import Settings
 
 STATE_DIR = ".dualplane"
@@ -51,19 +51,6 @@ class Child:
             return self.log_path.read_text(errors="replace")[-max_chars:]
         except OSError:
             return "<no log>"
-
-
-def terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Stop one child for good: SIGTERM, wait `timeout_s`, SIGKILL, and reap it."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @contextlib.contextmanager

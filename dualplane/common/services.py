@@ -85,11 +85,12 @@ def free_port_pair(offset: int) -> int:
 # --------------------------------------------------------------------------- process helpers
 
 
-def _terminate(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+def terminate(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
     """SIGTERM, wait, then SIGKILL; always reaps the child so no zombie or orphan remains."""
     if process.poll() is not None:
         return
-    process.send_signal(signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -132,7 +133,7 @@ def _wait_until(
             f"{what} not ready after {timeout_s} s; log tail:\n{_log_tail(log_path)}"
         )
     except BaseException:
-        _terminate(process)
+        terminate(process)
         raise
 
 
@@ -167,7 +168,7 @@ class RedisServer:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
     def stop(self) -> None:
-        _terminate(self.process)
+        terminate(self.process)
 
     def __enter__(self) -> Self:
         return self
@@ -250,7 +251,7 @@ class S3Server:
         return f"http://{LOOPBACK}:{self.port}"
 
     def stop(self) -> None:
-        _terminate(self.process)
+        terminate(self.process)
         _remove_sockets(self.stray_sockets)
 
     def __enter__(self) -> Self:
