@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 
 #: Progress closer than this to the last reported value is not worth an event.
 PROGRESS_STEP = 0.01
-#: At most this often, whatever the step: each event costs the task's loop a hop to the event
-#: loop and a Redis write (about 2 ms measured on 2 cores), and 10 updates/s look live.
-PROGRESS_INTERVAL_S = 0.1
+#: At most this often, whatever the step: each event costs a Python-bound task loop 2–5 ms
+#: (the event loop that mirrors it competes for the GIL; measured with bench/gpu_tasks.py on
+#: 2 cores), and four updates a second still look live.
+PROGRESS_INTERVAL_S = 0.25
 
 Write = Callable[[dict[str, Any]], None]
 
@@ -70,7 +71,7 @@ class TaskContext:
     # -- progress and data ------------------------------------------------------------
 
     def progress(self, fraction: float, message: str | None = None) -> None:
-        """Report progress in [0, 1]: at most every 1 % and every 0.1 s; 1.0 and progress with a
+        """Report progress in [0, 1]: at most every 1 % and every 0.25 s; 1.0 and progress with a
         message always go out."""
         fraction = min(1.0, max(0.0, float(fraction)))
         if fraction < 1.0 and message is None:
