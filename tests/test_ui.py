@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import playwright.async_api as playwright_api  # a dev dependency: missing is an error, not a skip
 import pytest
 import uvicorn
 
@@ -22,8 +23,6 @@ from dualplane.common.services import LOOPBACK, free_port
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.auth import Authenticator
-
-playwright_api = pytest.importorskip("playwright.async_api")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,8 +33,8 @@ OUTPUT = Path(__file__).resolve().parents[1] / "test-output"
 #: Playwright's default timeout for each wait in these tests (ms).
 STEP_MS = 20_000
 
-if not Path(CHROMIUM).exists():
-    pytest.skip("chromium is not installed (make deps installs it)", allow_module_level=True)
+if not Path(CHROMIUM).exists():  # fail loudly: a skipped browser test would hide a broken UI
+    pytest.fail(f"{CHROMIUM} is missing: `make deps` installs Debian's chromium", pytrace=False)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -198,6 +198,14 @@ class GpuCollector(Collector):
 
     On a CPU host, or without either library, it yields nothing.
     """
+
+    #: Every metric it can export on a CUDA host with NVML (the dashboards are checked
+    #: against this list where no GPU is present to produce them).
+    METRIC_NAMES: ClassVar[frozenset[str]] = frozenset({
+        "dualplane_gpu_memory_allocated_bytes", "dualplane_gpu_memory_reserved_bytes",
+        "dualplane_gpu_memory_total_bytes", "dualplane_gpu_utilization_ratio",
+        "dualplane_gpu_memory_used_bytes", "dualplane_gpu_memory_capacity_bytes",
+    })
 
     def __init__(self) -> None:
         self._nvml: Any = None
