@@ -25,7 +25,7 @@ from tests.helpers import RunningWorker, wait_for_job
 
 pytestmark = pytest.mark.integration
 
-SECRET = "test-secret"
+SECRET = "hub-test-secret-of-at-least-32-bytes"
 
 
 # -- harness --------------------------------------------------------------------------
@@ -328,7 +328,7 @@ async def test_missing_invalid_or_expired_tokens_are_closed_with_4401(
     _, url = hub_url
     assert (await expect_close(url, 4401)).startswith("missing token")
     assert (await expect_close(f"{url}?token=garbage", 4401)).startswith("invalid token")
-    other = Authenticator(algorithm="HS256", secret="another-secret").mint("alice")
+    other = Authenticator(algorithm="HS256", secret="another-secret-of-at-least-32-bytes").mint("alice")
     assert (await expect_close(f"{url}?token={other}", 4401)).startswith("invalid token")
     expired = authenticator.mint("alice", ttl_s=-10)
     assert await expect_close(f"{url}?token={expired}", 4401) == "token expired"

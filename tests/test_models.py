@@ -156,6 +156,28 @@ def test_second_load_is_warm_and_does_not_call_the_loader(tiny_models, tmp_path:
     assert 50_000 < first.size_bytes < 2_000_000  # parameters of the tiny MusicGen, in float32
 
 
+def test_extra_models_are_fetched_for_the_build_only(tmp_path: Path):
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    adapter.mkdir()
+    manager = ModelManager(ModelStore(local_registry(base=base, adapter=adapter), None, tmp_path),
+                           max_bytes=1 << 20, device="cpu")
+    calls = []
+
+    def loader(path, device, dtype, adapter_path):
+        calls.append((path, adapter_path))
+        return object()
+
+    first = manager.load("base", loader, key="with-adapter", extra=("adapter",))
+    adapter.rmdir()  # a warm hit must not look for the adapter's files again
+    second = manager.load("base", loader, key="with-adapter", extra=("adapter",))
+
+    assert calls == [(base, adapter)]
+    assert second.cached and second.model is first.model
+    with pytest.raises(UnknownModel):
+        manager.load("base", loader, key="other", extra=("no-such-model",))
+
+
 def test_least_recently_used_models_are_evicted_over_budget(tmp_path: Path):
     import torch
 

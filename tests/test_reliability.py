@@ -29,8 +29,47 @@ async def test_cancel_stops_a_running_node_within_a_step(control_plane: ControlP
 
     assert job.status == "cancelled"
     assert node(job, "long").status == "cancelled"
-    assert node(job, "long").finished_at - asked < 1.0  # one 0.1 s step plus the 0.1 s cancel poll
+    assert node(job, "long").finished_at - asked < 1.0  # one 0.1 s step; the request is pushed
     assert node(job, "after").status == "cancelled"
+
+
+SLEEP_20_S = {"nodes": [{"id": "long", "task": "sleep", "plane": "python", "params": {"seconds": 20, "steps": 200}}]}
+
+
+async def test_a_pushed_cancel_reaches_a_worker_that_never_polls(control_plane: ControlPlane, worker_factory):
+    await worker_factory(cancel_poll_s=3600.0)
+    job_id = (await control_plane.submit(SLEEP_20_S)).job_id
+    await wait_for_node(control_plane, job_id, "long", "running")
+    await control_plane.cancel(job_id)
+    job = await wait_for_job(control_plane, job_id, timeout_s=10)  # the sleep alone lasts 20 s
+
+    assert job.status == "cancelled" and node(job, "long").status == "cancelled"
+
+
+async def test_a_cancel_whose_push_was_lost_is_found_by_the_flag_poll(control_plane: ControlPlane, worker_factory):
+    await worker_factory(cancel_poll_s=0.2)
+    job_id = (await control_plane.submit(SLEEP_20_S)).job_id
+    await wait_for_node(control_plane, job_id, "long", "running")
+    # what request_cancel does, minus the publish (as if the subscription was down then)
+    await control_plane.bridge.emit(job_id, [], fields=["cancel", "1"])
+    job = await wait_for_job(control_plane, job_id, timeout_s=10)
+
+    assert job.status == "cancelled" and node(job, "long").status == "cancelled"
+
+
+async def test_a_cancel_pushed_before_the_claim_reads_the_flag_still_cancels(
+    control_plane: ControlPlane, worker_factory, redis
+):
+    await worker_factory(concurrency=1, cancel_poll_s=3600.0)
+    busy = (await control_plane.submit(SLEEP_20_S)).job_id
+    await wait_for_node(control_plane, busy, "long", "running")
+    queued = (await control_plane.submit({"nodes": [{"id": "a", "task": "noop", "plane": "python"}]})).job_id
+    # the push arrives while the job's flag is still unset: its claim will read no request
+    await redis.publish(control_plane.bridge.keys.cancels_channel, queued)
+    await control_plane.cancel(busy)  # frees the worker's only slot
+    job = await wait_for_job(control_plane, queued)
+
+    assert job.status == "cancelled" and node(job, "a").attempts == 0
 
 
 async def test_cancel_before_a_worker_picks_the_job_up(control_plane: ControlPlane, worker_factory):

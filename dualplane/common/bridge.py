@@ -7,6 +7,7 @@ Key layout under the configurable prefix ``P`` (default ``dp:``):
                               ``n:<node>`` field per node with its runtime state (JSON)
 ``P job:<id>:events``         stream of events; entry id ``<seq>-0``, field ``e`` (JSON)
 ``P status|progress|data:<id>``  Pub/Sub channels, a wake-up copy of each event
+``P cancels``                 Pub/Sub channel: the id of each job whose cancel was requested
 ``P stream:control``          control-plane stream, group ``control``
 ``P stream:data:<pool>``      data-plane stream of a worker pool, group ``workers``
 ``P stream:dead``             dead-letter stream (reason, source stream and id, fields)
@@ -100,6 +101,7 @@ class Keys:
         self.control_stream = f"{prefix}stream:control"
         self.dead_stream = f"{prefix}stream:dead"
         self.jobs_index = f"{prefix}jobs"
+        self.cancels_channel = f"{prefix}cancels"
 
     def user_jobs(self, user: str) -> str:
         return f"{self.prefix}jobs:user:{user}"
@@ -506,7 +508,10 @@ class Bridge:
         ))
 
     async def request_cancel(self, job_id: str) -> str:
-        """Set the job's cancel flag (checked by the owner on every poll). Returns the job status."""
+        """Set the job's cancel flag and tell the planes (``cancels`` channel). Returns the job status.
+
+        The flag is the truth (an owner reads it when it claims the job and on a slow poll);
+        the published id is the fast path that stops a running node within a step."""
         status = await self.client.hget(self.keys.job(job_id), "status")
         if status is None:
             raise UnknownJob(job_id)
@@ -518,7 +523,23 @@ class Bridge:
             [event_body("status", job_id, status="cancelling", message="cancel requested")],
             fields=["cancel", "1"],
         )
+        await self.client.publish(self.keys.cancels_channel, job_id)
         return status
+
+    async def subscribe_cancels(self) -> Any:
+        """A Pub/Sub subscription to cancel requests (messages carry job ids), confirmed by
+        the server before it returns, so no request published afterwards is missed.
+        ``get_message(ignore_subscribe_messages=True, timeout=s)`` reads it; ``aclose()`` ends it."""
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.subscribe(self.keys.cancels_channel)
+            while True:
+                message = await pubsub.get_message(timeout=2.0)
+                if message is not None and message["type"] == "subscribe":
+                    return pubsub
+        except BaseException:
+            await pubsub.aclose()
+            raise
 
     async def cancel_flags(self, job_ids: Sequence[str]) -> set[str]:
         """Which of these jobs have a cancel request (one round trip)."""

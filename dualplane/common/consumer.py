@@ -8,6 +8,7 @@ messages, the cancel watch and the lease heartbeat run beside it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -43,8 +44,12 @@ from dualplane.common.telemetry import PlaneMetrics
 
 log = logging.getLogger("dualplane.consumer")
 
-#: How often in-flight jobs are checked for a cancel request.
-DEFAULT_CANCEL_POLL_S = 0.1
+#: Cancel requests are pushed (the ``cancels`` channel); the flags of in-flight jobs are also
+#: read this often, for a request published while the subscription was down.
+DEFAULT_CANCEL_POLL_S = 2.0
+#: A pushed cancel for a job not in flight here is kept this long: its claim may be on the
+#: way, having read the flag just before the request set it.
+RECENT_CANCEL_S = 30.0
 
 
 class Consumer:
@@ -79,6 +84,7 @@ class Consumer:
         self._metrics = metrics or PlaneMetrics(None, self.plane)
         self._cancel_poll_s = cancel_poll_s
         self._inflight: dict[str, JobRun] = {}  # message id -> run
+        self._recent_cancels: dict[str, float] = {}  # job id -> when its cancel was pushed
         self._batches: set[asyncio.Task[None]] = set()
         self._finishers: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
@@ -177,6 +183,8 @@ class Consumer:
 
     def _admit(self, run: JobRun, claim: Claim) -> None:
         run.job_status, run.created_at = claim.status, claim.created_at
+        if run.job_id in self._recent_cancels:
+            run.cancel.set()
         if run.message is not None:
             self._inflight[run.message.id] = run
         run.on_done = self._finish
@@ -217,7 +225,7 @@ class Consumer:
             job_id=handoff.job_id, graph=graph, plan=plan, fence=handoff.handoff_seq, message=message,
             request_id=handoff.request_id, job_status=claim.status, created_at=claim.created_at,
         )
-        if claim.cancel_requested:
+        if claim.cancel_requested or run.job_id in self._recent_cancels:
             run.cancel.set()
         self._inflight[message.id] = run
         if plan:
@@ -333,18 +341,55 @@ class Consumer:
                 await self._start(messages, counts)
 
     async def _cancel_loop(self) -> None:
-        """Propagate cancel requests into running jobs (tasks see ``ctx.cancelled``)."""
-        while await self._every(self._cancel_poll_s):
-            # a run younger than one poll has just read the flag in its claim
-            horizon = time.monotonic() - self._cancel_poll_s
-            runs = [r for r in self._inflight.values() if not r.cancel.is_set() and r.started < horizon]
-            if not runs:
-                continue
-            try:
-                flagged = await self.bridge.cancel_flags([r.job_id for r in runs])
-            except Exception as exc:  # keep polling after a Redis hiccup
-                log.error("%s: cancel poll failed: %s", self.name, exc)
-                continue
+        """Propagate cancel requests into running jobs (tasks see ``ctx.cancelled``).
+
+        Requests are pushed on the ``cancels`` channel, so a running node stops within a step
+        while the event loop sleeps: a loop woken on a timer takes the GIL from a Python-bound
+        task thread every time (a 0.1 s flag poll cost generate_music several % in
+        bench/gpu_tasks.py). The flags are also read every ``cancel_poll_s`` and right after
+        each (re)subscription, for a request published while the subscription was down.
+        """
+        pubsub: Any = None
+        next_poll = 0.0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if pubsub is None:
+                        pubsub = await self.bridge.subscribe_cancels()
+                        next_poll = 0.0
+                    wait_s = next_poll - time.monotonic()
+                    if wait_s > 0:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait_s)
+                        if message is not None and message["type"] == "message":
+                            self._cancel_pushed(message["data"].decode())
+                        continue
+                    next_poll = time.monotonic() + self._cancel_poll_s
+                    await self._poll_cancel_flags()
+                except Exception as exc:  # keep listening after a Redis hiccup
+                    log.error("%s: cancel subscription failed: %s", self.name, exc)
+                    await _close_quietly(pubsub)
+                    pubsub = None
+                    if not await self._every(1.0):
+                        break
+        finally:
+            await _close_quietly(pubsub)
+
+    def _cancel_pushed(self, job_id: str) -> None:
+        now = time.monotonic()
+        self._recent_cancels[job_id] = now
+        while self._recent_cancels:  # oldest first (insertion order)
+            oldest, at = next(iter(self._recent_cancels.items()))
+            if now - at < RECENT_CANCEL_S:
+                break
+            del self._recent_cancels[oldest]
+        for run in self._inflight.values():
+            if run.job_id == job_id:
+                run.cancel.set()
+
+    async def _poll_cancel_flags(self) -> None:
+        runs = [r for r in self._inflight.values() if not r.cancel.is_set()]
+        if runs:
+            flagged = await self.bridge.cancel_flags([r.job_id for r in runs])
             for run in runs:
                 if run.job_id in flagged:
                     run.cancel.set()
@@ -450,3 +495,9 @@ def _queue_ready(run: JobRun, target: str | None, events: list[Any], fields: lis
             events.append(event_body("status", run.job_id, node_id=node.id, status="queued", plane=plane))
             fields += [node_field(node.id), node_state(node)]
 
+
+async def _close_quietly(pubsub: Any) -> None:
+    """Close a subscription whose connection may already be gone."""
+    if pubsub is not None:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()

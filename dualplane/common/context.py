@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from dualplane.common.errors import TaskCancelled
@@ -125,5 +126,9 @@ class TaskContext:
 
     def put_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
         """Blocking version of :meth:`aput_artifact` for sync tasks (they run in a thread)."""
-        future = asyncio.run_coroutine_threadsafe(self.aput_artifact(name, data, content_type), self._loop)
-        return future.result()
+        return self.put_artifact_nowait(name, data, content_type).result()
+
+    def put_artifact_nowait(self, name: str, data: bytes, content_type: str) -> Future[dict[str, Any]]:
+        """Start storing bytes and return at once, for sync tasks: a write the task need not
+        wait for (a training checkpoint) overlaps the work that follows."""
+        return asyncio.run_coroutine_threadsafe(self.aput_artifact(name, data, content_type), self._loop)

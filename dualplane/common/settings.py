@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     concurrency: int = 4
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     shutdown_grace_s: float = 30.0
+    # cancel requests are pushed; in-flight jobs' flags are also read this often (a request
+    # published while a plane's subscription was down)
+    cancel_poll_s: float = 2.0
 
     model_cache_dir: str = ".dualplane/model-cache"
     models_config: str | None = None  # a TOML registry; None for the packaged one

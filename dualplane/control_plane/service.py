@@ -80,6 +80,7 @@ class ControlPlane:
         self.runner = Consumer(
             self.bridge, self.executor, lane="control", name=f"control-{settings.worker_id}",
             concurrency=max(256, settings.concurrency), metrics=self.metrics,
+            cancel_poll_s=settings.cancel_poll_s,
         )
         self.metrics.concurrency.set(self.runner._concurrency)
         self._runner_task: asyncio.Task[None] | None = None

@@ -32,7 +32,7 @@ import time
 import tomllib
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -63,7 +63,8 @@ _VERIFIED = ".verified.json"
 _SCHEMES = ("s3", "local", "hub")
 _HASH_CHUNK_BYTES = 1 << 20
 
-Loader = Callable[[Path, str, Any], Any]
+#: ``loader(path, device, dtype, *extra_paths)``: builds the warm object from local files.
+Loader = Callable[..., Any]
 
 #: Held while torch modules are built. diffusers' ``from_pretrained`` patches process-wide state
 #: (accelerate's ``init_empty_weights`` replaces ``nn.Module.register_parameter``; a dtype
@@ -511,14 +512,19 @@ class ModelManager:
             return [{"name": w.name, "loader": key[1], "device": w.device, "dtype": str(w.dtype),
                      "size_bytes": w.size_bytes, "loaded_at": w.loaded_at} for key, w in self._warm.items()]
 
-    def load(self, name: str, loader: Loader, *, key: str | None = None) -> LoadedModel:
+    def load(self, name: str, loader: Loader, *, key: str | None = None, extra: Sequence[str] = ()) -> LoadedModel:
         """Load ``name`` with ``loader(path, device, dtype)``, or return the warm copy.
 
         Blocking: call it from a sync task (a worker thread); async code uses :meth:`aload`.
         ``key`` tells apart loaders that build different objects from one model (default:
-        the loader's qualified name).
+        the loader's qualified name). ``extra`` names further registry models the object is
+        built from (a motion adapter): they are fetched only when it is built, and their local
+        directories follow ``dtype`` in the loader's arguments. A warm hit touches neither the
+        object store nor the disk.
         """
         entry = self.store.registry.get(name)  # unknown names fail before anything else
+        for other in extra:
+            self.store.registry.get(other)
         cache_key = (name, key or _loader_key(loader))
         with self._lock:
             warm = self._warm.get(cache_key)
@@ -538,7 +544,7 @@ class ModelManager:
             assert pending.warm is not None
             return _loaded(pending.warm, time.perf_counter() - started, cached=True)
         try:
-            warm = self._load_now(entry, loader)
+            warm = self._load_now(entry, loader, extra)
             pending.warm = warm
         except BaseException as exc:
             pending.error = exc
@@ -565,9 +571,10 @@ class ModelManager:
             except Exception:  # metrics must never fail a load
                 log.exception("model load hook failed")
 
-    async def aload(self, name: str, loader: Loader, *, key: str | None = None) -> LoadedModel:
+    async def aload(self, name: str, loader: Loader, *, key: str | None = None,
+                    extra: Sequence[str] = ()) -> LoadedModel:
         """:meth:`load` for async tasks (runs it in a thread)."""
-        return await asyncio.to_thread(self.load, name, loader, key=key)
+        return await asyncio.to_thread(self.load, name, loader, key=key, extra=extra)
 
     def evict(self, name: str) -> int:
         """Drop every warm copy of ``name``; returns how many."""
@@ -583,14 +590,15 @@ class ModelManager:
             self._warm.clear()
         self._release(dropped)
 
-    def _load_now(self, entry: ModelEntry, loader: Loader) -> _Warm:
+    def _load_now(self, entry: ModelEntry, loader: Loader, extra: Sequence[str]) -> _Warm:
         from dualplane.data_plane.device import select_dtype
 
         path = _run_blocking(self.store.ensure_local(entry.name))
+        extra_paths = [_run_blocking(self.store.ensure_local(other)) for other in extra]
         device = self.device
         dtype = select_dtype(device, entry.dtype)
         with BUILD_LOCK:
-            model = loader(path, device, dtype)
+            model = loader(path, device, dtype, *extra_paths)
         size = estimate_bytes(model) or _dir_bytes(path)
         self.loads += 1
         return _Warm(model=model, name=entry.name, path=path, device=device, dtype=dtype, size_bytes=size)

@@ -67,7 +67,7 @@ class Worker:
         )
         self.consumer = Consumer(
             self.bridge, self.executor, lane=f"python:{settings.pool}", name=self.worker_id,
-            concurrency=settings.concurrency, metrics=self.metrics,
+            concurrency=settings.concurrency, metrics=self.metrics, cancel_poll_s=settings.cancel_poll_s,
         )
         self.started_at = time.time()
         self._device: dict[str, Any] | None = None

@@ -24,6 +24,7 @@ import json
 import math
 import tempfile
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,8 @@ class _Trainer:
         self.latent_mean: Any = None
         self.latent_std: Any = None
         self.text: Any = None
+        self._upload: Future[dict[str, Any]] | None = None  # the checkpoint being stored
+        self._upload_step = 0
 
     def encode(self, pixels: Any) -> None:
         """Encode the images once (their latent distributions) and the instance prompt."""
@@ -231,6 +234,10 @@ class _Trainer:
             self.ctx.on_step(self.step, self.p.steps)  # raises TaskCancelled when cancelled
             if self.step % self.p.checkpoint_every == 0 and self.step < self.p.steps:
                 self.save_checkpoint(loss)
+            elif self._upload is not None and self._upload.done():
+                self._checkpoint_stored()
+        if self._upload is not None:
+            self._checkpoint_stored()
         return loss
 
     def _one_step(self, step: int) -> float:
@@ -268,7 +275,11 @@ class _Trainer:
     # -- checkpoints --------------------------------------------------------------------
 
     def save_checkpoint(self, loss: float | None) -> None:
-        """LoRA weights + optimizer state + step, as one object (written atomically by S3)."""
+        """LoRA weights + optimizer state + step, as one object (written atomically by S3).
+
+        The bytes are taken here; the upload runs while training goes on. One is in flight at a
+        time (a store slower than the checkpoints waits here rather than piling up copies), and
+        a worker killed mid-upload leaves the previous checkpoint whole."""
         from safetensors.torch import save as save_safetensors
 
         tensors, meta = _optimizer_tensors(self.optimizer)
@@ -279,9 +290,19 @@ class _Trainer:
             "rank": str(self.p.rank), "model": self.p.model, "seed": str(self.seed),
             "loss": json.dumps(loss), "optimizer": json.dumps(meta),
         }
-        self.ctx.put_artifact(CHECKPOINT, save_safetensors(tensors, metadata=metadata), "application/octet-stream")
-        self.ctx.emit_data({"checkpoint": {"key": self.checkpoint_key, "step": self.step}},
-                           message=f"checkpoint at step {self.step}")
+        data = save_safetensors(tensors, metadata=metadata)
+        if self._upload is not None:
+            self._checkpoint_stored()
+        self._upload = self.ctx.put_artifact_nowait(CHECKPOINT, data, "application/octet-stream")
+        self._upload_step = self.step
+
+    def _checkpoint_stored(self) -> None:
+        """Wait for the checkpoint upload in flight (raising its error) and announce it."""
+        assert self._upload is not None
+        upload, self._upload = self._upload, None
+        upload.result()
+        self.ctx.emit_data({"checkpoint": {"key": self.checkpoint_key, "step": self._upload_step}},
+                           message=f"checkpoint at step {self._upload_step}")
 
     def resume(self) -> int:
         """Load the node's checkpoint if there is one; returns the step it resumes from (0: none)."""

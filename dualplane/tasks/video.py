@@ -14,7 +14,6 @@ into the warm pipeline the next job gets.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import random
 import tempfile
@@ -69,22 +68,24 @@ class VideoPipeline:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def animatediff_loader(adapter_path: Path) -> Any:
-    """A loader ``(path, device, dtype)`` for ``ctx.models``: the SD base at ``path`` plus the
-    motion adapter in ``adapter_path``."""
+def load_animatediff(path: Path, device: str, dtype: Any, adapter_path: Path) -> VideoPipeline:
+    """The loader for ``ctx.models.load(base, ..., extra=(adapter,))``: the SD base at ``path``
+    plus the motion adapter in ``adapter_path``."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter
 
-    def load(path: Path, device: str, dtype: Any) -> VideoPipeline:
-        from diffusers import AnimateDiffPipeline, MotionAdapter
+    adapter = MotionAdapter.from_pretrained(adapter_path, dtype=dtype, local_files_only=True)
+    pipe = AnimateDiffPipeline.from_pretrained(
+        path, motion_adapter=adapter, dtype=dtype, local_files_only=True,
+        feature_extractor=None, image_encoder=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return VideoPipeline(pipe.to(device))
 
-        adapter = MotionAdapter.from_pretrained(adapter_path, dtype=dtype, local_files_only=True)
-        pipe = AnimateDiffPipeline.from_pretrained(
-            path, motion_adapter=adapter, dtype=dtype, local_files_only=True,
-            feature_extractor=None, image_encoder=None,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return VideoPipeline(pipe.to(device))
 
-    return load
+def load_video_pipeline(models: Any, p: VideoParams) -> Any:
+    """The warm AnimateDiff pipeline of ``p.model`` + ``p.motion_adapter`` (a LoadedModel)."""
+    return models.load(p.model, load_animatediff, key=f"animatediff:{p.motion_adapter}",
+                       extra=(p.motion_adapter,))
 
 
 @task("render_video", plane="python", params=VideoParams, gpu=True)
@@ -96,10 +97,7 @@ def render_video(ctx: TaskContext, p: VideoParams) -> dict[str, Any]:
     if kind != MOTION_ADAPTER_KIND:
         raise ValueError(f"model {p.motion_adapter!r} is a {kind!r}, not a {MOTION_ADAPTER_KIND!r}")
     ctx.progress(0.0, f"loading {p.model} + {p.motion_adapter}")
-    # the adapter's files, from the same model store (a manifest GET when cached); the task
-    # runs in a worker thread, outside any event loop, as ModelManager.load does
-    adapter_path = asyncio.run(ctx.models.store.ensure_local(p.motion_adapter))
-    loaded = ctx.models.load(p.model, animatediff_loader(adapter_path), key=f"animatediff:{p.motion_adapter}")
+    loaded = load_video_pipeline(ctx.models, p)
     lora = ctx.get_artifact(p.lora) if p.lora else None
     seed = p.seed if p.seed is not None else random.randrange(2**63)
     held: VideoPipeline = loaded.model
