@@ -51,11 +51,13 @@ with smaller ones the fixed costs (an upload, a few Redis round trips) dominate.
 given both for the direct call and as the worker delivers it end to end.
 
 Threads: both sides run the pipeline in a pool thread (the worker runs sync tasks in one). On a
-host without CUDA both run torch with ONE intra-op thread by default (``--torch-threads``; the
-worker gets ``OMP_NUM_THREADS``): with torch's default of one per core, the tiny pipelines called
-from a non-main thread ran 2-5x slower than from the main thread on the 2-core development
-machine, and unevenly between the two processes, which swamped the comparison. With CUDA the
-default is torch's own.
+host without an NVIDIA driver both run torch with ONE intra-op thread by default
+(``--torch-threads``), and numpy's BLAS with one too (``OMP/MKL/OPENBLAS_NUM_THREADS``, set in
+this process before torch loads and passed to the worker): with torch's default of one per core,
+the tiny pipelines called from a non-main thread ran 2-5x slower than from the main thread on the
+2-core development machine, and unevenly between the two processes, which swamped the
+comparison; with numpy on two threads here and one in the worker, train_voice's direct runs used
+more CPU than its jobs. With a driver the defaults are the libraries' own.
 
 ``--size full`` is for a CUDA host (tens of GB of weights would take hours on a CPU): the builders
 below give the real parameter counts (MusicGen small 587 M, UNet 860 M, VAE 84 M, CLIP text 123 M,
@@ -179,6 +181,9 @@ class DirectContext:
 
     def get_artifact(self, key: str) -> bytes:
         return self._blobs[key]
+
+    def fetch_inputs(self, refs: list[str], *, max_bytes: int, what: str = "input") -> list[bytes]:
+        return [self._blobs[ref] for ref in refs]
 
     def put_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
         self.outputs[name] = data
@@ -627,6 +632,11 @@ async def build_and_upload(size: str, names: list[str], store: ArtifactStore, ro
 # -- the run ---------------------------------------------------------------------------------------
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    """Thread-pool sizes of OpenMP (torch), MKL and OpenBLAS (numpy)."""
+    return {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
 def start_worker(settings: Settings, cache_dir: Path, log_path: Path, torch_threads: int) -> subprocess.Popen[bytes]:
     assert settings.redis_url and settings.s3_endpoint
     env = dict(os.environ, REDIS_URL=settings.redis_url, S3_ENDPOINT=settings.s3_endpoint,
@@ -636,7 +646,7 @@ def start_worker(settings: Settings, cache_dir: Path, log_path: Path, torch_thre
                DUALPLANE_MODEL_CACHE_DIR=str(cache_dir))
     env.pop("DUALPLANE_MODELS_CONFIG", None)  # the packaged registry, as the direct side uses
     if torch_threads:
-        env.update(OMP_NUM_THREADS=str(torch_threads), MKL_NUM_THREADS=str(torch_threads))
+        env.update(thread_env(torch_threads))
     return subprocess.Popen([sys.executable, "-m", "dualplane", "worker"], env=env,
                             stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
 
@@ -840,11 +850,15 @@ def main() -> None:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     logging.basicConfig(level=logging.WARNING)
+    if args.torch_threads is None:  # decided before torch (and numpy, which it imports) loads
+        args.torch_threads = 0 if Path("/proc/driver/nvidia/version").exists() else 1
+    if args.torch_threads:
+        # numpy's BLAS and torch's OpenMP pools read these when they load: the same on both sides
+        # (start_worker passes them on), or numpy work in the tasks runs on more cores here
+        os.environ.update(thread_env(args.torch_threads))
     import torch
 
     device = _device()
-    if args.torch_threads is None:
-        args.torch_threads = 1 if device == "cpu" else 0
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     gpu = f", {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else ""

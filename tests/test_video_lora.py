@@ -122,7 +122,7 @@ async def test_cancelling_a_render_stops_within_a_step(
     assert video.progress < 0.5
     after = [e for e in await node_events(control_plane, job_id, "video", "progress") if e.ts > asked]
     # progress is coalesced to 1 % (2 of 200 steps): one step is at most one event, plus the
-    # step running while the cancel flag travels (polled every 0.1 s)
+    # step running while the cancel request travels
     assert len(after) <= 3, [e.progress for e in after]
     assert not video.artifacts
 

@@ -6,11 +6,12 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from dualplane.common.errors import TaskCancelled
+from dualplane.common.inputs import fetch_inputs
 
 if TYPE_CHECKING:
     from dualplane.common.artifacts import ArtifactStore
@@ -21,6 +22,9 @@ PROGRESS_STEP = 0.01
 #: (the event loop that mirrors it competes for the GIL; measured with bench/gpu_tasks.py on
 #: 2 cores), and four updates a second still look live.
 PROGRESS_INTERVAL_S = 0.25
+
+#: How often a task blocked on a fetch looks at its cancel flag.
+CANCEL_CHECK_S = 0.1
 
 Write = Callable[[dict[str, Any]], None]
 
@@ -119,6 +123,20 @@ class TaskContext:
         if self._store is None:
             raise RuntimeError("this plane has no artifact store configured")
         return await self._store.get(key)
+
+    def fetch_inputs(self, refs: Sequence[str], *, max_bytes: int, what: str = "input") -> list[bytes]:
+        """Blocking, for sync tasks: the bytes of object-store keys and http(s) URLs, fetched
+        concurrently (:func:`dualplane.common.inputs.fetch_inputs`); raises
+        :class:`TaskCancelled` if the job is cancelled meanwhile."""
+        future = asyncio.run_coroutine_threadsafe(
+            fetch_inputs(refs, self.aget_artifact, max_bytes=max_bytes, what=what), self._loop)
+        while True:
+            try:
+                return future.result(timeout=CANCEL_CHECK_S)
+            except TimeoutError:
+                if self._cancelled.is_set():
+                    future.cancel()
+                    self.check_cancelled()
 
     def get_artifact(self, key: str) -> bytes:
         """Blocking version of :meth:`aget_artifact` for sync tasks."""

@@ -28,14 +28,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import httpx
 from minio.error import S3Error
 from pydantic import BaseModel, ConfigDict, Field
 
 from dualplane.common.artifacts import ArtifactStore
 from dualplane.common.context import TaskContext
+from dualplane.common.inputs import shown
 from dualplane.common.registry import task
-from dualplane.common.retry import DEFAULT_TRANSIENT, Retry
 from dualplane.data_plane.model_store import BUILD_LOCK
 
 #: Name of the resumable state under the node's prefix.
@@ -48,8 +47,6 @@ CHECKPOINT_FORMAT = "dualplane-lora-checkpoint/1"
 TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
 #: Largest image fetched from a URL.
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
-#: Seconds for one image download.
-FETCH_TIMEOUT_S = 30.0
 
 _OPTIMIZER_PREFIX = "optimizer."
 _LORA_PREFIX = "lora."
@@ -93,10 +90,7 @@ def load_sd_frozen(path: Path, device: str, dtype: Any) -> dict[str, Any]:
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "scheduler": scheduler}
 
 
-_RETRY = Retry(transient=(*DEFAULT_TRANSIENT, httpx.TransportError))
-
-
-@task("train_lora", plane="python", params=LoraParams, gpu=True, retry=_RETRY)
+@task("train_lora", plane="python", params=LoraParams, gpu=True)
 def train_lora(ctx: TaskContext, p: LoraParams) -> dict[str, Any]:
     """Train a Stable Diffusion LoRA on a few images (resumable); writes `pytorch_lora_weights.safetensors`."""
     if ctx.models is None:
@@ -137,25 +131,10 @@ def _load_images(ctx: TaskContext, p: LoraParams) -> Any:
     import numpy as np
     import torch
 
-    arrays = []
-    for i, ref in enumerate(p.images):
-        ctx.check_cancelled()
-        arrays.append(image_array(_fetch(ctx, ref), p.resolution, what=f"images[{i}] ({ref})"))
+    blobs = ctx.fetch_inputs(p.images, max_bytes=MAX_IMAGE_BYTES, what="image")
+    arrays = [image_array(blob, p.resolution, what=f"images[{i}] ({shown(ref)})")
+              for i, (ref, blob) in enumerate(zip(p.images, blobs, strict=True))]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def _fetch(ctx: TaskContext, ref: str) -> bytes:
-    if not ref.startswith(("http://", "https://")):
-        return ctx.get_artifact(ref)
-    with httpx.Client(timeout=FETCH_TIMEOUT_S, follow_redirects=True) as client, \
-            client.stream("GET", ref) as response:
-        response.raise_for_status()
-        body = bytearray()
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) > MAX_IMAGE_BYTES:
-                raise ValueError(f"{ref}: larger than {MAX_IMAGE_BYTES} bytes")
-        return bytes(body)
 
 
 def image_array(data: bytes, resolution: int, *, what: str = "image") -> Any:

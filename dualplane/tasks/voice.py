@@ -55,7 +55,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dualplane.common.context import TaskContext
-from dualplane.common.errors import TransientError
+from dualplane.common.inputs import shown
 from dualplane.common.registry import task
 from dualplane.tasks.music import wav_bytes
 
@@ -220,13 +220,13 @@ def train_voice(ctx: TaskContext, p: TrainVoiceParams) -> dict[str, Any]:
         raise RuntimeError("this worker has no model manager (ctx.models)")
     ctx.progress(0.0, f"fetching {len(p.clips)} clips")
     clips, digests = [], []
-    for i, ref in enumerate(p.clips):
-        data = fetch_clip(ctx, ref)
+    for i, (ref, data) in enumerate(zip(p.clips, ctx.fetch_inputs(p.clips, max_bytes=MAX_CLIP_BYTES, what="clip"),
+                                        strict=True)):
         digests.append(hashlib.sha256(data).hexdigest())
         try:
             samples, rate = decode_wav(data)
         except ValueError as exc:
-            raise ValueError(f"clip {i} ({_shown(ref)}): {exc}") from None
+            raise ValueError(f"clip {i} ({shown(ref)}): {exc}") from None
         clips.append(resample(samples, rate, SAMPLE_RATE))
         ctx.check_cancelled()
 
@@ -246,7 +246,7 @@ def train_voice(ctx: TaskContext, p: TrainVoiceParams) -> dict[str, Any]:
         if mel.shape[-1] != n_mels:
             raise ValueError(f"feature extractor gives {mel.shape[-1]} mel bins, the model wants {n_mels}")
         if mel.shape[0] < 2 * rf:
-            raise ValueError(f"clip {i} ({_shown(p.clips[i])}) is too short: {len(samples) / SAMPLE_RATE:.3f} s")
+            raise ValueError(f"clip {i} ({shown(p.clips[i])}) is too short: {len(samples) / SAMPLE_RATE:.3f} s")
         mels.append(mel)
     hop = processor.feature_extractor.hop_length * SAMPLE_RATE // 1000  # ms → samples
     window = max(2 * rf, int(p.max_clip_s * SAMPLE_RATE / hop) // rf * rf)
@@ -532,34 +532,6 @@ def read_voice(data: bytes) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 # -- clips: fetch, decode, resample ---------------------------------------------------------
-
-
-def _shown(ref: str) -> str:
-    """A clip reference for messages: URLs without their query (it may hold a token)."""
-    return ref.split("?", 1)[0]
-
-
-def fetch_clip(ctx: TaskContext, ref: str) -> bytes:
-    """Bytes of a clip: an object in the store, or an http(s) URL."""
-    if not ref.startswith(("http://", "https://")):
-        return ctx.get_artifact(ref)
-    import httpx
-
-    try:
-        with httpx.stream("GET", ref, follow_redirects=True, timeout=60.0) as response:
-            if response.status_code >= 500 or response.status_code == 429:
-                raise TransientError(f"clip {_shown(ref)}: HTTP {response.status_code}")
-            if response.status_code >= 400:
-                raise ValueError(f"clip {_shown(ref)}: HTTP {response.status_code}")
-            body = bytearray()
-            for part in response.iter_bytes():
-                body += part
-                if len(body) > MAX_CLIP_BYTES:
-                    raise ValueError(f"clip {_shown(ref)} is larger than {MAX_CLIP_BYTES} bytes")
-                ctx.check_cancelled()
-            return bytes(body)
-    except httpx.TransportError as exc:
-        raise TransientError(f"clip {_shown(ref)}: {type(exc).__name__}: {exc}") from None
 
 
 def decode_wav(data: bytes) -> tuple[Any, int]:
