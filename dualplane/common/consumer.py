@@ -119,7 +119,7 @@ class Consumer:
         free = self._concurrency - len(self._inflight)
         if free <= 0:
             self._slot_freed.clear()
-            await self._wait_or_stop(self._slot_freed.wait(), timeout_s=1.0)
+            await self._wait_or_stop(self._slot_freed.wait(), timeout_s=None)
             return
         try:
             messages = await self.bridge.read(
@@ -135,7 +135,7 @@ class Consumer:
         elif messages:
             await self.bridge.release(self.stream, self.name, [m.id for m in messages])
 
-    async def _wait_or_stop(self, awaitable: Awaitable[Any], *, timeout_s: float) -> None:
+    async def _wait_or_stop(self, awaitable: Awaitable[Any], *, timeout_s: float | None) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())
         work = asyncio.ensure_future(awaitable)
         await asyncio.wait({stop, work}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
