@@ -103,7 +103,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "video": {"prompt": "a cat with a dog", "num_frames": 8, "steps": 4, "width": 32, "height": 32,
                   "fps": 8, "seed": 7},
         "lora": {"instance_prompt": "sks style", "steps": 24, "resolution": 32, "rank": 4, "seed": 1},
-        "voice": {"transcripts": ["the cat and the dog", ""], "steps": 40, "learning_rate": 0.05, "seed": 3},
+        "voice": {"transcripts": ["the cat and the dog", ""], "steps": 100, "learning_rate": 0.05, "seed": 3},
         "speak": {"text": "hello rainy night. the cat and the dog play jazz with piano and bass. "
                           "a slow happy song of the night!", "seed": 7, "minlenratio": 16.0,
                   "maxlenratio": 16.0},

@@ -140,7 +140,12 @@ class TaskContext:
 
     def get_artifact(self, key: str) -> bytes:
         """Blocking version of :meth:`aget_artifact` for sync tasks."""
-        return asyncio.run_coroutine_threadsafe(self.aget_artifact(key), self._loop).result()
+        return self.get_artifact_nowait(key).result()
+
+    def get_artifact_nowait(self, key: str) -> Future[bytes]:
+        """Start reading an object and return at once, for sync tasks: the round trip overlaps
+        the work done before the bytes are needed."""
+        return asyncio.run_coroutine_threadsafe(self.aget_artifact(key), self._loop)
 
     def put_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
         """Blocking version of :meth:`aput_artifact` for sync tasks (they run in a thread)."""

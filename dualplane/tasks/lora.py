@@ -95,12 +95,14 @@ def train_lora(ctx: TaskContext, p: LoraParams) -> dict[str, Any]:
     """Train a Stable Diffusion LoRA on a few images (resumable); writes `pytorch_lora_weights.safetensors`."""
     if ctx.models is None:
         raise RuntimeError("this worker has no model manager (ctx.models)")
+    # a checkpoint of an earlier delivery, read while the model and images load
+    checkpoint = ctx.get_artifact_nowait(ArtifactStore.key_for(ctx.job_id, ctx.node_id, CHECKPOINT))
     ctx.progress(0.0, f"loading {p.model}")
     loaded = ctx.models.load(p.model, load_sd_frozen)
     pixels = _load_images(ctx, p)
     trainer = _Trainer(ctx, p, loaded.model, loaded.path, loaded.device, loaded.dtype)
     trainer.encode(pixels)
-    resumed = trainer.resume()
+    resumed = trainer.resume(checkpoint)
     if resumed:
         ctx.emit_data({"resumed_from_step": resumed, "checkpoint": trainer.checkpoint_key},
                       message=f"resumed from step {resumed}")
@@ -283,13 +285,14 @@ class _Trainer:
         self.ctx.emit_data({"checkpoint": {"key": self.checkpoint_key, "step": self._upload_step}},
                            message=f"checkpoint at step {self._upload_step}")
 
-    def resume(self) -> int:
-        """Load the node's checkpoint if there is one; returns the step it resumes from (0: none)."""
+    def resume(self, checkpoint: Future[bytes]) -> int:
+        """Load the node's checkpoint (being read from the store) if there is one; returns the
+        step it resumes from (0: none)."""
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load as load_safetensors
 
         try:
-            data = self.ctx.get_artifact(self.checkpoint_key)
+            data = checkpoint.result()
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 return 0
