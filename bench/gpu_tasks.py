@@ -636,8 +636,10 @@ async def build_and_upload(size: str, names: list[str], store: ArtifactStore, ro
 
 
 def thread_env(threads: int) -> dict[str, str]:
-    """Thread-pool sizes of OpenMP (torch), MKL and OpenBLAS (numpy)."""
-    return {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    """Thread-pool sizes of OpenMP (torch), MKL and OpenBLAS (numpy), and the worker's own
+    setting for its task threads (DUALPLANE_TORCH_THREADS)."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DUALPLANE_TORCH_THREADS")
+    return {name: str(threads) for name in names}
 
 
 def start_worker(settings: Settings, cache_dir: Path, log_path: Path, torch_threads: int) -> subprocess.Popen[bytes]:

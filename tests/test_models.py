@@ -255,6 +255,24 @@ async def test_worker_serves_debug_torch(settings, tmp_path: Path):
     assert body["warm_models"] == []
 
 
+@pytest.mark.parametrize(("configured", "expected"), [(3, 3), (0, None)])
+async def test_task_threads_get_the_configured_torch_thread_count(settings, tmp_path: Path, configured, expected):
+    import os
+
+    import httpx
+
+    from dualplane.data_plane import Worker
+
+    worker = Worker(settings.model_copy(update={"model_cache_dir": str(tmp_path), "torch_threads": configured,
+                                                "concurrency": 4}))
+    transport = httpx.ASGITransport(app=worker.http_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
+        body = (await client.get("/debug/torch")).json()  # answered from a task thread
+    if expected is None:  # the default: on CPU, the cores shared among the concurrent tasks
+        expected = max(1, (os.cpu_count() or 1) // 4) if body["device"] == "cpu" else body["threads"]
+    assert body["threads"] == expected
+
+
 # -- the tiny models -----------------------------------------------------------------------
 
 

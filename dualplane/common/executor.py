@@ -101,6 +101,7 @@ class Executor:
     :param models: model manager offered to tasks as ``ctx.models`` (data plane).
     :param describe_worker: the worker's capability manifest, as ``ctx.describe_worker``.
     :param unmet_requirements: why this worker cannot meet a node's ``requires`` (None: it can).
+    :param thread_initializer: run once in each thread that runs sync tasks.
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class Executor:
         models: Any = None,
         describe_worker: Callable[[], dict[str, Any]] | None = None,
         unmet_requirements: Callable[[Node], str | None] | None = None,
+        thread_initializer: Callable[[], None] | None = None,
     ) -> None:
         self.plane = plane
         self._unmet_requirements = unmet_requirements
@@ -123,7 +125,8 @@ class Executor:
         self._registry = registry
         self._bridge = bridge
         self._slots = asyncio.Semaphore(concurrency)
-        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"{plane}-task")
+        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"{plane}-task",
+                                           initializer=thread_initializer)
         self._artifacts = artifacts
         self._models = models
         self._describe_worker = describe_worker
@@ -159,6 +162,10 @@ class Executor:
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def in_task_thread(self, fn: Callable[[], Any]) -> Any:
+        """Call ``fn`` in a thread of the sync-task pool (to see what a task sees)."""
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn)
 
     # -- running a batch -------------------------------------------------------------
 

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     model_cache_dir: str = ".dualplane/model-cache"
     models_config: str | None = None  # a TOML registry; None for the packaged one
     model_cache_max_bytes: int = 8 * 1024**3
+    # torch intra-op threads of each task thread; 0: on CPU the cores shared among the
+    # concurrent tasks (at least 1), on CUDA torch's own default
+    torch_threads: int = Field(0, ge=0)
 
     # -- auth and limits (control plane) ----------------------------------------------
     jwt_algorithm: str = "HS256"  # HS256 (shared secret) or RS256 (key pair)

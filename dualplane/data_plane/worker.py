@@ -64,7 +64,7 @@ class Worker:
             self.registry, "python", bridge=self.bridge, concurrency=settings.concurrency,
             artifacts=self.artifacts, on_node_finished=self.metrics.node_finished, worker_id=self.worker_id,
             models=self.models, describe_worker=lambda: self.manifest().model_dump(mode="json"),
-            unmet_requirements=self._unmet_requirements,
+            unmet_requirements=self._unmet_requirements, thread_initializer=self._init_task_thread,
         )
         self.consumer = Consumer(
             self.bridge, self.executor, lane=f"python:{settings.pool}", name=self.worker_id,
@@ -72,6 +72,7 @@ class Worker:
         )
         self.started_at = time.time()
         self._device: dict[str, Any] | None = None
+        self._torch_threads: int | None = None
 
     def manifest(self) -> CapabilityManifest:
         device = self._device_facts()
@@ -102,6 +103,23 @@ class Worker:
             self._device = {"device": info.get("device", "cpu"), "name": first.get("name"),
                             "vram_total_mb": first["total_bytes"] // 2**20 if first else None}
         return self._device
+
+    @property
+    def torch_threads(self) -> int:
+        """Intra-op threads each task thread gets (0: torch's default): oversubscribed CPU
+        cores slowed the tiny pipelines 2-5x in task threads on a 2-core machine."""
+        if self._torch_threads is None:
+            wanted = self.settings.torch_threads
+            if not wanted and self._device_facts()["device"] == "cpu":
+                wanted = max(1, (os.cpu_count() or 1) // self.settings.concurrency)
+            self._torch_threads = wanted
+        return self._torch_threads
+
+    def _init_task_thread(self) -> None:
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
 
     async def run(self, *, serve_http: bool = True, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or SIGTERM/SIGINT when it is None)."""
@@ -167,7 +185,8 @@ class Worker:
         async def debug_torch() -> JSONResponse:
             from dualplane.data_plane.device import describe_torch
 
-            body = await asyncio.to_thread(describe_torch)  # the first call imports torch
+            # in a task thread: its torch thread count is the one tasks get
+            body = await self.executor.in_task_thread(describe_torch)
             body["warm_models"] = self.models.warm()
             return JSONResponse(body)
 
