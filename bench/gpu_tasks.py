@@ -10,9 +10,16 @@ its HiFi-GAN), uploads them under the registry names (``models/<name>/``, where 
 ``models.toml`` points), runs one ``ControlPlane`` in this process and one worker subprocess
 (``python -m dualplane worker``), and for each task:
 
-(a) DIRECT — this process loads the same model with the same loader the task uses, through a
-    ``ModelManager`` over the same object store (warm after the first run), and times the core
-    call the task makes, with the same arguments:
+(a) DIRECT — the core call the task makes, with the same arguments, on the same model loaded
+    with the same loader through a ``ModelManager`` over the same object store, timed around the
+    call alone. Where: ``--direct worker`` (default) runs it inside the worker process, as a
+    ``bench_direct`` job of ``bench/gpu_worker.py`` (the worker this script starts: ``dualplane
+    worker`` plus that task), on the worker's own warm model; the queue, the claim and the
+    upload happen around it, outside the timing. Two processes running the same tiny model
+    differed by up to 20 % between runs of this script on the development machine (memory
+    placement, caches), more than the overhead measured; in one process that is gone. The
+    worker's idle background (a wake-up every 0.5-2 s) is there on both sides. ``--direct
+    process`` runs it in this process instead (its own ``ModelManager``), as a script would:
 
     * ``generate_music``: the processor + ``model.generate`` (same ``max_new_tokens``, sampling,
       guidance, temperature, seed and a token-counting stopping criterion), audio to numpy;
@@ -73,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import io
 import logging
 import math
@@ -84,11 +92,13 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import gpu_worker  # bench/ is this script's directory
 
 from dualplane.cli import run_async
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
@@ -643,6 +653,7 @@ def thread_env(threads: int) -> dict[str, str]:
 
 
 def start_worker(settings: Settings, cache_dir: Path, log_path: Path, torch_threads: int) -> subprocess.Popen[bytes]:
+    """``bench/gpu_worker.py``: ``dualplane worker`` plus the ``bench_direct`` task."""
     assert settings.redis_url and settings.s3_endpoint
     env = dict(os.environ, REDIS_URL=settings.redis_url, S3_ENDPOINT=settings.s3_endpoint,
                S3_ACCESS_KEY=settings.s3_access_key or "", S3_SECRET_KEY=settings.s3_secret_key or "",
@@ -652,7 +663,7 @@ def start_worker(settings: Settings, cache_dir: Path, log_path: Path, torch_thre
     env.pop("DUALPLANE_MODELS_CONFIG", None)  # the packaged registry, as the direct side uses
     if torch_threads:
         env.update(thread_env(torch_threads))
-    return subprocess.Popen([sys.executable, "-m", "dualplane", "worker"], env=env,
+    return subprocess.Popen([sys.executable, str(Path(__file__).with_name("gpu_worker.py"))], env=env,
                             stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -699,11 +710,17 @@ async def measure(bench: Bench, args: argparse.Namespace, plane: ControlPlane, m
             torch.set_num_threads(args.torch_threads)
         return bench.direct(models, params, blobs)
 
-    def direct() -> Awaitable[Direct]:  # in a pool thread, as the worker runs a task
-        return asyncio.to_thread(one_direct)
+    direct_job = dataclasses.replace(bench, task="bench_direct")
+    direct_params = {"bench": bench.name, "params": params, "inputs": sorted(blobs)}
+
+    async def direct() -> Direct:
+        if args.direct == "process":  # in a pool thread, as the worker runs a task
+            return await asyncio.to_thread(one_direct)
+        out = (await via_worker(plane, direct_job, direct_params, args.timeout, worker, log_path))[2]
+        return Direct(**out)
 
     t0 = time.perf_counter()
-    for _ in range(args.warmup):  # model loaded into this process's ModelManager, first-call costs paid
+    for _ in range(args.warmup):  # model loaded, first-call costs paid
         await direct()
     t1 = time.perf_counter()
     for _ in range(args.warmup):  # the worker alike
@@ -818,7 +835,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
             await build_and_upload(args.size, models_needed, store, tmp / "build")
             log_path = tmp / "worker.log"
             worker = start_worker(settings, tmp / "cache-worker", log_path, args.torch_threads)
-            plane = ControlPlane(settings)
+            plane = ControlPlane(settings, registry=gpu_worker.registry())  # it validates bench_direct jobs
             await plane.start()
             cpu = CpuClock([os.getpid(), worker.pid, redis_server.process.pid, s3_server.process.pid])
             models = ModelManager(ModelStore(ModelRegistry.load(), store, tmp / "cache-direct"),
@@ -848,6 +865,8 @@ def main() -> None:
                              f"speak = synthesize_voice)")
     parser.add_argument("--runs", type=int, default=9, help="timed runs per task and side")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per task and side first")
+    parser.add_argument("--direct", choices=("worker", "process"), default="worker",
+                        help="where the direct call runs: in the worker process (default) or in this one")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one job may take")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads of both sides (0: torch's default); default 1 "
