@@ -108,8 +108,10 @@ def render_video(ctx: TaskContext, p: VideoParams) -> dict[str, Any]:
         held.lock.release()
 
     ctx.progress(0.95, "encoding")
-    video = ctx.put_artifact("video.mp4", mp4_bytes(frames, p.fps), "video/mp4")
+    # the MP4 uploads while the poster is encoded; both are stored before the node ends
+    video_upload = ctx.put_artifact_nowait("video.mp4", mp4_bytes(frames, p.fps), "video/mp4")
     poster = ctx.put_artifact("poster.png", png_bytes(frames[0]), "image/png")
+    video = video_upload.result()
     return {
         "video": video["key"],
         "poster": poster["key"],
