@@ -202,7 +202,8 @@ class DirectContext:
         self.outputs[name] = data
         return {"key": f"jobs/{self.job_id}/{self.node_id}/{name}", "size": len(data)}
 
-    def put_artifact_nowait(self, name: str, data: bytes, content_type: str) -> Future[dict[str, Any]]:
+    def put_artifact_nowait(self, name: str, data: bytes, content_type: str, *,
+                            record: bool = True) -> Future[dict[str, Any]]:
         done: Future[dict[str, Any]] = Future()
         done.set_result(self.put_artifact(name, data, content_type))
         return done

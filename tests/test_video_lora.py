@@ -154,6 +154,8 @@ async def test_a_trained_lora_loads_and_changes_the_render_without_leaking(
     assert job.status == "succeeded", [(n.id, n.error) for n in job.graph.nodes if n.error]
     trained = node(job, "lora").output
     assert trained["lora"] == f"jobs/{job.id}/lora/pytorch_lora_weights.safetensors"
+    # the checkpoint (written at step 4) is the task's own state, not one of its outputs
+    assert [a.key for a in node(job, "lora").artifacts] == [trained["lora"]]
     assert (trained["steps"], trained["resumed_from_step"]) == (8, 0)
     assert trained["final_loss"] > 0 and trained["steps_per_s"] > 0
     weights = tmp_path / "lora.safetensors"

@@ -109,13 +109,18 @@ class TaskContext:
 
     # -- artifacts --------------------------------------------------------------------
 
-    async def aput_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
-        """Store bytes under the node's deterministic key and record the reference."""
+    async def aput_artifact(self, name: str, data: bytes, content_type: str, *, record: bool = True) -> dict[str, Any]:
+        """Store bytes under the node's deterministic key and record the reference.
+
+        ``record=False`` stores without listing the object among the node's artifacts (no
+        event either): state the task keeps for itself, such as a training checkpoint. It
+        lives under the job's prefix all the same, so purging the job deletes it."""
         if self._store is None:
             raise RuntimeError("this plane has no artifact store configured")
         ref = await self._store.put(self.job_id, self.node_id, name, data, content_type)
-        self.artifacts_written.append(ref)
-        self._write({"kind": "artifact", "artifact": ref})
+        if record:
+            self.artifacts_written.append(ref)
+            self._write({"kind": "artifact", "artifact": ref})
         return ref
 
     async def aget_artifact(self, key: str) -> bytes:
@@ -151,7 +156,9 @@ class TaskContext:
         """Blocking version of :meth:`aput_artifact` for sync tasks (they run in a thread)."""
         return self.put_artifact_nowait(name, data, content_type).result()
 
-    def put_artifact_nowait(self, name: str, data: bytes, content_type: str) -> Future[dict[str, Any]]:
+    def put_artifact_nowait(self, name: str, data: bytes, content_type: str, *,
+                            record: bool = True) -> Future[dict[str, Any]]:
         """Start storing bytes and return at once, for sync tasks: a write the task need not
         wait for (a training checkpoint) overlaps the work that follows."""
-        return asyncio.run_coroutine_threadsafe(self.aput_artifact(name, data, content_type), self._loop)
+        return asyncio.run_coroutine_threadsafe(self.aput_artifact(name, data, content_type, record=record),
+                                                self._loop)

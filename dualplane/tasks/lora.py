@@ -274,7 +274,8 @@ class _Trainer:
         data = save_safetensors(tensors, metadata=metadata)
         if self._upload is not None:
             self._checkpoint_stored()
-        self._upload = self.ctx.put_artifact_nowait(CHECKPOINT, data, "application/octet-stream")
+        # the task's own state, not an output: announced by its `checkpoint` event only
+        self._upload = self.ctx.put_artifact_nowait(CHECKPOINT, data, "application/octet-stream", record=False)
         self._upload_step = self.step
 
     def _checkpoint_stored(self) -> None:
