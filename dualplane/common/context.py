@@ -107,6 +107,12 @@ class TaskContext:
         if self._cancelled.is_set():
             raise TaskCancelled(f"job {self.job_id} cancelled")
 
+    def acquire(self, lock: threading.Lock) -> None:
+        """Wait for ``lock`` (a warm pipeline other jobs share), raising
+        :class:`TaskCancelled` if the job is cancelled meanwhile. Release it yourself."""
+        while not lock.acquire(timeout=CANCEL_CHECK_S):
+            self.check_cancelled()
+
     # -- artifacts --------------------------------------------------------------------
 
     async def aput_artifact(self, name: str, data: bytes, content_type: str, *, record: bool = True) -> dict[str, Any]:

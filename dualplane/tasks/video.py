@@ -32,8 +32,6 @@ from dualplane.data_plane.model_store import BUILD_LOCK
 
 #: Kind the motion adapter's registry entry must have.
 MOTION_ADAPTER_KIND = "animatediff-motion-adapter"
-#: Seconds between cancellation checks while another job holds the warm pipeline.
-_LOCK_POLL_S = 0.1
 #: Adapter name a job's LoRA gets inside the pipeline (unloaded after the render).
 _LORA_ADAPTER = "job_lora"
 
@@ -101,7 +99,7 @@ def render_video(ctx: TaskContext, p: VideoParams) -> dict[str, Any]:
     lora = ctx.get_artifact(p.lora) if p.lora else None
     seed = p.seed if p.seed is not None else random.randrange(2**63)
     held: VideoPipeline = loaded.model
-    _acquire(ctx, held.lock)
+    ctx.acquire(held.lock)
     try:
         frames, denoise = _render(ctx, held.pipe, p, seed, lora)
     finally:
@@ -128,12 +126,6 @@ def render_video(ctx: TaskContext, p: VideoParams) -> dict[str, Any]:
         "device": loaded.device,
         "model_load_s": round(loaded.load_s, 4),
     }
-
-
-def _acquire(ctx: TaskContext, lock: threading.Lock) -> None:
-    """Wait for the warm pipeline, staying cancellable."""
-    while not lock.acquire(timeout=_LOCK_POLL_S):
-        ctx.check_cancelled()
 
 
 def _render(ctx: TaskContext, pipe: Any, p: VideoParams, seed: int, lora: bytes | None) -> tuple[Any, _Denoise]:
