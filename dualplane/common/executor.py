@@ -72,7 +72,6 @@ class JobRun:
     #: Called synchronously when the plan is done, so the handoff joins the same pipeline
     #: as the last node's events.
     on_done: Callable[[JobRun], None] | None = None
-    started: float = field(default_factory=time.monotonic)
     #: When the job was submitted (unix s, from the job hash), for the job duration metric.
     created_at: float | None = None
     #: Set for a run started before its claim returned: nodes wait for True; False drops the run.
