@@ -176,6 +176,34 @@ async def test_a_trained_lora_loads_and_changes_the_render_without_leaking(
     assert (after == plain).all()  # and it did not stay in the warm pipeline
 
 
+async def test_checkpoints_are_written_by_training_time_unless_a_step_interval_is_given(
+    control_plane: ControlPlane, worker_factory, video_models: ArtifactStore, tmp_path: Path
+):
+    await worker_factory(model_cache_dir=str(tmp_path / "cache"))
+    images = [(await put_images(video_models, count=1))[0]]
+    common = {"images": images, "steps": 6, "seed": 2}
+    graph = {"nodes": [
+        # by default a checkpoint waits for 60 s of training: this short run writes none
+        {"id": "default", "task": "train_lora", "plane": "python", "params": common},
+        # a due time shorter than a step: one after every step but the last
+        {"id": "timed", "task": "train_lora", "plane": "python", "params": {**common, "checkpoint_every_s": 1e-6}},
+        # a step interval wins over the time
+        {"id": "stepped", "task": "train_lora", "plane": "python",
+         "params": {**common, "checkpoint_every": 4, "checkpoint_every_s": 1e-6}},
+    ]}
+    job = await wait_for_job(control_plane, (await control_plane.submit(graph)).job_id, timeout_s=120)
+
+    assert job.status == "succeeded", [(n.id, n.error) for n in job.graph.nodes if n.error]
+
+    async def checkpoint_steps(node_id: str) -> list[int]:
+        return [e.data["checkpoint"]["step"] for e in await node_events(control_plane, job.id, node_id, "data")
+                if e.data and "checkpoint" in e.data]
+
+    assert await checkpoint_steps("default") == []
+    assert await checkpoint_steps("timed") == [1, 2, 3, 4, 5]
+    assert await checkpoint_steps("stepped") == [4]
+
+
 def _spawn_worker(settings, worker_id: str, cache_dir: Path) -> subprocess.Popen:
     env = dict(os.environ, REDIS_URL=settings.redis_url, S3_ENDPOINT=settings.s3_endpoint,
                S3_ACCESS_KEY=settings.s3_access_key, S3_SECRET_KEY=settings.s3_secret_key,

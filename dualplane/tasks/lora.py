@@ -5,8 +5,8 @@ attention projections and learns a set of images under one instance prompt. The 
 (tokenizer, text encoder, VAE) stay warm in ``ctx.models``; the UNet is loaded fresh per job,
 since training changes it.
 
-Resuming: every ``checkpoint_every`` steps the LoRA weights, the optimizer state and the step
-count go to the object store as one ``checkpoint.safetensors`` under the node's deterministic
+Resuming: every ``checkpoint_every_s`` seconds of training (or every ``checkpoint_every`` steps,
+when given) the LoRA weights, the optimizer state and the step count go to the object store as one ``checkpoint.safetensors`` under the node's deterministic
 prefix (``jobs/<job>/<node>/``). Every attempt (a retry, or a message re-delivered after a
 worker died) first looks for that object and continues from its step. The noise and the
 images of step ``s`` depend only on (seed, s), so a resumed run draws what an uninterrupted one
@@ -70,8 +70,14 @@ class LoraParams(BaseModel):
                              description="Seed of the LoRA init, noise and timesteps; "
                                          "by default derived from the job and node ids.")
     model: str = Field("sd15", min_length=1, description="Model registry name of the SD 1.5-class base.")
-    checkpoint_every: int = Field(5, ge=1, le=100_000,
-                                  description="Write a resumable checkpoint every this many steps.")
+    # by time by default: a step takes milliseconds on a tiny model and seconds on a big one, so
+    # no step count suits both; a crash loses at most this much training
+    checkpoint_every_s: float = Field(60.0, gt=0, le=86_400,
+                                      description="Write a resumable checkpoint once this many seconds of "
+                                                  "training have passed since the last one.")
+    checkpoint_every: int | None = Field(None, ge=1, le=100_000,
+                                         description="Write a resumable checkpoint every this many steps "
+                                                     "instead (checkpoint_every_s is then ignored).")
 
 
 def load_sd_frozen(path: Path, device: str, dtype: Any) -> dict[str, Any]:
@@ -193,6 +199,7 @@ class _Trainer:
         self.text: Any = None
         self._upload: Future[dict[str, Any]] | None = None  # the checkpoint being stored
         self._upload_step = 0
+        self._last_checkpoint_t = time.monotonic()
 
     def encode(self, pixels: Any) -> None:
         """Encode the images once (their latent distributions) and the instance prompt."""
@@ -209,11 +216,12 @@ class _Trainer:
     def train(self) -> float | None:
         """Steps from the current one to ``p.steps``; returns the last loss."""
         loss = None
+        self._last_checkpoint_t = time.monotonic()
         while self.step < self.p.steps:
             loss = self._one_step(self.step)
             self.step += 1
             self.ctx.on_step(self.step, self.p.steps)  # raises TaskCancelled when cancelled
-            if self.step % self.p.checkpoint_every == 0 and self.step < self.p.steps:
+            if self._checkpoint_due():
                 self.save_checkpoint(loss)
             elif self._upload is not None and self._upload.done():
                 self._checkpoint_stored()
@@ -255,6 +263,14 @@ class _Trainer:
 
     # -- checkpoints --------------------------------------------------------------------
 
+    def _checkpoint_due(self) -> bool:
+        """After a step: is a checkpoint due (never after the last step: the output follows)."""
+        if self.step >= self.p.steps:
+            return False
+        if self.p.checkpoint_every is not None:
+            return self.step % self.p.checkpoint_every == 0
+        return time.monotonic() - self._last_checkpoint_t >= self.p.checkpoint_every_s
+
     def save_checkpoint(self, loss: float | None) -> None:
         """LoRA weights + optimizer state + step, as one object (written atomically by S3).
 
@@ -277,6 +293,7 @@ class _Trainer:
         # the task's own state, not an output: announced by its `checkpoint` event only
         self._upload = self.ctx.put_artifact_nowait(CHECKPOINT, data, "application/octet-stream", record=False)
         self._upload_step = self.step
+        self._last_checkpoint_t = time.monotonic()
 
     def _checkpoint_stored(self) -> None:
         """Wait for the checkpoint upload in flight (raising its error) and announce it."""
