@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
+from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict
 
+from dualplane.common.context import TaskContext
+from dualplane.common.errors import TransientError
 from dualplane.common.models import Handoff
+from dualplane.common.registry import task
+from dualplane.common.retry import Retry
 from dualplane.control_plane import ControlPlane
+from dualplane.data_plane import Worker
+from dualplane.tasks import default_registry
 from tests.helpers import RunningWorker, node, wait_for_job, wait_for_node
 
 
@@ -311,3 +322,55 @@ async def test_the_key_prefix_separates_deployments(settings, redis, worker_fact
     keys = {k.decode() for k in await redis.keys("*")}
     assert job.status == "succeeded"
     assert keys and all(k.startswith("other:") for k in keys), keys
+
+
+# -- a retried attempt lets go of what the failed one held ------------------------------------
+
+
+class _Weights:
+    """Stands in for a model a task built for itself (a UNet being trained)."""
+
+
+class HoldParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _hold_then_fail_task(held: list[weakref.ref[_Weights]]) -> Any:
+    @task("hold_then_fail", plane="python", params=HoldParams, retry=Retry(max_attempts=2, backoff_s=2.0))
+    def hold_then_fail(ctx: TaskContext, p: HoldParams) -> dict[str, Any]:
+        weights = _Weights()
+        held.append(weakref.ref(weights))
+        if ctx.attempt == 1:
+            raise TransientError("the store hiccuped")
+        return {"attempt": ctx.attempt}
+
+    return hold_then_fail
+
+
+async def test_a_failed_attempt_lets_go_of_its_locals_before_the_retry_delay(settings, tmp_path):
+    """The traceback of a retried error holds the task's frames, and with them whatever the task
+    had built (on a GPU: a model in VRAM), for the whole backoff and, in a reference cycle,
+    until a full collection: the retry would hold two copies."""
+    held: list[weakref.ref[_Weights]] = []
+    registry = default_registry()
+    registry.add(_hold_then_fail_task(held).__task_spec__)
+    plane = ControlPlane(settings, registry=registry, metrics_registry=CollectorRegistry())
+    await plane.start()
+    worker = RunningWorker(Worker(settings.model_copy(update={"worker_id": "holder"}), registry=registry))
+    await worker.start()
+    gc.disable()  # freed by reference counting, or not at all
+    try:
+        job_id = (await plane.submit({"nodes": [{"id": "h", "task": "hold_then_fail", "plane": "python"}]})).job_id
+        deadline = time.monotonic() + 10
+        while not any(e.message and e.message.startswith("retrying") for e in await plane.bridge.events(job_id)):
+            assert time.monotonic() < deadline, "no retry"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        alive_in_backoff = [ref() is not None for ref in held]
+        job = await wait_for_job(plane, job_id)
+    finally:
+        gc.enable()
+        await worker.stop()
+        await plane.stop(grace_s=0.5)
+    assert job.status == "succeeded" and node(job, "h").attempts == 2
+    assert alive_in_backoff == [False]

@@ -20,6 +20,7 @@ import contextvars
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -234,6 +235,9 @@ class Executor:
             outcome = "cancelled"
             write(_chunk(run, node, "finished", status=outcome, reason=str(exc)))
         except Exception as exc:  # a task may raise anything; the node records it
+            # the traceback holds the task's frames and whatever they built (a model being
+            # trained, in VRAM on a GPU): let go of it before the backoff and the next attempt
+            traceback.clear_frames(exc.__traceback__)
             if spec.retry.should_retry(exc, attempt) and not run.cancel.is_set():
                 write(_chunk(run, node, "retrying", error=_error(exc, transient=True),
                              delay_s=spec.retry.delay_s(attempt)))

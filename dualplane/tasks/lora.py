@@ -309,12 +309,12 @@ class _Trainer:
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load as load_safetensors
 
-        try:
-            data = checkpoint.result()
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                return 0
-            raise
+        # no checkpoint is the usual case: test for it without raising, since a raised error's
+        # traceback would tie this frame (and the UNet) to the future in a reference cycle
+        error = checkpoint.exception()
+        if isinstance(error, S3Error) and error.code in ("NoSuchKey", "NoSuchObject"):
+            return 0
+        data = checkpoint.result()
         metadata = safetensors_metadata(data)
         if metadata.get("format") != CHECKPOINT_FORMAT or metadata.get("rank") != str(self.p.rank) \
                 or metadata.get("model") != self.p.model:
