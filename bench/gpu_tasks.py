@@ -1,6 +1,6 @@
 """GPU task benchmark: per-task throughput, and the worker's overhead over calling the pipeline directly.
 
-    .venv/bin/python bench/gpu_tasks.py [--size tiny|full] [--tasks music,video,lora,voice,speak] [--runs 9]
+    .venv/bin/python bench/gpu_tasks.py [--size tiny|full-cpu|full] [--tasks music,video,lora,voice,speak] [--runs 9]
 
 Starts its own redis-server and SeaweedFS (``weed mini``) in a temporary directory, builds the
 models (``--size tiny``: the tiny random-weight models of ``dualplane/data_plane/tiny.py``;
@@ -69,9 +69,13 @@ the tiny pipelines called from a non-main thread ran 2-5x slower than from the m
 comparison; with numpy on two threads here and one in the worker, train_voice's direct runs used
 more CPU than its jobs. With a driver the defaults are the libraries' own.
 
-``--size full`` is for a CUDA host (tens of GB of weights would take hours on a CPU): the builders
-below give the real parameter counts (MusicGen small 587 M, UNet 860 M, VAE 84 M, CLIP text 123 M,
-motion adapter 453 M, SpeechT5 144 M, HiFi-GAN 13 M).
+``--size full`` is for a CUDA host (its jobs, 16 frames at 512x512 and 25 steps, would take hours
+on a CPU): the builders below give the real parameter counts (MusicGen small 587 M, UNet 860 M,
+VAE 84 M, CLIP text 123 M, motion adapter 453 M, SpeechT5 144 M, HiFi-GAN 13 M).
+``--size full-cpu`` builds the same full-size models and trims the jobs (2 s of music; 4 frames of
+128x128 in 2 steps; 4 training steps at 128 px) so that one takes 10-20 s on a 2-core CPU: the
+framework's per-job work (dispatch, events, fetches, uploads, a fresh UNet per training job) is
+that of a real job, against a real model's compute.
 
 Prints figures; asserts nothing about speed. Needs torch (``make venv-ml``).
 """

@@ -345,6 +345,31 @@ async def test_generate_music_writes_a_real_wav_and_the_second_job_is_warm(
     assert node(second, "music").output["model_load_s"] == 0.0
 
 
+async def test_a_seed_reproduces_its_music_while_other_jobs_sample_on_the_same_worker(
+    control_plane: ControlPlane, worker_factory, uploaded_models: ArtifactStore, tmp_path: Path
+):
+    await worker_factory(model_cache_dir=str(tmp_path / "cache"))
+
+    async def pcm(job_id: str, node_id: str = "music") -> bytes:
+        job = await wait_for_job(control_plane, job_id, timeout_s=60)
+        assert job.status == "succeeded", [(n.id, n.error) for n in job.graph.nodes if n.error]
+        with wave.open(io.BytesIO(await uploaded_models.get(node(job, node_id).output["audio"]))) as wav:
+            return wav.readframes(wav.getnframes())
+
+    alone = await pcm((await control_plane.submit(music_graph(1.0, seed=1))).job_id)
+    # the same seed again, now sampled next to another seed and an unseeded job on this worker
+    crowd = {"nodes": [
+        {"id": m, "task": "generate_music", "plane": "python",
+         "params": {"prompt": "lo fi beat with piano", "duration_s": 1.0, **seed}}
+        for m, seed in (("a", {"seed": 1}), ("b", {"seed": 2}), ("c", {}))
+    ]}
+    crowd_id = (await control_plane.submit(crowd)).job_id
+    a, b = await pcm(crowd_id, "a"), await pcm(crowd_id, "b")
+
+    assert a == alone
+    assert b != a  # the seed decides the audio
+
+
 async def test_cancelling_generation_stops_the_token_loop(
     control_plane: ControlPlane, worker_factory, uploaded_models: ArtifactStore, tmp_path: Path
 ):

@@ -55,6 +55,7 @@ def _seed() -> None:
 def build_musicgen(out: Path) -> Path:
     """MusicgenForConditionalGeneration + MusicgenProcessor (T5 text encoder, EnCodec at 8 kHz,
     50 frames/s, 2 codebooks of 64 codes)."""
+    import torch
     from transformers import (
         EncodecConfig,
         EncodecFeatureExtractor,
@@ -91,6 +92,12 @@ def build_musicgen(out: Path) -> Path:
     )
     config = MusicgenConfig(text_encoder=text_cfg, audio_encoder=audio_cfg, decoder=dec_cfg)
     model = MusicgenForConditionalGeneration(config).eval()
+    # EnCodec starts its codebooks at zero (k-means fills them in training): left so, every
+    # code decodes alike and the audio would not depend on what was sampled (nor on the seed)
+    with torch.no_grad():
+        for layer in model.audio_encoder.quantizer.layers:
+            layer.codebook.embed.normal_()
+            layer.codebook.embed_avg.copy_(layer.codebook.embed)
     gen = model.generation_config
     for key in ("decoder_start_token_id", "pad_token_id", "bos_token_id"):
         setattr(gen, key, 64)  # the real checkpoints use id = codebook_size too

@@ -36,6 +36,7 @@ from dualplane.common.context import TaskContext
 from dualplane.common.inputs import shown
 from dualplane.common.registry import task
 from dualplane.data_plane.model_store import BUILD_LOCK
+from dualplane.data_plane.rng import GLOBAL_RNG, seeded
 
 #: Name of the resumable state under the node's prefix.
 CHECKPOINT = "checkpoint.safetensors"
@@ -182,9 +183,8 @@ class _Trainer:
         self.checkpoint_key = ArtifactStore.key_for(ctx.job_id, ctx.node_id, CHECKPOINT)
         self.step = 0
         # from_pretrained and add_adapter must not overlap another thread's load; the LoRA's
-        # initial weights come from the seed, without touching the process's RNG state
-        with BUILD_LOCK, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed % 2**63)
+        # initial weights come from the seed, drawn from the global generator in turn
+        with BUILD_LOCK, GLOBAL_RNG, seeded(self.seed % 2**63, device):
             unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=dtype, local_files_only=True)
             unet.requires_grad_(False)
             unet.add_adapter(LoraConfig(r=p.rank, lora_alpha=p.rank, init_lora_weights="gaussian",

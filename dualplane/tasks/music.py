@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dualplane.common.context import TaskContext
 from dualplane.common.registry import task
+from dualplane.data_plane.rng import GLOBAL_RNG, seeded
 
 
 class MusicParams(BaseModel):
@@ -58,15 +59,19 @@ def generate_music(ctx: TaskContext, p: MusicParams) -> dict[str, Any]:
     progress = _TokenProgress(ctx, max_new_tokens)
 
     inputs = processor(text=[p.prompt], padding=True, return_tensors="pt").to(loaded.device)
-    if p.seed is not None:
-        torch.manual_seed(p.seed)
-    started = time.perf_counter()
-    with torch.inference_mode():
-        audio = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=True, guidance_scale=p.guidance_scale,
-            temperature=p.temperature, stopping_criteria=progress.criteria(),
-        )
-    generate_s = time.perf_counter() - started
+    # generate samples from the process-wide generator (it takes no generator=): jobs running
+    # at once take turns, so a seed reproduces its audio whatever else the worker runs
+    ctx.acquire(GLOBAL_RNG)
+    try:
+        started = time.perf_counter()
+        with seeded(p.seed, loaded.device), torch.inference_mode():
+            audio = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=True, guidance_scale=p.guidance_scale,
+                temperature=p.temperature, stopping_criteria=progress.criteria(),
+            )
+        generate_s = time.perf_counter() - started
+    finally:
+        GLOBAL_RNG.release()
     ctx.check_cancelled()
 
     samples = audio[0].float().cpu().numpy()  # (channels, samples)
