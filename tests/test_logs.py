@@ -45,6 +45,10 @@ async def test_every_line_of_a_running_job_carries_job_and_request_ids(
     task_line = next(line for line in about_job if line["logger"] == "dualplane.task.checksum")
     assert task_line["node_id"] == "sum" and task_line["plane"] == "python"  # from the task's worker thread
     assert {line["plane"] for line in about_job} == {"control", "python"}
+    # a failed task leaves its traceback in the worker's log, under the node's ids
+    (failure,) = [line for line in about_job if line.get("node_id") == "bad" and "exception" in line]
+    assert failure["level"] == "error" and "attempt 1 raised ValueError" in failure["message"]
+    assert 'basic.py", line' in failure["exception"] and "in fail" in failure["exception"]
 
 
 def test_text_format_for_a_terminal_names_the_ids():

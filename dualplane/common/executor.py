@@ -237,8 +237,15 @@ class Executor:
         except Exception as exc:  # a task may raise anything; the node records it
             # the traceback holds the task's frames and whatever they built (a model being
             # trained, in VRAM on a GPU): let go of it before the backoff and the next attempt
-            traceback.clear_frames(exc.__traceback__)
-            if spec.retry.should_retry(exc, attempt) and not run.cancel.is_set():
+            traceback.clear_frames(exc.__traceback__)  # the lines stay for the log below
+            retrying = spec.retry.should_retry(exc, attempt) and not run.cancel.is_set()
+            if retrying:  # LangGraph logs the retry with its traceback
+                log.warning("node %s (%s) attempt %d raised %s: %s; retrying", node.id, spec.name, attempt,
+                            type(exc).__name__, exc)
+            elif not isinstance(exc, _InvalidParams):  # the node's error says all of a params error
+                log.error("node %s (%s) attempt %d raised %s", node.id, spec.name, attempt, type(exc).__name__,
+                          exc_info=exc)
+            if retrying:
                 write(_chunk(run, node, "retrying", error=_error(exc, transient=True),
                              delay_s=spec.retry.delay_s(attempt)))
                 raise _RetryAttempt from exc
