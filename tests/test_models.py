@@ -13,13 +13,21 @@ import threading
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("torch")
 
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ConfigDict
+
 from dualplane.common.artifacts import ArtifactStore
+from dualplane.common.context import TaskContext
+from dualplane.common.registry import task
+from dualplane.common.retry import Retry
 from dualplane.control_plane import ControlPlane
+from dualplane.data_plane import Worker
 from dualplane.data_plane.model_store import (
     MANIFEST,
     ModelError,
@@ -30,7 +38,8 @@ from dualplane.data_plane.model_store import (
     UnknownModel,
     upload_model_dir,
 )
-from tests.helpers import node, wait_for_job, wait_for_node
+from dualplane.tasks import default_registry
+from tests.helpers import RunningWorker, node, wait_for_job, wait_for_node
 
 pytestmark = pytest.mark.ml
 
@@ -389,3 +398,47 @@ async def test_cancelling_generation_stops_the_token_loop(
     assert music.status == "cancelled" and music.progress < 0.9
     assert music.finished_at - asked < 2.0
     assert "cancelled" in (music.reason or "")
+
+
+# -- out of memory -----------------------------------------------------------------------------
+
+
+class OomOnceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@task("oom_once", plane="python", params=OomOnceParams, retry=Retry(max_attempts=2, backoff_s=0.05))
+def oom_once(ctx: TaskContext, p: OomOnceParams) -> dict[str, Any]:
+    """A test task: warms a model, then runs out of memory on its first attempt (torch's own
+    error class, as CUDA raises it); the second reports what is still warm."""
+    import torch
+
+    if ctx.attempt == 1:
+        ctx.models.load("tiny-local", lambda path, device, dtype: {"weights": path})
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return {"warm": [w["name"] for w in ctx.models.warm()]}
+
+
+async def test_out_of_memory_drops_the_warm_models_before_the_retry(settings, tmp_path: Path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "w.bin").write_bytes(b"\1" * 2048)
+    models_toml = tmp_path / "models.toml"
+    models_toml.write_text(f'[models.tiny-local]\nkind = "test"\nsource = "local:{weights}"\n')
+    registry = default_registry()
+    registry.add(oom_once.__task_spec__)  # type: ignore[attr-defined]
+    plane = ControlPlane(settings, registry=registry, metrics_registry=CollectorRegistry())
+    await plane.start()
+    worker = RunningWorker(Worker(settings.model_copy(update={
+        "worker_id": "oom", "models_config": str(models_toml), "model_cache_dir": str(tmp_path / "cache")}),
+        registry=registry))
+    await worker.start()
+    try:
+        job = await wait_for_job(plane, (await plane.submit(
+            {"nodes": [{"id": "o", "task": "oom_once", "plane": "python"}]})).job_id)
+    finally:
+        await worker.stop()
+        await plane.stop(grace_s=0.5)
+
+    assert job.status == "succeeded" and node(job, "o").attempts == 2
+    assert node(job, "o").output == {"warm": []}  # the first attempt's model was let go

@@ -37,6 +37,7 @@ from dualplane.common.context import TaskContext
 from dualplane.common.errors import NodeTimeout, TaskCancelled
 from dualplane.common.graph import blocked_reason, progress_of
 from dualplane.common.models import ArtifactRef, Graph, Node, NodeError, NodeStatus
+from dualplane.common.retry import is_out_of_memory
 
 if TYPE_CHECKING:
     from dualplane.common.artifacts import ArtifactStore
@@ -239,6 +240,10 @@ class Executor:
             # trained, in VRAM on a GPU): let go of it before the backoff and the next attempt
             traceback.clear_frames(exc.__traceback__)  # the lines stay for the log below
             retrying = spec.retry.should_retry(exc, attempt) and not run.cancel.is_set()
+            if is_out_of_memory(exc) and self._models is not None:
+                dropped = await asyncio.to_thread(self._models.free_memory)
+                log.warning("node %s (%s) ran out of memory: %d warm models dropped, cached memory freed",
+                            node.id, spec.name, dropped)
             if retrying:  # LangGraph logs the retry with its traceback
                 log.warning("node %s (%s) attempt %d raised %s: %s; retrying", node.id, spec.name, attempt,
                             type(exc).__name__, exc)

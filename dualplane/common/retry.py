@@ -19,6 +19,12 @@ DEFAULT_TRANSIENT: tuple[type[BaseException], ...] = (
 DEFAULT_TRANSIENT_NAMES = frozenset({"OutOfMemoryError"})
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's ``OutOfMemoryError`` (CUDA and other accelerators), told by name: the control
+    plane does not import torch."""
+    return type(exc).__name__ == "OutOfMemoryError"
+
+
 @dataclass(frozen=True)
 class Retry:
     """A task's retry policy.

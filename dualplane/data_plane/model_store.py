@@ -590,6 +590,25 @@ class ModelManager:
             self._warm.clear()
         self._release(dropped)
 
+    def free_memory(self) -> int:
+        """After an out-of-memory error: drop every warm model, collect garbage and hand
+        torch's cached CUDA blocks back, so the retry has the memory that can be had. Models
+        that running jobs hold stay with them (and load again next time). Returns how many
+        were dropped."""
+        import gc
+
+        with self._lock:
+            dropped = list(self._warm.values())
+            self._warm.clear()
+        count = len(dropped)
+        dropped.clear()
+        gc.collect()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+        return count
+
     def _load_now(self, entry: ModelEntry, loader: Loader, extra: Sequence[str]) -> _Warm:
         from dualplane.data_plane.device import select_dtype
 
