@@ -204,33 +204,6 @@ async def test_checkpoints_are_written_by_training_time_unless_a_step_interval_i
     assert await checkpoint_steps("stepped") == [4]
 
 
-async def test_a_finished_training_job_frees_its_model_without_the_cyclic_garbage_collector(
-    control_plane: ControlPlane, worker_factory, video_models: ArtifactStore, tmp_path: Path
-):
-    """The fresh UNet a train_lora job trains must go when the job ends: kept alive by a reference
-    cycle, it stayed until a full collection (a second copy in memory, on a GPU in VRAM, and the
-    next job page-faulting fresh memory for its own)."""
-    import gc
-
-    from dualplane.tasks.lora import _Trainer
-
-    await worker_factory(model_cache_dir=str(tmp_path / "cache"))
-    images = [(await put_images(video_models, count=1))[0]]
-    graph = {"nodes": [{"id": "lora", "task": "train_lora", "plane": "python",
-                        "params": {"images": images, "steps": 2, "seed": 1}}]}
-    warm = await wait_for_job(control_plane, (await control_plane.submit(graph)).job_id, timeout_s=120)
-    assert warm.status == "succeeded"
-    gc.collect()
-    gc.disable()  # what is freed now is freed by reference counting alone
-    try:
-        job = await wait_for_job(control_plane, (await control_plane.submit(graph)).job_id, timeout_s=120)
-        alive = sum(isinstance(o, _Trainer) for o in gc.get_objects())
-    finally:
-        gc.enable()
-    assert job.status == "succeeded"
-    assert alive == 0
-
-
 def _spawn_worker(settings, worker_id: str, cache_dir: Path) -> subprocess.Popen:
     env = dict(os.environ, REDIS_URL=settings.redis_url, S3_ENDPOINT=settings.s3_endpoint,
                S3_ACCESS_KEY=settings.s3_access_key, S3_SECRET_KEY=settings.s3_secret_key,
