@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -145,14 +146,18 @@ class LocalStack:
 
         store = ArtifactStore(endpoint=self.s3_endpoint or "", access_key=self.s3_access_key or "",
                               secret_key=self.s3_secret_key or "", bucket=self.settings.s3_bucket)
+        from dualplane.data_plane.tiny import TINY_MARKER, TINY_VERSION, make_and_upload
+
         names = ModelRegistry.load(self.settings.models_config).names()
-        missing = asyncio.run(_missing_models(store, names, MANIFEST))
-        if not missing:
+        missing, stale = asyncio.run(_models_to_build(store, names, MANIFEST, TINY_MARKER, TINY_VERSION))
+        if not missing + stale:
             self.announce(f"models         {', '.join(names)} (in the object store)")
             return
-        self.announce(f"models         no weights for {', '.join(missing)}: building tiny random models "
+        if stale:
+            self.announce(f"models         tiny models of an older builder: {', '.join(stale)}")
+        self.announce(f"models         building tiny random models for {', '.join(missing + stale)} "
                       "(SIMULATED quality: random weights, real classes and loading path)")
-        from dualplane.data_plane.tiny import make_and_upload
+        missing = missing + stale
 
         asyncio.run(make_and_upload(store, self.state_dir / "tiny-models", missing))
 
@@ -236,14 +241,24 @@ def _healthy(client: httpx.Client, url: str) -> bool:
         return False
 
 
-async def _missing_models(store: Any, names: list[str], manifest: str) -> list[str]:
-    missing = []
+async def _models_to_build(store: Any, names: list[str], manifest: str, marker: str,
+                           version: int) -> tuple[list[str], list[str]]:
+    """(names with no complete upload, tiny models built by an older builder version)."""
+    missing, stale = [], []
     for name in names:
         try:
-            await store.get(f"models/{name}/{manifest}")
+            files = json.loads(await store.get(f"models/{name}/{manifest}"))["files"]
         except Exception:  # absent (or unreadable): build it
             missing.append(name)
-    return missing
+            continue
+        if marker in files:  # a tiny model; real weights carry no marker and are never replaced
+            try:
+                built_by = json.loads(await store.get(f"models/{name}/{marker}")).get("tiny_version")
+            except Exception:
+                built_by = None
+            if built_by != version:
+                stale.append(name)
+    return missing, stale
 
 
 def kill_leftover_children() -> list[int]:

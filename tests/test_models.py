@@ -442,3 +442,33 @@ async def test_out_of_memory_drops_the_warm_models_before_the_retry(settings, tm
 
     assert job.status == "succeeded" and node(job, "o").attempts == 2
     assert node(job, "o").output == {"warm": []}  # the first attempt's model was let go
+
+
+# -- tiny models of an older builder ---------------------------------------------------------
+
+
+async def test_up_rebuilds_tiny_models_of_an_older_builder_but_never_real_weights(
+    settings, tiny_models, tmp_path: Path
+):
+    from dualplane.common.artifacts import store_from_settings
+    from dualplane.data_plane.tiny import TINY_MARKER, TINY_VERSION
+    from dualplane.stack import _models_to_build
+
+    assert all(json.loads((path / TINY_MARKER).read_text())["tiny_version"] == TINY_VERSION
+               for path in tiny_models.values())
+    store = store_from_settings(settings)
+    await store.ensure_bucket()
+
+    def model_dir(name: str, tiny_version: int | None) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "weights.bin").write_bytes(b"\1" * 64)
+        if tiny_version is not None:
+            (path / TINY_MARKER).write_text(json.dumps({"tiny_version": tiny_version}))
+        return path
+
+    for name, version in (("current", TINY_VERSION), ("older", TINY_VERSION - 1), ("real", None)):
+        await upload_model_dir(store, name, model_dir(name, version))
+    names = ["current", "older", "real", "absent"]
+
+    assert await _models_to_build(store, names, MANIFEST, TINY_MARKER, TINY_VERSION) == (["absent"], ["older"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 
 #: Seed of every builder (each reseeds, so building one model alone gives the same weights).
 TINY_SEED = 1234
+#: File each tiny model carries, naming the builders' version: ``dualplane up`` rebuilds tiny
+#: models of an older version (never weights without the file: those are real).
+TINY_MARKER = "dualplane-tiny.json"
+#: Bump when a builder changes what it builds. 2: random EnCodec codebooks in the MusicGen.
+TINY_VERSION = 2
 
 #: Words the tiny tokenizers know as whole pieces; anything else falls back to letters.
 _WORDS = [
@@ -275,6 +281,7 @@ def make_tiny(out_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
         target = out_dir / name
         target.mkdir(parents=True, exist_ok=True)
         built[name] = BUILDERS[name](target)
+        (built[name] / TINY_MARKER).write_text(json.dumps({"tiny_version": TINY_VERSION, "name": name}))
         log.info("built tiny %s in %s", name, target)
     return built
 
