@@ -139,27 +139,26 @@ class LocalStack:
         self.announce(f"s3 (seaweedfs) {server.url}  pid {server.process.pid}")
 
     def _ensure_models(self) -> None:
-        """Where the object store holds no weights for a registry name, build the tiny random
-        model of that class and upload it (the same loading path then serves it)."""
+        """Where the object store holds no weights for a registry name (or tiny ones of an older
+        builder), build the tiny random model of that class and upload it (the same loading path
+        then serves it)."""
         from dualplane.common.artifacts import ArtifactStore
         from dualplane.data_plane.model_store import MANIFEST, ModelRegistry
+        from dualplane.data_plane.tiny import TINY_MARKER, TINY_VERSION, make_and_upload
 
         store = ArtifactStore(endpoint=self.s3_endpoint or "", access_key=self.s3_access_key or "",
                               secret_key=self.s3_secret_key or "", bucket=self.settings.s3_bucket)
-        from dualplane.data_plane.tiny import TINY_MARKER, TINY_VERSION, make_and_upload
-
         names = ModelRegistry.load(self.settings.models_config).names()
         missing, stale = asyncio.run(_models_to_build(store, names, MANIFEST, TINY_MARKER, TINY_VERSION))
-        if not missing + stale:
+        if not missing and not stale:
             self.announce(f"models         {', '.join(names)} (in the object store)")
             return
         if stale:
             self.announce(f"models         tiny models of an older builder: {', '.join(stale)}")
-        self.announce(f"models         building tiny random models for {', '.join(missing + stale)} "
+        to_build = missing + stale
+        self.announce(f"models         building tiny random models for {', '.join(to_build)} "
                       "(SIMULATED quality: random weights, real classes and loading path)")
-        missing = missing + stale
-
-        asyncio.run(make_and_upload(store, self.state_dir / "tiny-models", missing))
+        asyncio.run(make_and_upload(store, self.state_dir / "tiny-models", to_build))
 
     def _start_planes(self) -> None:
         control_port, worker_port = free_port(), free_port()

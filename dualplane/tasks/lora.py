@@ -6,8 +6,8 @@ attention projections and learns a set of images under one instance prompt. The 
 since training changes it.
 
 Resuming: every ``checkpoint_every_s`` seconds of training (or every ``checkpoint_every`` steps,
-when given) the LoRA weights, the optimizer state and the step count go to the object store as one ``checkpoint.safetensors`` under the node's deterministic
-prefix (``jobs/<job>/<node>/``). Every attempt (a retry, or a message re-delivered after a
+when given) the LoRA weights, the optimizer state and the step count go to the object store as
+one ``checkpoint.safetensors`` under the node's deterministic prefix (``jobs/<job>/<node>/``). Every attempt (a retry, or a message re-delivered after a
 worker died) first looks for that object and continues from its step. The noise and the
 images of step ``s`` depend only on (seed, s), so a resumed run draws what an uninterrupted one
 would have.

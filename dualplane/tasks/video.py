@@ -29,6 +29,7 @@ from dualplane.common.context import TaskContext
 from dualplane.common.errors import TaskCancelled
 from dualplane.common.registry import task
 from dualplane.data_plane.model_store import BUILD_LOCK
+from dualplane.data_plane.rng import GLOBAL_RNG
 
 #: Kind the motion adapter's registry entry must have.
 MOTION_ADAPTER_KIND = "animatediff-motion-adapter"
@@ -164,7 +165,9 @@ def _load_lora(pipe: Any, data: bytes, scale: float) -> None:
     except SafetensorError as exc:
         raise ValueError(f"lora: not a safetensors file ({exc})") from None
     try:
-        with BUILD_LOCK:  # builds peft layers: must not overlap another thread's from_pretrained
+        # builds peft layers: must not overlap another thread's from_pretrained, and their random
+        # init (overwritten at once) draws from the global generator a seeded job may be using
+        with BUILD_LOCK, GLOBAL_RNG:
             pipe.load_lora_weights(state, adapter_name=_LORA_ADAPTER)
         pipe.set_adapters([_LORA_ADAPTER], adapter_weights=[scale])
     except BaseException:
