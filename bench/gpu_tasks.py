@@ -96,8 +96,9 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,11 @@ class DirectContext:
 
     def check_cancelled(self) -> None:
         pass
+
+    @contextmanager
+    def holding(self, lock: Any) -> Iterator[None]:
+        with lock:
+            yield
 
     def emit_data(self, data: dict[str, Any], message: str | None = None) -> None:
         pass

@@ -6,8 +6,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from dualplane.common.errors import TaskCancelled
@@ -107,11 +108,17 @@ class TaskContext:
         if self._cancelled.is_set():
             raise TaskCancelled(f"job {self.job_id} cancelled")
 
-    def acquire(self, lock: threading.Lock) -> None:
-        """Wait for ``lock`` (a warm pipeline other jobs share), raising
-        :class:`TaskCancelled` if the job is cancelled meanwhile. Release it yourself."""
+    @contextmanager
+    def holding(self, lock: threading.Lock | threading.RLock) -> Iterator[None]:
+        """``with ctx.holding(lock):`` the block runs holding ``lock`` (a warm pipeline other
+        jobs share, the global RNG); the wait for it raises :class:`TaskCancelled` if the job
+        is cancelled meanwhile."""
         while not lock.acquire(timeout=CANCEL_CHECK_S):
             self.check_cancelled()
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- artifacts --------------------------------------------------------------------
 

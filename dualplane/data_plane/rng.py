@@ -14,7 +14,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-#: Held while a task draws from (or seeds) the process-wide generator.
+#: Held while a task draws from (or seeds) the process-wide generator. Take it before
+#: ``BUILD_LOCK`` when both are needed (a generation holds it for long; loads need BUILD_LOCK).
 GLOBAL_RNG = threading.RLock()
 
 
@@ -22,7 +23,7 @@ GLOBAL_RNG = threading.RLock()
 def seeded(seed: int | None, device: str = "cpu") -> Iterator[None]:
     """Draw from the global generator(s) seeded with ``seed`` inside the block, then put back
     the state they had (so a seeded job leaves later unseeded ones random). ``seed=None``
-    draws from the current state. Hold :data:`GLOBAL_RNG` around it (``ctx.acquire`` waits for
+    draws from the current state. Hold :data:`GLOBAL_RNG` around it (``ctx.holding`` waits for
     it and stays cancellable)."""
     import torch
 

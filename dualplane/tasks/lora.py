@@ -183,8 +183,9 @@ class _Trainer:
         self.checkpoint_key = ArtifactStore.key_for(ctx.job_id, ctx.node_id, CHECKPOINT)
         self.step = 0
         # from_pretrained and add_adapter must not overlap another thread's load; the LoRA's
-        # initial weights come from the seed, drawn from the global generator in turn
-        with BUILD_LOCK, GLOBAL_RNG, seeded(self.seed % 2**63, device):
+        # initial weights come from the seed, drawn from the global generator in turn (taken
+        # first: a generation holds it for long, and holding BUILD_LOCK would stall loads)
+        with ctx.holding(GLOBAL_RNG), BUILD_LOCK, seeded(self.seed % 2**63, device):
             unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=dtype, local_files_only=True)
             unet.requires_grad_(False)
             unet.add_adapter(LoraConfig(r=p.rank, lora_alpha=p.rank, init_lora_weights="gaussian",

@@ -61,8 +61,7 @@ def generate_music(ctx: TaskContext, p: MusicParams) -> dict[str, Any]:
     inputs = processor(text=[p.prompt], padding=True, return_tensors="pt").to(loaded.device)
     # generate samples from the process-wide generator (it takes no generator=): jobs running
     # at once take turns, so a seed reproduces its audio whatever else the worker runs
-    ctx.acquire(GLOBAL_RNG)
-    try:
+    with ctx.holding(GLOBAL_RNG):
         started = time.perf_counter()
         with seeded(p.seed, loaded.device), torch.inference_mode():
             audio = model.generate(
@@ -70,8 +69,6 @@ def generate_music(ctx: TaskContext, p: MusicParams) -> dict[str, Any]:
                 temperature=p.temperature, stopping_criteria=progress.criteria(),
             )
         generate_s = time.perf_counter() - started
-    finally:
-        GLOBAL_RNG.release()
     ctx.check_cancelled()
 
     samples = audio[0].float().cpu().numpy()  # (channels, samples)

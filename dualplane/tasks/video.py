@@ -100,11 +100,8 @@ def render_video(ctx: TaskContext, p: VideoParams) -> dict[str, Any]:
     lora = ctx.get_artifact(p.lora) if p.lora else None
     seed = p.seed if p.seed is not None else random.randrange(2**63)
     held: VideoPipeline = loaded.model
-    ctx.acquire(held.lock)
-    try:
+    with ctx.holding(held.lock):
         frames, denoise = _render(ctx, held.pipe, p, seed, lora)
-    finally:
-        held.lock.release()
 
     ctx.progress(0.95, "encoding")
     # the MP4 uploads while the poster is encoded; both are stored before the node ends
@@ -135,7 +132,7 @@ def _render(ctx: TaskContext, pipe: Any, p: VideoParams, seed: int, lora: bytes 
 
     ctx.check_cancelled()
     if lora is not None:
-        _load_lora(pipe, lora, p.lora_scale)
+        _load_lora(ctx, pipe, lora, p.lora_scale)
     try:
         denoise = _Denoise(ctx, p.steps)
         with torch.inference_mode():
@@ -156,7 +153,7 @@ def _render(ctx: TaskContext, pipe: Any, p: VideoParams, seed: int, lora: bytes 
     return (frames.clip(0, 1) * 255).round().astype("uint8"), denoise
 
 
-def _load_lora(pipe: Any, data: bytes, scale: float) -> None:
+def _load_lora(ctx: TaskContext, pipe: Any, data: bytes, scale: float) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
@@ -167,7 +164,8 @@ def _load_lora(pipe: Any, data: bytes, scale: float) -> None:
     try:
         # builds peft layers: must not overlap another thread's from_pretrained, and their random
         # init (overwritten at once) draws from the global generator a seeded job may be using
-        with BUILD_LOCK, GLOBAL_RNG:
+        # (taken first: a generation holds it for long, and holding BUILD_LOCK would stall loads)
+        with ctx.holding(GLOBAL_RNG), BUILD_LOCK:
             pipe.load_lora_weights(state, adapter_name=_LORA_ADAPTER)
         pipe.set_adapters([_LORA_ADAPTER], adapter_weights=[scale])
     except BaseException:
