@@ -157,7 +157,7 @@ async def test_a_trained_lora_loads_and_changes_the_render_without_leaking(
     # the checkpoint (written at step 4) is the task's own state, not one of its outputs
     assert [a.key for a in node(job, "lora").artifacts] == [trained["lora"]]
     assert (trained["steps"], trained["resumed_from_step"]) == (8, 0)
-    assert trained["final_loss"] > 0 and trained["steps_per_s"] > 0
+    assert trained["final_loss"] > 0 and trained["steps_per_s"] > 0 and trained["unet_load_s"] > 0
     weights = tmp_path / "lora.safetensors"
     weights.write_bytes(await video_models.get(trained["lora"]))
     state = load_file(weights)

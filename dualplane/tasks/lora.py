@@ -129,6 +129,8 @@ def train_lora(ctx: TaskContext, p: LoraParams) -> dict[str, Any]:
         "model": p.model,
         "device": loaded.device,
         "model_load_s": round(loaded.load_s, 4),
+        # the UNet under training is the job's own copy, loaded for it whether the rest was warm or not
+        "unet_load_s": round(trainer.unet_load_s, 4),
     }
 
 
@@ -182,6 +184,7 @@ class _Trainer:
         self.seed = p.seed if p.seed is not None else _derived_seed(ctx.job_id, ctx.node_id)
         self.checkpoint_key = ArtifactStore.key_for(ctx.job_id, ctx.node_id, CHECKPOINT)
         self.step = 0
+        started = time.perf_counter()
         # from_pretrained and add_adapter must not overlap another thread's load; the LoRA's
         # initial weights come from the seed, drawn from the global generator in turn (taken
         # first: a generation holds it for long, and holding BUILD_LOCK would stall loads)
@@ -191,6 +194,7 @@ class _Trainer:
             unet.add_adapter(LoraConfig(r=p.rank, lora_alpha=p.rank, init_lora_weights="gaussian",
                                         target_modules=TARGET_MODULES))
             self.unet = unet.to(device).train()
+        self.unet_load_s = time.perf_counter() - started  # lock waits included: the job waited too
         self.params = [param for param in unet.parameters() if param.requires_grad]
         for param in self.params:  # the LoRA trains in float32 even over a half-precision base
             param.data = param.data.float()
