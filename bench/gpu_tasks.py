@@ -114,41 +114,44 @@ from dualplane.data_plane.model_store import ModelManager, ModelRegistry, ModelS
 
 log = logging.getLogger("bench.gpu_tasks")
 
-#: Per task and size: the job params (inputs such as images and clips are added at run time).
-SIZES: dict[str, dict[str, dict[str, Any]]] = {
+#: Per task: the job params every size shares (inputs such as images and clips are added at run time).
+BASE_PARAMS: dict[str, dict[str, Any]] = {
+    "music": {"prompt": "lo fi hip hop beat with piano and drums", "seed": 1},
+    "video": {"prompt": "a cat with a dog", "fps": 8, "seed": 7},
+    "lora": {"instance_prompt": "sks style", "rank": 4, "seed": 1},
+    "voice": {"transcripts": ["the cat and the dog", ""], "learning_rate": 0.05, "seed": 3},
+    "speak": {"text": "hello rainy night. the cat and the dog play jazz with piano and bass. "
+                      "a slow happy song of the night!", "seed": 7},
+}
+#: Per size and task: the params that set how much work a job is.
+JOB_SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
-        "music": {"prompt": "lo fi hip hop beat with piano and drums", "duration_s": 20.0, "seed": 1},
-        "video": {"prompt": "a cat with a dog", "num_frames": 8, "steps": 4, "width": 32, "height": 32,
-                  "fps": 8, "seed": 7},
-        "lora": {"instance_prompt": "sks style", "steps": 24, "resolution": 32, "rank": 4, "seed": 1},
-        "voice": {"transcripts": ["the cat and the dog", ""], "steps": 100, "learning_rate": 0.05, "seed": 3},
-        "speak": {"text": "hello rainy night. the cat and the dog play jazz with piano and bass. "
-                          "a slow happy song of the night!", "seed": 7, "minlenratio": 16.0,
-                  "maxlenratio": 16.0},
+        "music": {"duration_s": 20.0},
+        "video": {"num_frames": 8, "steps": 4, "width": 32, "height": 32},
+        "lora": {"steps": 24, "resolution": 32},
+        "voice": {"steps": 100},
+        "speak": {"minlenratio": 16.0, "maxlenratio": 16.0},
     },
     # full-size configurations with the job trimmed so a CPU runs one in seconds, not hours: the
     # per-job work of the framework is the same as at "full", the compute much smaller
     "full-cpu": {
-        "music": {"prompt": "lo fi hip hop beat with piano and drums", "duration_s": 2.0, "seed": 1},
-        "video": {"prompt": "a cat with a dog", "num_frames": 4, "steps": 2, "width": 128, "height": 128,
-                  "fps": 8, "seed": 7},
-        "lora": {"instance_prompt": "sks style", "steps": 4, "resolution": 128, "rank": 4, "seed": 1},
-        "voice": {"transcripts": ["the cat and the dog", ""], "steps": 20, "learning_rate": 0.05, "seed": 3},
-        "speak": {"text": "hello rainy night. the cat and the dog play jazz with piano and bass. "
-                          "a slow happy song of the night!", "seed": 7, "minlenratio": 4.0,
-                  "maxlenratio": 4.0},
+        "music": {"duration_s": 2.0},
+        "video": {"num_frames": 4, "steps": 2, "width": 128, "height": 128},
+        "lora": {"steps": 4, "resolution": 128},
+        "voice": {"steps": 20},
+        "speak": {"minlenratio": 4.0, "maxlenratio": 4.0},
     },
     "full": {
-        "music": {"prompt": "lo fi hip hop beat with piano and drums", "duration_s": 10.0, "seed": 1},
-        "video": {"prompt": "a cat with a dog", "num_frames": 16, "steps": 25, "width": 512, "height": 512,
-                  "fps": 8, "seed": 7},
-        "lora": {"instance_prompt": "sks style", "steps": 50, "resolution": 512, "rank": 4, "seed": 1},
-        "voice": {"transcripts": ["the cat and the dog", ""], "steps": 20, "learning_rate": 0.05, "seed": 3},
-        "speak": {"text": "hello rainy night. the cat and the dog play jazz with piano and bass. "
-                          "a slow happy song of the night!", "seed": 7, "minlenratio": 4.0,
-                  "maxlenratio": 4.0},
+        "music": {"duration_s": 10.0},
+        "video": {"num_frames": 16, "steps": 25, "width": 512, "height": 512},
+        "lora": {"steps": 50, "resolution": 512},
+        "voice": {"steps": 20},
+        "speak": {"minlenratio": 4.0, "maxlenratio": 4.0},
     },
 }
+#: Per size and task: the job params.
+SIZES = {size: {name: {**BASE_PARAMS[name], **scale[name]} for name in BASE_PARAMS}
+         for size, scale in JOB_SIZES.items()}
 #: Seconds of each training clip of train_voice, by size.
 CLIP_SECONDS = {"tiny": (1.2, 0.9), "full-cpu": (4.0, 3.0), "full": (4.0, 3.0)}
 ALL_TASKS = ("music", "video", "lora", "voice", "speak")

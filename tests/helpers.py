@@ -6,9 +6,14 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from dualplane.common.models import Job, Node
+from dualplane.common.registry import TaskRegistry
+from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
 from dualplane.data_plane import Worker
 
@@ -98,3 +103,33 @@ async def wait_for_node(plane: ControlPlane, job_id: str, node_id: str, status: 
 
 def node(job: Job, node_id: str) -> Node:
     return next(n for n in job.graph.nodes if n.id == node_id)
+
+
+def local_model_registry(root: Path, name: str = "tiny-local") -> Path:
+    """A ``models.toml`` naming one small local model directory ``name`` (for settings'
+    ``models_config``); returns its path."""
+    weights = root / "weights"
+    weights.mkdir()
+    (weights / "w.bin").write_bytes(b"\1" * 2048)
+    models_toml = root / "models.toml"
+    models_toml.write_text(f'[models.{name}]\nkind = "test"\nsource = "local:{weights}"\n')
+    return models_toml
+
+
+@asynccontextmanager
+async def planes_with(settings: Settings, registry: TaskRegistry, **worker_settings: Any
+                      ) -> AsyncIterator[ControlPlane]:
+    """A control plane and an in-process worker that both know ``registry`` (a catalog with test
+    tasks added); the worker's settings get ``worker_settings`` on top."""
+    from prometheus_client import CollectorRegistry
+
+    plane = ControlPlane(settings, registry=registry, metrics_registry=CollectorRegistry())
+    await plane.start()
+    worker = RunningWorker(Worker(settings.model_copy(update={"worker_id": unique_name("w"), **worker_settings}),
+                                  registry=registry))
+    try:
+        await worker.start()
+        yield plane
+    finally:
+        await worker.stop()
+        await plane.stop(grace_s=0.5)

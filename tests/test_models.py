@@ -19,7 +19,6 @@ import pytest
 
 pytest.importorskip("torch")
 
-from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
 from dualplane.common.artifacts import ArtifactStore
@@ -39,7 +38,7 @@ from dualplane.data_plane.model_store import (
     upload_model_dir,
 )
 from dualplane.tasks import default_registry
-from tests.helpers import RunningWorker, node, wait_for_job, wait_for_node
+from tests.helpers import local_model_registry, node, planes_with, wait_for_job, wait_for_node
 
 pytestmark = pytest.mark.ml
 
@@ -253,8 +252,7 @@ async def test_async_tasks_load_through_aload(tmp_path: Path):
 async def test_worker_serves_debug_torch(settings, tmp_path: Path):
     import httpx
 
-    from dualplane.data_plane import Worker
-
+    
     worker = Worker(settings.model_copy(update={"model_cache_dir": str(tmp_path)}))
     transport = httpx.ASGITransport(app=worker.http_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
@@ -270,8 +268,7 @@ async def test_task_threads_get_the_configured_torch_thread_count(settings, tmp_
 
     import httpx
 
-    from dualplane.data_plane import Worker
-
+    
     worker = Worker(settings.model_copy(update={"model_cache_dir": str(tmp_path), "torch_threads": configured,
                                                 "concurrency": 4}))
     transport = httpx.ASGITransport(app=worker.http_app())
@@ -420,25 +417,12 @@ def oom_once(ctx: TaskContext, p: OomOnceParams) -> dict[str, Any]:
 
 
 async def test_out_of_memory_drops_the_warm_models_before_the_retry(settings, tmp_path: Path):
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    (weights / "w.bin").write_bytes(b"\1" * 2048)
-    models_toml = tmp_path / "models.toml"
-    models_toml.write_text(f'[models.tiny-local]\nkind = "test"\nsource = "local:{weights}"\n')
     registry = default_registry()
     registry.add(oom_once.__task_spec__)  # type: ignore[attr-defined]
-    plane = ControlPlane(settings, registry=registry, metrics_registry=CollectorRegistry())
-    await plane.start()
-    worker = RunningWorker(Worker(settings.model_copy(update={
-        "worker_id": "oom", "models_config": str(models_toml), "model_cache_dir": str(tmp_path / "cache")}),
-        registry=registry))
-    await worker.start()
-    try:
+    async with planes_with(settings, registry, models_config=str(local_model_registry(tmp_path)),
+                           model_cache_dir=str(tmp_path / "cache")) as plane:
         job = await wait_for_job(plane, (await plane.submit(
             {"nodes": [{"id": "o", "task": "oom_once", "plane": "python"}]})).job_id)
-    finally:
-        await worker.stop()
-        await plane.stop(grace_s=0.5)
 
     assert job.status == "succeeded" and node(job, "o").attempts == 2
     assert node(job, "o").output == {"warm": []}  # the first attempt's model was let go

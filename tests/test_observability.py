@@ -35,7 +35,7 @@ from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.auth import Authenticator
 from dualplane.data_plane import Worker
 from dualplane.tasks import default_registry
-from tests.helpers import unique_name
+from tests.helpers import local_model_registry, unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "prometheus"
@@ -320,11 +320,7 @@ async def _serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None
 async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
     """A control plane and a worker, each served over real HTTP by uvicorn on a free port,
     with a catalog that adds ``throughput_probe`` and a model registry with one local model."""
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    (weights / "w.bin").write_bytes(b"\1" * 2048)
-    models_toml = tmp_path / "models.toml"
-    models_toml.write_text(f'[models.tiny-local]\nkind = "test"\nsource = "local:{weights}"\n')
+    models_toml = local_model_registry(tmp_path)
     registry = default_registry()
     registry.add(throughput_probe.__task_spec__)  # type: ignore[attr-defined]
 

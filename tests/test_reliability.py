@@ -13,7 +13,6 @@ import weakref
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
 from dualplane.common.context import TaskContext
@@ -22,9 +21,8 @@ from dualplane.common.models import Handoff
 from dualplane.common.registry import task
 from dualplane.common.retry import Retry
 from dualplane.control_plane import ControlPlane
-from dualplane.data_plane import Worker
 from dualplane.tasks import default_registry
-from tests.helpers import RunningWorker, node, wait_for_job, wait_for_node
+from tests.helpers import RunningWorker, node, planes_with, wait_for_job, wait_for_node
 
 
 async def test_cancel_stops_a_running_node_within_a_step(control_plane: ControlPlane, worker: RunningWorker):
@@ -347,30 +345,25 @@ def _hold_then_fail_task(held: list[weakref.ref[_Weights]]) -> Any:
     return hold_then_fail
 
 
-async def test_a_failed_attempt_lets_go_of_its_locals_before_the_retry_delay(settings, tmp_path):
+async def test_a_failed_attempt_lets_go_of_its_locals_before_the_retry_delay(settings):
     """The traceback of a retried error holds the task's frames, and with them whatever the task
     had built (on a GPU: a model in VRAM), for the whole backoff and, in a reference cycle,
     until a full collection: the retry would hold two copies."""
     held: list[weakref.ref[_Weights]] = []
     registry = default_registry()
     registry.add(_hold_then_fail_task(held).__task_spec__)
-    plane = ControlPlane(settings, registry=registry, metrics_registry=CollectorRegistry())
-    await plane.start()
-    worker = RunningWorker(Worker(settings.model_copy(update={"worker_id": "holder"}), registry=registry))
-    await worker.start()
-    gc.disable()  # freed by reference counting, or not at all
-    try:
-        job_id = (await plane.submit({"nodes": [{"id": "h", "task": "hold_then_fail", "plane": "python"}]})).job_id
-        deadline = time.monotonic() + 10
-        while not any(e.message and e.message.startswith("retrying") for e in await plane.bridge.events(job_id)):
-            assert time.monotonic() < deadline, "no retry"
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)
-        alive_in_backoff = [ref() is not None for ref in held]
-        job = await wait_for_job(plane, job_id)
-    finally:
-        gc.enable()
-        await worker.stop()
-        await plane.stop(grace_s=0.5)
+    async with planes_with(settings, registry) as plane:
+        gc.disable()  # freed by reference counting, or not at all
+        try:
+            job_id = (await plane.submit({"nodes": [{"id": "h", "task": "hold_then_fail", "plane": "python"}]})).job_id
+            deadline = time.monotonic() + 10
+            while not any(e.message and e.message.startswith("retrying") for e in await plane.bridge.events(job_id)):
+                assert time.monotonic() < deadline, "no retry"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+            alive_in_backoff = [ref() is not None for ref in held]
+            job = await wait_for_job(plane, job_id)
+        finally:
+            gc.enable()
     assert job.status == "succeeded" and node(job, "h").attempts == 2
     assert alive_in_backoff == [False]

@@ -247,13 +247,12 @@ class Executor:
             if retrying:  # LangGraph logs the retry with its traceback
                 log.warning("node %s (%s) attempt %d raised %s: %s; retrying", node.id, spec.name, attempt,
                             type(exc).__name__, exc)
-            elif not isinstance(exc, _InvalidParams):  # the node's error says all of a params error
-                log.error("node %s (%s) attempt %d raised %s", node.id, spec.name, attempt, type(exc).__name__,
-                          exc_info=exc)
-            if retrying:
                 write(_chunk(run, node, "retrying", error=_error(exc, transient=True),
                              delay_s=spec.retry.delay_s(attempt)))
                 raise _RetryAttempt from exc
+            if not isinstance(exc, _InvalidParams):  # the node's error says all of a params error
+                log.error("node %s (%s) attempt %d raised %s", node.id, spec.name, attempt, type(exc).__name__,
+                          exc_info=exc)
             outcome = "failed"
             write(_chunk(run, node, "finished", status=outcome,
                          error=_error(exc, transient=spec.retry.is_transient(exc))))
