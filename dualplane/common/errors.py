@@ -26,8 +26,23 @@ class UnknownJob(DualplaneError):
     """No job with that id (or it expired)."""
 
 
-class BridgeClosed(DualplaneError):
+class Unavailable(DualplaneError):
+    """A service dualplane depends on cannot be reached now (HTTP 503 with Retry-After)."""
+
+    retry_after_s = 1
+
+
+class BridgeClosed(Unavailable):
     """The bridge was used after close, or Redis went away."""
+
+
+class ObjectNotFound(DualplaneError, ValueError):
+    """No object under that key *for this job*: it does not exist, or it belongs to another
+    user. Both read alike on purpose, so the error cannot tell whether someone else's key exists."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no object {key!r}")
+        self.key = key
 
 
 class TaskCancelled(DualplaneError):
@@ -36,6 +51,11 @@ class TaskCancelled(DualplaneError):
 
 class TransientError(DualplaneError):
     """A failure worth retrying (lost connection, CUDA OOM after freeing cache...)."""
+
+
+class StoreUnavailable(TransientError, Unavailable):
+    """The object store did not answer (connection refused, timeout, 5xx): retried by tasks,
+    HTTP 503 from the API."""
 
 
 class NodeTimeout(DualplaneError):

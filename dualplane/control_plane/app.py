@@ -7,6 +7,7 @@ own jobs (another user's job is a 404, never a 403, so ids do not leak). Every e
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 
 import orjson
 import pydantic
+import redis
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -22,7 +24,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dualplane.common import logs
-from dualplane.common.errors import GraphValidationError, UnknownJob
+from dualplane.common.errors import GraphValidationError, StoreUnavailable, Unavailable, UnknownJob
 from dualplane.common.models import CapabilityManifest, Event, Graph, Job
 from dualplane.common.settings import Settings
 from dualplane.control_plane.auth import (
@@ -37,6 +39,8 @@ from dualplane.control_plane.listing import InvalidCursor, JobFilter, list_jobs
 from dualplane.control_plane.planner import StructuredIntent
 from dualplane.control_plane.service import FINISHED, ControlPlane, JobConflict
 from dualplane.control_plane.ui import mount_ui
+
+log = logging.getLogger("dualplane.api")
 
 PROBLEM = "application/problem+json"
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -311,7 +315,23 @@ def _install_hub(app: FastAPI, control: ControlPlane, auth: Authenticator, setti
     add_websocket_route(app, hub, auth)
 
 
+#: Redis errors that mean "not now" rather than "never": a dropped or refused connection, an
+#: exhausted pool, a server still loading its data or a replica that was not promoted yet.
+_REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                      redis.exceptions.ReadOnlyError, redis.exceptions.BusyLoadingError)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        retry_after = getattr(exc, "retry_after_s", Unavailable.retry_after_s)
+        log.warning("%s %s: service unavailable: %s", request.method, request.url.path, exc)
+        return problem(503, "Service unavailable", f"{_unavailable_what(exc)} is unavailable; retry shortly",
+                       headers={"Retry-After": str(retry_after)})
+
+    app.add_exception_handler(Unavailable, _unavailable)
+    for error_type in _REDIS_UNAVAILABLE:
+        app.add_exception_handler(error_type, _unavailable)
+
     @app.exception_handler(GraphValidationError)
     async def _invalid_graph(request: Request, exc: GraphValidationError) -> JSONResponse:
         return problem(422, "Invalid graph", str(exc), node_errors=exc.node_errors)
@@ -353,6 +373,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+def _unavailable_what(exc: Exception) -> str:
+    return "the object store" if isinstance(exc, StoreUnavailable) else "the job store (Redis)"
 
 
 def _install_request_id(app: FastAPI) -> None:
