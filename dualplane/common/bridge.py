@@ -11,6 +11,8 @@ Key layout under the configurable prefix ``P`` (default ``dp:``):
 ``P stream:control``          control-plane stream, group ``control``
 ``P stream:data:<pool>``      data-plane stream of a worker pool, group ``workers``
 ``P stream:dead``             dead-letter stream (reason, source stream and id, fields)
+``P jobs:active``             sorted set of unfinished jobs (by created_at): the reconciler's list
+``P instance``                a marker set at start-up: when it is gone, Redis lost its data
 ``P worker:<id>``             capability manifest of a live worker (TTL)
 ============================  ===========================================================
 
@@ -23,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Self
@@ -38,6 +41,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from dualplane.common.errors import BridgeClosed, UnknownJob
 from dualplane.common.models import BridgeConfig, Event, Graph, Handoff, Job
 
+log = logging.getLogger("dualplane.bridge")
+
 CONTROL_GROUP = "control"
 #: Longest single blocking read: well under redis-py's default 5 s socket timeout.
 MAX_BLOCK_MS = 2000
@@ -48,7 +53,7 @@ _NODE_FIELD = "n:"
 RUNTIME_FIELDS = frozenset(
     {"status", "attempts", "progress", "started_at", "finished_at", "output", "artifacts", "error", "reason"}
 )
-_LUA_NAMES = ("create", "emit", "handoff", "claim", "dead_letter")
+_LUA_NAMES = ("create", "emit", "handoff", "claim", "dead_letter", "requeue")
 
 
 def _dumps(value: Any) -> bytes:
@@ -77,7 +82,8 @@ class Message:
 
 @dataclass(frozen=True)
 class Claim:
-    """What the job hash says when a handoff arrives: ``ok`` false means stale or gone."""
+    """What the job hash says when a handoff arrives: ``ok`` false means stale or gone.
+    ``fence`` is the claimant's ownership token: every write it makes is checked against it."""
 
     ok: bool
     gone: bool = False
@@ -85,6 +91,8 @@ class Claim:
     cancel_requested: bool = False
     node_states: dict[str, dict[str, Any]] | None = None
     created_at: float | None = None
+    user: str | None = None
+    fence: int = 0
 
 
 class _State(enum.Enum):
@@ -101,6 +109,8 @@ class Keys:
         self.control_stream = f"{prefix}stream:control"
         self.dead_stream = f"{prefix}stream:dead"
         self.jobs_index = f"{prefix}jobs"
+        self.active_jobs = f"{prefix}jobs:active"
+        self.instance = f"{prefix}instance"
         self.cancels_channel = f"{prefix}cancels"
 
     def user_jobs(self, user: str) -> str:
@@ -276,7 +286,12 @@ class Bridge:
         if self._state is _State.CLOSED:
             raise BridgeClosed("bridge was closed")
         if self._client is None:
-            self._client = aioredis.Redis.from_url(self.config.redis_url, decode_responses=False)
+            # a blocking pool: a burst past max_connections waits (bounded) for a connection
+            # instead of failing at once, and a wait that runs out is a clean "unavailable"
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.config.redis_url, max_connections=self.config.max_connections,
+                timeout=self.config.pool_timeout_s)
+            self._client = aioredis.Redis(connection_pool=pool, decode_responses=False)
         try:
             for name, source in self._sources.items():
                 self._shas[name] = await self._client.script_load(source)
@@ -327,20 +342,39 @@ class Bridge:
                 raise
 
     async def read(self, stream: str, consumer: str, *, count: int, block_ms: int | None) -> list[Message]:
-        """New messages for this consumer (XREADGROUP ``>``)."""
+        """New messages for this consumer (XREADGROUP ``>``). A group that vanished (Redis
+        restarted empty, a failover to an empty replica, a FLUSHALL) is created again."""
         try:
             reply = await self.client.xreadgroup(
                 self.keys.group_for_stream(stream), consumer, {stream: ">"}, count=count, block=block_ms
             )
+        except ResponseError as exc:
+            if not _is_nogroup(exc):
+                raise BridgeClosed(f"read from {stream} failed: {exc}") from exc
+            await self._recreate_group(stream)
+            return []
         except redis.RedisError as exc:
             raise BridgeClosed(f"read from {stream} failed: {exc}") from exc
         return [Message(stream, _s(mid), fields) for _, entries in reply or [] for mid, fields in entries]
+
+    async def _recreate_group(self, stream: str) -> None:
+        log.error("consumer group of %s is missing (Redis lost its data?); creating it again", stream)
+        try:
+            await self.ensure_group(stream)
+        except redis.RedisError as exc:
+            raise BridgeClosed(f"cannot create the group of {stream}: {exc}") from exc
 
     async def reclaim(self, stream: str, consumer: str, *, count: int) -> tuple[list[Message], dict[str, int]]:
         """Take over messages idle longer than the lease (a dead consumer's), with their
         delivery counts. Entries deleted from the stream meanwhile are acknowledged."""
         group = self.keys.group_for_stream(stream)
-        reply = await self.client.xautoclaim(stream, group, consumer, self.lease_ms, "0-0", count=count)
+        try:
+            reply = await self.client.xautoclaim(stream, group, consumer, self.lease_ms, "0-0", count=count)
+        except ResponseError as exc:
+            if not _is_nogroup(exc):
+                raise
+            await self._recreate_group(stream)
+            return [], {}
         _, entries, *rest = reply  # Redis 6.2 replies with 2 elements, 7.x with 3
         deleted = rest[0] if rest else []
         if deleted:
@@ -377,11 +411,13 @@ class Bridge:
     async def dead_letter(self, message: Message, reason: str, job_id: str | None = None) -> None:
         """Park a message with its reason; fail its job, if known, so nobody waits on it."""
         job_id = job_id or ""
-        fields = {_s(k): _s(v) for k, v in message.fields.items()}
+        # a poison message may hold bytes that are not UTF-8: kept readable, never a crash
+        fields = {_lenient(k): _lenient(v) for k, v in message.fields.items()}
         _, body = event_body("status", job_id, status="failed", message=f"dead-lettered: {reason}")
         await self._call(_Call(
             "dead_letter",
-            [self.keys.dead_stream, message.stream, self.keys.job(job_id), self.keys.events(job_id)],
+            [self.keys.dead_stream, message.stream, self.keys.job(job_id), self.keys.events(job_id),
+             self.keys.active_jobs],
             [self.keys.prefix, job_id, time.time(), self.keys.group_for_stream(message.stream), message.id,
              reason, _dumps(fields), self.config.finished_job_ttl_s, body],
         ))
@@ -429,7 +465,7 @@ class Bridge:
         reply = await self._call(_Call(
             "create",
             [self.keys.job(job_id), self.keys.events(job_id), self.keys.stream_for_lane(lane), index,
-             self.keys.user_jobs(user) if user else index],
+             self.keys.user_jobs(user) if user else index, self.keys.active_jobs],
             [self.keys.prefix, job_id, time.time(), message.model_dump_json(exclude_defaults=True)],
             fields, _flatten(events),
         ))
@@ -453,7 +489,7 @@ class Bridge:
         fence: int | None = None,
     ) -> int:
         """Update job fields and append/publish events in one atomic step. ``fence`` is the
-        caller's handoff_seq; a stale owner gets -1 and changes nothing."""
+        caller's ownership token (from its claim); a stale owner gets -1 and changes nothing."""
         return int(await self.emit_nowait(job_id, events, fields=fields, fence=fence))
 
     def emit_nowait(
@@ -482,6 +518,7 @@ class Bridge:
         job_id: str,
         *,
         expected_seq: int,
+        fence: int | None,
         source: Message | None,
         target_lane: str | None,
         graph: Graph,
@@ -501,10 +538,12 @@ class Bridge:
         src_stream = source.stream if source else self.keys.control_stream
         return self._call(_Call(
             "handoff",
-            [self.keys.job(job_id), self.keys.events(job_id), src_stream, target or src_stream],
+            [self.keys.job(job_id), self.keys.events(job_id), src_stream, target or src_stream,
+             self.keys.active_jobs],
             [self.keys.prefix, job_id, expected_seq, time.time(), self.keys.group_for_stream(src_stream),
-             source.id if source else "", message, self.config.finished_job_ttl_s],
-            list(fields), _flatten(events), merge_key=(job_id, expected_seq),
+             source.id if source else "", message, self.config.finished_job_ttl_s,
+             "" if fence is None else fence],
+            list(fields), _flatten(events), merge_key=(job_id, fence),
         ))
 
     async def request_cancel(self, job_id: str) -> str:
@@ -595,9 +634,60 @@ class Bridge:
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(self.keys.job(job_id), self.keys.events(job_id))
         pipe.zrem(self.keys.jobs_index, job_id)
+        pipe.zrem(self.keys.active_jobs, job_id)
         if user:
             pipe.zrem(self.keys.user_jobs(user), job_id)
         await pipe.execute()
+
+    # -- reconciliation (control/reconciler.py) -----------------------------------------
+
+    async def mark_instance(self) -> bool:
+        """Set the instance marker if it is missing; True when it was (a new or emptied Redis)."""
+        return bool(await self.client.set(self.keys.instance, str(time.time()), nx=True))
+
+    async def active_jobs(self, *, after: tuple[float, str] | None, count: int) -> list[tuple[str, float]]:
+        """Unfinished jobs, oldest first, after ``(created_at, id)``."""
+        low = "-inf" if after is None else str(after[0])
+        rows = await self.client.zrange(self.keys.active_jobs, low, "+inf", byscore=True, offset=0,
+                                        num=count + 64, withscores=True)
+        out = [(_s(member), float(score)) for member, score in rows]
+        if after is not None:  # ids sharing the last score may repeat: skip what was seen
+            out = [(j, t) for j, t in out if (t, j) > after]
+        return out[:count]
+
+    async def handoff_positions(self, job_ids: Sequence[str]) -> list[tuple[str, int, str, str] | None]:
+        """(status, handoff_seq, lane stream, entry id) of each job; None where the job is gone
+        or names no entry."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), ["status", "handoff_seq", "lane", "msg"])
+        out: list[tuple[str, int, str, str] | None] = []
+        for status, handoff_seq, lane, msg in await pipe.execute():
+            if status is None or not lane or not msg:
+                out.append(None)
+            else:
+                out.append((_s(status), int(handoff_seq or 0), _s(lane), _s(msg)))
+        return out
+
+    async def entries_exist(self, entries: Sequence[tuple[str, str]]) -> list[bool]:
+        """Whether each (stream, entry id) is still in its stream."""
+        pipe = self.client.pipeline(transaction=False)
+        for stream, entry_id in entries:
+            pipe.xrange(stream, entry_id, entry_id, count=1)
+        return [bool(rows) for rows in await pipe.execute()]
+
+    async def requeue(self, job: Job, *, lane_stream: str, entry_id: str, reason: str) -> int:
+        """Hand ``job`` on again on ``lane_stream`` when its entry ``entry_id`` is really gone
+        and the job has not moved on (checked atomically). Returns the last seq, 0 when nothing
+        was done, -2 when the job is gone."""
+        message = Handoff(job_id=job.id, handoff_seq=job.handoff_seq + 1, graph=job.graph,
+                          request_id=job.request_id, sent_by="reconciler").model_dump_json(exclude_defaults=True)
+        _, event = event_body("data", job.id, message=reason, data={"requeued": reason}, plane="control")
+        return int(await self._call(_Call(
+            "requeue",
+            [self.keys.job(job.id), self.keys.events(job.id), lane_stream, self.keys.active_jobs],
+            [self.keys.prefix, job.id, time.time(), job.handoff_seq, entry_id, message, event],
+        )))
 
     async def job_page(self, index: str, *, max_score: str, min_score: str, count: int) -> list[tuple[str, float]]:
         """Newest-first ids (with their created_at) from a job index, by score range."""
@@ -668,9 +758,10 @@ def parse_claim(reply: Any) -> Claim:
         return Claim(ok=False, gone=True)
     if code == -1:
         return Claim(ok=False)
-    states = {_s(reply[i]): orjson.loads(reply[i + 1]) for i in range(4, len(reply), 2)}
+    states = {_s(reply[i]): orjson.loads(reply[i + 1]) for i in range(6, len(reply), 2)}
     return Claim(ok=True, status=_s(reply[1]), cancel_requested=bool(reply[2]), node_states=states,
-                 created_at=float(reply[3]) if reply[3] else None)
+                 created_at=float(reply[3]) if reply[3] else None, user=_s(reply[4]) or None,
+                 fence=int(reply[5]))
 
 
 def job_from_hash(raw: dict[str, bytes]) -> Job:
@@ -725,19 +816,33 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _lenient(value: Any) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def _is_nogroup(exc: Exception) -> bool:
+    return str(exc).startswith("NOGROUP")
+
+
 class LeaseKeeper:
-    """Keeps in-flight messages claimed while their nodes run (XCLAIM JUSTID, which resets
-    the idle time without counting a delivery).
+    """Keeps in-flight messages claimed while their nodes run, and tells when one was lost.
 
     It runs in its own thread with its own connection, so a task that blocks the event
-    loop (a long sync torch call holding it) cannot let its lease lapse.
+    loop (a long sync torch call holding it) cannot let its lease lapse. A renewal only
+    touches entries this consumer still owns (``renew.lua``): a consumer that was paused past
+    its lease and comes back must not take back what another consumer reclaimed meanwhile.
+    The ids it lost go to ``on_lost`` (called in the keeper's thread).
     """
 
-    def __init__(self, redis_url: str, keys: Keys, consumer: str, interval_s: float) -> None:
+    def __init__(self, redis_url: str, keys: Keys, consumer: str, interval_s: float,
+                 on_lost: Callable[[str, list[str]], None] | None = None) -> None:
         self._client = redis.Redis.from_url(redis_url)
+        self._renew = self._client.register_script(
+            (resources.files("dualplane.common") / "lua" / "renew.lua").read_text())
         self._keys = keys
         self._consumer = consumer
         self._interval_s = interval_s
+        self._on_lost = on_lost
         self._held: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -766,15 +871,17 @@ class LeaseKeeper:
     def beat(self) -> None:
         for stream, ids in self.held().items():
             try:
-                self._client.xclaim(
-                    stream, self._keys.group_for_stream(stream), self._consumer, 0, ids, justid=True
-                )
+                lost = self._renew(keys=[stream], args=[self._keys.group_for_stream(stream), self._consumer, *ids])
             except redis.RedisError:
                 continue  # the next beat retries; the lease is several beats long
+            with self._lock:  # acknowledged meanwhile: not lost, just done
+                lost = [_s(mid) for mid in lost if _s(mid) in self._held.get(stream, ())]
+            if lost and self._on_lost is not None:
+                self._on_lost(stream, lost)
         self.beats += 1
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self._client.close()

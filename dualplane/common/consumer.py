@@ -1,8 +1,14 @@
 """The loop both planes run: read handoffs from a lane's stream, run the lane's nodes,
 hand the graph on (or finish the job) and acknowledge — in one atomic step.
 
-``run`` → ``_poll`` → ``_start`` → (executor) → ``_finish``. Reclaiming abandoned
-messages, the cancel watch and the lease heartbeat run beside it.
+``run`` → ``_poll`` → ``_start`` → (executor) → ``_finish``. ``_poll`` also reclaims
+abandoned messages, before new ones, when a reclaim is due; the cancel watch and the lease
+heartbeat run beside it.
+
+Whatever goes wrong with one message — it does not parse, its graph cannot be run, a bug
+meets it — that message is dead-lettered with the reason and the loop goes on. Should the
+loop itself die, :attr:`Consumer.failure` says why, the leases it held are let go (so other
+consumers reclaim them) and the plane reports itself unhealthy and exits.
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import orjson
 import pydantic
+import redis
 
 from dualplane.common import logs
 from dualplane.common.bridge import (
@@ -38,6 +45,7 @@ from dualplane.common.graph import (
     next_lane,
     plan_for_lane,
     propagate_skips,
+    structure_problem,
 )
 from dualplane.common.models import Graph, Handoff, Node, NodeStatus
 from dualplane.common.telemetry import PlaneMetrics
@@ -50,6 +58,10 @@ DEFAULT_CANCEL_POLL_S = 2.0
 #: A pushed cancel for a job not in flight here is kept this long: its claim may be on the
 #: way, having read the flag just before the request set it.
 RECENT_CANCEL_S = 30.0
+#: A consumer whose reads have failed for longer than this is reported unhealthy.
+UNHEALTHY_AFTER_S = 10.0
+#: Longest reason kept with a dead letter (an exception text can be huge).
+MAX_REASON_CHARS = 500
 
 
 class Consumer:
@@ -89,8 +101,17 @@ class Consumer:
         self._finishers: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._lease = LeaseKeeper(bridge.config.redis_url, bridge.keys, name, bridge.heartbeat_s)
+        self._lease = LeaseKeeper(bridge.config.redis_url, bridge.keys, name, bridge.heartbeat_s,
+                                  on_lost=self._lost_from_thread)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
+        #: Abandoned messages are looked for this often; the next free slot goes to them first.
+        self._reclaim_every_s = max(0.05, bridge.config.lease_s / 2)
+        self._next_reclaim = 0.0
+        self._last_read_ok = time.monotonic()
+        self._read_error: str | None = None
+        #: Why the loop died (None while it runs or after a clean stop).
+        self.failure: BaseException | None = None
         self.started = asyncio.Event()
 
     @property
@@ -100,20 +121,55 @@ class Consumer:
     # -- main loop -------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Consume until :meth:`stop`."""
+        """Consume until :meth:`stop`; if the loop dies, :attr:`failure` says why."""
         logs.bind(plane=self.plane, worker=self.name)  # inherited by every task started below
-        await self.bridge.ensure_group(self.stream)
+        self._loop = asyncio.get_running_loop()
+        await self._ensure_group()
         self._lease.start()
-        self._side_tasks = [asyncio.create_task(self._reclaim_loop()), asyncio.create_task(self._cancel_loop())]
+        self._side_tasks = [asyncio.create_task(self._cancel_loop())]
         self.started.set()
         try:
             while not self._stopping.is_set():
                 await self._poll()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # nothing reads here any more: let the leases lapse so other consumers reclaim
+            # the messages, and say so loudly (health turns red, the process exits non-zero)
+            self.failure = exc
+            log.critical("%s: the consume loop of %s died; %d messages left for reclaim", self.name,
+                         self.stream, len(self._inflight), exc_info=exc)
+            self._lease.stop()
+            raise
         finally:
             self._stopping.set()  # the side loops end on it even if a cancellation is swallowed
             for task in self._side_tasks:
                 task.cancel()
             await asyncio.gather(*self._side_tasks, return_exceptions=True)
+
+    async def _ensure_group(self) -> None:
+        """Create the group, waiting out a Redis that is not there yet."""
+        while True:
+            try:
+                await self.bridge.ensure_group(self.stream)
+                return
+            except redis.RedisError as exc:
+                self._read_failed(f"cannot create the consumer group: {exc}")
+                if not await self._every(1.0):
+                    return
+
+    def health(self) -> dict[str, Any]:
+        """Whether this consumer is doing its job, for the plane's ``/health``."""
+        if self.failure is not None:
+            return {"ok": False, "error": f"consume loop died: {type(self.failure).__name__}: {self.failure}"}
+        stalled_s = time.monotonic() - self._last_read_ok
+        if self._read_error is not None and stalled_s > UNHEALTHY_AFTER_S:
+            return {"ok": False, "error": f"no successful read for {stalled_s:.0f} s: {self._read_error}"}
+        return {"ok": True, "busy": len(self._inflight)}
+
+    def _read_failed(self, error: str) -> None:
+        self._read_error = error
+        log.error("%s: %s; retrying in 1 s", self.name, error)
 
     async def _poll(self) -> None:
         free = self._concurrency - len(self._inflight)
@@ -122,18 +178,36 @@ class Consumer:
             await self._wait_or_stop(self._slot_freed.wait(), timeout_s=None)
             return
         try:
+            if time.monotonic() >= self._next_reclaim:
+                # reclaimed work goes first: under a stream of new work a dead consumer's
+                # messages would otherwise wait for a moment when no new message is there
+                self._next_reclaim = time.monotonic() + self._reclaim_every_s
+                if await self._reclaim(free):
+                    return
             messages = await self.bridge.read(
                 self.stream, self.name, count=min(free, self.bridge.config.read_batch),
                 block_ms=self.bridge.config.read_block_ms,
             )
-        except BridgeClosed as exc:
-            log.error("%s: %s; retrying in 1 s", self.name, exc)
+        except (BridgeClosed, redis.RedisError) as exc:
+            self._read_failed(str(exc))
             await self._wait_or_stop(asyncio.sleep(1.0), timeout_s=1.0)
             return
+        self._last_read_ok = time.monotonic()
+        self._read_error = None
         if messages and not self._stopping.is_set():
             await self._start(messages, {})
         elif messages:
             await self.bridge.release(self.stream, self.name, [m.id for m in messages])
+
+    async def _reclaim(self, count: int) -> bool:
+        """Take over up to ``count`` abandoned messages (idle past the lease); True if any."""
+        messages, counts = await self.bridge.reclaim(self.stream, self.name, count=count)
+        if not messages:
+            return False
+        self._metrics.reclaimed.inc(len(messages))
+        log.warning("%s: reclaimed %d abandoned messages", self.name, len(messages))
+        await self._start(messages, counts)
+        return True
 
     async def _wait_or_stop(self, awaitable: Awaitable[Any], *, timeout_s: float | None) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())
@@ -151,29 +225,67 @@ class Consumer:
         while its claim is still on the way (the claim's round trip overlaps LangGraph's
         start-up); its nodes wait for the claim to confirm the plan before doing anything.
         A re-delivery, or a claim that disagrees, goes the careful way: claim, merge, plan.
+        Each message is handled on its own: one that breaks anything is dead-lettered.
         """
-        parsed = [(m, self._parse(m, delivery_counts.get(m.id, 1))) for m in messages]
-        valid = [(m, h) for m, h in parsed if h is not None]
-        for message, _ in valid:
-            self._lease.hold(message.stream, message.id)
+        valid: list[tuple[Message, Handoff]] = []
+        for message in messages:
+            handoff = self._parse(message, delivery_counts.get(message.id, 1))
+            if handoff is not None:
+                valid.append((message, handoff))
+                self._lease.hold(message.stream, message.id)
         pending_claims = [self.bridge.claim_nowait(h.job_id, h.handoff_seq) for _, h in valid]
-        early = {i: run for i, (m, h) in enumerate(valid)
-                 if delivery_counts.get(m.id, 1) == 1 and (run := _speculative_run(m, h, self.lane)).plan}
+        early: dict[int, JobRun] = {}
+        rejected: set[int] = set()
+        for i, (message, handoff) in enumerate(valid):
+            if delivery_counts.get(message.id, 1) == 1:
+                rejected.add(i)
+                with self._guard(message, handoff.job_id):
+                    if (run := _speculative_run(message, handoff, self.lane)).plan:
+                        early[i] = run
+                    rejected.discard(i)
         self._launch(list(early.values()))
-        replies = await asyncio.gather(*pending_claims)
+        replies = await asyncio.gather(*pending_claims, return_exceptions=True)
         runs: list[JobRun] = []
         for i, ((message, handoff), reply) in enumerate(zip(valid, replies, strict=True)):
-            claim = parse_claim(reply)
-            run = early.get(i)
-            if run is not None and _confirms(run, claim):
-                self._admit(run, claim)
+            if i in rejected:
                 continue
-            if run is not None:
-                run.admitted.set_result(False)  # its nodes return without a trace
-            accepted = await self._accept(message, handoff, claim)
-            if accepted is not None:
-                runs.append(accepted)
+            run = early.get(i)
+            if isinstance(reply, BaseException):  # Redis went away: the lease lapses, it is reclaimed
+                log.error("%s: claim of job %s failed: %s", self.name, handoff.job_id, reply)
+                self._lease.drop(message.stream, message.id)
+                if run is not None:
+                    run.admitted.set_result(False)
+                continue
+            with self._guard(message, handoff.job_id, run):
+                claim = parse_claim(reply)
+                if run is not None and _confirms(run, claim):
+                    self._admit(run, claim)
+                    continue
+                if run is not None:
+                    run.admitted.set_result(False)  # its nodes return without a trace
+                accepted = await self._accept(message, handoff, claim)
+                if accepted is not None:
+                    runs.append(accepted)
         self._launch(runs)
+
+    @contextlib.contextmanager
+    def _guard(self, message: Message, job_id: str | None, run: JobRun | None = None) -> Iterator[None]:
+        """Dead-letter ``message`` if the block raises: a message this plane cannot handle
+        must not take the loop down, nor come back for ever."""
+        try:
+            yield
+        except Exception as exc:
+            log.exception("%s: cannot handle message %s (job %s)", self.name, message.id, job_id)
+            if run is not None and run.admitted is not None and not run.admitted.done():
+                run.admitted.set_result(False)
+            if run is not None:
+                self._inflight.pop(message.id, None)
+            self._poison(message, job_id, f"cannot be processed: {type(exc).__name__}: {exc}")
+
+    def _poison(self, message: Message, job_id: str | None, reason: str) -> None:
+        self._lease.drop(message.stream, message.id)
+        self._metrics.dead_letters.labels(stream=self.lane).inc()
+        self._spawn(self.bridge.dead_letter(message, reason[:MAX_REASON_CHARS], job_id))
 
     def _launch(self, runs: list[JobRun]) -> None:
         if runs:
@@ -183,6 +295,7 @@ class Consumer:
 
     def _admit(self, run: JobRun, claim: Claim) -> None:
         run.job_status, run.created_at = claim.status, claim.created_at
+        run.fence, run.user = claim.fence, claim.user
         if run.job_id in self._recent_cancels:
             run.cancel.set()
         if run.message is not None:
@@ -200,13 +313,16 @@ class Consumer:
                     f"delivered {deliveries} times (limit {self.bridge.config.max_deliveries}); "
                     "its consumers kept dying or timing out"
                 )
-            return Handoff.model_validate_json(message.raw)
-        except (ValueError, pydantic.ValidationError) as exc:
+            handoff = Handoff.model_validate_json(message.raw)
+            problem = structure_problem(handoff.graph)
+            if problem is not None:
+                raise ValueError(f"invalid handoff message: its graph cannot run: {problem}")
+            return handoff
+        except Exception as exc:  # anything at all: the message goes, the loop stays
             reason = _reason(exc)
             job_id = _peek_job_id(message.raw) if message.raw else None
             log.error("%s: dead-lettering %s (job %s): %s", self.name, message.id, job_id, reason)
-            self._metrics.dead_letters.labels(stream=self.lane).inc()
-            self._spawn(self.bridge.dead_letter(message, reason, job_id))
+            self._poison(message, job_id, reason)
             return None
 
     async def _accept(self, message: Message, handoff: Handoff, claim: Claim) -> JobRun | None:
@@ -222,8 +338,9 @@ class Consumer:
         graph = _merge_states(handoff.graph, claim.node_states or {})
         plan = [n.id for n in plan_for_lane(graph, self.lane)] if not claim.cancel_requested else []
         run = JobRun(
-            job_id=handoff.job_id, graph=graph, plan=plan, fence=handoff.handoff_seq, message=message,
-            request_id=handoff.request_id, job_status=claim.status, created_at=claim.created_at,
+            job_id=handoff.job_id, graph=graph, plan=plan, handoff_seq=handoff.handoff_seq, fence=claim.fence,
+            user=claim.user, message=message, request_id=handoff.request_id, job_status=claim.status,
+            created_at=claim.created_at,
         )
         if claim.cancel_requested or run.job_id in self._recent_cancels:
             run.cancel.set()
@@ -254,6 +371,15 @@ class Consumer:
         Synchronous on purpose: called from the executor as the last node's end is
         mirrored, the handoff is merged into that same script call.
         """
+        try:
+            self._hand_on(run)
+        except Exception as exc:  # a bug here must not strand the message with a live lease
+            log.exception("%s: cannot hand on job %s", self.name, run.job_id)
+            self._forget(run)
+            if run.message is not None:
+                self._poison(run.message, run.job_id, f"cannot be handed on: {type(exc).__name__}: {exc}")
+
+    def _hand_on(self, run: JobRun) -> None:
         graph = run.graph
         events: list[tuple[str, bytes]] = []
         fields: list[Any] = []
@@ -272,7 +398,8 @@ class Consumer:
             _queue_ready(run, target, events, fields, self.plane)
             fields += ["owner", "control" if target == "control" else "python"]
         reply = self.bridge.handoff_nowait(
-            run.job_id, expected_seq=run.fence, source=run.message, target_lane=target, graph=graph,
+            run.job_id, expected_seq=run.handoff_seq, fence=run.fence, source=run.message, target_lane=target,
+            graph=graph,
             request_id=run.request_id, sent_by=self.name, fields=fields, events=events,
         )
         reply.add_done_callback(lambda f: self._handed_off(run, f, outcome, target))
@@ -323,22 +450,22 @@ class Consumer:
             return True
         return False
 
-    async def _reclaim_loop(self) -> None:
-        """Take over messages whose consumer died (idle past the lease)."""
-        interval_s = max(0.05, self.bridge.config.lease_s / 2)
-        while await self._every(interval_s):
-            free = self._concurrency - len(self._inflight)
-            if free <= 0:
+    def _lost_from_thread(self, stream: str, ids: list[str]) -> None:
+        """The lease keeper found messages this consumer no longer owns (its thread)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._lost, ids)
+
+    def _lost(self, ids: list[str]) -> None:
+        """Another consumer reclaimed these messages while this one was paused: it owns the
+        jobs now (their fence moved on, so nothing written from here would land). Stop."""
+        for message_id in ids:
+            run = self._inflight.get(message_id)
+            if run is None or run.done.done():
                 continue
-            try:
-                messages, counts = await self.bridge.reclaim(self.stream, self.name, count=free)
-            except Exception as exc:  # keep reclaiming after a Redis hiccup
-                log.error("%s: reclaim failed: %s", self.name, exc)
-                continue
-            if messages:
-                self._metrics.reclaimed.inc(len(messages))
-                log.warning("%s: reclaimed %d abandoned messages", self.name, len(messages))
-                await self._start(messages, counts)
+            log.warning("%s: job %s was reclaimed by another consumer; stopping its nodes here",
+                        self.name, run.job_id)
+            run.stale = True
+            run.cancel.set()
 
     async def _cancel_loop(self) -> None:
         """Propagate cancel requests into running jobs (tasks see ``ctx.cancelled``).
@@ -424,9 +551,10 @@ class _TooManyDeliveries(ValueError):
 
 
 def _speculative_run(message: Message, handoff: Handoff, lane: str) -> JobRun:
-    """A run planned from the graph the message carries, not yet admitted."""
+    """A run planned from the graph the message carries, not yet admitted (its fence and
+    owner come with the claim)."""
     plan = [n.id for n in plan_for_lane(handoff.graph, lane)]
-    run = JobRun(job_id=handoff.job_id, graph=handoff.graph, plan=plan, fence=handoff.handoff_seq,
+    run = JobRun(job_id=handoff.job_id, graph=handoff.graph, plan=plan, handoff_seq=handoff.handoff_seq,
                  message=message, request_id=handoff.request_id)
     run.admitted = asyncio.get_running_loop().create_future()
     return run
@@ -461,7 +589,9 @@ def _reason(exc: Exception) -> str:
         first = exc.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in first["loc"])
         return f"invalid handoff message: {exc.error_count()} errors, first at {loc or '<root>'}: {first['msg']}"
-    return str(exc)
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return f"cannot be processed: {type(exc).__name__}: {exc}"
 
 
 def _merge_states(graph: Graph, states: dict[str, dict[str, Any]]) -> Graph:

@@ -6,16 +6,17 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dualplane.common.errors import TaskCancelled
 from dualplane.common.inputs import fetch_inputs
 
 if TYPE_CHECKING:
     from dualplane.common.artifacts import ArtifactStore
+    from dualplane.common.url_policy import UrlPolicy
 
 #: Progress closer than this to the last reported value is not worth an event.
 PROGRESS_STEP = 0.01
@@ -26,6 +27,8 @@ PROGRESS_INTERVAL_S = 0.25
 
 #: How often a task blocked on a fetch looks at its cancel flag.
 CANCEL_CHECK_S = 0.1
+
+T = TypeVar("T")
 
 Write = Callable[[dict[str, Any]], None]
 
@@ -43,6 +46,8 @@ class TaskContext:
     :param describe_worker: returns this worker's capability manifest (data plane).
     :param models: the worker's model manager (weights from the model store, kept warm),
         or None on a plane without one.
+    :param url_policy: where URL inputs may be fetched from (None: public addresses only).
+    :param may_read: raises ObjectNotFound for an object key the job's user may not read.
     """
 
     def __init__(
@@ -58,6 +63,8 @@ class TaskContext:
         logger: logging.Logger,
         models: Any = None,
         describe_worker: Callable[[], dict[str, Any]] | None = None,
+        url_policy: UrlPolicy | None = None,
+        may_read: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.job_id = job_id
         self.node_id = node_id
@@ -66,7 +73,10 @@ class TaskContext:
         self._write = write
         self._cancelled = cancelled
         self._store = artifacts
+        #: Raises ObjectNotFound for a key this job's user may not read (common/access.py).
+        self._check_read = may_read
         self._loop = loop
+        self._url_policy = url_policy
         self.models = models
         #: The worker's capability manifest (tasks, device, VRAM, warm models), where there is one.
         self.describe_worker = describe_worker
@@ -137,28 +147,27 @@ class TaskContext:
         return ref
 
     async def aget_artifact(self, key: str) -> bytes:
-        """Bytes of any object in the store (an upstream node's artifact, an upload)."""
+        """Bytes of an object the job's user may read (an upstream node's artifact, one of
+        their uploads, a model file); any other key fails like a missing one."""
         if self._store is None:
             raise RuntimeError("this plane has no artifact store configured")
+        if self._check_read is not None:
+            await self._check_read(key)
         return await self._store.get(key)
 
     def fetch_inputs(self, refs: Sequence[str], *, max_bytes: int, what: str = "input") -> list[bytes]:
         """Blocking, for sync tasks: the bytes of object-store keys and http(s) URLs, fetched
         concurrently (:func:`dualplane.common.inputs.fetch_inputs`); raises
         :class:`TaskCancelled` if the job is cancelled meanwhile."""
-        future = asyncio.run_coroutine_threadsafe(
-            fetch_inputs(refs, self.aget_artifact, max_bytes=max_bytes, what=what), self._loop)
-        while True:
-            try:
-                return future.result(timeout=CANCEL_CHECK_S)
-            except TimeoutError:
-                if self._cancelled.is_set():
-                    future.cancel()
-                    self.check_cancelled()
+        return self._wait(asyncio.run_coroutine_threadsafe(
+            fetch_inputs(refs, self.aget_artifact, max_bytes=max_bytes, what=what, policy=self._url_policy),
+            self._loop))
 
     def get_artifact(self, key: str) -> bytes:
-        """Blocking version of :meth:`aget_artifact` for sync tasks."""
-        return self.get_artifact_nowait(key).result()
+        """Blocking version of :meth:`aget_artifact` for sync tasks; raises :class:`TaskCancelled`
+        if the job is cancelled meanwhile (a frozen store would otherwise hold the node until the
+        store's read timeout)."""
+        return self._wait(self.get_artifact_nowait(key))
 
     def get_artifact_nowait(self, key: str) -> Future[bytes]:
         """Start reading an object and return at once, for sync tasks: the round trip overlaps
@@ -166,8 +175,9 @@ class TaskContext:
         return asyncio.run_coroutine_threadsafe(self.aget_artifact(key), self._loop)
 
     def put_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
-        """Blocking version of :meth:`aput_artifact` for sync tasks (they run in a thread)."""
-        return self.put_artifact_nowait(name, data, content_type).result()
+        """Blocking version of :meth:`aput_artifact` for sync tasks (they run in a thread);
+        raises :class:`TaskCancelled` if the job is cancelled meanwhile."""
+        return self._wait(self.put_artifact_nowait(name, data, content_type))
 
     def put_artifact_nowait(self, name: str, data: bytes, content_type: str, *,
                             record: bool = True) -> Future[dict[str, Any]]:
@@ -175,3 +185,15 @@ class TaskContext:
         wait for (a training checkpoint) overlaps the work that follows."""
         return asyncio.run_coroutine_threadsafe(self.aput_artifact(name, data, content_type, record=record),
                                                 self._loop)
+
+    def _wait(self, future: Future[T]) -> T:
+        """The future's result, waited for in slices so that a cancelled job stops waiting."""
+        while True:
+            try:
+                return future.result(timeout=CANCEL_CHECK_S)
+            except TimeoutError:
+                if future.done():  # the coroutine's own TimeoutError, not our slice running out
+                    raise
+                if self._cancelled.is_set():
+                    future.cancel()
+                    self.check_cancelled()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy, Send
 
 from dualplane.common import logs
+from dualplane.common.access import check_read
 from dualplane.common.bridge import Bridge, Message, event_body, node_field, node_state
 from dualplane.common.context import TaskContext
 from dualplane.common.errors import NodeTimeout, TaskCancelled
@@ -42,6 +44,7 @@ from dualplane.common.retry import is_out_of_memory
 if TYPE_CHECKING:
     from dualplane.common.artifacts import ArtifactStore
     from dualplane.common.registry import TaskRegistry, TaskSpec
+    from dualplane.common.url_policy import UrlPolicy
 
 log = logging.getLogger("dualplane.executor")
 
@@ -59,12 +62,19 @@ class _BatchState(TypedDict, total=False):
 
 @dataclass(eq=False)
 class JobRun:
-    """One job being run on this plane: its graph, the plan and the ownership fence."""
+    """One job being run on this plane: its graph, the plan and the ownership fence.
+
+    ``handoff_seq`` says which handoff brought the job here; ``fence`` is the token this
+    plane's claim took (0 until the claim returns): every write of the run is checked
+    against it, so a plane that lost the job to a reclaim cannot write any more."""
 
     job_id: str
     graph: Graph
     plan: list[str]
-    fence: int
+    handoff_seq: int
+    fence: int = 0
+    #: The job's owner: every object key a task reads for the job must be theirs.
+    user: str | None = None
     message: Message | None = None
     request_id: str | None = None
     job_status: str = "queued"
@@ -103,6 +113,7 @@ class Executor:
     :param describe_worker: the worker's capability manifest, as ``ctx.describe_worker``.
     :param unmet_requirements: why this worker cannot meet a node's ``requires`` (None: it can).
     :param thread_initializer: run once in each thread that runs sync tasks.
+    :param url_policy: where tasks may fetch URL inputs from (None: public addresses only).
     """
 
     def __init__(
@@ -119,8 +130,10 @@ class Executor:
         describe_worker: Callable[[], dict[str, Any]] | None = None,
         unmet_requirements: Callable[[Node], str | None] | None = None,
         thread_initializer: Callable[[], None] | None = None,
+        url_policy: UrlPolicy | None = None,
     ) -> None:
         self.plane = plane
+        self._url_policy = url_policy
         self._unmet_requirements = unmet_requirements
         self.worker_id = worker_id or plane
         self._registry = registry
@@ -167,6 +180,13 @@ class Executor:
     async def in_task_thread(self, fn: Callable[[], Any]) -> Any:
         """Call ``fn`` in a thread of the sync-task pool (to see what a task sees)."""
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn)
+
+    async def _job_owner(self, job_id: str) -> str | None:
+        """The user of another job (for a key under its prefix); KeyError when it does not exist."""
+        exists, user = await self._bridge.job_fields(job_id, "id", "user")
+        if exists is None:
+            raise KeyError(job_id)
+        return user  # type: ignore[return-value]
 
     # -- running a batch -------------------------------------------------------------
 
@@ -285,7 +305,8 @@ class Executor:
         ctx = TaskContext(
             job_id=run.job_id, node_id=node.id, attempt=attempt, write=ctx_write, cancelled=run.cancel,
             artifacts=self._artifacts, models=self._models, describe_worker=self._describe_worker, loop=loop,
-            logger=logging.getLogger(f"dualplane.task.{spec.name}"),
+            logger=logging.getLogger(f"dualplane.task.{spec.name}"), url_policy=self._url_policy,
+            may_read=functools.partial(check_read, user=run.user, job_id=run.job_id, job_owner=self._job_owner),
         )
         timeout_s = node.timeout_s or spec.timeout_s
         if spec.is_async:

@@ -199,6 +199,38 @@ def ancestors(graph: Graph) -> dict[str, set[str]]:
     return result
 
 
+def structure_problem(graph: Graph) -> str | None:
+    """What makes a graph unrunnable — a duplicate id, an unknown or self ``need``, a cycle —
+    or None. Linear (Kahn's algorithm): planes check every graph a message carries, because
+    the graph algorithms below assume a well-formed one and a message is not trusted input."""
+    by_id: dict[str, Node] = {}
+    for node in graph.nodes:
+        if node.id in by_id:
+            return f"duplicate node id {node.id!r}"
+        by_id[node.id] = node
+    waiting: dict[str, int] = {}
+    dependents: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        for need in node.needs:
+            if need not in by_id:
+                return f"node {node.id!r} needs unknown node {need!r}"
+            dependents.setdefault(need, []).append(node.id)
+        waiting[node.id] = len(node.needs)
+    ready = [nid for nid, count in waiting.items() if count == 0]
+    done = 0
+    while ready:
+        nid = ready.pop()
+        done += 1
+        for child in dependents.get(nid, ()):
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+    if done != len(by_id):
+        stuck = sorted(nid for nid, count in waiting.items() if count > 0)
+        return f"dependency cycle among {', '.join(map(repr, stuck[:5]))}"
+    return None
+
+
 def topological(graph: Graph) -> list[Node]:
     """Nodes in an order where every node comes after its needs (the graph is acyclic).
 

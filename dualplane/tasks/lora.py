@@ -31,6 +31,7 @@ from typing import Any
 from minio.error import S3Error
 from pydantic import BaseModel, ConfigDict, Field
 
+from dualplane.common.access import InputRef
 from dualplane.common.artifacts import ArtifactStore
 from dualplane.common.context import TaskContext
 from dualplane.common.inputs import shown
@@ -55,7 +56,7 @@ _LORA_PREFIX = "lora."
 
 class LoraParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    images: list[str] = Field(..., min_length=1, max_length=1000,
+    images: list[InputRef] = Field(..., min_length=1, max_length=1000,
                               description="Training images: object keys (POST /uploads, artifacts) "
                                           "or http(s) URLs.")
     instance_prompt: str = Field("sks style", min_length=1, max_length=1000,

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dualplane.common.access import ObjectKey
 from dualplane.common.context import TaskContext
 from dualplane.common.registry import task
 from dualplane.common.retry import NO_RETRY
@@ -24,8 +25,8 @@ FFMPEG_TIMEOUT_S = 600
 
 class MuxParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    audio: str = Field(..., description="Object key of the audio artifact (e.g. a generate_music output).")
-    video: str = Field(..., description="Object key of the video artifact (e.g. a render_video output).")
+    audio: ObjectKey = Field(..., description="Object key of the audio artifact (e.g. a generate_music output).")
+    video: ObjectKey = Field(..., description="Object key of the video artifact (e.g. a render_video output).")
     name: str = Field("final.mp4", pattern=r"^[A-Za-z0-9_.-]+\.mp4$", description="Name of the muxed artifact.")
     loop_video: bool = Field(True, description="Repeat the video to cover the whole audio track.")
 

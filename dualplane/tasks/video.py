@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dualplane.common.access import ObjectKey
 from dualplane.common.context import TaskContext
 from dualplane.common.errors import TaskCancelled
 from dualplane.common.registry import task
@@ -52,7 +53,7 @@ class VideoParams(BaseModel):
     model: str = Field("sd15", min_length=1, description="Model registry name of the SD 1.5-class base.")
     motion_adapter: str = Field("animatediff-motion-adapter", min_length=1,
                                 description="Model registry name of the AnimateDiff motion adapter.")
-    lora: str | None = Field(None, min_length=1, max_length=1024,
+    lora: ObjectKey | None = Field(None,
                              description="Object key of a diffusers LoRA (.safetensors), "
                                          "e.g. a train_lora output.")
     lora_scale: float = Field(1.0, ge=0, le=4, description="Weight of the LoRA.")

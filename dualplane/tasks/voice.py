@@ -54,6 +54,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dualplane.common.access import InputRef, ObjectKey
 from dualplane.common.context import TaskContext
 from dualplane.common.inputs import shown
 from dualplane.common.registry import task
@@ -78,7 +79,7 @@ LORA_TARGETS = r".*decoder\.wrapped_decoder\.layers\.\d+\.(self_attn|encoder_att
 
 class TrainVoiceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    clips: list[str] = Field(..., min_length=1, max_length=64,
+    clips: list[InputRef] = Field(..., min_length=1, max_length=64,
                              description="WAV clips of the speaker: object keys (uploads, artifacts) or http(s) URLs.")
     transcripts: list[str] | None = Field(
         None, description="What each clip says (same length as clips; '' for an unknown one). "
@@ -112,7 +113,7 @@ class TrainVoiceParams(BaseModel):
 class SynthesizeVoiceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(..., min_length=1, max_length=2000, description="What to say (lyrics).")
-    voice: str | None = Field(None, description="Object key of a train_voice output; none: the default speaker.")
+    voice: ObjectKey | None = Field(None, description="Object key of a train_voice output; none: the default speaker.")
     model: str = Field("speecht5-tts", min_length=1, description="TTS model registry name.")
     vocoder: str = Field("speecht5-hifigan", min_length=1, description="Vocoder registry name.")
     seed: int = Field(0, ge=0, description="Seed of the decoder prenet's dropout (same seed, same audio).")

@@ -1,6 +1,7 @@
 -- Move a message that cannot be processed to the dead-letter stream, with the reason,
 -- acknowledge it, and fail its job (when the job is known) so no client waits forever.
 -- KEYS[1] dead-letter stream  KEYS[2] source stream  KEYS[3] job hash  KEYS[4] job events
+-- KEYS[5] index of unfinished jobs
 -- ARGV[1] key prefix  ARGV[2] job id ('' = unknown)  ARGV[3] now  ARGV[4] source group
 -- ARGV[5] source message id  ARGV[6] reason  ARGV[7] original fields as JSON
 -- ARGV[8] retention seconds  ARGV[9] job-failed event body
@@ -14,8 +15,11 @@ if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
   if status ~= 'succeeded' and status ~= 'failed' and status ~= 'partial' and status ~= 'cancelled' then
     redis.call('HSET', KEYS[3], 'status', 'failed', 'owner', 'none', 'error', 'dead-lettered: ' .. ARGV[6],
       'finished_at', ARGV[3])
+    redis.call('HDEL', KEYS[3], 'lane', 'msg')
     redis.call('HINCRBY', KEYS[3], 'handoff_seq', 1)
+    redis.call('HINCRBY', KEYS[3], 'fence', 1)
     append_events(KEYS[3], KEYS[4], ARGV[1], ARGV[2], {'status', ARGV[9]}, 1, ARGV[3])
+    redis.call('ZREM', KEYS[5], ARGV[2])
     redis.call('EXPIRE', KEYS[3], ARGV[8])
     redis.call('EXPIRE', KEYS[4], ARGV[8])
   end

@@ -61,3 +61,17 @@ class BridgeConfig(BaseModel):
     read_block_ms: Annotated[
         int, Field(description='How long an idle XREADGROUP blocks.', ge=1)
     ] = 1000
+    max_connections: Annotated[
+        int,
+        Field(
+            description="Connections the plane's Redis pool opens at most; a caller past it waits up to pool_timeout_s.",
+            ge=2,
+        ),
+    ] = 64
+    pool_timeout_s: Annotated[
+        float,
+        Field(
+            description='How long a caller waits for a free pooled connection before the request fails as unavailable (HTTP 503).',
+            gt=0.0,
+        ),
+    ] = 5
