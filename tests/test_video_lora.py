@@ -136,7 +136,8 @@ async def test_a_trained_lora_loads_and_changes_the_render_without_leaking(
     from PIL import Image
     from safetensors.torch import load_file
 
-    await worker_factory(model_cache_dir=str(tmp_path / "cache"))
+    # the presigned URL points at the test's S3 on loopback: allowed explicitly, as a deployment would
+    await worker_factory(model_cache_dir=str(tmp_path / "cache"), url_fetch_allow=[video_models.endpoint])
     first, second = await put_images(video_models)
     images = [first, await video_models.presigned_url(second)]  # an object key and an http URL
     assert images[1].startswith("http://")

@@ -7,11 +7,13 @@ pass it, or the pieces of it, into constructors. Nothing else reads
 
 from __future__ import annotations
 
+import json
 import socket
 import uuid
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dualplane.common.models import BridgeConfig
 
@@ -55,6 +57,11 @@ class Settings(BaseSettings):
     # torch intra-op threads of each task thread; 0: on CPU the cores shared among the
     # concurrent tasks (at least 1), on CUDA torch's own default
     torch_threads: int = Field(0, ge=0)
+    # URL inputs: destinations exempt from the loopback/private/metadata denial. Entries are
+    # networks (10.0.0.0/8), addresses, host names, each with an optional :port
+    # (127.0.0.1:9000, [::1]:9000, files.internal:8080); a JSON list or comma-separated
+    url_fetch_allow: Annotated[list[str], NoDecode] = []
+    url_fetch_timeout_s: float = Field(60.0, gt=0)  # one URL in all: redirects and body included
 
     # -- auth and limits (control plane) ----------------------------------------------
     jwt_algorithm: str = "HS256"  # HS256 (shared secret) or RS256 (key pair)
@@ -82,6 +89,14 @@ class Settings(BaseSettings):
     worker_host: str = "127.0.0.1"
     worker_port: int = 8001
     log_level: str = "INFO"
+
+    @field_validator("url_fetch_allow", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [e.strip() for e in text.split(",") if e.strip()]
+        return value
 
     def bridge_config(self) -> BridgeConfig:
         """The Redis side of the settings, validated by the shared schema's model."""

@@ -32,6 +32,7 @@ from dualplane.common.registry import TaskRegistry
 from dualplane.common.routing import satisfies
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import GpuCollector, ModelMetrics, PlaneMetrics
+from dualplane.common.url_policy import UrlPolicy
 from dualplane.data_plane.model_store import manager_from_settings
 from dualplane.tasks import default_registry
 
@@ -65,6 +66,7 @@ class Worker:
             artifacts=self.artifacts, on_node_finished=self.metrics.node_finished, worker_id=self.worker_id,
             models=self.models, describe_worker=lambda: self.manifest().model_dump(mode="json"),
             unmet_requirements=self._unmet_requirements, thread_initializer=self._init_task_thread,
+            url_policy=UrlPolicy(settings.url_fetch_allow, deadline_s=settings.url_fetch_timeout_s),
         )
         self.consumer = Consumer(
             self.bridge, self.executor, lane=f"python:{settings.pool}", name=self.worker_id,
