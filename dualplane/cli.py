@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
         handler=cmd_control_plane
     )
     sub.add_parser("worker", help="run one data-plane worker").set_defaults(handler=cmd_worker)
+    reconcile = sub.add_parser(
+        "reconcile", help="find unfinished jobs whose stream message was lost and hand them on again (REDIS_URL)")
+    reconcile.add_argument("--dry-run", action="store_true", help="only report them")
+    reconcile.set_defaults(handler=cmd_reconcile)
     sub.add_parser(
         "up", help="start a local stack, run the demo job with live progress, keep serving"
     ).set_defaults(handler=cmd_up)
@@ -102,6 +106,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     run_async(Worker(settings).run())
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """One reconciler pass (the control plane runs one every DUALPLANE_RECONCILE_INTERVAL_S)."""
+    from dualplane.common.bridge import Bridge
+    from dualplane.control_plane.reconciler import Reconciler
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+
+    async def once() -> Any:
+        async with Bridge(settings.bridge_config()) as bridge:
+            reconciler = Reconciler(bridge, interval_s=0, marker_expected=True)
+            return await reconciler.run_once(repair=not args.dry_run)
+
+    report = asyncio.run(once())
+    verb = "would hand on" if args.dry_run else "handed on"
+    print(f"{report.scanned} unfinished jobs checked; {verb} {len(report.requeued)} whose message was lost"
+          + (": " + ", ".join(report.requeued) if report.requeued else ""))
+    if report.lost_data:
+        print("Redis had lost its data (instance marker missing): jobs it held are gone")
     return 0
 
 

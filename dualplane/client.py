@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any, Self
@@ -37,6 +38,13 @@ WS_TOO_SLOW, WS_BAD_TOKEN = 4008, 4401
 #: Consecutive failed connection attempts after which `watch` gives up.
 DEFAULT_MAX_RECONNECTS = 8
 _BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+#: Further attempts of a call that met an outage (503/502/504, a dropped connection).
+DEFAULT_RETRIES = 4
+#: Longest Retry-After the client honours between two attempts.
+MAX_RETRY_AFTER_S = 5.0
+_RETRY_STATUSES = frozenset({502, 503, 504})
+#: Calls whose repetition changes nothing; a submission is one when it carries an Idempotency-Key.
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
 class ApiError(Exception):
@@ -128,7 +136,10 @@ def _params(**values: Any) -> dict[str, Any]:
 def _submit_request(
     graph: dict[str, Any], wait_s: float | None, idempotency_key: str | None, request_id: str | None
 ) -> dict[str, Any]:
-    headers = _params(**{"Idempotency-Key": idempotency_key, "X-Request-Id": request_id})
+    # every submission carries a key (a fresh one unless the caller chose one), so a retry
+    # after an outage or a lost answer returns the job the first attempt created
+    key = idempotency_key or uuid.uuid4().hex
+    headers = _params(**{"Idempotency-Key": key, "X-Request-Id": request_id})
     return {
         "json": graph,
         "params": _params(wait=wait_s),
@@ -143,9 +154,43 @@ def _compose_request(
     return {
         "json": {"intent": intent, "dry_run": dry_run},
         "params": _params(wait=wait_s),
-        "headers": _params(**{"X-Request-Id": request_id}),
+        "headers": _params(**{"X-Request-Id": request_id, "Idempotency-Key": uuid.uuid4().hex}),
         "timeout": _timeout(wait_s),
     }
+
+
+class _Retries:
+    """The I/O-free half of retrying a call: whether an answer or an error earns another
+    attempt, and after how long. A call is retried only where repeating it is harmless: an
+    idempotent method, a request carrying an Idempotency-Key, or a connection that never
+    reached the server."""
+
+    def __init__(self, method: str, headers: dict[str, str] | None, retries: int) -> None:
+        self.repeatable = method in _IDEMPOTENT_METHODS or "Idempotency-Key" in (headers or {})
+        self.left = retries
+        self.attempt = 0
+
+    def after_response(self, response: httpx.Response) -> float | None:
+        """The delay before another attempt, or None to keep this answer."""
+        if response.status_code not in _RETRY_STATUSES or not self.repeatable or self.left <= 0:
+            return None
+        return self._next(response.headers.get("Retry-After"))
+
+    def after_error(self, exc: httpx.TransportError) -> float:
+        """The delay before another attempt; re-raises when there is none to make."""
+        never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+        if self.left <= 0 or not (never_sent or self.repeatable):
+            raise exc
+        return self._next(None)
+
+    def _next(self, retry_after: str | None) -> float:
+        self.left -= 1
+        self.attempt += 1
+        backoff = _BACKOFF_S[min(self.attempt - 1, len(_BACKOFF_S) - 1)]
+        try:
+            return min(MAX_RETRY_AFTER_S, max(backoff, float(retry_after))) if retry_after else backoff
+        except ValueError:  # an HTTP date: not worth parsing for a few seconds
+            return backoff
 
 
 def _timeout(wait_s: float | None) -> float:
@@ -240,6 +285,8 @@ class Client:
     :param token: the JWT sent as ``Authorization: Bearer``; also the WebSocket's ``?token=``.
     :param timeout_s: HTTP timeout of calls that do not wait on the server.
     :param transport: an httpx transport (tests, proxies); the default network one when None.
+    :param retries: further attempts of a call that met an outage (503, a dropped connection),
+        made only where repeating it is harmless (submissions carry an Idempotency-Key).
     """
 
     def __init__(
@@ -249,8 +296,10 @@ class Client:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
         self.base_url, self.token = base_url.rstrip("/"), token
+        self.retries = retries
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
             base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport
@@ -271,7 +320,17 @@ class Client:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return _checked(self._http.request(method, path, **kwargs))
+        retries = _Retries(method, kwargs.get("headers"), self.retries)
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                time.sleep(retries.after_error(exc))
+                continue
+            delay = retries.after_response(response)
+            if delay is None:
+                return _checked(response)
+            time.sleep(delay)
 
     # -- jobs --------------------------------------------------------------------------
 
@@ -382,6 +441,7 @@ class AsyncClient:
     :param token: the JWT sent as ``Authorization: Bearer``; also the WebSocket's ``?token=``.
     :param timeout_s: HTTP timeout of calls that do not wait on the server.
     :param transport: an httpx transport (tests, proxies); the default network one when None.
+    :param retries: as for :class:`Client`.
     """
 
     def __init__(
@@ -391,8 +451,10 @@ class AsyncClient:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         transport: httpx.AsyncBaseTransport | None = None,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
         self.base_url, self.token = base_url.rstrip("/"), token
+        self.retries = retries
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport
@@ -417,7 +479,17 @@ class AsyncClient:
         await self.aclose()
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return _checked(await self._http.request(method, path, **kwargs))
+        retries = _Retries(method, kwargs.get("headers"), self.retries)
+        while True:
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                await asyncio.sleep(retries.after_error(exc))
+                continue
+            delay = retries.after_response(response)
+            if delay is None:
+                return _checked(response)
+            await asyncio.sleep(delay)
 
     async def submit(
         self,

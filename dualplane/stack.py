@@ -122,7 +122,8 @@ class LocalStack:
         if self.redis_url:
             self.announce(f"redis          {self.redis_url} (from REDIS_URL)")
             return
-        server = start_redis(self.state_dir / "redis")
+        # AOF under .dualplane/redis: stopping and starting the local stack keeps every job
+        server = start_redis(self.state_dir / "redis", appendonly=True)
         self._exit.callback(server.stop)
         self.redis_url = server.url
         self.announce(f"redis          {server.url}  pid {server.process.pid}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -133,3 +135,17 @@ async def planes_with(settings: Settings, registry: TaskRegistry, **worker_setti
     finally:
         await worker.stop()
         await plane.stop(grace_s=0.5)
+
+
+def spawn_worker(settings: Settings, worker_id: str, *, module: str = "dualplane",
+                 extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A worker in its own process (``python -m <module> worker``, or ``python -m tests.probe``),
+    on the test's Redis, S3 and lease, so it can be killed, paused and resumed for real."""
+    env = dict(os.environ, REDIS_URL=settings.redis_url or "", S3_ENDPOINT=settings.s3_endpoint or "",
+               S3_ACCESS_KEY=settings.s3_access_key or "", S3_SECRET_KEY=settings.s3_secret_key or "",
+               S3_BUCKET=settings.s3_bucket, DUALPLANE_LEASE_S=str(settings.lease_s),
+               DUALPLANE_KEY_PREFIX=settings.key_prefix, DUALPLANE_WORKER_ID=worker_id,
+               DUALPLANE_READ_BLOCK_MS="100", DUALPLANE_WORKER_PORT="0", PROBE_REDIS_URL=settings.redis_url or "")
+    env.update(extra or {})
+    args = [sys.executable, "-m", module] + (["worker"] if module == "dualplane" else [])
+    return subprocess.Popen(args, env=env, cwd=Path(__file__).resolve().parent.parent)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import signal
-import subprocess
-import sys
 import time
 import weakref
 from typing import Any
@@ -22,7 +19,7 @@ from dualplane.common.registry import task
 from dualplane.common.retry import Retry
 from dualplane.control_plane import ControlPlane
 from dualplane.tasks import default_registry
-from tests.helpers import RunningWorker, node, planes_with, wait_for_job, wait_for_node
+from tests.helpers import RunningWorker, node, planes_with, spawn_worker, wait_for_job, wait_for_node
 
 
 async def test_cancel_stops_a_running_node_within_a_step(control_plane: ControlPlane, worker: RunningWorker):
@@ -214,19 +211,10 @@ async def test_sigterm_releases_unfinished_work_to_another_worker(control_plane:
     assert node(job, "long").attempts == 2
 
 
-def _spawn_worker(settings, worker_id: str, extra: dict[str, str] | None = None) -> subprocess.Popen:
-    env = dict(os.environ, REDIS_URL=settings.redis_url, S3_ENDPOINT=settings.s3_endpoint,
-               S3_ACCESS_KEY=settings.s3_access_key, S3_SECRET_KEY=settings.s3_secret_key,
-               S3_BUCKET=settings.s3_bucket, DUALPLANE_LEASE_S=str(settings.lease_s),
-               DUALPLANE_WORKER_ID=worker_id, DUALPLANE_READ_BLOCK_MS="100", DUALPLANE_WORKER_PORT="0")
-    env.update(extra or {})
-    return subprocess.Popen([sys.executable, "-m", "dualplane", "worker"], env=env)
-
-
 async def test_a_worker_killed_mid_node_is_reclaimed_and_completed_nodes_never_rerun(
     control_plane: ControlPlane, settings, worker_factory
 ):
-    victim = _spawn_worker(settings, "victim")
+    victim = spawn_worker(settings, "victim")
     try:
         graph = {"nodes": [
             {"id": "first", "task": "checksum", "plane": "python", "params": {"text": "done once"}},
@@ -275,7 +263,7 @@ async def test_sigterm_on_a_worker_process_hands_its_work_on_and_exits(control_p
     from dualplane.common.services import free_port
 
     port = free_port()
-    proc = _spawn_worker(settings, "terminated", extra={"DUALPLANE_WORKER_PORT": str(port),
+    proc = spawn_worker(settings, "terminated", extra={"DUALPLANE_WORKER_PORT": str(port),
                                                         "DUALPLANE_SHUTDOWN_GRACE_S": "0.3"})
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:

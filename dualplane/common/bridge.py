@@ -24,7 +24,9 @@ time, so per-job order is kept while thousands of jobs share round trips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import hashlib
 import logging
 import threading
 import time
@@ -292,11 +294,12 @@ class Bridge:
                 self.config.redis_url, max_connections=self.config.max_connections,
                 timeout=self.config.pool_timeout_s)
             self._client = aioredis.Redis(connection_pool=pool, decode_responses=False)
-        try:
-            for name, source in self._sources.items():
-                self._shas[name] = await self._client.script_load(source)
-        except redis.RedisError as exc:
-            raise BridgeClosed(f"cannot reach redis at {self.config.redis_url}: {exc}") from exc
+        # the digests are known without Redis, so a plane starts while Redis is down (and says
+        # so on /health); a script Redis does not hold yet is sent once with EVAL (NOSCRIPT)
+        self._shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self._sources.items()}
+        with contextlib.suppress(redis.RedisError):
+            for source in self._sources.values():
+                await self._client.script_load(source)
         self._batcher = _Batcher(self._client, self._shas, self._sources)
         self._state = _State.OPEN
         return self
@@ -608,6 +611,13 @@ class Bridge:
         """A few raw fields of a job's hash ("user" and "tasks" come back as str)."""
         values = await self.client.hmget(self.keys.job(job_id), list(names))
         return [_s(v) if v is not None and n in ("user", "tasks", "status") else v for n, v in zip(names, values, strict=False)]
+
+    async def job_owner(self, job_id: str) -> str | None:
+        """The user of a job (None for one without); :class:`KeyError` when there is no such job."""
+        exists, user = await self.client.hmget(self.keys.job(job_id), ["id", "user"])
+        if exists is None:
+            raise KeyError(job_id)
+        return _s(user) if user else None
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> bool:
         """Block until the job's terminal job-level event is in its stream, or the timeout.

@@ -410,8 +410,12 @@ class Consumer:
         with logs.bound(job_id=run.job_id, request_id=run.request_id):
             if reply.exception() is not None:  # the message stays pending and is reclaimed after the lease
                 log.error("handoff of job %s failed: %s", run.job_id, reply.exception())
+            elif (seq := int(reply.result())) < 0:
+                self._count_finish(run, outcome, target, seq)
+                log.warning("job %s: handoff rejected (%s)", run.job_id,
+                            "another owner holds it now" if seq == -1 else "the job is gone")
             else:
-                self._count_finish(run, outcome, target, int(reply.result()))
+                self._count_finish(run, outcome, target, seq)
                 if log.isEnabledFor(logging.INFO):
                     log.info("job %s %s", run.job_id, f"finished {outcome}" if outcome else f"handed to {target}")
         self._forget(run)

@@ -181,13 +181,6 @@ class Executor:
         """Call ``fn`` in a thread of the sync-task pool (to see what a task sees)."""
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn)
 
-    async def _job_owner(self, job_id: str) -> str | None:
-        """The user of another job (for a key under its prefix); KeyError when it does not exist."""
-        exists, user = await self._bridge.job_fields(job_id, "id", "user")
-        if exists is None:
-            raise KeyError(job_id)
-        return user  # type: ignore[return-value]
-
     # -- running a batch -------------------------------------------------------------
 
     async def run(self, runs: list[JobRun]) -> None:
@@ -306,7 +299,7 @@ class Executor:
             job_id=run.job_id, node_id=node.id, attempt=attempt, write=ctx_write, cancelled=run.cancel,
             artifacts=self._artifacts, models=self._models, describe_worker=self._describe_worker, loop=loop,
             logger=logging.getLogger(f"dualplane.task.{spec.name}"), url_policy=self._url_policy,
-            may_read=functools.partial(check_read, user=run.user, job_id=run.job_id, job_owner=self._job_owner),
+            may_read=functools.partial(check_read, user=run.user, job_id=run.job_id, job_owner=self._bridge.job_owner),
         )
         timeout_s = node.timeout_s or spec.timeout_s
         if spec.is_async:

@@ -197,21 +197,24 @@ def _redis_answers(port: int) -> bool:
 
 
 def start_redis(
-    data_dir: Path, *, binary: str | None = None, appendonly: bool = False
+    data_dir: Path, *, binary: str | None = None, appendonly: bool = False, port: int | None = None
 ) -> RedisServer:
-    """Start redis-server on a free loopback port with RDB snapshots off; return once it PONGs.
+    """Start redis-server on a free loopback port (or ``port``: a restart where clients wait)
+    with RDB snapshots off; return once it PONGs.
 
-    `appendonly=True` keeps an AOF in `data_dir` for runs that must survive a restart.
+    `appendonly=True` keeps an AOF in `data_dir` (fsync every second; a clean stop flushes it
+    all), so a restart on the same `data_dir` loses nothing.
     """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     args = [
         _find_redis_binary(binary),
         "--port", str(port),
         "--bind", LOOPBACK,
         "--save", "",
         "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", "everysec",
         "--dir", str(data_dir),
         "--daemonize", "no",
     ]  # fmt: skip
@@ -240,6 +243,8 @@ class S3Server:
     access_key: str
     secret_key: str = field(repr=False)
     stray_sockets: tuple[Path, ...] = field(default=(), repr=False)
+    #: every port weed took; pass them to start_s3 to bring the same store back after stop()
+    ports: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -331,9 +336,13 @@ def _s3_answers(url: str) -> bool:
 
 
 def start_s3(
-    data_dir: Path, *, access_key: str | None = None, secret_key: str | None = None
+    data_dir: Path, *, access_key: str | None = None, secret_key: str | None = None,
+    ports: dict[str, int] | None = None,
 ) -> S3Server:
     """Start `weed mini` with S3 on a free port; return once S3 answers HTTP.
+
+    ``ports`` (an earlier server's ``ports``), with the same ``data_dir`` and keys, restarts
+    that store where its clients expect it, with its objects.
 
     The keys (generated when not given) reach weed as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
     which makes it create an admin identity and enforce signatures; without them it accepts
@@ -346,7 +355,7 @@ def start_s3(
     tmp_dir.mkdir(parents=True, exist_ok=True)
     access_key = access_key or "dp" + secrets.token_hex(9)
     secret_key = secret_key or secrets.token_hex(20)
-    ports = _weed_ports()
+    ports = dict(ports) if ports else _weed_ports()
     env = {
         **os.environ,  # passed through so weed sees PATH/HOME; not configuration
         "AWS_ACCESS_KEY_ID": access_key,
@@ -361,6 +370,7 @@ def start_s3(
         access_key=access_key,
         secret_key=secret_key,
         stray_sockets=_weed_grpc_sockets(ports),
+        ports=ports,
     )
     try:
         _wait_until(

@@ -35,15 +35,28 @@ class Settings(BaseSettings):
     finished_job_ttl_s: int = 7 * 24 * 3600
     read_batch: int = 256
     read_block_ms: int = 1000
+    # a blocking pool: past max_connections a caller waits, at most pool_timeout_s (then 503)
+    redis_max_connections: int = Field(64, ge=2)
+    redis_pool_timeout_s: float = Field(5.0, gt=0)
+    # the control plane looks for unfinished jobs whose stream entry was lost this often (0: never)
+    reconcile_interval_s: float = Field(30.0, ge=0)
 
     s3_endpoint: str | None = Field(None, validation_alias="S3_ENDPOINT")
     s3_access_key: str | None = Field(None, validation_alias="S3_ACCESS_KEY")
     s3_secret_key: str | None = Field(None, validation_alias="S3_SECRET_KEY")
     s3_bucket: str = Field(DEFAULT_BUCKET, validation_alias="S3_BUCKET")
     s3_secure: bool = Field(False, validation_alias="S3_SECURE")
+    # every store call is bounded: connect, then each read of the answer; a frozen store costs
+    # a call at most (1 + retries) connect timeouts plus one read timeout
+    s3_connect_timeout_s: float = Field(10.0, gt=0)
+    s3_read_timeout_s: float = Field(60.0, gt=0)
+    s3_retries: int = Field(2, ge=0)  # refused connections and 5xx answers, 0.4 s backoff at most
 
     pool: str = "default"
     gpu_pool: str = "gpu"  # where GPU nodes wait when no live worker can run them
+    # pools a graph may name besides those of live workers (a pool scaled to zero must be here);
+    # the default pool and gpu_pool always are
+    pools: Annotated[list[str], NoDecode] = []
     concurrency: int = 4
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     shutdown_grace_s: float = 30.0
@@ -75,6 +88,7 @@ class Settings(BaseSettings):
     max_nodes: int = 256
     max_params_bytes: int = 64 * 1024
     max_wait_s: float = 300.0
+    max_waits_per_user: int = Field(32, ge=1)  # concurrent `?wait=` requests of one user (429 past it)
     max_upload_bytes: int = 64 * 1024 * 1024
     hub_buffer_messages: int = 1000  # per WebSocket connection before a slow client is closed
     ollama_url: str | None = Field(None, validation_alias="OLLAMA_URL")
@@ -90,7 +104,7 @@ class Settings(BaseSettings):
     worker_port: int = 8001
     log_level: str = "INFO"
 
-    @field_validator("url_fetch_allow", mode="before")
+    @field_validator("url_fetch_allow", "pools", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -112,5 +126,7 @@ class Settings(BaseSettings):
                 "finished_job_ttl_s": self.finished_job_ttl_s,
                 "read_batch": self.read_batch,
                 "read_block_ms": self.read_block_ms,
+                "max_connections": self.redis_max_connections,
+                "pool_timeout_s": self.redis_pool_timeout_s,
             }
         )

@@ -107,6 +107,12 @@ class PlaneMetrics:
             "dualplane_reclaimed_messages_total", "Abandoned messages taken over after their lease.", registry=reg)
         self.stale_handoffs = Counter(
             "dualplane_stale_handoffs_total", "Handoffs rejected by the fencing sequence.", registry=reg)
+        self.requeued = Counter(
+            "dualplane_jobs_requeued_total", "Unfinished jobs whose stream entry was lost, handed on again.",
+            registry=reg)
+        self.redis_data_lost = Counter(
+            "dualplane_redis_data_loss_total", "Times Redis was found emptied (its instance marker gone).",
+            registry=reg)
         self.busy = Gauge("dualplane_busy_jobs", "Jobs held by this process right now.", registry=reg)
         self.running_nodes = Gauge(
             "dualplane_running_nodes", "Nodes executing in this process right now.", registry=reg)

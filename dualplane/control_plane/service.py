@@ -18,10 +18,11 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from dualplane.common import logs
+from dualplane.common.access import literal_keys, may_read
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
 from dualplane.common.bridge import RUNTIME_FIELDS, Bridge, event_body, node_field, node_state
 from dualplane.common.consumer import Consumer
-from dualplane.common.errors import DualplaneError
+from dualplane.common.errors import DualplaneError, GraphValidationError
 from dualplane.common.executor import Executor
 from dualplane.common.graph import lane_of, next_lane, validate_graph
 from dualplane.common.models import Graph, Job, Node, NodeStatus
@@ -30,6 +31,7 @@ from dualplane.common.routing import Router
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import HubCollector, PlaneMetrics, QueueCollector
 from dualplane.control_plane.planner import Planner, chat_model_from_settings
+from dualplane.control_plane.reconciler import Reconciler
 from dualplane.tasks import default_registry
 
 log = logging.getLogger("dualplane.control")
@@ -84,7 +86,12 @@ class ControlPlane:
         )
         self.metrics.concurrency.set(self.runner._concurrency)
         self._runner_task: asyncio.Task[None] | None = None
+        self._bucket_task: asyncio.Task[None] | None = None
         self.router = Router(self.bridge, gpu_pool=settings.gpu_pool)
+        self.reconciler = Reconciler(self.bridge, interval_s=settings.reconcile_interval_s, metrics=self.metrics)
+        self._reconciler_task: asyncio.Task[None] | None = None
+        #: Pools a graph may name without a live worker serving them.
+        self.known_pools = frozenset({"default", settings.pool, settings.gpu_pool, *settings.pools})
         self.planner = Planner(self.registry,
                                chat_model=chat_model_from_settings(settings.ollama_url, settings.ollama_model))
 
@@ -92,11 +99,20 @@ class ControlPlane:
         gc.freeze()  # long-lived start-up objects: keep the cyclic GC off them (see Worker.run)
         await self.bridge.connect()
         if self.artifacts is not None:
-            await self.artifacts.ensure_bucket()
+            # without the store the plane still takes jobs and runs control nodes; what needs
+            # it answers 503 meanwhile, and /health says the plane is degraded
+            self._bucket_task = await self.artifacts.ensure_bucket_soon()
         self._runner_task = asyncio.create_task(self.runner.run(), name="control-runner")
+        if self.settings.reconcile_interval_s > 0:
+            self._reconciler_task = asyncio.create_task(self.reconciler.run(), name="reconciler")
         await self.runner.started.wait()
 
     async def stop(self, grace_s: float = 10.0) -> None:
+        if self._bucket_task is not None:
+            self._bucket_task.cancel()
+        if self._reconciler_task is not None:
+            self._reconciler_task.cancel()
+            await asyncio.gather(self._reconciler_task, return_exceptions=True)
         if self._runner_task is not None:
             await self.runner.stop(grace_s)
             self._runner_task.cancel()
@@ -125,7 +141,10 @@ class ControlPlane:
             for name, default in _RUNTIME_DEFAULTS.items():
                 setattr(node, name, default)
             node.artifacts = []
-        job_id = graph.id or _idempotent_id(user, idempotency_key) or uuid.uuid4().hex
+        job_id = _job_id(graph.id, user) or _idempotent_id(user, idempotency_key) or uuid.uuid4().hex
+        await self._check_pools(graph)
+        if user is not None:
+            await self._check_keys(graph, user)
         unroutable = await self.router.route(graph)
         lane = next_lane(graph) or "control"
         events = [event_body("status", job_id, status="queued", plane="control")]
@@ -150,10 +169,42 @@ class ControlPlane:
                 log.info("job %s submitted by %s: %d nodes, first lane %s", job_id, user, len(graph.nodes), lane)
         return Submitted(job_id=job_id, created=created, status="queued" if created else str(value))
 
+    async def _check_pools(self, graph: Graph) -> None:
+        """A pool is a stream and a metric series: a graph may name only pools that exist
+        (configured, or served by a live worker), not create them at will."""
+        named = {node.pool for node in graph.nodes if node.plane == "python"} - self.known_pools
+        if not named:
+            return
+        live = {w.pool for w in await self.router.workers()}
+        errors: dict[str, list[dict[str, Any]]] = {}
+        for node in graph.nodes:
+            if node.plane == "python" and node.pool in named - live:
+                errors.setdefault(node.id, []).append({"field": "pool", "message": (
+                    f"unknown pool {node.pool!r}: no live worker serves it and it is not configured "
+                    f"(DUALPLANE_POOLS); known: {', '.join(sorted(self.known_pools | live))}")})
+        if errors:
+            raise GraphValidationError(errors)
+
+    async def _check_keys(self, graph: Graph, user: str) -> None:
+        """Object keys written in params must be the user's (their uploads, their jobs'
+        artifacts) or public; the error reads the same whether a key is someone else's or
+        missing, so it tells nothing about other users' objects."""
+        errors: dict[str, list[dict[str, Any]]] = {}
+        for node in graph.nodes:
+            spec = self.registry.get(node.task)
+            if spec is None:
+                continue
+            for field, key in literal_keys(spec.params, node.params):
+                if not await may_read(key, user=user, job_id=None, job_owner=self.bridge.job_owner):
+                    errors.setdefault(node.id, []).append({"field": f"params.{field}", "message": (
+                        f"no object {key!r} (keys name your own uploads and job artifacts, or models/)")})
+        if errors:
+            raise GraphValidationError(errors)
+
     async def _check_replay(self, job_id: str, graph: Graph, user: str | None) -> None:
         """A resubmission must be the same user's same graph, or it is a conflict."""
         owner, spec = await self.bridge.job_fields(job_id, "user", "spec")
-        if (owner or None) != user:
+        if (owner or None) != user:  # reached only by in-process callers: users' ids are scoped
             raise JobConflict(f"job id {job_id!r} is already used by another job")
         if spec is not None and _same_spec(spec, graph):
             return
@@ -208,6 +259,15 @@ FINISHED = frozenset({"succeeded", "failed", "partial", "cancelled"})
 
 class JobConflict(DualplaneError):
     """An id is taken by another job, or the job is in a state that forbids the request (HTTP 409)."""
+
+
+def _job_id(client_id: str | None, user: str | None) -> str | None:
+    """A client-chosen id is the user's own name for the job: scoped to the user (like an
+    idempotency key), so one user's ids neither collide with nor reveal another's. In-process
+    callers without a user get the id as given."""
+    if client_id is None or user is None:
+        return client_id
+    return "job-" + hashlib.sha256(f"{user}\0{client_id}".encode()).hexdigest()[:40]
 
 
 def _idempotent_id(user: str | None, key: str | None) -> str | None:

@@ -1,0 +1,110 @@
+"""Finds unfinished jobs whose stream entry is gone, and hands them on again.
+
+Every unfinished job names the stream entry that carries it (``lane`` and ``msg`` in its hash,
+written by the same script that adds the entry) and sits in the ``jobs:active`` index. An entry
+can still vanish while its job stays: a failover to a replica that had not received it, an
+eviction, an operator's XTRIM or DEL. Such a job would stay ``queued`` or ``running`` for ever;
+the reconciler sees that its entry is missing and adds a new one (``requeue.lua``, which checks
+again atomically that the job has not moved on and moves the fence, so a late owner cannot
+write). Its nodes that had not finished run again; the ones that had, never.
+
+It also notices when Redis lost all its data (the instance marker is gone): that is logged and
+counted, since the jobs that were in it cannot be brought back from here.
+
+Every control-plane replica may run it: the atomic check makes a second repair a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import redis
+
+from dualplane.common.bridge import Bridge
+from dualplane.common.errors import BridgeClosed, UnknownJob
+from dualplane.common.telemetry import PlaneMetrics
+
+log = logging.getLogger("dualplane.reconciler")
+
+PAGE = 500
+
+
+@dataclass
+class Report:
+    """What one pass found."""
+
+    scanned: int = 0
+    requeued: list[str] = field(default_factory=list)
+    lost_data: bool = False
+
+
+class Reconciler:
+    """:param bridge: a connected bridge. :param interval_s: seconds between passes in :meth:`run`.
+    :param metrics: where requeues and data losses are counted.
+    :param marker_expected: a missing instance marker on the first pass means lost data too
+        (a one-off pass against a deployment whose control plane set it); by default the
+        first pass sets it."""
+
+    def __init__(self, bridge: Bridge, *, interval_s: float, metrics: PlaneMetrics | None = None,
+                 marker_expected: bool = False) -> None:
+        self.bridge = bridge
+        self.interval_s = interval_s
+        self._metrics = metrics
+        self._marked = marker_expected
+        self.passes = 0
+        self.last: Report | None = None
+
+    async def run(self) -> None:
+        """A pass every ``interval_s`` until cancelled; a failed pass is logged and retried."""
+        while True:
+            try:
+                self.last = await self.run_once()
+            except (BridgeClosed, redis.RedisError) as exc:
+                log.warning("reconcile pass failed: %s", exc)
+            except Exception:
+                log.exception("reconcile pass failed")
+            await asyncio.sleep(self.interval_s)
+
+    async def run_once(self, *, repair: bool = True) -> Report:
+        report = Report()
+        if await self.bridge.mark_instance() and self._marked:
+            report.lost_data = True
+            if self._metrics is not None:
+                self._metrics.redis_data_lost.inc()
+            log.error("Redis lost its data (its instance marker is gone): every job it held is gone; "
+                      "jobs submitted from now on run normally")
+        self._marked = True
+        after: tuple[float, str] | None = None
+        while page := await self.bridge.active_jobs(after=after, count=PAGE):
+            after = (page[-1][1], page[-1][0])
+            report.scanned += len(page)
+            await self._check(page, report, repair=repair)
+        self.passes += 1
+        return report
+
+    async def _check(self, page: list[tuple[str, float]], report: Report, *, repair: bool) -> None:
+        ids = [job_id for job_id, _ in page]
+        positions = await self.bridge.handoff_positions(ids)
+        known = [(job_id, pos) for job_id, pos in zip(ids, positions, strict=True) if pos is not None]
+        present = await self.bridge.entries_exist([(pos[2], pos[3]) for _, pos in known])
+        for (job_id, (_, handoff_seq, lane, entry_id)), there in zip(known, present, strict=True):
+            if there:
+                continue
+            if not repair:
+                report.requeued.append(job_id)
+                continue
+            try:
+                job = await self.bridge.get_job(job_id)
+            except UnknownJob:
+                continue
+            if job.handoff_seq != handoff_seq:
+                continue  # it moved on since the page was read
+            seq = await self.bridge.requeue(job, lane_stream=lane, entry_id=entry_id,
+                                            reason=f"its message on {lane} was lost; handed on again")
+            if seq > 0:
+                report.requeued.append(job_id)
+                if self._metrics is not None:
+                    self._metrics.requeued.inc()
+                log.warning("job %s: its message %s on %s was lost; handed on again", job_id, entry_id, lane)
