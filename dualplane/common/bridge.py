@@ -831,7 +831,8 @@ def _lenient(value: Any) -> str:
 
 
 def _is_nogroup(exc: Exception) -> bool:
-    return str(exc).startswith("NOGROUP")
+    """The group is gone (NOGROUP), or the stream under a blocked read was (UNBLOCKED)."""
+    return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
 
 
 class LeaseKeeper:
