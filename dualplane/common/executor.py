@@ -36,7 +36,7 @@ from dualplane.common import logs
 from dualplane.common.access import check_read
 from dualplane.common.bridge import Bridge, Message, event_body, node_field, node_state
 from dualplane.common.context import TaskContext
-from dualplane.common.errors import NodeTimeout, TaskCancelled
+from dualplane.common.errors import NodeTimeout, ObjectNotFound, TaskCancelled
 from dualplane.common.graph import blocked_reason, progress_of
 from dualplane.common.models import ArtifactRef, Graph, Node, NodeError, NodeStatus
 from dualplane.common.retry import is_out_of_memory
@@ -396,7 +396,12 @@ def _node_writer(
 
 
 def _error(exc: BaseException, *, transient: bool) -> dict[str, Any]:
-    kind = "InvalidParams" if isinstance(exc, _InvalidParams) else type(exc).__name__
+    if isinstance(exc, _InvalidParams):
+        kind = "InvalidParams"
+    elif isinstance(exc, ObjectNotFound):  # one name for "missing" and "not yours", whatever raised it
+        kind = "ObjectNotFound"
+    else:
+        kind = type(exc).__name__
     return {"type": kind, "message": str(exc) or kind, "transient": transient}
 
 
