@@ -324,6 +324,7 @@ async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
     registry = default_registry()
     registry.add(throughput_probe.__task_spec__)  # type: ignore[attr-defined]
 
+    settings = settings.model_copy(update={"pools": ["nobody"]})  # a pool scaled to zero, configured
     control = ControlPlane(settings, registry=registry, metrics_registry=CollectorRegistry())
     await control.start()
     control_port = free_port()

@@ -142,7 +142,7 @@ async def test_an_invalid_handoff_for_a_known_job_fails_the_job_with_the_reason(
 ):
     # queued for a pool nobody serves, so only the broken message below can touch it
     job_id = (await control_plane.submit({"nodes": [{"id": "a", "task": "noop", "plane": "python",
-                                                     "pool": "idle"}]})).job_id
+                                                     "pool": "gpu"}]})).job_id
     await redis.xadd(control_plane.bridge.keys.data_stream("default"),
                      {"m": orjson.dumps({"job_id": job_id, "handoff_seq": 1, "graph": {"nodes": "broken"}})})
     job = await wait_for_job(control_plane, job_id, timeout_s=10)

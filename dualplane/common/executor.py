@@ -36,7 +36,7 @@ from dualplane.common import logs
 from dualplane.common.access import check_read
 from dualplane.common.bridge import Bridge, Message, event_body, node_field, node_state
 from dualplane.common.context import TaskContext
-from dualplane.common.errors import NodeTimeout, ObjectNotFound, TaskCancelled
+from dualplane.common.errors import NodeTimeout, ObjectNotFound, TaskCancelled, Unavailable
 from dualplane.common.graph import blocked_reason, progress_of
 from dualplane.common.models import ArtifactRef, Graph, Node, NodeError, NodeStatus
 from dualplane.common.retry import is_out_of_memory
@@ -50,6 +50,16 @@ log = logging.getLogger("dualplane.executor")
 
 NodeFinished = Callable[[str, str, float, "dict[str, Any] | None"], None]
 """Hook called with (task, final status, seconds, output of a succeeded node) when a node ends."""
+
+
+#: Attempts a node gets when a service it needs is down (the object store), whatever its own
+#: retry policy: with the default backoff that rides out about a minute of outage.
+OUTAGE_ATTEMPTS = 8
+
+
+def _outlasts(exc: BaseException, attempt: int) -> bool:
+    """An outage is not the task's fault: it earns retries beyond the task's own policy."""
+    return isinstance(exc, Unavailable) and attempt < OUTAGE_ATTEMPTS
 
 
 class _RetryAttempt(Exception):
@@ -81,6 +91,9 @@ class JobRun:
     cancel: threading.Event = field(default_factory=threading.Event)
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     stale: bool = False
+    #: A write of this run did not reach Redis (an outage): the job hash may lack what the
+    #: run did, so it must not hand on from here; its message is reclaimed and re-run instead.
+    unmirrored: bool = False
     #: Called synchronously when the plan is done, so the handoff joins the same pipeline
     #: as the last node's events.
     on_done: Callable[[JobRun], None] | None = None
@@ -161,7 +174,7 @@ class Executor:
                     initial_interval=spec.retry.backoff_s,
                     backoff_factor=spec.retry.backoff_factor,
                     max_interval=spec.retry.max_backoff_s,
-                    max_attempts=spec.retry.max_attempts,
+                    max_attempts=max(spec.retry.max_attempts, OUTAGE_ATTEMPTS),
                     jitter=False,  # LangGraph's jitter adds up to a whole second
                     retry_on=lambda exc: isinstance(exc, _RetryAttempt),
                 ),
@@ -252,7 +265,7 @@ class Executor:
             # the traceback holds the task's frames and whatever they built (a model being
             # trained, in VRAM on a GPU): let go of it before the backoff and the next attempt
             traceback.clear_frames(exc.__traceback__)  # the lines stay for the log below
-            retrying = spec.retry.should_retry(exc, attempt) and not run.cancel.is_set()
+            retrying = (spec.retry.should_retry(exc, attempt) or _outlasts(exc, attempt)) and not run.cancel.is_set()
             if is_out_of_memory(exc) and self._models is not None:
                 dropped = await asyncio.to_thread(self._models.free_memory)
                 log.warning("node %s (%s) ran out of memory: %d warm models dropped, cached memory freed",
@@ -446,6 +459,7 @@ def _check_fence(future: asyncio.Future[Any], run: JobRun) -> None:
     if future.cancelled():
         return
     if future.exception() is not None:
+        run.unmirrored = True
         log.error("mirroring job %s failed: %s", run.job_id, future.exception())
         return
     if future.result() == -1 and not run.stale:

@@ -49,10 +49,10 @@ class Router:
         self._read_at = float("-inf")
         self._reading: asyncio.Future[list[CapabilityManifest]] | None = None
 
-    async def workers(self) -> list[CapabilityManifest]:
+    async def workers(self, *, fresh: bool = False) -> list[CapabilityManifest]:
         """The live manifests, read at most once per ``refresh_s`` however many submissions
-        ask at the same moment (they share one in-flight read)."""
-        if time.monotonic() - self._read_at <= self._refresh_s:
+        ask at the same moment (they share one in-flight read); ``fresh`` reads them now."""
+        if not fresh and time.monotonic() - self._read_at <= self._refresh_s:
             return self._manifests
         if self._reading is None or self._reading.done():
             self._reading = asyncio.ensure_future(self._read())

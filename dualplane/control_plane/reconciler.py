@@ -17,6 +17,7 @@ Every control-plane replica may run it: the atomic check makes a second repair a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -53,19 +54,27 @@ class Reconciler:
         self.interval_s = interval_s
         self._metrics = metrics
         self._marked = marker_expected
+        self._stopping = asyncio.Event()
         self.passes = 0
         self.last: Report | None = None
 
     async def run(self) -> None:
-        """A pass every ``interval_s`` until cancelled; a failed pass is logged and retried."""
-        while True:
+        """A pass every ``interval_s`` until :meth:`stop`; a failed pass is logged and retried.
+
+        It ends on the stop flag, not only on cancellation: redis-py can turn a cancellation
+        into a connection error, which is caught here like any Redis hiccup."""
+        while not self._stopping.is_set():
             try:
                 self.last = await self.run_once()
             except (BridgeClosed, redis.RedisError) as exc:
                 log.warning("reconcile pass failed: %s", exc)
             except Exception:
                 log.exception("reconcile pass failed")
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+
+    def stop(self) -> None:
+        self._stopping.set()
 
     async def run_once(self, *, repair: bool = True) -> Report:
         report = Report()

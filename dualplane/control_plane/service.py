@@ -111,7 +111,7 @@ class ControlPlane:
         if self._bucket_task is not None:
             self._bucket_task.cancel()
         if self._reconciler_task is not None:
-            self._reconciler_task.cancel()
+            self.reconciler.stop()
             await asyncio.gather(self._reconciler_task, return_exceptions=True)
         if self._runner_task is not None:
             await self.runner.stop(grace_s)
@@ -176,6 +176,8 @@ class ControlPlane:
         if not named:
             return
         live = {w.pool for w in await self.router.workers()}
+        if named - live:  # a worker that just started may not be in the cached read yet
+            live = {w.pool for w in await self.router.workers(fresh=True)}
         errors: dict[str, list[dict[str, Any]]] = {}
         for node in graph.nodes:
             if node.plane == "python" and node.pool in named - live:

@@ -132,8 +132,10 @@ class Worker:
         await asyncio.to_thread(self._device_facts)
         gc.freeze()
         await self.bridge.connect()
-        if self.artifacts is not None:
-            await self.artifacts.ensure_bucket()
+        # without the store, nodes that need it fail transiently and are retried; the worker
+        # still runs the others, and /health says it is degraded
+        bucket = await self.artifacts.ensure_bucket_soon() if self.artifacts is not None else None
+        await self._announce()  # visible to routing (and to its pool's check) before it consumes
         consume = asyncio.create_task(self.consumer.run(), name="consume")
         beat = asyncio.create_task(self._publish_manifest(), name="manifest")
         server = self._http_server() if serve_http else None
@@ -142,9 +144,10 @@ class Worker:
             await stop.wait()
         finally:
             await self.consumer.stop(self.settings.shutdown_grace_s)
-            for task in (consume, beat):
+            background = [t for t in (consume, beat, bucket) if t is not None]
+            for task in background:
                 task.cancel()
-            await asyncio.gather(consume, beat, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
             if server and serve:
                 server.stop()
                 await serve
@@ -153,12 +156,15 @@ class Worker:
 
     async def _publish_manifest(self) -> None:
         while True:
-            try:
-                manifest = self.manifest().model_dump_json().encode()
-                await self.bridge.publish_capabilities(self.worker_id, manifest, MANIFEST_TTL_S)
-            except Exception as exc:  # a Redis hiccup must not end the heartbeat for good
-                log.error("worker %s: capability heartbeat failed: %s", self.worker_id, exc)
             await asyncio.sleep(MANIFEST_TTL_S / 3)
+            await self._announce()
+
+    async def _announce(self) -> None:
+        try:
+            manifest = self.manifest().model_dump_json().encode()
+            await self.bridge.publish_capabilities(self.worker_id, manifest, MANIFEST_TTL_S)
+        except Exception as exc:  # a Redis hiccup must not end the heartbeat for good
+            log.error("worker %s: capability heartbeat failed: %s", self.worker_id, exc)
 
     def _http_server(self) -> _QuietServer:
         config = uvicorn.Config(
@@ -172,10 +178,16 @@ class Worker:
 
         @app.get("/health")
         async def health() -> JSONResponse:
+            """503 unless Redis and the object store both answer: a worker without its store
+            cannot run media nodes (their inputs, models and outputs live there)."""
             ok = await self.bridge.ping()
             body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "redis": ok,
                                     "worker_id": self.worker_id, "busy": self.consumer.busy}
-            return JSONResponse(body, status_code=200 if ok else 503)
+            if self.artifacts is not None:
+                body["object_store"] = await self.artifacts.available()
+                if ok and not body["object_store"]:
+                    body["status"] = "degraded"
+            return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
         @app.get("/metrics")
         async def metrics() -> Response:
