@@ -4,7 +4,6 @@ key is written in the graph, at run time where it arrives through a ``$ref``."""
 
 from __future__ import annotations
 
-
 import httpx
 
 from dualplane.control_plane import ControlPlane
