@@ -3,27 +3,86 @@
 Keys are deterministic (`jobs/<job>/<node>/<name>`) so a retried node overwrites its own output
 instead of leaving duplicates, which makes `put` idempotent. The minio client is blocking, so
 every call runs in a worker thread to keep the event loop free.
+
+Outages: every call is bounded by the client's timeouts and a small retry (minio itself retries
+nothing but a region redirect; its default client would wait 5 minutes per read, 6 times). A
+store that does not answer is :class:`~dualplane.common.errors.StoreUnavailable` (transient for
+tasks, 503 for the API); a missing object on a read is
+:class:`~dualplane.common.errors.ObjectNotFound`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
+import logging
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import certifi
+import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
+
+from dualplane.common.errors import ObjectNotFound, StoreUnavailable
 
 if TYPE_CHECKING:
     from dualplane.common.settings import Settings
 
+log = logging.getLogger("dualplane.artifacts")
+
+T = TypeVar("T")
+
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _HASH_CHUNK_BYTES = 1 << 20
 _MULTIPART_PART_BYTES = 16 << 20
+
+#: S3 answers that mean "not now" whatever their status says.
+_TRANSIENT_CODES = frozenset({"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"})
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket"})
+#: The health probe: short, no retries, and its answer is reused this long so /health stays cheap.
+PROBE_CONNECT_S = 1.0
+PROBE_READ_S = 2.0
+PROBE_CACHE_S = 2.0
+#: How long a plane's start waits for the bucket before going on without the store.
+ENSURE_WAIT_S = 5.0
+ENSURE_BACKOFF_S = 0.5
+ENSURE_MAX_BACKOFF_S = 15.0
+
+
+class ObjectMissing(ObjectNotFound, S3Error):
+    """:class:`ObjectNotFound` that still reads as minio's ``S3Error`` (``.code`` is
+    ``NoSuchKey``) for callers written against minio (lora's checkpoint resume, the model
+    store), until they catch ObjectNotFound."""
+
+    def __init__(self, key: str, cause: S3Error) -> None:
+        ObjectNotFound.__init__(self, key)
+        for name in ("response", "code", "message", "resource", "request_id", "host_id", "bucket_name",
+                     "object_name"):
+            object.__setattr__(self, name, getattr(cause, name, None))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.key!r})"
+
+    def __reduce__(self) -> Any:  # S3Error's would rebuild an S3Error
+        return ObjectNotFound, (self.key,)
+
+
+def _pool(connect_s: float, read_s: float, retries: int | bool, maxsize: int) -> urllib3.PoolManager:
+    """A urllib3 pool with bounded waits. Refused connections and 5xx answers are retried
+    (0 s, then 0.4 s apart), a read that timed out is not: that would double a frozen store's
+    cost. Retry-After is ignored, since a store could ask for minutes."""
+    retry = retries if retries is False else urllib3.Retry(
+        total=retries, connect=retries, read=0, status=retries, other=0, backoff_factor=0.2,
+        status_forcelist=(500, 502, 503, 504), raise_on_status=False, respect_retry_after_header=False)
+    return urllib3.PoolManager(timeout=urllib3.Timeout(connect=connect_s, read=read_s), retries=retry,
+                               maxsize=maxsize, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where())
 
 
 def _check_segment(value: str, what: str) -> str:
@@ -82,12 +141,53 @@ class ArtifactStore:
         bucket: str,
         secure: bool = False,
         region: str = "us-east-1",
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 60.0,
+        retries: int = 2,
     ) -> None:
         # An explicit region spares the client a GetBucketLocation round trip per bucket.
         self.bucket = bucket
+        self.endpoint = endpoint
         self._client = Minio(
-            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region
+            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
+            http_client=_pool(connect_timeout_s, read_timeout_s, retries, maxsize=10),
         )
+        self._probe_client = Minio(
+            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
+            http_client=_pool(min(PROBE_CONNECT_S, connect_timeout_s), min(PROBE_READ_S, read_timeout_s), False,
+                              maxsize=1),
+        )
+        self._probe: asyncio.Future[bool] | None = None
+        self._probed = (float("-inf"), False)
+
+    # ------------------------------------------------------------------ errors
+
+    @contextlib.contextmanager
+    def _errors(self, key: str | None = None) -> Iterator[None]:
+        """minio's and urllib3's failures as ours; ``key``: a read, whose 404 is ObjectNotFound."""
+        try:
+            yield
+        except S3Error as exc:
+            if key is not None and exc.code in _MISSING_CODES:
+                raise ObjectMissing(key, exc) from None
+            if exc.code in _TRANSIENT_CODES or getattr(exc.response, "status", 0) >= 500:
+                raise StoreUnavailable(f"object store {self.endpoint}: {exc.code}: {exc.message}") from exc
+            raise
+        except (ServerError, InvalidResponseError) as exc:
+            status = exc.status_code if isinstance(exc, ServerError) else exc._code
+            if isinstance(status, int) and status >= 500:
+                raise StoreUnavailable(f"object store {self.endpoint}: HTTP {status}") from exc
+            raise
+        except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+            reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+            raise StoreUnavailable(f"object store {self.endpoint}: {type(reason).__name__}: {reason}") from exc
+
+    async def _run(self, fn: Callable[..., T], *args: Any, key: str | None = None, **kwargs: Any) -> T:
+        def call() -> T:
+            with self._errors(key):
+                return fn(*args, **kwargs)
+
+        return await asyncio.to_thread(call)
 
     # ------------------------------------------------------------------ keys
 
@@ -103,7 +203,61 @@ class ArtifactStore:
 
     async def ensure_bucket(self) -> None:
         """Create the bucket if missing; tolerate a concurrent creator."""
-        await asyncio.to_thread(self._ensure_bucket_sync)
+        await self._run(self._ensure_bucket_sync)
+
+    async def ensure_bucket_soon(self, wait_s: float = ENSURE_WAIT_S) -> asyncio.Task[None] | None:
+        """A plane's start: create the bucket if the store answers within ``wait_s``; if it does
+        not, return the task that keeps trying in the background (cancel it at stop), so the
+        plane starts without its store and /health says so. Other errors (credentials) raise."""
+        tried = asyncio.Event()
+        task = asyncio.create_task(self._ensure_until_done(tried), name="ensure-bucket")
+        waiting = asyncio.create_task(tried.wait())
+        await asyncio.wait({task, waiting}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if task.done():
+            task.result()
+            return None
+        return task
+
+    async def _ensure_until_done(self, tried: asyncio.Event) -> None:
+        delay = ENSURE_BACKOFF_S
+        while True:
+            try:
+                await self.ensure_bucket()
+            except StoreUnavailable as exc:
+                if not tried.is_set():
+                    log.warning("bucket %s: %s; going on without the object store, retrying", self.bucket, exc)
+            except Exception as exc:
+                if not tried.is_set():
+                    raise  # misconfigured at start: fail the start as before
+                log.error("bucket %s: %s; retrying", self.bucket, exc)
+            else:
+                if tried.is_set():
+                    log.info("bucket %s: object store %s is back", self.bucket, self.endpoint)
+                return
+            finally:
+                tried.set()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, ENSURE_MAX_BACKOFF_S)
+
+    async def available(self) -> bool:
+        """Whether the store answers and the bucket exists; probed with short timeouts, the
+        answer reused for :data:`PROBE_CACHE_S` and shared by concurrent callers."""
+        at, ok = self._probed
+        if time.monotonic() - at < PROBE_CACHE_S:
+            return ok
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._run_probe())
+        return await asyncio.shield(self._probe)
+
+    async def _run_probe(self) -> bool:
+        try:
+            ok = await self._run(self._probe_client.bucket_exists, self.bucket)
+        except Exception as exc:
+            log.debug("object store probe: %s", exc)
+            ok = False
+        self._probed = (time.monotonic(), ok)
+        return ok
 
     def _ensure_bucket_sync(self) -> None:
         if self._client.bucket_exists(self.bucket):
@@ -122,7 +276,7 @@ class ArtifactStore:
         """Store a node output and return its artifact reference (same bytes → same reference)."""
         key = self.key_for(job_id, node_id, name)
         sha256 = hashlib.sha256(data).hexdigest()
-        await asyncio.to_thread(
+        await self._run(
             self._client.put_object,
             self.bucket,
             key,
@@ -141,14 +295,14 @@ class ArtifactStore:
         so uploading the same file twice gives the same key)."""
         digest = hashlib.sha256(data).hexdigest()
         key = f"uploads/{_check_segment(user, 'user')}/{digest}/{_check_segment(name, 'name')}"
-        await asyncio.to_thread(self._client.put_object, self.bucket, key, io.BytesIO(data), len(data),
-                                content_type=content_type)
+        await self._run(self._client.put_object, self.bucket, key, io.BytesIO(data), len(data),
+                        content_type=content_type)
         return _artifact_ref(bucket=self.bucket, key=key, name=name, size=len(data), sha256=digest,
                              content_type=content_type)
 
     async def get(self, key: str) -> bytes:
         """Whole object in memory; use get_file for large objects."""
-        return await asyncio.to_thread(self._get_sync, key)
+        return await self._run(self._get_sync, key, key=key)
 
     def _get_sync(self, key: str) -> bytes:
         response = self._client.get_object(self.bucket, key)
@@ -170,7 +324,7 @@ class ArtifactStore:
         """
         _check_key(key)
         sha256, size_bytes = await asyncio.to_thread(_file_sha256, Path(path))
-        await asyncio.to_thread(
+        await self._run(
             self._client.fput_object,
             self.bucket,
             key,
@@ -188,14 +342,17 @@ class ArtifactStore:
         """Download streaming to `path` (minio writes a temp file and renames it on success)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self._client.fget_object, self.bucket, key, str(path))
+        await self._run(self._client.fget_object, self.bucket, key, str(path), key=key)
         return path
 
     # ------------------------------------------------------------------ urls and cleanup
 
     async def presigned_url(self, key: str, expires_s: int = 3600) -> str:
-        """A GET URL a client can fetch without credentials until it expires."""
-        return await asyncio.to_thread(
+        """A GET URL a client can fetch without credentials until it expires. Signing is local,
+        but a link into a store that does not answer is no use: StoreUnavailable then."""
+        if not await self.available():
+            raise StoreUnavailable(f"object store {self.endpoint} is not answering")
+        return await self._run(
             self._client.presigned_get_object,
             self.bucket,
             key,
@@ -204,7 +361,7 @@ class ArtifactStore:
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every object under `prefix` (e.g. `jobs/<job>/`); returns how many were deleted."""
-        return await asyncio.to_thread(self._delete_prefix_sync, prefix)
+        return await self._run(self._delete_prefix_sync, prefix)
 
     def _delete_prefix_sync(self, prefix: str) -> int:
         names = [
@@ -232,4 +389,7 @@ def store_from_settings(settings: Settings) -> ArtifactStore | None:
         secret_key=settings.s3_secret_key or "",
         bucket=settings.s3_bucket,
         secure=settings.s3_secure,
+        connect_timeout_s=settings.s3_connect_timeout_s,
+        read_timeout_s=settings.s3_read_timeout_s,
+        retries=settings.s3_retries,
     )

@@ -252,8 +252,17 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        """Without Redis the plane can do nothing (503). Without the object store it still takes,
+        runs, reports and cancels jobs, and only uploads and artifact links fail (503 each): 200
+        "degraded", so that a load balancer or a liveness probe does not make a partial outage
+        whole."""
         ok = await control.bridge.ping()
-        return JSONResponse({"status": "ok" if ok else "unavailable", "redis": ok}, status_code=200 if ok else 503)
+        body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "redis": ok}
+        if control.artifacts is not None:
+            body["object_store"] = await control.artifacts.available()
+            if ok and not body["object_store"]:
+                body["status"] = "degraded"
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
