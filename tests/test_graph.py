@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -309,6 +310,59 @@ def test_unknown_param_holding_a_ref_is_still_rejected():
 def test_iter_refs_yields_param_paths():
     params = {"a": ref("x.output"), "b": {"c": [0, ref("y.output.z")]}, "d": 3}
     assert list(iter_refs(params)) == [("a", "x.output"), ("b.c.1", "y.output.z")]
+
+
+def chain_of(length: int, refs: dict[int, int] | None = None, *, reverse: bool = False) -> dict[str, Any]:
+    """A chain n0 → n1 → … ; ``refs`` maps a node's index to the index its `$ref` names."""
+    nodes = [py(f"n{i}", *([f"n{i - 1}"] if i else [])) for i in range(length)]
+    for node_index, source in (refs or {}).items():
+        nodes[node_index]["params"] = {"value": ref(f"n{source}.output")}
+    return {"nodes": nodes[::-1] if reverse else nodes}
+
+
+def validation_peak_bytes(document: dict[str, Any]) -> tuple[int, Graph | dict[str, Any]]:
+    """Peak memory validating ``document`` (tracemalloc), with the graph or the node errors."""
+    tracemalloc.start()
+    try:
+        result: Graph | dict[str, Any] = validate_graph(document, REGISTRY)
+    except GraphValidationError as exc:
+        result = exc.node_errors
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak, result
+
+
+@pytest.mark.parametrize("refs", [None, {9_999: 0, 5_000: 4_999, 200: 100}], ids=["no refs", "three refs"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["in order", "leaves first"])
+def test_a_10k_node_chain_validates_in_memory_linear_in_its_size(refs, reverse):
+    """Ancestor sets of every node are O(n²): 2.4 GB for this chain. Parsing it alone takes
+    about 10 MB (10k Node models); reachability may add little to that."""
+    peak, result = validation_peak_bytes(chain_of(10_000, refs, reverse=reverse))
+    assert isinstance(result, Graph) and len(result.nodes) == 10_000
+    assert peak < 40 * 1024 * 1024, f"validation peaked at {peak / 1e6:.0f} MB"
+
+
+def test_a_ref_to_a_downstream_node_of_a_long_chain_is_still_rejected():
+    peak, errors = validation_peak_bytes(chain_of(10_000, {100: 9_000, 9_999: 0}))
+    assert isinstance(errors, dict) and list(errors) == ["n100"]
+    assert "not upstream" in messages(errors, "n100")
+    assert peak < 40 * 1024 * 1024
+
+
+def test_refs_check_each_source_against_its_own_node():
+    """Bitsets over the referenced sources: each ref is judged by its own source's bit."""
+    errors = errors_of(py("a"), py("b"), py("c", "a", params={"value": [ref("a.output"), ref("b.output")]}),
+                       py("d", "b", params={"value": ref("b.output")}))
+    assert list(errors) == ["c"] and fields(errors, "c") == ["value.1"]
+
+
+def test_iter_refs_does_not_recurse_into_deep_params():
+    value: Any = ref("a.output")
+    for _ in range(5_000):  # far past Python's recursion limit
+        value = {"k": [value]}
+    ((path, found),) = iter_refs(value)
+    assert found == "a.output" and path.startswith("k.0.k.0") and path.count(".") == 9_999
 
 
 def test_ancestors_are_transitive():
