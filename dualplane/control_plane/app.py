@@ -28,13 +28,23 @@ from dualplane.common.errors import GraphValidationError, StoreUnavailable, Unav
 from dualplane.common.models import CapabilityManifest, Event, Graph, Job
 from dualplane.common.settings import Settings
 from dualplane.control_plane.auth import (
+    USER_ID_PATTERN,
     Authenticator,
     AuthError,
     Forbidden,
     Principal,
     bearer_token,
 )
-from dualplane.control_plane.limits import Limits, RateLimited, TooLarge
+from dualplane.control_plane.body_limit import BodyLimit
+from dualplane.control_plane.limits import (
+    MAX_SEQ,
+    MAX_TIMESTAMP,
+    Limits,
+    RateLimited,
+    TooDeep,
+    TooLarge,
+    valid_job_id,
+)
 from dualplane.control_plane.listing import InvalidCursor, JobFilter, list_jobs
 from dualplane.control_plane.planner import StructuredIntent
 from dualplane.control_plane.service import FINISHED, ControlPlane, JobConflict
@@ -49,6 +59,11 @@ MAX_PREFERENCES_BYTES = 16 * 1024
 
 _GRAPH_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/Graph"}}}}}
+_COMPOSE_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/ComposeRequest"}}}}}
+#: ``?wait=`` is clamped to ``max_wait_s``; only a number no clock can reach is refused.
+WaitQuery = Annotated[float | None, Query(ge=0, le=7 * 24 * 3600, allow_inf_nan=False)]
+Timestamp = Annotated[float | None, Query(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)]
 
 
 class ComposeRequest(BaseModel):
@@ -100,11 +115,16 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
                   description="Submit generative-media job graphs, follow them live, fetch their artifacts.")
     app.state.control = control
     app.state.authenticator = auth
+    # before the request-id middleware, so that it is inside it and its 413s carry the id
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       route_caps={("POST", "/uploads"): settings.max_upload_bytes})
     _install_error_handlers(app)
     _install_request_id(app)
     _install_hub(app, control, auth, settings)
 
     async def owned_job(job_id: str, who: Principal) -> Job:
+        if not valid_job_id(job_id):  # no such job can exist, and the id must not reach a key
+            raise UnknownJob(job_id)
         job = await control.get_job(job_id)
         if not who.can_access(job.user):
             raise UnknownJob(job_id)
@@ -115,10 +135,10 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         202: {"description": "`wait` elapsed first; the job as it is now"}, 409: {"description": "Id taken"},
         413: {"description": "Body too large"}, 422: {"description": "Invalid graph (`node_errors`)"},
         429: {"description": "Submission rate limit"}})
-    async def submit_job(request: Request, who: User, wait: Annotated[float | None, Query(ge=0)] = None,
+    async def submit_job(request: Request, who: User, wait: WaitQuery = None,
                          idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Response:
         """Submit a graph. `?wait=<seconds>` returns the finished job when it ends in time."""
-        document = await limits.read_json(request)
+        document = await limits.read_graph(request)
         limits.check_graph(document)
         await limits.admit(control.bridge, who.user)
         result = await control.submit(document, request_id=request.state.request_id, user=who.user,
@@ -128,7 +148,10 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
     @app.post("/jobs/batch", status_code=201, responses={422: {"description": "An invalid graph (by index)"}})
     async def submit_batch(request: Request, who: User) -> JSONResponse:
         """Submit many graphs at once; all are validated before any is queued."""
-        body = await limits.read_json(request)
+        try:
+            body = await limits.read_json(request)
+        except TooDeep as exc:
+            return _deep_batch(exc)
         graphs = body.get("graphs") if isinstance(body, dict) else None
         if not isinstance(graphs, list) or not graphs:
             return problem(422, "Invalid batch", "body must be {\"graphs\": [graph, ...]} with at least one graph")
@@ -151,9 +174,12 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         return JSONResponse({"jobs": jobs}, status_code=201)
 
     @app.get("/jobs")
-    async def jobs(who: User, status: Annotated[list[str] | None, Query()] = None, task: str | None = None,
-                   user: str | None = None, created_after: float | None = None, created_before: float | None = None,
-                   limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: str | None = None) -> dict[str, Any]:
+    async def jobs(who: User, status: Annotated[list[str] | None, Query()] = None,
+                   task: Annotated[str | None, Query(max_length=128)] = None,
+                   user: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,
+                   created_after: Timestamp = None, created_before: Timestamp = None,
+                   limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                   cursor: Annotated[str | None, Query(max_length=256)] = None) -> dict[str, Any]:
         """Your jobs, newest first (admins: anyone's, `user=` to narrow). Follow `next_cursor`."""
         if user is not None and user != who.user and not who.privileged:
             raise Forbidden("only admins and orchestrators can list other users' jobs")
@@ -169,7 +195,7 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         return await owned_job(job_id, who)
 
     @app.get("/jobs/{job_id}/events", response_model=list[Event])
-    async def job_events(job_id: str, who: User, since: Annotated[int, Query(ge=0)] = 0,
+    async def job_events(job_id: str, who: User, since: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
                          limit: Annotated[int | None, Query(ge=1, le=10_000)] = None) -> list[Event]:
         """Events with seq > since, in order (the durable event stream)."""
         await owned_job(job_id, who)
@@ -195,12 +221,13 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         job = await owned_job(job_id, who)
         return {"artifacts": await control.artifact_links(job, expires_s)}
 
-    @app.post("/compose", status_code=201, responses={
+    @app.post("/compose", status_code=201, openapi_extra=_COMPOSE_BODY, responses={
         200: {"description": "dry_run: the planned graph, or the finished job within `wait`"},
-        202: {"description": "`wait` elapsed first"}, 422: {"description": "Invalid intent"}})
-    async def compose(request: Request, who: User, body: ComposeRequest,
-                      wait: Annotated[float | None, Query(ge=0)] = None) -> Response:
+        202: {"description": "`wait` elapsed first"}, 413: {"description": "Body too large"},
+        422: {"description": "Invalid intent"}})
+    async def compose(request: Request, who: User, wait: WaitQuery = None) -> Response:
         """Plan a graph from intent (free text or structured) and submit it; `dry_run` only plans."""
+        body = _compose_request(await limits.read_json(request))
         try:
             plan = await control.planner.plan(body.intent)
         except pydantic.ValidationError as exc:
@@ -288,8 +315,9 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
 
 
 def _document_graph_body(app: FastAPI) -> None:
-    """The graph routes read their body themselves (size cap, node-scoped errors), so the
-    OpenAPI document gets the Graph schema and its example from the shared JSON Schema."""
+    """The graph routes and /compose read their body themselves (size and depth caps,
+    node-scoped errors), so the OpenAPI document gets their schemas here: the Graph schema and
+    its example from the shared JSON Schema, and ComposeRequest's from its model."""
     import fastapi.openapi.utils
 
     # no `$ref` params in the example: OpenAPI tools read any "$ref" key as a JSON reference
@@ -305,10 +333,36 @@ def _document_graph_body(app: FastAPI) -> None:
             for name, definition in graph.pop("$defs", {}).items():
                 components.setdefault(name, definition)
             components["Graph"] = {**graph, "examples": [example]}
+            _add_component(components, ComposeRequest)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_component(components: dict[str, Any], model: type[BaseModel]) -> None:
+    definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, nested in definition.pop("$defs", {}).items():
+        components.setdefault(name, nested)
+    components[model.__name__] = definition
+
+
+def _compose_request(document: Any) -> ComposeRequest:
+    """The /compose body, with FastAPI's own 422 when it does not fit the model."""
+    try:
+        return ComposeRequest.model_validate(document)
+    except pydantic.ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
+        raise RequestValidationError(errors) from None
+
+
+def _deep_batch(exc: TooDeep) -> JSONResponse:
+    """A batch nested too deep: by graph index (node-scoped) when the deep part is in a graph."""
+    path = exc.spot.path if exc.spot else ()
+    if len(path) >= 2 and path[0] == "graphs" and isinstance(path[1], int):
+        return problem(422, "Invalid graph in batch", f"graph {path[1]} is invalid",
+                       errors={str(path[1]): exc.node_errors(skip=2)})
+    return problem(422, "Invalid batch", str(exc))
 
 
 def _install_hub(app: FastAPI, control: ControlPlane, auth: Authenticator, settings: Settings) -> None:

@@ -6,10 +6,19 @@ Roles:
 * ``admin`` — sees and manages every job;
 * ``orchestrator`` — a service account (a worker, an external reporter): reads and cancels
   any job and may submit on behalf of a user, but has no user preferences of its own.
+
+User ids. A token's ``sub`` becomes the job owner and a part of Redis keys
+(``jobs:user:<sub>``, ``prefs:<sub>``) and of object keys (``uploads/<sub>/...``), so it is
+checked where it enters: 1 to 128 characters of letters, digits and ``@ . _ + | = -`` (which
+covers e-mail addresses, UUIDs and provider ids such as ``auth0|1234``), no ``..``. A token
+with any other ``sub`` — empty, blank, not a string, holding ``:`` or ``/`` or control
+characters — is refused (401 ``invalid token: sub ...``) rather than rewritten, since a
+rewritten id could collide with someone else's.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +32,13 @@ from dualplane.common.settings import Settings
 ROLES = ("user", "admin", "orchestrator")
 #: Roles that may act on any user's jobs.
 PRIVILEGED = frozenset({"admin", "orchestrator"})
+#: What a user id (a token's ``sub``) may look like (see the module docstring).
+USER_ID_PATTERN = r"^[A-Za-z0-9@._+|=-]{1,128}$"
+_USER_ID = re.compile(USER_ID_PATTERN)
+
+
+def valid_user_id(user: object) -> bool:
+    return isinstance(user, str) and _USER_ID.fullmatch(user) is not None and ".." not in user
 
 
 class AuthError(DualplaneError):
@@ -35,10 +51,12 @@ class Forbidden(DualplaneError):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: ``user`` is the job owner id; ``role`` one of :data:`ROLES`."""
+    """Who is calling: ``user`` is the job owner id; ``role`` one of :data:`ROLES`;
+    ``expires_at`` the token's ``exp`` (Unix time; a WebSocket is closed then)."""
 
     user: str
     role: str
+    expires_at: float | None = None
 
     @property
     def privileged(self) -> bool:
@@ -94,6 +112,8 @@ class Authenticator:
     def mint(self, user: str, role: str = "user", *, ttl_s: int | None = None) -> str:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        if not valid_user_id(user):
+            raise ValueError(f"user {user!r} is not a valid user id (1-128 of A-Z a-z 0-9 @ . _ + | = -)")
         if not self._signing_key:
             raise ValueError("this authenticator can only verify (no signing key configured)")
         now = int(time.time())
@@ -114,7 +134,17 @@ class Authenticator:
         role = claims.get("role", "user")
         if role not in ROLES:
             raise AuthError(f"invalid token: unknown role {role!r}")
-        return Principal(user=str(claims["sub"]), role=role)
+        sub = claims["sub"]
+        if not valid_user_id(sub):
+            raise AuthError(f"invalid token: sub {_shown(sub)} is not a valid user id "
+                            "(1-128 of A-Z a-z 0-9 @ . _ + | = -)")
+        return Principal(user=sub, role=role, expires_at=float(claims["exp"]))
+
+
+def _shown(value: object) -> str:
+    """A claim for an error message: short, and printable whatever it holds."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def bearer_token(authorization: str | None) -> str:

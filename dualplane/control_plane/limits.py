@@ -1,7 +1,9 @@
-"""Request limits of the API: body size, graph size, params size, submission rate."""
+"""Request limits of the API: body size and depth, graph size, params size, submission rate,
+and the ranges of ids and numbers a request may name."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +13,23 @@ from fastapi import Request
 from dualplane.common.bridge import Bridge
 from dualplane.common.errors import DualplaneError, GraphValidationError
 from dualplane.common.settings import Settings
+from dualplane.control_plane.json_depth import DeepSpot, locate, nesting_exceeds
+
+#: Deepest nesting of arrays and objects in a JSON body. The parsers downstream stop at 200
+#: levels (pydantic's, reading a handoff) and 254 (orjson), and a node's params sit about six
+#: levels deeper in a handoff message than in the body; no task's params need more than a
+#: handful of levels. 64 keeps a wide margin under both while allowing any sane document.
+MAX_JSON_DEPTH = 64
+#: Event seqs are integers every JSON client reads exactly (JavaScript numbers: 2^53).
+MAX_SEQ = 2**53
+#: Unix timestamps a filter may name: the year 5138 is far enough.
+MAX_TIMESTAMP = 1e11
+#: Job ids as graph.schema.json allows them; nothing else can name a job (nor a Redis key of one).
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def valid_job_id(job_id: str) -> bool:
+    return JOB_ID.fullmatch(job_id) is not None
 
 
 class TooLarge(DualplaneError):
@@ -20,6 +39,28 @@ class TooLarge(DualplaneError):
         super().__init__(message)
         self.status = status
         self.extra = extra
+
+
+class TooDeep(TooLarge):
+    """A JSON body nested deeper than allowed (HTTP 422); ``spot`` says where, when known."""
+
+    def __init__(self, limit: int, spot: DeepSpot | None) -> None:
+        where = f" at {spot.pointer()}" if spot else ""
+        super().__init__(f"JSON nests deeper than {limit} levels{where}", status=422)
+        self.limit = limit
+        self.spot = spot
+
+    def node_errors(self, skip: int = 0) -> dict[str, list[dict[str, Any]]]:
+        """The error scoped like a graph error: on the node the deep part is in (by id, else
+        ``nodes[i]``), else on ``_graph``. ``skip`` drops a wrapper's leading path components
+        (``graphs``, index of a batch)."""
+        path = self.spot.path[skip:] if self.spot else ()
+        ids = self.spot.ids[skip:] if self.spot else ()
+        message = f"nests deeper than {self.limit} levels"
+        if len(path) >= 2 and path[0] == "nodes" and isinstance(path[1], int):
+            owner = (ids[2] if len(ids) > 2 else None) or f"nodes[{path[1]}]"  # ids[2]: the node's own
+            return {owner: [{"field": str(path[2]) if len(path) > 2 else None, "message": message}]}
+        return {"_graph": [{"field": str(path[0]) if path else None, "message": message}]}
 
 
 class RateLimited(DualplaneError):
@@ -40,6 +81,7 @@ class Limits:
     max_nodes: int = 256
     max_params_bytes: int = 64 * 1024
     submit_rate_per_min: int = 600
+    max_depth: int = MAX_JSON_DEPTH
     _window_s: int = field(default=60, repr=False)
 
     @classmethod
@@ -61,11 +103,22 @@ class Limits:
         return bytes(body)
 
     async def read_json(self, request: Request, *, max_bytes: int | None = None) -> Any:
+        """The body as JSON: 413 past the byte cap, 422 (:class:`TooDeep`) past the depth cap,
+        400 when it does not parse."""
         body = await self.read_bytes(request, max_bytes=max_bytes)
+        if nesting_exceeds(body, self.max_depth):
+            raise TooDeep(self.max_depth, locate(body, self.max_depth))
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise TooLarge(f"body is not valid JSON: {exc}", status=400) from None
+
+    async def read_graph(self, request: Request) -> Any:
+        """:meth:`read_json` for a graph body: too deep is a node-scoped graph error."""
+        try:
+            return await self.read_json(request)
+        except TooDeep as exc:
+            raise GraphValidationError(exc.node_errors()) from None
 
     def check_graph(self, document: Any) -> None:
         """Node count and per-node params size, as node-scoped graph errors."""

@@ -10,10 +10,12 @@ new jobs arrive. Ids of expired jobs met on the way are dropped from the index.
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from dualplane.common.bridge import Bridge
+from dualplane.control_plane.limits import MAX_TIMESTAMP, valid_job_id
 
 #: Index entries read per round trip while filling a page.
 SCAN_SLICE = 200
@@ -52,12 +54,18 @@ def encode_cursor(created_at: float, job_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The ``(created_at, job id)`` of a cursor; anything :func:`encode_cursor` could not have
+    written is an :class:`InvalidCursor` (its score goes to Redis as a range bound, where a
+    NaN is a server error)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, job_id = raw.split(":", 1)
-        return float(score), job_id
-    except (ValueError, UnicodeDecodeError):
+        text, job_id = raw.split(":", 1)
+        score = float(text)
+    except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
         raise InvalidCursor(f"invalid cursor {cursor!r}") from None
+    if not (math.isfinite(score) and 0 <= score <= MAX_TIMESTAMP and valid_job_id(job_id)):
+        raise InvalidCursor(f"invalid cursor {cursor!r}")
+    return score, job_id
 
 
 async def list_jobs(bridge: Bridge, flt: JobFilter, *, limit: int, cursor: str | None) -> Page:
