@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -442,7 +443,7 @@ async def test_ping_pong_and_bad_messages_get_errors_without_closing(
     assert await client.next_other() == {"type": "error", "message": "subscribe needs a jobId"}
     job_id = await submit(control_plane, sleep_graph())
     await client.send(type="subscribe", jobId=job_id, since=-1)
-    assert (await client.next_other())["message"] == "since must be a non-negative integer"
+    assert (await client.next_other())["message"] == "since must be an integer from 0 to 2^53"
 
     await client.subscribe(job_id)
     await client.wait_for(lambda: job_id in client.snapshots)
@@ -453,4 +454,99 @@ async def test_ping_pong_and_bad_messages_get_errors_without_closing(
     assert await client.next_other() == {"type": "pong"}
     assert client.seqs[job_id] == []  # nothing after the unsubscribe
     assert client.ws.close_code is None
+    await client.close()
+
+
+# -- 7. token expiry and re-authentication (the real app) ------------------------------
+
+
+@pytest.fixture
+async def app_url(control_plane: ControlPlane, settings: Settings, authenticator: Authenticator
+                  ) -> AsyncIterator[str]:
+    """The whole control-plane app (create_app) served by uvicorn in this loop; its hub is
+    started here because the test server runs without lifespan."""
+    from dualplane.control_plane import create_app
+
+    app = create_app(settings, plane=control_plane, authenticator=authenticator)
+    await app.state.hub.start()
+    try:
+        async with serving(app) as urls:
+            yield urls[0]
+    finally:
+        await app.state.hub.stop()
+
+
+async def closed_with(follower: Follower, timeout_s: float = 10.0) -> tuple[int | None, str | None]:
+    """Wait until the server closes the connection; its close code and reason."""
+    await asyncio.wait_for(asyncio.gather(follower._reader, return_exceptions=True), timeout_s)
+    return follower.ws.close_code, follower.ws.close_reason
+
+
+async def test_a_connection_is_closed_with_4401_when_its_token_expires(
+    control_plane: ControlPlane, app_url: str, authenticator: Authenticator,
+):
+    job_id = await submit(control_plane, sleep_graph())
+    follower = await Follower.open(app_url, authenticator.mint("alice", ttl_s=2))
+    await follower.subscribe(job_id)
+    await follower.wait_for(lambda: job_id in follower.snapshots)
+    assert await closed_with(follower) == (4401, "token expired")
+
+
+async def test_auth_with_a_fresh_token_keeps_the_connection_past_the_first_expiry(
+    control_plane: ControlPlane, app_url: str, authenticator: Authenticator,
+):
+    job_id = await submit(control_plane, sleep_graph())
+    follower = await Follower.open(app_url, authenticator.mint("alice", ttl_s=2))
+    await follower.subscribe(job_id)
+    await follower.wait_for(lambda: job_id in follower.snapshots)
+    fresh = authenticator.mint("alice", ttl_s=60)
+    await follower.send(type="auth", token=fresh)
+    authenticated = await follower.next_other()
+    assert authenticated["type"] == "authenticated" and authenticated["exp"] > time.time() + 50
+    await asyncio.sleep(3)  # past the first token's exp
+    await follower.send(type="ping")
+    assert await follower.next_other() == {"type": "pong"}
+    await control_plane.bridge.emit(job_id, [event_body("progress", job_id, progress=0.5)])
+    await follower.wait_for(lambda: len(follower.seqs[job_id]) == 1)  # still subscribed
+    await follower.close()
+
+
+@pytest.mark.parametrize("other", ["another user", "another role", "an invalid token"])
+async def test_auth_with_another_principal_closes_the_connection(
+    other: str, app_url: str, authenticator: Authenticator,
+):
+    token = {"another user": lambda: authenticator.mint("mallory"),
+             "another role": lambda: authenticator.mint("alice", role="admin"),
+             "an invalid token": lambda: "not.a.jwt"}[other]()
+    follower = await Follower.open(app_url, authenticator.mint("alice"))
+    await follower.send(type="auth", token=token)
+    code, reason = await closed_with(follower)
+    assert code == 4401
+    assert reason == "auth must keep the same user and role" if other != "an invalid token" \
+        else reason.startswith("invalid token")
+
+
+async def test_auth_messages_without_a_token_are_errors(app_url: str, authenticator: Authenticator):
+    follower = await Follower.open(app_url, authenticator.mint("alice"))
+    await follower.send(type="auth")
+    assert await follower.next_other() == {"type": "error", "message": "auth needs a token"}
+    await follower.send(type="auth", token=["x"])
+    assert await follower.next_other() == {"type": "error", "message": "auth needs a token"}
+    assert follower.ws.close_code is None
+    await follower.close()
+
+
+async def test_since_past_2_to_the_53_is_an_error(
+    control_plane: ControlPlane, hub_url: tuple[Hub, str], authenticator: Authenticator,
+):
+    _, url = hub_url
+    job_id = await submit(control_plane, sleep_graph())
+    client = await Follower.open(url, authenticator.mint("alice"))
+    for since in (2**53 + 1, 2**64 - 1, 2**64, 10**30, True, 1.5, "3"):
+        await client.ws.send(json.dumps({"type": "subscribe", "jobId": job_id, "since": since}))
+        reply = await client.next_other()
+        assert reply["type"] == "error" and reply["message"].startswith("since must be"), (since, reply)
+    assert client.snapshots == {}
+    await client.send(type="subscribe", jobId=job_id, since=2**53)
+    await client.wait_for(lambda: job_id in client.snapshots)
     await client.close()

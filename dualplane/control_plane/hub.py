@@ -18,8 +18,9 @@ Protocol (JSON text frames)
 
 Client → server::
 
-    {"type": "subscribe", "jobId": "<id>", "since": N}   # since optional
+    {"type": "subscribe", "jobId": "<id>", "since": N}   # since optional, 0 <= N <= 2^53
     {"type": "unsubscribe", "jobId": "<id>"}
+    {"type": "auth", "token": "<jwt>"}                   # re-authenticate before exp
     {"type": "ping"}
 
 Server → client::
@@ -27,6 +28,7 @@ Server → client::
     {"type": "snapshot", "jobId": "<id>", "seq": S, "job": <Job JSON>}
     {"type": "update", "jobId": "<id>", "seq": N, "event": <event JSON as published>}
     {"type": "unsubscribed", "jobId": "<id>"}
+    {"type": "authenticated", "exp": E}                  # the new token's exp (Unix time)
     {"type": "pong"}
     {"type": "error", "message": "...", "jobId": "<id>"}     # jobId when the message had one
 
@@ -37,13 +39,21 @@ principal may not see get the same error, ``"no such job"``. Subscribing again t
 already subscribed on the connection restarts it (new snapshot). Bad messages (invalid JSON,
 unknown type, missing ``jobId``, bad ``since``) get an error; the connection stays open.
 
+Token expiry: a connection is authorised until its token's ``exp``, and is closed then with
+4401 ``token expired``. A client that stays longer sends ``auth`` with a fresh token before
+that; the connection then runs until the new ``exp`` (one timer per connection, moved on each
+``auth``). The new token must name the same user with the same role: the connection's
+subscriptions were checked against that principal, so any other token (or an invalid one)
+closes the connection with 4401 instead of being swapped in.
+
 Close codes
 -----------
 
 * ``4401`` — missing, invalid or expired token. The route *accepts* the upgrade and then
   closes with 4401 and a reason naming the problem (``missing token``, ``token expired``,
   ``invalid token: ...``): a browser cannot see the HTTP status of a refused upgrade, but it
-  does see a close code and reason.
+  does see a close code and reason. The same code ends a connection whose token expires
+  while it is open (``token expired``) or whose ``auth`` message is refused.
 * ``4008`` — the client is too slow: its outgoing queue (``buffer_messages``) would overflow.
   Reason ``client too slow: N messages buffered``. The dispatcher never awaits a client's
   socket; each connection has its own sender task.
@@ -59,6 +69,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Self
@@ -74,6 +85,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from dualplane.common.bridge import Bridge, Keys
 from dualplane.common.errors import UnknownJob
 from dualplane.control_plane.auth import Authenticator, AuthError, Principal, bearer_token
+from dualplane.control_plane.limits import MAX_SEQ, valid_job_id
 
 log = logging.getLogger("dualplane.hub")
 
@@ -82,13 +94,12 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 4008
 CLOSE_RESTART = 1012
 NO_SUCH_JOB = "no such job"
-#: Job ids match ``^[A-Za-z0-9_-]{1,64}$`` (graph.schema.json); anything else cannot exist.
-_MAX_JOB_ID = 64
-_JOB_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+TOKEN_EXPIRED = "token expired"
 
 _PONG = '{"type":"pong"}'
 
 JobUser = Callable[[str], Awaitable[str | None]]
+Verify = Callable[[str], Principal]
 
 # Subscription states
 _SYNCING = 0  # snapshot/replay in progress: live events are buffered in ``pending``
@@ -103,10 +114,6 @@ def _seq_of(event: bytes) -> int:
         if end > 7:
             return int(event[7:end])
     return int(orjson.loads(event)["seq"])
-
-
-def _valid_job_id(job_id: str) -> bool:
-    return 0 < len(job_id) <= _MAX_JOB_ID and all(c in _JOB_ID_CHARS for c in job_id)
 
 
 def job_user_from_hash(bridge: Bridge) -> JobUser:
@@ -134,6 +141,7 @@ class _Connection:
 
     __slots__ = (
         "_abort_handle",
+        "_expiry",
         "_room",
         "_send",
         "_wake",
@@ -146,6 +154,7 @@ class _Connection:
         "queue",
         "sender",
         "subs",
+        "verify",
         "ws",
     )
 
@@ -164,7 +173,21 @@ class _Connection:
         self._room: asyncio.Future[None] | None = None
         self.sender: asyncio.Task[None] | None = None
         self._abort_handle: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self.verify: Verify | None = None
         self._send = ws.send
+
+    def authorise(self, principal: Principal) -> None:
+        """Serve ``principal`` until its token expires: one timer per connection, moved (not
+        added) on each re-authentication, so an idle connection never wakes the loop."""
+        self.principal = principal
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if principal.expires_at is not None:
+            delay = principal.expires_at - time.time()
+            self._expiry = asyncio.get_running_loop().call_later(
+                max(0.0, delay), self.close, CLOSE_UNAUTHORIZED, TOKEN_EXPIRED)
 
     def push(self, text: str) -> bool:
         """Queue one message without waiting. Returns False when the connection is closing
@@ -190,6 +213,9 @@ class _Connection:
         self.closing = True
         self.close_code = code
         self.close_reason = reason
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         self.queue.clear()
         for fut in (self._wake, self._room):
             if fut is not None and not fut.done():
@@ -572,15 +598,18 @@ class Hub:
 
     # -- WebSocket side ---------------------------------------------------------------
 
-    async def serve(self, websocket: WebSocket, principal: Principal) -> None:
-        """Run one connection (accepting it if needed) until it closes."""
+    async def serve(self, websocket: WebSocket, principal: Principal, *, verify: Verify | None = None) -> None:
+        """Run one connection (accepting it if needed) until it closes. ``verify`` checks the
+        tokens of ``auth`` messages; without it they are refused (an error message)."""
         if websocket.client_state is WebSocketState.CONNECTING:
             await websocket.accept()
         conn = _Connection(websocket, principal, self.buffer_messages, self._on_close)
+        conn.verify = verify
         if self._stopping:
             await websocket.close(CLOSE_RESTART, "service restart")
             return
         self._connections.add(conn)
+        conn.authorise(principal)
         conn.sender = asyncio.create_task(conn.run_sender(self.close_timeout_s), name="hub-sender")
         try:
             while True:
@@ -641,6 +670,9 @@ class Hub:
         if kind == "ping":
             conn.push(_PONG)
             return
+        if kind == "auth":
+            self._reauthenticate(conn, message.get("token"))
+            return
         if kind not in ("subscribe", "unsubscribe"):
             conn.push(_error(f"unknown message type {kind!r}" if isinstance(kind, str) else "missing type"))
             return
@@ -653,8 +685,8 @@ class Hub:
             conn.push(orjson.dumps({"type": "unsubscribed", "jobId": job_id}).decode())
             return
         since = message.get("since")
-        if since is not None and (type(since) is not int or since < 0):
-            conn.push(_error("since must be a non-negative integer", job_id))
+        if since is not None and (type(since) is not int or not 0 <= since <= MAX_SEQ):
+            conn.push(_error("since must be an integer from 0 to 2^53", job_id))
             return
         try:
             await self._subscribe(conn, job_id, since)
@@ -664,8 +696,28 @@ class Hub:
                 self._unsubscribe(conn, job_id)
             conn.push(_error("temporarily unavailable, subscribe again", job_id))
 
+    def _reauthenticate(self, conn: _Connection, token: Any) -> None:
+        """Swap in a fresh token of the same principal, or close the connection (4401)."""
+        if conn.verify is None:
+            conn.push(_error("auth is not available here"))
+            return
+        if not isinstance(token, str) or not token:
+            conn.push(_error("auth needs a token"))
+            return
+        try:
+            principal = conn.verify(token)
+        except AuthError as exc:
+            conn.close(CLOSE_UNAUTHORIZED, _close_reason(str(exc)))
+            return
+        current = conn.principal
+        if (principal.user, principal.role) != (current.user, current.role):
+            conn.close(CLOSE_UNAUTHORIZED, "auth must keep the same user and role")
+            return
+        conn.authorise(principal)
+        conn.push(orjson.dumps({"type": "authenticated", "exp": principal.expires_at}).decode())
+
     async def _subscribe(self, conn: _Connection, job_id: str, since: int | None) -> None:
-        if not _valid_job_id(job_id):
+        if not valid_job_id(job_id):
             conn.push(_error(NO_SUCH_JOB, job_id))
             return
         try:
@@ -754,4 +806,4 @@ def add_websocket_route(app: FastAPI, hub: Hub, authenticator: Authenticator, pa
             await websocket.accept()
             await websocket.close(CLOSE_UNAUTHORIZED, _close_reason(str(exc)))
             return
-        await hub.serve(websocket, principal)
+        await hub.serve(websocket, principal, verify=authenticator.verify)
