@@ -252,6 +252,20 @@ async def test_an_allow_list_entry_allows_that_port_only_and_a_name_not_its_addr
     assert web.server.requests == ["/ok/1"] and not other_web.reached
 
 
+async def test_proxy_variables_cannot_route_around_the_check(monkeypatch: pytest.MonkeyPatch, web: Web,
+                                                             other_web: Web):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, other_web.url)  # a proxy would connect on our behalf, unchecked
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    with pytest.raises(ValueError, match="not allowed"):
+        await fetch_inputs(["http://10.1.2.3/secret"], _no_store, max_bytes=100)
+    assert await fetch_inputs([f"{web.url}/ok/2"], _no_store, max_bytes=100,
+                              policy=inputs.UrlPolicy([web.host_port])) == [b"xx"]
+    assert not other_web.reached
+
+
 async def test_a_url_has_a_deadline_over_its_whole_download(web: Web):
     policy = inputs.UrlPolicy([web.host_port], deadline_s=0.5)  # each byte comes well within it
     started = time.monotonic()
