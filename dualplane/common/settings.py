@@ -46,8 +46,9 @@ class Settings(BaseSettings):
     s3_secret_key: str | None = Field(None, validation_alias="S3_SECRET_KEY")
     s3_bucket: str = Field(DEFAULT_BUCKET, validation_alias="S3_BUCKET")
     s3_secure: bool = Field(False, validation_alias="S3_SECURE")
-    # every store call is bounded: connect, then each read of the answer; a frozen store costs
-    # a call at most (1 + retries) connect timeouts plus one read timeout
+    # every store call is bounded: a request waits at most connect + read timeout (read: between
+    # two chunks of the answer), a call at most 1 + s3_retries requests. A frozen store (it
+    # accepts connections and never answers) costs one read timeout: timed-out reads are not retried
     s3_connect_timeout_s: float = Field(10.0, gt=0)
     s3_read_timeout_s: float = Field(60.0, gt=0)
     s3_retries: int = Field(2, ge=0)  # refused connections and 5xx answers, 0.4 s backoff at most
