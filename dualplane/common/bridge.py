@@ -855,6 +855,9 @@ class LeaseKeeper:
         self._interval_s = interval_s
         self._on_lost = on_lost
         self._held: dict[str, set[str]] = {}
+        #: When each held entry's lease was last known to be ours (monotonic, when the renewal
+        #: was sent): nobody can have reclaimed it less than a lease after that.
+        self._renewed: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{consumer}", daemon=True)
@@ -866,10 +869,29 @@ class LeaseKeeper:
     def hold(self, stream: str, message_id: str) -> None:
         with self._lock:
             self._held.setdefault(stream, set()).add(message_id)
+            self._renewed[(stream, message_id)] = time.monotonic()
 
     def drop(self, stream: str, message_id: str) -> None:
         with self._lock:
             self._held.get(stream, set()).discard(message_id)
+            self._renewed.pop((stream, message_id), None)
+
+    def fresh(self, stream: str, message_id: str, within_s: float) -> bool:
+        """Whether the entry's lease was ours less than ``within_s`` ago."""
+        with self._lock:
+            renewed = self._renewed.get((stream, message_id))
+        return renewed is not None and time.monotonic() - renewed < within_s
+
+    def renew_now(self, stream: str, message_id: str) -> bool:
+        """Renew one entry at once (blocking): True if it is still this consumer's."""
+        sent = time.monotonic()
+        lost = self._renew(keys=[stream], args=[self._keys.group_for_stream(stream), self._consumer, message_id])
+        if lost:
+            return False
+        with self._lock:
+            if message_id in self._held.get(stream, ()):
+                self._renewed[(stream, message_id)] = sent
+        return True
 
     def held(self) -> dict[str, list[str]]:
         with self._lock:
@@ -881,12 +903,16 @@ class LeaseKeeper:
 
     def beat(self) -> None:
         for stream, ids in self.held().items():
+            sent = time.monotonic()
             try:
                 lost = self._renew(keys=[stream], args=[self._keys.group_for_stream(stream), self._consumer, *ids])
             except redis.RedisError:
                 continue  # the next beat retries; the lease is several beats long
             with self._lock:  # acknowledged meanwhile: not lost, just done
-                lost = [_s(mid) for mid in lost if _s(mid) in self._held.get(stream, ())]
+                held = self._held.get(stream, set())
+                lost = [_s(mid) for mid in lost if _s(mid) in held]
+                for mid in held.intersection(ids).difference(lost):
+                    self._renewed[(stream, mid)] = sent
             if lost and self._on_lost is not None:
                 self._on_lost(stream, lost)
         self.beats += 1

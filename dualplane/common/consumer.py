@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Iterator
@@ -105,6 +106,9 @@ class Consumer:
                                   on_lost=self._lost_from_thread)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
+        #: A lease renewed more recently than this is surely still ours: a reclaim needs a
+        #: whole lease of silence after the renewal reached Redis (renewals go every lease / 3).
+        self._lease_fresh_s = 0.8 * bridge.config.lease_s
         #: Abandoned messages are looked for this often; the next free slot goes to them first.
         self._reclaim_every_s = max(0.05, bridge.config.lease_s / 2)
         self._next_reclaim = 0.0
@@ -296,6 +300,7 @@ class Consumer:
     def _admit(self, run: JobRun, claim: Claim) -> None:
         run.job_status, run.created_at = claim.status, claim.created_at
         run.fence, run.user = claim.fence, claim.user
+        run.owned = functools.partial(self._still_owned, run)
         if run.job_id in self._recent_cancels:
             run.cancel.set()
         if run.message is not None:
@@ -344,6 +349,7 @@ class Consumer:
         )
         if claim.cancel_requested or run.job_id in self._recent_cancels:
             run.cancel.set()
+        run.owned = functools.partial(self._still_owned, run)
         self._inflight[message.id] = run
         if plan:
             run.on_done = self._finish
@@ -458,6 +464,26 @@ class Consumer:
         except TimeoutError:
             return True
         return False
+
+    async def _still_owned(self, run: JobRun) -> bool:
+        """Whether this consumer still owns the run's message, checked before each node starts.
+
+        Nobody can reclaim an entry less than a lease after its last renewal, so a recent one
+        answers at once. An older one means this process was paused (SIGSTOP, a GC pause, a
+        frozen VM) or Redis was away: the lease is renewed now, and a node whose job another
+        consumer took over meanwhile (and may have finished) is not started."""
+        message = run.message
+        if message is None or self._lease.fresh(message.stream, message.id, self._lease_fresh_s):
+            return True
+        try:
+            owned = await asyncio.to_thread(self._lease.renew_now, message.stream, message.id)
+        except redis.RedisError as exc:
+            log.warning("%s: cannot confirm the lease of job %s (%s); not starting its node", self.name,
+                        run.job_id, exc)
+            return False
+        if not owned:
+            self._lost([message.id])
+        return owned
 
     def _lost_from_thread(self, stream: str, ids: list[str]) -> None:
         """The lease keeper found messages this consumer no longer owns (its thread)."""

@@ -48,6 +48,7 @@ class TaskContext:
         or None on a plane without one.
     :param url_policy: where URL inputs may be fetched from (None: public addresses only).
     :param may_read: raises ObjectNotFound for an object key the job's user may not read.
+    :param owned: whether this plane still owns the job (asked before every artifact write).
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class TaskContext:
         describe_worker: Callable[[], dict[str, Any]] | None = None,
         url_policy: UrlPolicy | None = None,
         may_read: Callable[[str], Awaitable[None]] | None = None,
+        owned: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.job_id = job_id
         self.node_id = node_id
@@ -75,6 +77,8 @@ class TaskContext:
         self._store = artifacts
         #: Raises ObjectNotFound for a key this job's user may not read (common/access.py).
         self._check_read = may_read
+        #: Whether this plane still owns the job (None: always): checked before an artifact write.
+        self._owned = owned
         self._loop = loop
         self._url_policy = url_policy
         self.models = models
@@ -140,6 +144,10 @@ class TaskContext:
         lives under the job's prefix all the same, so purging the job deletes it."""
         if self._store is None:
             raise RuntimeError("this plane has no artifact store configured")
+        if self._owned is not None and not await self._owned():
+            # a plane that was paused past its lease must not overwrite what the job's new
+            # owner wrote under the same deterministic key
+            raise TaskCancelled(f"job {self.job_id} was taken over elsewhere")
         ref = await self._store.put(self.job_id, self.node_id, name, data, content_type)
         if record:
             self.artifacts_written.append(ref)

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -94,6 +94,9 @@ class JobRun:
     #: A write of this run did not reach Redis (an outage): the job hash may lack what the
     #: run did, so it must not hand on from here; its message is reclaimed and re-run instead.
     unmirrored: bool = False
+    #: Asked before each node starts: is the job still this plane's? (False: another consumer
+    #: reclaimed it while this one was paused, and the node may have succeeded there.)
+    owned: Callable[[], Awaitable[bool]] | None = None
     #: Called synchronously when the plan is done, so the handoff joins the same pipeline
     #: as the last node's events.
     on_done: Callable[[JobRun], None] | None = None
@@ -247,6 +250,11 @@ class Executor:
             write(_chunk(run, node, "finished", status="failed", error=error))
             return
         async with self._slots:
+            if run.owned is not None and not await run.owned():
+                run.stale = True
+                run.cancel.set()
+                write(_chunk(run, node, "finished", status="cancelled", reason="the job was taken over elsewhere"))
+                return
             await self._attempt(run, node, spec, write)
 
     async def _attempt(self, run: JobRun, node: Node, spec: TaskSpec, write: Callable[[Any], None]) -> None:
@@ -313,6 +321,7 @@ class Executor:
             artifacts=self._artifacts, models=self._models, describe_worker=self._describe_worker, loop=loop,
             logger=logging.getLogger(f"dualplane.task.{spec.name}"), url_policy=self._url_policy,
             may_read=functools.partial(check_read, user=run.user, job_id=run.job_id, job_owner=self._bridge.job_owner),
+            owned=run.owned,
         )
         timeout_s = node.timeout_s or spec.timeout_s
         if spec.is_async:
