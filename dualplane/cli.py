@@ -84,12 +84,27 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
 
     settings = Settings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings), host=settings.control_host, port=settings.control_port,
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.control_host, port=settings.control_port,
         ws="websockets-sansio", ws_per_message_deflate=False, timeout_graceful_shutdown=10,
         log_level=settings.log_level.lower(),
-    )  # fmt: skip
-    return 0
+    ))  # fmt: skip
+    control = app.state.control
+
+    async def serve() -> None:
+        async def exit_when_failed() -> None:
+            await control.failed.wait()
+            server.should_exit = True  # a supervisor starts a fresh process
+
+        watch = asyncio.create_task(exit_when_failed())
+        try:
+            await server.serve()
+        finally:
+            watch.cancel()
+
+    run_async(serve())
+    return 1 if control.failed.is_set() else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -101,11 +116,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker until SIGTERM/SIGINT (the worker installs its own handlers)."""
+    from dualplane.common.errors import PlaneFailed
     from dualplane.data_plane.worker import Worker
 
     settings = Settings()
     configure_logging(settings.log_level)
-    run_async(Worker(settings).run())
+    try:
+        run_async(Worker(settings).run())
+    except PlaneFailed as exc:
+        logging.getLogger("dualplane.worker").critical("%s; exiting so that a supervisor restarts it", exc)
+        return 1
     return 0
 
 

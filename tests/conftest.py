@@ -122,6 +122,8 @@ async def api(settings: Settings, control_plane: ControlPlane, authenticator: Au
     ``api("alice")`` is alice with role user, ``api("root", role="admin")`` an admin."""
     app = create_app(settings, plane=control_plane, authenticator=authenticator)
     clients: list[httpx.AsyncClient] = []
+    lifespan = app.router.lifespan_context(app)  # starts the hub (the plane is already running)
+    await lifespan.__aenter__()
 
     def make(user: str | None = "alice", role: str = "user", token: str | None = None) -> httpx.AsyncClient:
         headers = {}
@@ -136,6 +138,7 @@ async def api(settings: Settings, control_plane: ControlPlane, authenticator: Au
     yield make
     for client in clients:
         await client.aclose()
+    await lifespan.__aexit__(None, None, None)
 
 
 # -- ML: tiny models (issue 4; tests marked `ml`) -----------------------------------------

@@ -9,7 +9,8 @@ afterwards; nothing in it stands in for a part of the system.
 
 ``python -m tests.probe`` runs a worker with the default catalog plus ``probe``
 (configured from the environment like ``dualplane worker``; ``PROBE_REDIS_URL`` is where the
-probe writes its records).
+probe writes its records). With ``PROBE_BREAK_LOOP=1`` its consume loop meets a bug once it
+holds a job: fault injection into our own code, to see the process report it and exit.
 """
 
 from __future__ import annotations
@@ -86,14 +87,34 @@ def runs(client: redis.Redis) -> list[tuple[str, str, str, int, int]]:
     return out
 
 
+class _BrokenLoop:
+    """Replaces a consumer's ``_poll``: the first poll while it holds a job raises."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+        self._poll = consumer._poll
+
+    async def __call__(self) -> None:
+        if self._consumer.busy:
+            raise RuntimeError("a bug in the consume loop")
+        await self._poll()
+
+
 def main() -> int:
     from dualplane.cli import configure_logging, run_async
+    from dualplane.common.errors import PlaneFailed
     from dualplane.common.settings import Settings
     from dualplane.data_plane.worker import Worker
 
     settings = Settings()
     configure_logging(settings.log_level)
-    run_async(Worker(settings, registry=probe_registry()).run())
+    worker = Worker(settings, registry=probe_registry())
+    if os.environ.get("PROBE_BREAK_LOOP"):
+        worker.consumer._poll = _BrokenLoop(worker.consumer)  # type: ignore[method-assign]
+    try:
+        run_async(worker.run())
+    except PlaneFailed:
+        return 1  # what `dualplane worker` does
     return 0
 
 

@@ -9,10 +9,12 @@ import time
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from dualplane.common.consumer import Consumer
 from dualplane.control_plane import ControlPlane
-from tests.helpers import RunningWorker, node, wait_for_job
+from tests.helpers import RunningWorker, node, spawn_worker, wait_for_job
+from tests.probe import probe_registry
 
 NOOP = {"nodes": [{"id": "a", "task": "noop", "plane": "python", "params": {"value": 1}}]}
 
@@ -125,3 +127,30 @@ async def test_a_dead_consume_loop_lets_its_leases_lapse_and_says_why(control_pl
     assert health == {"ok": False, "error": "consume loop died: RuntimeError: a bug in the consume loop"}
     assert job.status == "cancelled"
     assert rescuer.worker.metrics.reclaimed._value.get() >= 1
+
+
+async def test_a_worker_process_whose_loop_died_says_so_exits_non_zero_and_its_job_is_taken_over(
+    settings, worker_factory
+):
+    from dualplane.common.services import free_port
+
+    port = free_port()
+    registry = probe_registry()
+    plane = ControlPlane(settings, registry=registry, metrics_registry=CollectorRegistry())
+    await plane.start()
+    broken = spawn_worker(settings, "broken", module="tests.probe",
+                          extra={"PROBE_BREAK_LOOP": "1", "DUALPLANE_WORKER_PORT": str(port),
+                                 "DUALPLANE_SHUTDOWN_GRACE_S": "0"})
+    try:
+        job_id = (await plane.submit({"nodes": [{"id": "s", "task": "sleep", "plane": "python",
+                                                 "params": {"seconds": 0.5, "steps": 5}}]})).job_id
+        code = await asyncio.to_thread(broken.wait, 30)
+        await worker_factory()
+        job = await wait_for_job(plane, job_id, timeout_s=20)
+    finally:
+        if broken.poll() is None:
+            broken.kill()
+        await plane.stop(0.5)
+
+    assert code == 1
+    assert job.status == "succeeded"

@@ -38,6 +38,8 @@ from typing import Any, Self
 import orjson
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 
 from dualplane.common.errors import BridgeClosed, UnknownJob
@@ -95,6 +97,23 @@ class Claim:
     created_at: float | None = None
     user: str | None = None
     fence: int = 0
+
+
+#: A pooled connection idle longer than this is PINGed before its next command.
+IDLE_CHECK_S = 1.0
+
+
+class _CheckedConnection(aioredis.Connection):
+    """A pooled connection that finds out it went stale (Redis restarted, a failover) before it
+    sends a command, and reconnects once: without it, every connection idle in the pool fails
+    one request after a restart. Only the PING is repeated, never a command: a command that
+    fails half-way may have run, and most of ours must not run twice."""
+
+    _ping_retry = Retry(NoBackoff(), 1)
+
+    async def check_health(self) -> None:
+        if self.health_check_interval and asyncio.get_running_loop().time() > self.next_health_check:
+            await self._ping_retry.call_with_retry(self._send_ping, self._ping_failed, with_failure_count=True)
 
 
 class _State(enum.Enum):
@@ -292,7 +311,8 @@ class Bridge:
             # instead of failing at once, and a wait that runs out is a clean "unavailable"
             pool = aioredis.BlockingConnectionPool.from_url(
                 self.config.redis_url, max_connections=self.config.max_connections,
-                timeout=self.config.pool_timeout_s)
+                timeout=self.config.pool_timeout_s, connection_class=_CheckedConnection,
+                health_check_interval=IDLE_CHECK_S)
             self._client = aioredis.Redis(connection_pool=pool, decode_responses=False)
         # the digests are known without Redis, so a plane starts while Redis is down (and says
         # so on /health); a script Redis does not hold yet is sent once with EVAL (NOSCRIPT)
@@ -636,7 +656,7 @@ class Bridge:
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     last = entry_id
-                    if _is_final_event(fields[b"e"]):
+                    if is_final_event(fields[b"e"]):
                         return True
         return False
 
@@ -803,7 +823,8 @@ def job_from_hash(raw: dict[str, bytes]) -> Job:
 FINISHED_STATUSES = frozenset({"succeeded", "failed", "partial", "cancelled"})
 
 
-def _is_final_event(raw: bytes) -> bool:
+def is_final_event(raw: bytes) -> bool:
+    """Whether an event (as stored) is its job's terminal job-level status change."""
     if b'"node_id"' in raw:
         return False
     return orjson.loads(raw).get("status") in FINISHED_STATUSES

@@ -36,6 +36,11 @@ class BridgeClosed(Unavailable):
     """The bridge was used after close, or Redis went away."""
 
 
+class PlaneFailed(DualplaneError):
+    """A plane's consume loop died: the process reports it and exits non-zero, so that a
+    supervisor starts a fresh one (its messages are reclaimed by the others meanwhile)."""
+
+
 class ObjectNotFound(DualplaneError, ValueError):
     """No object under that key *for this job*: it does not exist, or it belongs to another
     user. Both read alike on purpose, so the error cannot tell whether someone else's key exists."""

@@ -49,6 +49,7 @@ from dualplane.control_plane.listing import InvalidCursor, JobFilter, list_jobs
 from dualplane.control_plane.planner import StructuredIntent
 from dualplane.control_plane.service import FINISHED, ControlPlane, JobConflict
 from dualplane.control_plane.ui import mount_ui
+from dualplane.control_plane.waits import TooManyWaits
 
 log = logging.getLogger("dualplane.api")
 
@@ -143,7 +144,7 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         await limits.admit(control.bridge, who.user)
         result = await control.submit(document, request_id=request.state.request_id, user=who.user,
                                       idempotency_key=idempotency_key)
-        return await _job_response(result.job_id, created=result.created, wait=wait)
+        return await _job_response(result.job_id, created=result.created, wait=wait, user=who.user)
 
     @app.post("/jobs/batch", status_code=201, responses={422: {"description": "An invalid graph (by index)"}})
     async def submit_batch(request: Request, who: User) -> JSONResponse:
@@ -225,7 +226,8 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         200: {"description": "dry_run: the planned graph, or the finished job within `wait`"},
         202: {"description": "`wait` elapsed first"}, 413: {"description": "Body too large"},
         422: {"description": "Invalid intent"}})
-    async def compose(request: Request, who: User, wait: WaitQuery = None) -> Response:
+    async def compose(request: Request, who: User, wait: WaitQuery = None,
+                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Response:
         """Plan a graph from intent (free text or structured) and submit it; `dry_run` only plans."""
         body = _compose_request(await limits.read_json(request))
         try:
@@ -236,8 +238,10 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
             return JSONResponse(plan.model_dump(mode="json"))
         limits.check_graph(plan.graph)
         await limits.admit(control.bridge, who.user)
-        result = await control.submit(plan.graph, request_id=request.state.request_id, user=who.user)
-        return await _job_response(result.job_id, created=result.created, wait=wait)
+        # the key names the request, not the plan: a retry gets the job the first attempt made
+        result = await control.submit(plan.graph, request_id=request.state.request_id, user=who.user,
+                                      idempotency_key=_compose_key(idempotency_key))
+        return await _job_response(result.job_id, created=result.created, wait=wait, user=who.user)
 
     @app.post("/uploads", status_code=201, responses={413: {"description": "Upload too large"}})
     async def upload(request: Request, who: User, name: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.-]{1,128}$")],
@@ -285,6 +289,10 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         whole."""
         ok = await control.bridge.ping()
         body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "redis": ok}
+        runner = control.runner.health()
+        if not runner["ok"]:  # connected, yet control nodes are not being run
+            ok = False
+            body.update(status="unavailable", consumer=runner["error"])
         if control.artifacts is not None:
             body["object_store"] = await control.artifacts.available()
             if ok and not body["object_store"]:
@@ -298,10 +306,11 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         control.metrics.running_nodes.set(control.executor.running_nodes)
         return Response(generate_latest(control.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def _job_response(job_id: str, *, created: bool, wait: float | None) -> Response:
+    async def _job_response(job_id: str, *, created: bool, wait: float | None, user: str) -> Response:
         status_code = 201 if created else 200
         if wait:
-            job = await control.wait_finished(job_id, min(wait, settings.max_wait_s))
+            await app.state.hub.waits.wait(job_id, user, min(wait, settings.max_wait_s))
+            job = await control.get_job(job_id)
             status_code = 200 if job.status in FINISHED else 202
         else:
             job = await control.get_job(job_id)
@@ -312,6 +321,11 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
     mount_ui(app, settings)
     _document_graph_body(app)
     return app
+
+
+def _compose_key(idempotency_key: str | None) -> str | None:
+    """Compose keys live apart from submit keys: the same key on both is two requests."""
+    return f"compose:{idempotency_key}" if idempotency_key else None
 
 
 def _document_graph_body(app: FastAPI) -> None:
@@ -372,7 +386,8 @@ def _install_hub(app: FastAPI, control: ControlPlane, auth: Authenticator, setti
         (user,) = await control.bridge.job_fields(job_id, "user")
         return user  # type: ignore[return-value]
 
-    hub = Hub(control.bridge, job_user=job_user, buffer_messages=settings.hub_buffer_messages)
+    hub = Hub(control.bridge, job_user=job_user, buffer_messages=settings.hub_buffer_messages,
+              max_waits_per_user=settings.max_waits_per_user)
     app.state.hub = hub
     control.hub_metrics.hub = hub  # read at scrape time (hub.connections, hub.stats)
     add_websocket_route(app, hub, auth)
@@ -422,6 +437,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RateLimited)
     async def _rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
         return problem(429, "Too many submissions", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(TooManyWaits)
+    async def _too_many_waits(request: Request, exc: TooManyWaits) -> JSONResponse:
+        return problem(429, "Too many waits", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(InvalidCursor)
     async def _bad_cursor(request: Request, exc: InvalidCursor) -> JSONResponse:

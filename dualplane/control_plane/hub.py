@@ -86,6 +86,7 @@ from dualplane.common.bridge import Bridge, Keys
 from dualplane.common.errors import UnknownJob
 from dualplane.control_plane.auth import Authenticator, AuthError, Principal, bearer_token
 from dualplane.control_plane.limits import MAX_SEQ, valid_job_id
+from dualplane.control_plane.waits import FinishWaits
 
 log = logging.getLogger("dualplane.hub")
 
@@ -333,6 +334,8 @@ class Hub:
         connection dropped (doubles up to 2 s).
     :param max_concurrent_reads: Redis reads (access checks, snapshots, replays, gap fills)
         in flight at once; the rest wait (a burst of subscriptions must not exhaust the pool).
+    :param max_waits_per_user: ``?wait=`` requests one user may hold at once (:attr:`waits`,
+        resolved from this hub's subscription).
     """
 
     def __init__(
@@ -344,6 +347,7 @@ class Hub:
         close_timeout_s: float = 10.0,
         reconnect_backoff_s: float = 0.05,
         max_concurrent_reads: int = 32,
+        max_waits_per_user: int = 32,
     ) -> None:
         if buffer_messages < 2:
             raise ValueError("buffer_messages must be at least 2")
@@ -362,9 +366,16 @@ class Hub:
         #: Bounds the hub's concurrent reads (the bridge's pool has a connection limit).
         self._reads = asyncio.Semaphore(max_concurrent_reads)
         self._stopping = False
+        #: ``?wait=`` requests, woken by the events this hub receives anyway.
+        self.waits = FinishWaits(self._job_status, max_per_user=max_waits_per_user)
         #: Counters for tests and metrics.
         self.stats = {"published": 0, "delivered": 0, "duplicates": 0, "gaps": 0, "fills": 0,
                       "slow_closed": 0, "resubscribes": 0}
+
+    async def _job_status(self, job_id: str) -> str | None:
+        async with self._reads:
+            (status,) = await self.bridge.job_fields(job_id, "status")
+        return status  # type: ignore[return-value]
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -481,7 +492,10 @@ class Hub:
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         self.stats["published"] += 1
-        chan = self._channels.get(Keys.job_id_of_channel(channel.decode()))
+        job_id = Keys.job_id_of_channel(channel.decode())
+        if job_id in self.waits:
+            self.waits.saw(job_id, data)
+        chan = self._channels.get(job_id)
         if chan is None or not chan.subs:
             return
         try:
@@ -523,7 +537,9 @@ class Hub:
         sub.pending.append((seq, text))
 
     def _resync_all(self) -> None:
-        """After a re-subscribe: every live subscription refills from its job's stream."""
+        """After a re-subscribe: every live subscription refills from its job's stream, and
+        every ``?wait=`` looks at its job's status."""
+        self.waits.recheck()
         for chan in self._channels.values():
             for sub in chan.subs.values():
                 if sub.state == _LIVE:

@@ -86,6 +86,8 @@ class ControlPlane:
         )
         self.metrics.concurrency.set(self.runner._concurrency)
         self._runner_task: asyncio.Task[None] | None = None
+        #: Set when the control runner's loop died: /health turns red and the process exits 1.
+        self.failed = asyncio.Event()
         self._bucket_task: asyncio.Task[None] | None = None
         self.router = Router(self.bridge, gpu_pool=settings.gpu_pool)
         self.reconciler = Reconciler(self.bridge, interval_s=settings.reconcile_interval_s, metrics=self.metrics)
@@ -103,9 +105,14 @@ class ControlPlane:
             # it answers 503 meanwhile, and /health says the plane is degraded
             self._bucket_task = await self.artifacts.ensure_bucket_soon()
         self._runner_task = asyncio.create_task(self.runner.run(), name="control-runner")
+        self._runner_task.add_done_callback(self._runner_ended)
         if self.settings.reconcile_interval_s > 0:
             self._reconciler_task = asyncio.create_task(self.reconciler.run(), name="reconciler")
         await self.runner.started.wait()
+
+    def _runner_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.failed.set()  # the consumer logged why; the process now exits (cli)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         if self._bucket_task is not None:

@@ -26,6 +26,7 @@ from dualplane import __version__
 from dualplane.common.artifacts import store_from_settings
 from dualplane.common.bridge import Bridge
 from dualplane.common.consumer import Consumer
+from dualplane.common.errors import PlaneFailed
 from dualplane.common.executor import Executor
 from dualplane.common.models import CapabilityManifest, Node
 from dualplane.common.registry import TaskRegistry
@@ -140,9 +141,11 @@ class Worker:
         beat = asyncio.create_task(self._publish_manifest(), name="manifest")
         server = self._http_server() if serve_http else None
         serve = asyncio.create_task(server.serve()) if server else None
+        stopped = asyncio.ensure_future(stop.wait())
         try:
-            await stop.wait()
+            await asyncio.wait({stopped, consume}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            stopped.cancel()
             await self.consumer.stop(self.settings.shutdown_grace_s)
             background = [t for t in (consume, beat, bucket) if t is not None]
             for task in background:
@@ -153,6 +156,8 @@ class Worker:
                 await serve
             await self.bridge.remove_worker(self.worker_id)
             await self.bridge.close()
+        if self.consumer.failure is not None:
+            raise PlaneFailed(f"worker {self.worker_id}: the consume loop died") from self.consumer.failure
 
     async def _publish_manifest(self) -> None:
         while True:
@@ -183,9 +188,12 @@ class Worker:
             ok = await self.bridge.ping()
             body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "redis": ok,
                                     "worker_id": self.worker_id, "busy": self.consumer.busy}
+            consumer = self.consumer.health()
+            if not consumer["ok"]:  # connected, yet not consuming: a loop that died or keeps failing
+                body.update(status="unavailable", consumer=consumer["error"])
             if self.artifacts is not None:
                 body["object_store"] = await self.artifacts.available()
-                if ok and not body["object_store"]:
+                if body["status"] == "ok" and not body["object_store"]:
                     body["status"] = "degraded"
             return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
