@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -242,11 +241,14 @@ class Consumer:
         rejected: set[int] = set()
         for i, (message, handoff) in enumerate(valid):
             if delivery_counts.get(message.id, 1) == 1:
-                rejected.add(i)
-                with self._guard(message, handoff.job_id):
-                    if (run := _speculative_run(message, handoff, self.lane)).plan:
-                        early[i] = run
-                    rejected.discard(i)
+                try:
+                    run = _speculative_run(message, handoff, self.lane)
+                except Exception as exc:  # (try/except in the loop: a context manager per message costs)
+                    self._reject(message, handoff.job_id, exc)
+                    rejected.add(i)
+                    continue
+                if run.plan:
+                    early[i] = run
         self._launch(list(early.values()))
         replies = await asyncio.gather(*pending_claims, return_exceptions=True)
         runs: list[JobRun] = []
@@ -260,7 +262,7 @@ class Consumer:
                 if run is not None:
                     run.admitted.set_result(False)
                 continue
-            with self._guard(message, handoff.job_id, run):
+            try:
                 claim = parse_claim(reply)
                 if run is not None and _confirms(run, claim):
                     self._admit(run, claim)
@@ -270,21 +272,18 @@ class Consumer:
                 accepted = await self._accept(message, handoff, claim)
                 if accepted is not None:
                     runs.append(accepted)
+            except Exception as exc:
+                self._reject(message, handoff.job_id, exc, run)
         self._launch(runs)
 
-    @contextlib.contextmanager
-    def _guard(self, message: Message, job_id: str | None, run: JobRun | None = None) -> Iterator[None]:
-        """Dead-letter ``message`` if the block raises: a message this plane cannot handle
+    def _reject(self, message: Message, job_id: str | None, exc: Exception, run: JobRun | None = None) -> None:
+        """Dead-letter a message whose handling raised: a message this plane cannot handle
         must not take the loop down, nor come back for ever."""
-        try:
-            yield
-        except Exception as exc:
-            log.exception("%s: cannot handle message %s (job %s)", self.name, message.id, job_id)
-            if run is not None and run.admitted is not None and not run.admitted.done():
-                run.admitted.set_result(False)
-            if run is not None:
-                self._inflight.pop(message.id, None)
-            self._poison(message, job_id, f"cannot be processed: {type(exc).__name__}: {exc}")
+        log.error("%s: cannot handle message %s (job %s)", self.name, message.id, job_id, exc_info=exc)
+        if run is not None and run.admitted is not None and not run.admitted.done():
+            run.admitted.set_result(False)
+        self._inflight.pop(message.id, None)
+        self._poison(message, job_id, f"cannot be processed: {type(exc).__name__}: {exc}")
 
     def _poison(self, message: Message, job_id: str | None, reason: str) -> None:
         self._lease.drop(message.stream, message.id)
@@ -300,7 +299,7 @@ class Consumer:
     def _admit(self, run: JobRun, claim: Claim) -> None:
         run.job_status, run.created_at = claim.status, claim.created_at
         run.fence, run.user = claim.fence, claim.user
-        run.owned = functools.partial(self._still_owned, run)
+        run.owned = self._still_owned
         if run.job_id in self._recent_cancels:
             run.cancel.set()
         if run.message is not None:
@@ -349,7 +348,7 @@ class Consumer:
         )
         if claim.cancel_requested or run.job_id in self._recent_cancels:
             run.cancel.set()
-        run.owned = functools.partial(self._still_owned, run)
+        run.owned = self._still_owned
         self._inflight[message.id] = run
         if plan:
             run.on_done = self._finish

@@ -37,7 +37,7 @@ from dualplane.common.access import check_read
 from dualplane.common.bridge import Bridge, Message, event_body, node_field, node_state
 from dualplane.common.context import TaskContext
 from dualplane.common.errors import NodeTimeout, ObjectNotFound, TaskCancelled, Unavailable
-from dualplane.common.graph import blocked_reason, progress_of
+from dualplane.common.graph import blocked_reason, progress_of, resolve_refs
 from dualplane.common.models import ArtifactRef, Graph, Node, NodeError, NodeStatus
 from dualplane.common.retry import is_out_of_memory
 
@@ -94,9 +94,11 @@ class JobRun:
     #: A write of this run did not reach Redis (an outage): the job hash may lack what the
     #: run did, so it must not hand on from here; its message is reclaimed and re-run instead.
     unmirrored: bool = False
-    #: Asked before each node starts: is the job still this plane's? (False: another consumer
-    #: reclaimed it while this one was paused, and the node may have succeeded there.)
-    owned: Callable[[], Awaitable[bool]] | None = None
+    #: Asked (with the run) before each node starts: is the job still this plane's? (False:
+    #: another consumer reclaimed it while this one was paused, and the node may have
+    #: succeeded there.) A bound method of the consumer, not a partial of the run: a run that
+    #: refers to itself lives until a full collection, and the dispatch loop makes thousands.
+    owned: Callable[[JobRun], Awaitable[bool]] | None = None
     #: Called synchronously when the plan is done, so the handoff joins the same pipeline
     #: as the last node's events.
     on_done: Callable[[JobRun], None] | None = None
@@ -193,6 +195,11 @@ class Executor:
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
+    @staticmethod
+    @functools.cache
+    def _task_logger(name: str) -> logging.Logger:
+        return logging.getLogger(f"dualplane.task.{name}")  # getLogger takes a lock: once per task
+
     async def in_task_thread(self, fn: Callable[[], Any]) -> Any:
         """Call ``fn`` in a thread of the sync-task pool (to see what a task sees)."""
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn)
@@ -250,7 +257,7 @@ class Executor:
             write(_chunk(run, node, "finished", status="failed", error=error))
             return
         async with self._slots:
-            if run.owned is not None and not await run.owned():
+            if run.owned is not None and not await run.owned(run):
                 run.stale = True
                 run.cancel.set()
                 write(_chunk(run, node, "finished", status="cancelled", reason="the job was taken over elsewhere"))
@@ -308,8 +315,6 @@ class Executor:
     async def _call_task(
         self, run: JobRun, node: Node, spec: TaskSpec, attempt: int, write: Callable[[Any], None]
     ) -> dict[str, Any]:
-        from dualplane.common.graph import resolve_refs
-
         try:
             params = spec.params.model_validate(resolve_refs(node.params, run.by_id))
         except (pydantic.ValidationError, KeyError) as exc:
@@ -319,9 +324,9 @@ class Executor:
         ctx = TaskContext(
             job_id=run.job_id, node_id=node.id, attempt=attempt, write=ctx_write, cancelled=run.cancel,
             artifacts=self._artifacts, models=self._models, describe_worker=self._describe_worker, loop=loop,
-            logger=logging.getLogger(f"dualplane.task.{spec.name}"), url_policy=self._url_policy,
+            logger=self._task_logger(spec.name), url_policy=self._url_policy,
             may_read=functools.partial(check_read, user=run.user, job_id=run.job_id, job_owner=self._bridge.job_owner),
-            owned=run.owned,
+            owned=functools.partial(run.owned, run) if run.owned is not None else None,
         )
         timeout_s = node.timeout_s or spec.timeout_s
         if spec.is_async:

@@ -226,6 +226,13 @@ def structure_problem(graph: Graph) -> str | None:
     """What makes a graph unrunnable — a duplicate id, an unknown or self ``need``, a cycle —
     or None. Linear (Kahn's algorithm): planes check every graph a message carries, because
     the graph algorithms below assume a well-formed one and a message is not trusted input."""
+    seen: set[str] = set()
+    for node in graph.nodes:  # the usual graph, needs listed before their nodes: one pass
+        if node.id in seen or not seen.issuperset(node.needs):
+            break
+        seen.add(node.id)
+    else:
+        return None
     by_id: dict[str, Node] = {}
     for node in graph.nodes:
         if node.id in by_id:
