@@ -12,9 +12,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 import jsonschema
 import pytest
-from minio.error import S3Error
 
 from dualplane.common.artifacts import ArtifactStore
+from dualplane.common.errors import ObjectNotFound
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "dualplane/common/schemas/artifact.schema.json"
 
@@ -93,7 +93,7 @@ async def test_delete_prefix_removes_only_that_prefix(artifact_store: ArtifactSt
     kept = await artifact_store.put("j2", "a", "out.bin", b"keep", "text/plain")
     assert await artifact_store.delete_prefix("jobs/j1/") == 3
     for node in ("a", "b", "c"):
-        with pytest.raises(S3Error):
+        with pytest.raises(ObjectNotFound):
             await artifact_store.get(f"jobs/j1/{node}/out.bin")
     assert await artifact_store.get(kept["key"]) == b"keep"
     assert await artifact_store.delete_prefix("jobs/j1/") == 0

@@ -56,24 +56,6 @@ ENSURE_BACKOFF_S = 0.5
 ENSURE_MAX_BACKOFF_S = 15.0
 
 
-class ObjectMissing(ObjectNotFound, S3Error):
-    """:class:`ObjectNotFound` that still reads as minio's ``S3Error`` (``.code`` is
-    ``NoSuchKey``) for callers written against minio (lora's checkpoint resume, the model
-    store), until they catch ObjectNotFound."""
-
-    def __init__(self, key: str, cause: S3Error) -> None:
-        ObjectNotFound.__init__(self, key)
-        for name in ("response", "code", "message", "resource", "request_id", "host_id", "bucket_name",
-                     "object_name"):
-            object.__setattr__(self, name, getattr(cause, name, None))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.key!r})"
-
-    def __reduce__(self) -> Any:  # S3Error's would rebuild an S3Error
-        return ObjectNotFound, (self.key,)
-
-
 def _pool(connect_s: float, read_s: float, retries: int | bool, maxsize: int) -> urllib3.PoolManager:
     """A urllib3 pool with bounded waits. Refused connections and 5xx answers are retried
     (0 s, then 0.4 s apart), a read that timed out is not: that would double a frozen store's
@@ -169,7 +151,7 @@ class ArtifactStore:
             yield
         except S3Error as exc:
             if key is not None and exc.code in _MISSING_CODES:
-                raise ObjectMissing(key, exc) from None
+                raise ObjectNotFound(key) from None
             if exc.code in _TRANSIENT_CODES or getattr(exc.response, "status", 0) >= 500:
                 raise StoreUnavailable(f"object store {self.endpoint}: {exc.code}: {exc.message}") from exc
             raise

@@ -38,9 +38,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from minio.error import S3Error
-
-from dualplane.common.errors import DualplaneError, TransientError
+from dualplane.common.errors import DualplaneError, ObjectNotFound, TransientError
 
 if TYPE_CHECKING:
     from dualplane.common.artifacts import ArtifactStore
@@ -295,13 +293,11 @@ class ModelStore:
         assert self.artifacts is not None
         try:
             body = await self.artifacts.get(f"{prefix}/{MANIFEST}")
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchBucket"):
-                raise ModelUnavailable(
-                    f"model {name!r}: no {MANIFEST} under s3://{self.artifacts.bucket}/{prefix}/ "
-                    f"(upload it with upload_model_dir or `dualplane models make-tiny`)"
-                ) from None
-            raise
+        except ObjectNotFound:
+            raise ModelUnavailable(
+                f"model {name!r}: no {MANIFEST} under s3://{self.artifacts.bucket}/{prefix}/ "
+                f"(upload it with upload_model_dir or `dualplane models make-tiny`)"
+            ) from None
         except Exception as exc:  # the store is unreachable: a verified cache still serves
             local = target / MANIFEST
             if local.is_file():

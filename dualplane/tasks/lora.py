@@ -28,12 +28,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from minio.error import S3Error
 from pydantic import BaseModel, ConfigDict, Field
 
 from dualplane.common.access import InputRef
 from dualplane.common.artifacts import ArtifactStore
 from dualplane.common.context import TaskContext
+from dualplane.common.errors import ObjectNotFound
 from dualplane.common.inputs import shown
 from dualplane.common.registry import task
 from dualplane.data_plane.model_store import BUILD_LOCK
@@ -305,7 +305,7 @@ class _Trainer:
         """Wait for the checkpoint upload in flight (raising its error) and announce it."""
         assert self._upload is not None
         upload, self._upload = self._upload, None
-        upload.result()
+        self.ctx.wait(upload)  # a frozen store must not hold a cancelled job
         self.ctx.emit_data({"checkpoint": {"key": self.checkpoint_key, "step": self._upload_step}},
                            message=f"checkpoint at step {self._upload_step}")
 
@@ -317,8 +317,8 @@ class _Trainer:
 
         # no checkpoint is the usual case: test for it without raising, since a raised error's
         # traceback would tie this frame (and the UNet) to the future in a reference cycle
-        error = checkpoint.exception()
-        if isinstance(error, S3Error) and error.code in ("NoSuchKey", "NoSuchObject"):
+        error = self.ctx.wait_settled(checkpoint)
+        if isinstance(error, ObjectNotFound):
             return 0
         data = checkpoint.result()
         metadata = safetensors_metadata(data)
