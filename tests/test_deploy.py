@@ -245,4 +245,5 @@ def test_k8s_environment_matches_settings_and_secrets() -> None:
             annotations = deployment["spec"]["template"]["metadata"]["annotations"]
             assert int(annotations["prometheus.io/port"]) == port
             assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+            assert container["livenessProbe"]["httpGet"]["path"] == "/livez"  # outages must not restart pods
             assert ports[container["readinessProbe"]["httpGet"]["port"]] == port

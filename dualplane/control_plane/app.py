@@ -281,6 +281,12 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         await control.bridge.put_preferences(who.user, document)
         return document
 
+    @app.get("/livez")
+    async def livez() -> dict[str, str]:
+        """The process answers (a liveness probe): a consume loop that dies ends the process
+        itself, and a Redis or store outage is /health's business, not a reason to restart."""
+        return {"status": "alive"}
+
     @app.get("/health")
     async def health() -> JSONResponse:
         """Without Redis the plane can do nothing (503). Without the object store it still takes,

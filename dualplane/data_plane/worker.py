@@ -181,6 +181,11 @@ class Worker:
     def http_app(self) -> FastAPI:
         app = FastAPI(title=f"dualplane worker {self.worker_id}")
 
+        @app.get("/livez")
+        async def livez() -> dict[str, str]:
+            """The process answers (liveness): restarting a worker cannot fix an outage."""
+            return {"status": "alive"}
+
         @app.get("/health")
         async def health() -> JSONResponse:
             """503 unless Redis and the object store both answer: a worker without its store
