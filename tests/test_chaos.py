@@ -111,8 +111,11 @@ async def test_jobs_survive_workers_killed_and_paused_at_random(chaos_plane, red
             if node.task == "probe":
                 assert [a.name for a in node.artifacts] == ["out.bin"]
                 assert await store.get(node.artifacts[0].key)  # the object behind the reference is there
-    finished = [(job, node) for kind, job, node, _, _ in runs(records) if kind == "end"]
-    assert len(set(finished)) == JOBS * 4  # every probe node ran to its end at least once
-    objects = await asyncio.to_thread(
-        lambda: [o.object_name for o in store._client.list_objects(store.bucket, prefix="jobs/", recursive=True)])
+    ended = {(job, node, pid, attempt) for kind, job, node, pid, attempt in runs(records) if kind == "end"}
+    assert len({(job, node) for job, node, _, _ in ended}) == JOBS * 4  # every probe node ran to its end
+    for job in jobs:  # and the result each node records is that of a run that ended, not a zombie's
+        for node in job.graph.nodes:
+            if node.task == "probe":
+                assert (job.id, node.id, node.output["pid"], node.output["attempt"]) in ended
+    objects = await store.keys("jobs/")
     assert len(objects) == len(set(objects)) == JOBS * 4  # one object per probe node, none extra

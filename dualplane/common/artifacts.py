@@ -341,16 +341,20 @@ class ArtifactStore:
             expires=timedelta(seconds=expires_s),
         )
 
+    async def keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, in key order."""
+        return await self._run(self._keys_sync, prefix)
+
+    def _keys_sync(self, prefix: str) -> list[str]:
+        return [obj.object_name for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if obj.object_name is not None]
+
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every object under `prefix` (e.g. `jobs/<job>/`); returns how many were deleted."""
         return await self._run(self._delete_prefix_sync, prefix)
 
     def _delete_prefix_sync(self, prefix: str) -> int:
-        names = [
-            obj.object_name
-            for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
-            if obj.object_name is not None
-        ]
+        names = self._keys_sync(prefix)
         if not names:
             return 0
         errors = list(self._client.remove_objects(self.bucket, [DeleteObject(n) for n in names]))
