@@ -82,7 +82,7 @@ def runs(client: redis.Redis) -> list[tuple[str, str, str, int, int]]:
     return out
 
 
-class _BrokenLoop:
+class BrokenLoop:
     """Replaces a consumer's ``_poll``: the first poll while it holds a job raises."""
 
     def __init__(self, consumer: Any) -> None:
@@ -105,7 +105,7 @@ def main() -> int:
     configure_logging(settings.log_level)
     worker = Worker(settings, registry=probe_registry())
     if os.environ.get("PROBE_BREAK_LOOP"):
-        worker.consumer._poll = _BrokenLoop(worker.consumer)  # type: ignore[method-assign]
+        worker.consumer._poll = BrokenLoop(worker.consumer)  # type: ignore[method-assign]
     try:
         run_async(worker.run())
     except PlaneFailed:

@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
 from dualplane.common.consumer import Consumer
-from dualplane.control_plane import ControlPlane
+from dualplane.control_plane import ControlPlane, create_app
 from tests.helpers import RunningWorker, node, spawn_worker, wait_for_job
-from tests.probe import probe_registry
+from tests.probe import BrokenLoop, probe_registry
 
 NOOP = {"nodes": [{"id": "a", "task": "noop", "plane": "python", "params": {"value": 1}}]}
 
@@ -154,3 +155,22 @@ async def test_a_worker_process_whose_loop_died_says_so_exits_non_zero_and_its_j
 
     assert code == 1
     assert job.status == "succeeded"
+
+
+async def test_a_control_plane_whose_runner_died_says_so_on_health_and_asks_to_exit(settings):
+
+    plane = ControlPlane(settings, metrics_registry=CollectorRegistry())
+    plane.runner._poll = BrokenLoop(plane.runner)  # type: ignore[method-assign]
+    await plane.start()
+    app = create_app(settings, plane=plane)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cp") as client:
+        healthy = await client.get("/health")
+        await plane.submit({"nodes": [{"id": "c", "task": "emit", "plane": "control", "params": {"value": {}}},
+                                      {"id": "s", "task": "sleep", "plane": "python", "needs": ["c"],
+                                       "params": {"seconds": 5}}]})
+        await asyncio.wait_for(plane.failed.wait(), 10)  # what makes `dualplane control-plane` exit 1
+        health = await client.get("/health")
+    await plane.stop(0.5)
+
+    assert healthy.status_code == 200
+    assert health.status_code == 503 and "consume loop died" in health.json()["consumer"]

@@ -106,6 +106,11 @@ def _read_key(ctx: TaskContext, p: _KeyParams) -> dict[str, Any]:
     return {"bytes": len(ctx.get_artifact(p.key))}
 
 
+@task("aread_key", plane="python", params=_KeyParams, retry=Retry(max_attempts=1))
+async def _aread_key(ctx: TaskContext, p: _KeyParams) -> dict[str, Any]:
+    return {"bytes": len(await ctx.aget_artifact(p.key))}
+
+
 @task("write_artifact", plane="python", params=_NoParams)
 def _write_artifact(ctx: TaskContext, p: _NoParams) -> dict[str, Any]:
     ctx.put_artifact("out.bin", b"output", "application/octet-stream")
@@ -115,12 +120,13 @@ def _write_artifact(ctx: TaskContext, p: _NoParams) -> dict[str, Any]:
 def _registry() -> TaskRegistry:
     registry = default_registry()
     registry.add(_read_key.__task_spec__)
+    registry.add(_aread_key.__task_spec__)
     registry.add(_write_artifact.__task_spec__)
     return registry
 
 
-def _read(key: str) -> dict[str, Any]:
-    return {"nodes": [{"id": "r", "task": "read_key", "plane": "python", "params": {"key": key}}]}
+def _read(key: str, task_name: str = "read_key") -> dict[str, Any]:
+    return {"nodes": [{"id": "r", "task": task_name, "plane": "python", "params": {"key": key}}]}
 
 
 # -- the store's own calls --------------------------------------------------------------------
@@ -179,14 +185,15 @@ async def test_a_node_reading_while_the_store_is_down_is_retried_until_it_is_bac
 # -- (b) cancelling a node stuck on a frozen store ------------------------------------------
 
 
+@pytest.mark.parametrize("task_name", ["read_key", "aread_key"])  # a sync task, an async one
 async def test_a_node_blocked_on_a_frozen_store_is_cancelled_promptly(
-    settings: Settings, store: ArtifactStore, s3: Store
+    settings: Settings, store: ArtifactStore, s3: Store, task_name: str
 ):
     key = (await store.put("src", "n", "in.bin", b"12345", "application/octet-stream"))["key"]
     async with planes_with(settings, _registry()) as plane:
         s3.freeze()
         try:
-            job_id = (await plane.submit(_read(key))).job_id
+            job_id = (await plane.submit(_read(key, task_name))).job_id
             await wait_for_node(plane, job_id, "r", "running")
             await asyncio.sleep(0.5)  # in the store call by now, which would wait 60 s for an answer
             asked = time.monotonic()

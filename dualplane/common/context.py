@@ -148,7 +148,7 @@ class TaskContext:
             # a plane that was paused past its lease must not overwrite what the job's new
             # owner wrote under the same deterministic key
             raise TaskCancelled(f"job {self.job_id} was taken over elsewhere")
-        ref = await self._store.put(self.job_id, self.node_id, name, data, content_type)
+        ref = await self._unless_cancelled(self._store.put(self.job_id, self.node_id, name, data, content_type))
         if record:
             self.artifacts_written.append(ref)
             self._write({"kind": "artifact", "artifact": ref})
@@ -161,7 +161,19 @@ class TaskContext:
             raise RuntimeError("this plane has no artifact store configured")
         if self._check_read is not None:
             await self._check_read(key)
-        return await self._store.get(key)
+        return await self._unless_cancelled(self._store.get(key))
+
+    async def _unless_cancelled(self, call: Awaitable[T]) -> T:
+        """Await a store call, giving up (TaskCancelled) if the job is cancelled meanwhile: the
+        call runs in a thread a frozen store can hold up to its read timeout."""
+        task = asyncio.ensure_future(call)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CANCEL_CHECK_S)
+            if done:
+                return task.result()
+            if self._cancelled.is_set():
+                task.cancel()
+                self.check_cancelled()
 
     def fetch_inputs(self, refs: Sequence[str], *, max_bytes: int, what: str = "input") -> list[bytes]:
         """Blocking, for sync tasks: the bytes of object-store keys and http(s) URLs, fetched
