@@ -196,8 +196,9 @@ class ControlPlane:
 
     async def _check_keys(self, graph: Graph, user: str) -> None:
         """Object keys written in params must be the user's (their uploads, their jobs'
-        artifacts) or public; the error reads the same whether a key is someone else's or
-        missing, so it tells nothing about other users' objects."""
+        artifacts) or public. Whether an object exists is not looked at here, so the error
+        tells nothing about other users' objects (a missing key of one's own fails when read,
+        with the error a key of someone else's gets there)."""
         errors: dict[str, list[dict[str, Any]]] = {}
         for node in graph.nodes:
             spec = self.registry.get(node.task)
