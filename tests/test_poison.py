@@ -146,7 +146,7 @@ async def test_a_worker_process_whose_loop_died_says_so_exits_non_zero_and_its_j
         job_id = (await plane.submit({"nodes": [{"id": "s", "task": "sleep", "plane": "python",
                                                  "params": {"seconds": 0.5, "steps": 5}}]})).job_id
         code = await asyncio.to_thread(broken.wait, 30)
-        await worker_factory()
+        rescuer = await worker_factory()
         job = await wait_for_job(plane, job_id, timeout_s=20)
     finally:
         if broken.poll() is None:
@@ -155,6 +155,7 @@ async def test_a_worker_process_whose_loop_died_says_so_exits_non_zero_and_its_j
 
     assert code == 1
     assert job.status == "succeeded"
+    assert rescuer.worker.metrics.reclaimed._value.get() == 1  # the broken worker held it when it died
 
 
 async def test_a_control_plane_whose_runner_died_says_so_on_health_and_asks_to_exit(settings):
