@@ -1,5 +1,6 @@
-"""Voices with SpeechT5, on the python plane: ``train_voice`` adapts the TTS model to a speaker
-from a few clips, ``synthesize_voice`` speaks text (lyrics) with the adapted voice.
+"""Voices on the python plane: ``train_voice`` adapts SpeechT5 to a speaker from a few clips,
+``synthesize_voice`` speaks text (lyrics) with the adapted voice, or, without one, with a
+pretrained Piper voice (:mod:`dualplane.tasks.piper_voice`; the registry entry's kind decides).
 
 What is trained, and why it is a speaker adaptation
 ---------------------------------------------------
@@ -58,7 +59,9 @@ from dualplane.common.access import InputRef, ObjectKey
 from dualplane.common.context import TaskContext
 from dualplane.common.inputs import shown
 from dualplane.common.registry import task
+from dualplane.tasks.audio_files import put_audio
 from dualplane.tasks.music import wav_bytes
+from dualplane.tasks.piper_voice import DEFAULT_PIPER_MODEL, PIPER_KIND, load_piper_voice, speak
 
 #: SpeechT5's feature extractor and HiFi-GAN vocoder work at 16 kHz.
 SAMPLE_RATE = 16000
@@ -70,6 +73,10 @@ VOICE_VERSION = "1"
 _INIT_PROJECTION_SEED = 20180214
 #: Largest clip accepted (bytes), from the store or a URL.
 MAX_CLIP_BYTES = 200 << 20
+#: The registry name used for a trained voice when a request names no model.
+DEFAULT_SPEECHT5_MODEL = "speecht5-tts"
+#: Params that only SpeechT5 reads: given explicitly, they pick SpeechT5, and a Piper voice refuses them.
+_SPEECHT5_ONLY = ("vocoder", "minlenratio", "maxlenratio", "threshold")
 #: Decoder attention projections a LoRA adapts (self- and cross-attention, queries and values).
 LORA_TARGETS = r".*decoder\.wrapped_decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|v_proj)"
 
@@ -113,14 +120,21 @@ class TrainVoiceParams(BaseModel):
 class SynthesizeVoiceParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(..., min_length=1, max_length=2000, description="What to say (lyrics).")
-    voice: ObjectKey | None = Field(None, description="Object key of a train_voice output; none: the default speaker.")
-    model: str = Field("speecht5-tts", min_length=1, description="TTS model registry name.")
-    vocoder: str = Field("speecht5-hifigan", min_length=1, description="Vocoder registry name.")
-    seed: int = Field(0, ge=0, description="Seed of the decoder prenet's dropout (same seed, same audio).")
-    speed: float = Field(1.0, ge=0.25, le=4.0, description="Speaking rate (time-stretches the mel frames).")
-    minlenratio: float = Field(0.0, ge=0, le=50, description="Least mel steps per text token (random-weight models need > 0).")
-    maxlenratio: float = Field(20.0, gt=0, le=50, description="Most mel steps per text token.")
-    threshold: float = Field(0.5, gt=0, le=1, description="Stop-token probability that ends a chunk.")
+    voice: ObjectKey | None = Field(None, description="Object key of a train_voice output (SpeechT5); "
+                                                      "none: the model's own speaker.")
+    model: str | None = Field(None, min_length=1, description=(
+        "TTS model registry name: a Piper voice (kind piper-voice) or a SpeechT5 model. None: "
+        f"{DEFAULT_PIPER_MODEL!r}, unless a trained voice or a SpeechT5-only setting (vocoder, minlenratio, "
+        "maxlenratio, threshold) is given, then 'speecht5-tts'."))
+    vocoder: str = Field("speecht5-hifigan", min_length=1, description="Vocoder registry name (SpeechT5 only).")
+    seed: int = Field(0, ge=0, description="Seed of the sampling (Piper's noise, SpeechT5's prenet dropout): "
+                                           "same seed, same audio.")
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="Speaking rate (Piper: the length scale; "
+                                                           "SpeechT5: time-stretches the mel frames).")
+    minlenratio: float = Field(0.0, ge=0, le=50, description="Least mel steps per text token (SpeechT5 only; "
+                                                            "random-weight models need > 0).")
+    maxlenratio: float = Field(20.0, gt=0, le=50, description="Most mel steps per text token (SpeechT5 only).")
+    threshold: float = Field(0.5, gt=0, le=1, description="Stop-token probability that ends a chunk (SpeechT5 only).")
     pause_s: float = Field(0.25, ge=0, le=5, description="Silence between sentences, seconds.")
     max_chunk_chars: int = Field(200, ge=16, le=1000, description="Longest piece of text generated at once.")
 
@@ -136,6 +150,19 @@ class SynthesizeVoiceParams(BaseModel):
         if self.minlenratio > self.maxlenratio:
             raise ValueError("minlenratio must not exceed maxlenratio")
         return self
+
+    @model_validator(mode="after")
+    def _default_model(self) -> SynthesizeVoiceParams:
+        # a request written for SpeechT5 before Piper existed (trained voice, tuned lengths)
+        # keeps meaning SpeechT5; everything else gets real speech out of the box
+        if self.model is None:
+            speecht5 = self.voice is not None or bool(self.speecht5_settings())
+            self.model = DEFAULT_SPEECHT5_MODEL if speecht5 else DEFAULT_PIPER_MODEL
+        return self
+
+    def speecht5_settings(self) -> list[str]:
+        """The SpeechT5-only settings this request gives explicitly."""
+        return sorted(self.model_fields_set & set(_SPEECHT5_ONLY))
 
 
 # -- loaders --------------------------------------------------------------------------------
@@ -407,15 +434,62 @@ def _with_lora(base: Any, rank: int) -> tuple[Any, Any]:
 
 @task("synthesize_voice", plane="python", params=SynthesizeVoiceParams, gpu=True)
 def synthesize_voice(ctx: TaskContext, p: SynthesizeVoiceParams) -> dict[str, Any]:
-    """Speak text with SpeechT5 + HiFi-GAN, in a trained voice or the default one; writes `voice.wav`."""
+    """Speak text with a Piper voice, or with SpeechT5 + HiFi-GAN in a trained voice; writes
+    `voice.wav` and `voice.opus`."""
+    if ctx.models is None:
+        raise RuntimeError("this worker has no model manager (ctx.models)")
+    assert p.model is not None  # the params' validator names one
+    chunks = split_text(p.text, p.max_chunk_chars)
+    kind = ctx.models.entry(p.model).kind
+    if kind == PIPER_KIND:
+        return _speak_piper(ctx, p, p.model, chunks)
+    return {**_speak_speecht5(ctx, p, p.model, chunks), "kind": kind}
+
+
+def _speak_piper(ctx: TaskContext, p: SynthesizeVoiceParams, model: str, chunks: list[str]) -> dict[str, Any]:
+    if p.voice is not None:
+        raise ValueError(f"model {model!r} is a Piper voice; a trained voice (train_voice) is spoken by a SpeechT5 "
+                         f"model such as {DEFAULT_SPEECHT5_MODEL!r}")
+    if p.speecht5_settings():
+        raise ValueError(f"model {model!r} is a Piper voice; {', '.join(p.speecht5_settings())} apply to SpeechT5 only")
+    ctx.progress(0.0, f"loading {model}")
+    loaded = ctx.models.load(model, load_piper_voice)
+    voice = loaded.model
+    ctx.check_cancelled()
+
+    def chunk_done(i: int) -> None:
+        ctx.progress((i + 1) / len(chunks), f"chunk {i + 1}/{len(chunks)}")
+        ctx.check_cancelled()
+
+    started = time.perf_counter()
+    samples, phonemes = speak(voice, chunks, seed=p.seed, speed=p.speed, pause_s=p.pause_s, on_chunk=chunk_done)
+    generate_s = time.perf_counter() - started
+    duration_s = samples.size / voice.sample_rate
+    audio = put_audio(ctx, "voice", wav_bytes(samples[None, :], voice.sample_rate), sample_rate=voice.sample_rate,
+                      channels=1, duration_s=duration_s)
+    return {
+        **audio,
+        "chunks": len(chunks),
+        "words": sum(len(chunk.split()) for chunk in chunks),
+        "characters": sum(len(chunk) for chunk in chunks),
+        "phonemes": phonemes,
+        "voice": None,
+        "model": model,
+        "kind": PIPER_KIND,
+        "device": "cpu",
+        "generate_s": round(generate_s, 4),
+        "real_time_factor": round(generate_s / duration_s, 4) if duration_s > 0 else None,
+        "model_load_s": round(loaded.load_s, 4),
+    }
+
+
+def _speak_speecht5(ctx: TaskContext, p: SynthesizeVoiceParams, model_name: str, chunks: list[str]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    if ctx.models is None:
-        raise RuntimeError("this worker has no model manager (ctx.models)")
-    chunks = split_text(p.text, p.max_chunk_chars)
-    ctx.progress(0.0, f"loading {p.model} and {p.vocoder}")
-    tts = ctx.models.load(p.model, load_speecht5_tts)
+    assert ctx.models is not None
+    ctx.progress(0.0, f"loading {model_name} and {p.vocoder}")
+    tts = ctx.models.load(model_name, load_speecht5_tts)
     processor, model = tts.model
     vocoder_loaded = ctx.models.load(p.vocoder, load_speecht5_vocoder)
     vocoder = vocoder_loaded.model
@@ -432,7 +506,7 @@ def synthesize_voice(ctx: TaskContext, p: SynthesizeVoiceParams) -> dict[str, An
         speaker = tensors["speaker_embedding"]
         if speaker.numel() != dim:
             raise ValueError(f"voice {p.voice!r} has a {speaker.numel()}-dim speaker embedding; "
-                             f"model {p.model!r} wants {dim} (trained for {voice_meta.get('model')!r})")
+                             f"model {model_name!r} wants {dim} (trained for {voice_meta.get('model')!r})")
         lora = {k.removeprefix("lora."): v for k, v in tensors.items() if k.startswith("lora.")}
         if lora:
             model = _apply_lora(model, lora, int(voice_meta["lora_rank"]), int(voice_meta["lora_alpha"]),
@@ -463,15 +537,14 @@ def synthesize_voice(ctx: TaskContext, p: SynthesizeVoiceParams) -> dict[str, An
     generate_s = time.perf_counter() - started
 
     samples = np.concatenate(pieces)[None, :]
-    ref = ctx.put_artifact("voice.wav", wav_bytes(samples, sample_rate), "audio/wav")
+    audio = put_audio(ctx, "voice", wav_bytes(samples, sample_rate), sample_rate=sample_rate, channels=1,
+                      duration_s=samples.shape[-1] / sample_rate)
     return {
-        "audio": ref["key"],
-        "sample_rate": sample_rate,
-        "duration_s": round(samples.shape[-1] / sample_rate, 4),
+        **audio,
         "chunks": len(chunks),
         "frames": int(samples.shape[-1] // hop),
         "voice": p.voice,
-        "model": p.model,
+        "model": model_name,
         "vocoder": p.vocoder,
         "device": device,
         "generate_s": round(generate_s, 4),
