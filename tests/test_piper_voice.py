@@ -74,7 +74,9 @@ async def test_the_default_voice_is_understood_and_reproducible(
     control_plane: ControlPlane, worker_factory, store: ArtifactStore, tmp_path: Path
 ):
     await worker_factory(model_cache_dir=str(tmp_path / "cache"))
-    graph = {"nodes": [speak("speak", seed=3), speak("again", seed=3), speak("other", seed=4)]}
+    graph = {"nodes": [speak("speak", seed=3), speak("again", seed=3), speak("other", seed=4),
+                       speak("fast", seed=3, speed=2.0),
+                       {**speak("two"), "params": {"text": f"{SENTENCE}. The dog ran home!", "pause_s": 0.5}}]}
 
     job = await wait_for_job(control_plane, (await control_plane.submit(graph)).job_id, timeout_s=120)
 
@@ -105,13 +107,24 @@ async def test_the_default_voice_is_understood_and_reproducible(
 
     heard = transcribe(wav)
     wer = word_error_rate(SENTENCE, heard)
-    print(f"\npiper-joe said {SENTENCE!r}; pocketsphinx heard {heard!r}; WER {wer:.2f}")
+    print(f"\npiper-joe said {SENTENCE!r}; pocketsphinx heard {heard!r}; WER {wer:.2f} "
+          f"({out['duration_s']} s of audio in {out['generate_s']} s, real-time factor {out['real_time_factor']}, "
+          f"load {out['model_load_s']} s)")
     assert wer <= 0.5
 
     assert await store.get(node(job, "again").output["audio"]) == wav  # same seed, same bytes
     other = await store.get(node(job, "other").output["audio"])
     assert other != wav  # the seed does drive the sampling
     assert word_error_rate(SENTENCE, transcribe(other)) <= 0.5
+
+    fast = node(job, "fast").output
+    assert fast["duration_s"] < 0.7 * out["duration_s"]  # speed 2 halves the phoneme durations
+    two = node(job, "two").output
+    assert two["chunks"] == 2 and two["words"] == 14
+    with wave.open(io.BytesIO(await store.get(two["audio"]))) as w:
+        samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    longest_zero_run = int(np.diff(np.flatnonzero(samples)).max()) - 1
+    assert longest_zero_run >= 0.5 * 22050  # the pause between the sentences
 
 
 async def test_a_piper_voice_refuses_what_only_speecht5_reads(control_plane: ControlPlane, worker_factory,
