@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="dualplane", description="Control plane / data plane job orchestration."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    models = sub.add_parser("models", help="model tools: `models make-tiny` builds the tiny models and uploads them")
+    models = sub.add_parser("models", help="model tools: `models make-tiny` builds the tiny models and uploads "
+                                           "them; `models pull NAME --from-dir DIR | --from-hub ID` uploads real weights")
     models.add_argument("rest", nargs=argparse.REMAINDER)
     models.set_defaults(handler=cmd_models)
     sub.add_parser("control-plane", help="run the control plane HTTP API (uvicorn)").set_defaults(
@@ -108,8 +109,8 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """`dualplane models make-tiny [--out DIR] [--only NAME...] [--no-upload]` (torch needed)."""
-    from dualplane.data_plane.tiny import main_models
+    """`dualplane models make-tiny ...` (torch needed) and `dualplane models pull NAME ...`."""
+    from dualplane.data_plane.models_cli import main_models
 
     return int(main_models(args.rest) or 0)
 

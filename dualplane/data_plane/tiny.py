@@ -19,7 +19,6 @@ SD 1.5 base, as the real one does).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -289,42 +288,12 @@ def make_tiny(out_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
 async def make_and_upload(
     artifacts: ArtifactStore, out_dir: Path, names: list[str] | None = None
 ) -> dict[str, Path]:
-    """Build the tiny models and upload each under ``models/<name>/`` with its manifest."""
+    """Build the tiny models and upload each under ``models/<name>/`` with its manifest, which
+    says ``"weights": "random"`` (routing and the planner prefer real weights)."""
     from dualplane.data_plane.model_store import upload_model_dir
 
     built = await asyncio.to_thread(make_tiny, out_dir, names)
     await artifacts.ensure_bucket()
     for name, path in built.items():
-        await upload_model_dir(artifacts, name, path)
+        await upload_model_dir(artifacts, name, path, weights="random", origin="tiny")
     return built
-
-
-def main_models(argv: list[str] | None = None) -> int:
-    """``dualplane models make-tiny [--out DIR] [--only NAME ...] [--no-upload]``."""
-    import tempfile
-
-    from dualplane.common.artifacts import store_from_settings
-    from dualplane.common.settings import Settings
-
-    parser = argparse.ArgumentParser(prog="dualplane models", description="Manage model weights.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    make = sub.add_parser("make-tiny", help="build tiny random-weight models (and upload them to S3)")
-    make.add_argument("--out", type=Path, help="where to save them (default: a temporary directory)")
-    make.add_argument("--only", nargs="+", choices=sorted(BUILDERS), help="build only these")
-    make.add_argument("--no-upload", action="store_true", help="do not upload even when S3 is configured")
-    args = parser.parse_args(argv)
-
-    settings = Settings()
-    artifacts = None if args.no_upload else store_from_settings(settings)
-    if args.out is None and artifacts is None:
-        parser.error("nothing to do: give --out, or configure S3_ENDPOINT to upload")
-    with tempfile.TemporaryDirectory(prefix="dualplane-tiny-") as tmp:
-        out = args.out or Path(tmp)
-        if artifacts is None:
-            built = make_tiny(out, args.only)
-        else:
-            built = asyncio.run(make_and_upload(artifacts, out, args.only))
-        for name, path in built.items():
-            where = f"s3://{artifacts.bucket}/models/{name}/" if artifacts else str(path)
-            print(f"{name}\t{where}")
-    return 0

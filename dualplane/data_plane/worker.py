@@ -8,6 +8,7 @@ nodes finish for a grace period and releases the rest for another worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -28,7 +29,7 @@ from dualplane.common.bridge import Bridge
 from dualplane.common.consumer import Consumer
 from dualplane.common.errors import PlaneFailed
 from dualplane.common.executor import Executor
-from dualplane.common.models import CapabilityManifest, Node
+from dualplane.common.models import CapabilityManifest, Node, WorkerModel
 from dualplane.common.registry import TaskRegistry
 from dualplane.common.routing import satisfies
 from dualplane.common.settings import Settings
@@ -41,6 +42,10 @@ log = logging.getLogger("dualplane.worker")
 
 #: The manifest outlives a few missed heartbeats, no more.
 MANIFEST_TTL_S = 15.0
+#: Longest a heartbeat waits for its models' weights (manifests read from the store, cached):
+#: past it the manifest goes out with the last known values and the reading goes on, so a slow
+#: store cannot let the manifest expire.
+MODELS_REFRESH_WAIT_S = 2.0
 
 
 class Worker:
@@ -76,6 +81,11 @@ class Worker:
         self.started_at = time.time()
         self._device: dict[str, Any] | None = None
         self._torch_threads: int | None = None
+        # every registry model, "unknown" until the store says (no I/O here: manifest() is sync)
+        self._models: list[WorkerModel] = [
+            WorkerModel(name=name, kind=self.models.entry(name).kind, weights="unknown")
+            for name in self.models.store.registry.names()] if self.models is not None else []
+        self._models_read: asyncio.Future[None] | None = None
 
     def manifest(self) -> CapabilityManifest:
         device = self._device_facts()
@@ -86,7 +96,7 @@ class Worker:
             concurrency=self.settings.concurrency, device=device["device"], device_name=device.get("name"),
             vram_total_mb=device.get("vram_total_mb"), loaded_models=loaded, host=socket.gethostname(),
             pid=os.getpid(), version=__version__, started_at=self.started_at, heartbeat_at=time.time(),
-            busy=self.consumer.busy,
+            busy=self.consumer.busy, models=self._models,
         )
 
     def _unmet_requirements(self, node: Node) -> str | None:
@@ -147,7 +157,7 @@ class Worker:
         finally:
             stopped.cancel()
             await self.consumer.stop(self.settings.shutdown_grace_s)
-            background = [t for t in (consume, beat, bucket) if t is not None]
+            background = [t for t in (consume, beat, bucket, self._models_read) if t is not None]
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -164,7 +174,25 @@ class Worker:
             await asyncio.sleep(MANIFEST_TTL_S / 3)
             await self._announce()
 
+    async def _refresh_models(self) -> None:
+        """Re-read the models' weights for the manifest, waiting at most MODELS_REFRESH_WAIT_S."""
+        if self.models is None:
+            return
+        if self._models_read is None or self._models_read.done():
+            self._models_read = asyncio.ensure_future(self._read_models())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._models_read), MODELS_REFRESH_WAIT_S)
+
+    async def _read_models(self) -> None:
+        try:
+            facts = await self.models.store.model_facts()
+        except Exception as exc:  # the manifest keeps its last known values
+            log.warning("worker %s: model weights not read: %s", self.worker_id, exc)
+            return
+        self._models = [WorkerModel.model_validate(fact) for fact in facts]
+
     async def _announce(self) -> None:
+        await self._refresh_models()
         try:
             manifest = self.manifest().model_dump_json().encode()
             await self.bridge.publish_capabilities(self.worker_id, manifest, MANIFEST_TTL_S)

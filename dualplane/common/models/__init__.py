@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .artifact import ArtifactRef
 from .bridge_config import BridgeConfig
-from .capability import CapabilityManifest
+from .capability import CapabilityManifest, Weights, WorkerModel
 from .event import Event, EventType
 from .graph import Graph
 from .handoff import Handoff
@@ -28,4 +28,6 @@ __all__ = [
     "NodeStatus",
     "Plane",
     "Requirements",
+    "Weights",
+    "WorkerModel",
 ]

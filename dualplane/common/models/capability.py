@@ -3,11 +3,33 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .node import Plane
+
+
+class Weights(StrEnum):
+    """
+    real: trained weights; random: random-initialised ones of the real classes (the tiny test models); unknown: no manifest yet, or the object store did not answer.
+    """
+
+    real_ = 'real'
+    random = 'random'
+    unknown = 'unknown'
+
+
+class WorkerModel(BaseModel):
+    model_config = ConfigDict(
+        extra='forbid',
+    )
+    name: Annotated[
+        str, Field(description="Registry name (what tasks' `model` params take).")
+    ]
+    kind: Annotated[str, Field(description='What the weights are: musicgen, sd15, ...')]
+    weights: Weights
 
 
 class CapabilityManifest(BaseModel):
@@ -37,3 +59,10 @@ class CapabilityManifest(BaseModel):
         float | None, Field(description='Unix time in seconds.')
     ] = None
     busy: Annotated[int, Field(description='Nodes running now.', ge=0)] = 0
+    models: Annotated[
+        list[WorkerModel],
+        Field(
+            description="Every model of the worker's registry, with whether its weights are real.",
+            validate_default=True,
+        ),
+    ] = []
