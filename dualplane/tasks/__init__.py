@@ -7,9 +7,21 @@ from dualplane.common.registry import TaskRegistry
 
 
 def default_registry() -> TaskRegistry:
-    from dualplane.tasks import basic, capabilities, control, lora, media, music, song, video, voice
+    from dualplane.tasks import (
+        basic,
+        capabilities,
+        control,
+        lora,
+        media,
+        music,
+        song,
+        video,
+        visualizer,
+        voice,
+    )
 
-    return TaskRegistry.from_modules([basic, capabilities, control, lora, media, music, song, video, voice])
+    return TaskRegistry.from_modules(
+        [basic, capabilities, control, lora, media, music, song, video, visualizer, voice])
 
 
 __all__ = ["default_registry"]
