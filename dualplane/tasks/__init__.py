@@ -8,6 +8,7 @@ from dualplane.common.registry import TaskRegistry
 
 def default_registry() -> TaskRegistry:
     from dualplane.tasks import (
+        arrangement,
         basic,
         capabilities,
         control,
@@ -21,7 +22,7 @@ def default_registry() -> TaskRegistry:
     )
 
     return TaskRegistry.from_modules(
-        [basic, capabilities, control, lora, media, music, song, video, visualizer, voice])
+        [arrangement, basic, capabilities, control, lora, media, music, song, video, visualizer, voice])
 
 
 __all__ = ["default_registry"]
