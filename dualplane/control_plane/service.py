@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis
 from prometheus_client import CollectorRegistry
 
 from dualplane.common import logs
@@ -22,7 +23,7 @@ from dualplane.common.access import literal_keys, may_read
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
 from dualplane.common.bridge import RUNTIME_FIELDS, Bridge, event_body, node_field, node_state
 from dualplane.common.consumer import Consumer
-from dualplane.common.errors import DualplaneError, GraphValidationError
+from dualplane.common.errors import DualplaneError, GraphValidationError, Unavailable
 from dualplane.common.executor import Executor
 from dualplane.common.graph import lane_of, next_lane, validate_graph
 from dualplane.common.models import Graph, Job, Node, NodeStatus
@@ -30,6 +31,7 @@ from dualplane.common.registry import TaskRegistry
 from dualplane.common.routing import Router
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import HubCollector, PlaneMetrics, QueueCollector
+from dualplane.control_plane.composer import Capabilities
 from dualplane.control_plane.planner import Planner, chat_model_from_settings
 from dualplane.control_plane.reconciler import Reconciler
 from dualplane.tasks import default_registry
@@ -95,7 +97,18 @@ class ControlPlane:
         #: Pools a graph may name without a live worker serving them.
         self.known_pools = frozenset({"default", settings.pool, settings.gpu_pool, *settings.pools})
         self.planner = Planner(self.registry,
-                               chat_model=chat_model_from_settings(settings.ollama_url, settings.ollama_model))
+                               chat_model=chat_model_from_settings(settings.ollama_url, settings.ollama_model),
+                               capabilities=self.capabilities)
+        self._model_limits = _model_limits(settings.models_config)
+
+    async def capabilities(self) -> Capabilities:
+        """What the live data plane offers (the planner composes against it); nothing is known
+        while Redis is unreachable, and the plan says so instead of failing."""
+        try:
+            manifests = await self.router.workers()
+        except (Unavailable, redis.RedisError, OSError):
+            manifests = []
+        return Capabilities.from_manifests(manifests, limits=self._model_limits)
 
     async def start(self) -> None:
         gc.freeze()  # long-lived start-up objects: keep the cyclic GC off them (see Worker.run)
@@ -295,3 +308,11 @@ def _same_spec(stored: bytes, graph: Graph) -> bool:
         return {**document, "nodes": nodes}
 
     return spec_only(orjson.loads(stored)) == spec_only(orjson.loads(graph.model_dump_json(exclude_defaults=True)))
+
+
+def _model_limits(models_config: str | None) -> dict[str, dict[str, float]]:
+    """Per-model bounds of the registry (max frames, sizes, windows) the composer keeps inside."""
+    from dualplane.data_plane.model_store import ModelRegistry
+
+    registry = ModelRegistry.load(models_config)
+    return {name: dict(registry.get(name).limits) for name in registry.names()}

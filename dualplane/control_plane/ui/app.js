@@ -306,7 +306,17 @@ function showPlan(plan) {
   $("#preview-title").textContent = `Planned graph (${plan.goal}, by ${plan.planner})`;
   drawGraph($("#preview-graph"), plan.graph.nodes, { label: `Planned graph, ${plan.graph.nodes.length} nodes` });
   const notes = $("#preview-notes");
-  notes.replaceChildren(...(plan.notes || []).map((n) => h("li", { text: n })));
+  // each note says how the plan differs from the request (clamped, substituted, ...): shown first
+  notes.replaceChildren(...(plan.notes || []).map((n) => h("li", { class: `note note-${n.kind || "info"}`,
+    text: typeof n === "string" ? n : `${n.kind}${n.part ? ` (${n.part})` : ""}: ${n.message}` })));
+  if (plan.brief) {
+    notes.append(h("li", {}, h("details", {}, h("summary", { text: "Brief: what the planner read" }),
+      h("pre", { text: JSON.stringify(plan.brief, null, 2) }))));
+  }
+  if (plan.song && plan.song.lyrics_text) {
+    notes.append(h("li", {}, h("details", {}, h("summary", { text: `Song: ${plan.song.title} (${plan.song.key}, ${plan.song.bpm} bpm)` }),
+      h("pre", { text: plan.song.lyrics_text }))));
+  }
   for (const node of plan.graph.nodes) {
     notes.append(h("li", {}, h("details", {}, h("summary", { text: `${node.id}: ${node.task} (${node.plane})` }),
       h("pre", { text: JSON.stringify(node.params || {}, null, 2) }))));
