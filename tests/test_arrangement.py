@@ -72,9 +72,17 @@ def estimate_tempo(x, rate: int, lo: float = 60.0, hi: float = 200.0) -> tuple[f
     divided by four) for a quarter of the quantisation error. Also returns the top candidates."""
     hop = 256
     fps = rate / hop
-    flux = np.maximum(0.0, np.diff(np.log1p(1000 * spectrogram(x, 1024, hop)), axis=0)).sum(axis=1)
+    rise = np.maximum(0.0, np.diff(np.log1p(1000 * spectrogram(x, 1024, hop)), axis=0))
+    freqs = np.fft.rfftfreq(1024, 1 / rate)
     width = int(fps)
-    envelope = np.maximum(0.0, flux - np.convolve(flux, np.ones(width) / width, mode="same"))
+    envelope = np.zeros(rise.shape[0])
+    # one envelope per octave-ish band, each normalised, then summed (Scheirer 1998): summed over
+    # all bins at once, the broadband hats and claps would outvote the kick, whose energy sits
+    # in a few low bins
+    for low, high in ((30, 150), (150, 600), (600, 2400), (2400, 9600)):
+        flux = rise[:, (freqs >= low) & (freqs < high)].sum(axis=1)
+        band = np.maximum(0.0, flux - np.convolve(flux, np.ones(width) / width, mode="same"))
+        envelope += band / (band.std() or 1.0)
     envelope -= envelope.mean()
     n = envelope.size
     ac = np.fft.irfft(np.abs(np.fft.rfft(envelope, 2 * n)) ** 2)[:n]

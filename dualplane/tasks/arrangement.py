@@ -181,7 +181,7 @@ def arrange(plan: SongPlan, *, seed: int, duration_s: float, melody: bool = True
             if part.role == "drums":
                 _drums(writer, instrument, rng, style, section, following)
             elif part.role == "bass":
-                _bass(writer, instrument, rng, style, section, part.program)
+                _bass(writer, instrument, rng, key, style, section, part.program)
             elif part.role == "harmony":
                 _harmony(writer, instrument, key, style, section)
             elif part.role == "pad":
@@ -404,13 +404,16 @@ def _bass_pitch(pc: int) -> int:
     return 36 + pc % 12
 
 
-def _bass(w: _Writer, inst: Any, rng: random.Random, style: str, section: SectionPlan, program: int) -> None:
+def _bass(w: _Writer, inst: Any, rng: random.Random, key: Key, style: str, section: SectionPlan,
+          program: int) -> None:
     density = DENSITY.get(section.name, 1)
     for bar in range(section.bars):
         chord, following = section.chord(bar), section.chord(bar + 1)
         at = (section.start_bar + bar) * 4
         fade = _fade(section, bar)
         root, fifth = _bass_pitch(chord.bass), _bass_pitch(chord.root) + 7
+        if density == 0:  # intro and outro hold a tonic pedal under the chords: they set out the key
+            root = fifth = _bass_pitch(key.tonic)
         if program == 47:  # timpani: a roll of roots on the strong beats
             pattern = [(0, 1, root), (2, 1, root)] if density else [(0, 2, root)]
         elif density == 0 or style == "ambient":
