@@ -76,8 +76,8 @@ class SongPlan(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     bpm: float = Field(..., ge=40, le=240, description="Tempo, beats per minute.")
-    key: Annotated[str, AfterValidator(_key_name)] | None = Field(
-        None, max_length=20, description="Tonic and mode, e.g. 'A minor'; from the mood if absent.")
+    key: Annotated[str, Field(max_length=20), AfterValidator(_key_name)] | None = Field(
+        None, description="Tonic and mode, e.g. 'A minor'; from the mood if absent.")
     genre: str = Field("", max_length=200)
     mood: str = Field("", max_length=500, description="Comma-separated mood words.")
     mode: Literal["lyrics-first", "melody-only"] | None = Field(
