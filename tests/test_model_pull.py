@@ -72,9 +72,11 @@ async def remote_manifest(store: ArtifactStore, name: str) -> dict:
 # -- pull -------------------------------------------------------------------------------------
 
 
+@pytest.mark.ml
 async def test_pull_from_dir_uploads_real_weights_and_a_worker_publishes_them(
     settings: Settings, worker_factory, tmp_path: Path
 ):
+    pytest.importorskip("torch")
     from dualplane.data_plane.tiny import make_tiny
 
     store = store_from_settings(settings)
@@ -209,7 +211,9 @@ async def test_a_worker_whose_store_is_down_publishes_unknown_and_keeps_running(
     assert running.worker.consumer.failure is None
 
 
+@pytest.mark.ml
 async def test_make_tiny_uploads_say_random(artifact_store: ArtifactStore, tmp_path: Path):
+    pytest.importorskip("torch")
     from dualplane.data_plane.tiny import make_and_upload
 
     await make_and_upload(artifact_store, tmp_path / "tiny", ["speecht5-hifigan"])
