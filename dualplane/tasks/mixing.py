@@ -29,6 +29,8 @@ MIX_RATE = 48000
 MIX_CHANNELS = 2
 #: The voice is "speaking" where it is within this many dB of its own peak.
 SPEECH_BELOW_PEAK_DB = 30.0
+#: A voice whose peak is at or below this (dBFS; 16-bit's floor is -96) is silence.
+SILENT_PEAK_DB = -90.0
 #: Pauses in the voice shorter than this keep the bed down.
 HOLD_S = 0.5
 ATTACK_S = 0.08
@@ -40,6 +42,8 @@ TRUE_PEAK_DB = -1.0
 #: Loudness range target: the widest loudnorm takes, so a dynamic track is not a reason to leave linear mode.
 TARGET_LRA = 50.0
 CORRECT_ABOVE_LU = 0.5
+#: A mix measured at or below this (LUFS) has nothing above the R128 absolute gate: left as is.
+SILENT_LUFS = -70.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class Mixed:
     path: Path
     duration_s: float
     loudness_lufs: float  # integrated loudness of the result, measured (ebur128)
-    normalization: str  # "linear", "dynamic" (loudnorm's choice), "dynamic+gain", or "none"
+    normalization: str  # "linear" or "dynamic" (loudnorm's choice), "+gain" if corrected; "none", "silent"
     speech: list[tuple[float, float]]  # where the bed was ducked (seconds on the mix's timeline)
 
 
@@ -58,23 +62,28 @@ def mix(bed: Path, out: Path, *, voice: Path | None = None, voice_start_s: float
     speech = speech_spans(voice, voice_start_s) if voice is not None else []
     inputs = ["-i", str(bed)] + (["-i", str(voice)] if voice is not None else [])
     graph = _graph(speech, duck_db, voice_start_s if voice is not None else None)
-    normalization = "none"
-    if loudness_lufs is None:
+    target = f"I={loudness_lufs}:TP={TRUE_PEAK_DB}:LRA={TARGET_LRA}"
+    measured = loudness_lufs is not None and _loudnorm_json(run_ffmpeg(
+        ["-loglevel", "info", *inputs, "-filter_complex", f"{graph};[mix]loudnorm={target}:print_format=json[out]",
+         "-map", "[out]", "-f", "null", "-"]))
+    if not measured or float(measured["input_i"]) <= SILENT_LUFS:
+        # no target, or nothing above the R128 gate to measure: any gain would only amplify noise
+        normalization = "none" if not measured else "silent"
         run_ffmpeg(["-loglevel", "error", *inputs, "-filter_complex", graph, "-map", "[mix]", *_WAV, str(out)])
-    else:
-        target = f"I={loudness_lufs}:TP={TRUE_PEAK_DB}:LRA={TARGET_LRA}"
-        measured = _loudnorm_json(run_ffmpeg(
-            ["-loglevel", "info", *inputs, "-filter_complex", f"{graph};[mix]loudnorm={target}:print_format=json[out]",
-             "-map", "[out]", "-f", "null", "-"]))
-        second = (f"loudnorm={target}:measured_I={measured['input_i']}:measured_TP={measured['input_tp']}"
-                  f":measured_LRA={measured['input_lra']}:measured_thresh={measured['input_thresh']}"
-                  f":offset={measured['target_offset']}:linear=true:print_format=json")
-        applied = _loudnorm_json(run_ffmpeg(
-            ["-loglevel", "info", *inputs, "-filter_complex", f"{graph};[mix]{second},aresample={MIX_RATE}[out]",
-             "-map", "[out]", *_WAV, str(out)]))
-        normalization = applied.get("normalization_type", "linear")
+        return Mixed(path=out, duration_s=probe_duration_s(out), loudness_lufs=round(measure_lufs(out), 2),
+                     normalization=normalization, speech=speech)
+    # a steady track measures LRA 0.00, which loudnorm reads as "not measured" and answers with
+    # its dynamic mode: the smallest non-zero range keeps it linear
+    lra = max(float(measured["input_lra"]), 0.01)
+    second = (f"loudnorm={target}:measured_I={measured['input_i']}:measured_TP={measured['input_tp']}"
+              f":measured_LRA={lra}:measured_thresh={measured['input_thresh']}"
+              f":offset={measured['target_offset']}:linear=true:print_format=json")
+    applied = _loudnorm_json(run_ffmpeg(
+        ["-loglevel", "info", *inputs, "-filter_complex", f"{graph};[mix]{second},aresample={MIX_RATE}[out]",
+         "-map", "[out]", *_WAV, str(out)]))
+    normalization = applied.get("normalization_type", "linear")
     lufs = measure_lufs(out)
-    if loudness_lufs is not None and abs(lufs - loudness_lufs) > CORRECT_ABOVE_LU:
+    if abs(lufs - loudness_lufs) > CORRECT_ABOVE_LU:
         corrected = out.with_name(out.stem + ".gain.wav")
         run_ffmpeg(["-loglevel", "error", "-i", str(out), "-af", f"volume={loudness_lufs - lufs:.3f}dB", *_WAV,
                     str(corrected)])
@@ -115,7 +124,7 @@ def speech_spans(voice: Path, start_s: float) -> list[tuple[float, float]]:
     """Where the voice speaks, in seconds on the mix's timeline (shifted by ``start_s``)."""
     peak = float(re.search(r"max_volume: (-?[\d.]+|-inf) dB",
                            run_ffmpeg(["-i", str(voice), "-af", "volumedetect", "-f", "null", "-"])).group(1))
-    if peak == float("-inf"):
+    if peak <= SILENT_PEAK_DB:
         return []  # digital silence: nothing to duck under
     detected = run_ffmpeg(["-i", str(voice), "-af", f"silencedetect=noise={peak - SPEECH_BELOW_PEAK_DB:.1f}dB:d={HOLD_S}",
                            "-f", "null", "-"])
