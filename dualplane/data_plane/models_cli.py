@@ -35,8 +35,8 @@ def main_models(argv: list[str] | None = None) -> int:
     source.add_argument("--from-hub", metavar="ID", help="a model hub id, where a hub is reachable")
     pull.add_argument("--revision", help="hub revision (branch, tag or commit) with --from-hub")
     pull.add_argument("--include", nargs="+", metavar="GLOB", help="hub files to fetch (default: all)")
-    pull.add_argument("--exclude", nargs="*", metavar="GLOB",
-                      help="hub files to skip (default: other frameworks' and .ckpt files)")
+    pull.add_argument("--exclude", nargs="+", metavar="GLOB",
+                      help="more hub files to skip (other frameworks' files and .ckpt are always skipped)")
     pull.add_argument("--kind", help="what the weights are; needed for a name the registry does not know")
     pull.set_defaults(handler=_pull)
     args = parser.parse_args(argv)

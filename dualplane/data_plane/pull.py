@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from dualplane.common.artifacts import ArtifactStore
 
 #: Files of other frameworks (TF, Flax, ONNX, Rust) and original-format checkpoints that hub
-#: repositories often carry beside the torch weights the loaders read: skipped unless --include.
+#: repositories often carry beside the torch weights the loaders read: always skipped (``--exclude``
+#: adds to them).
 DEFAULT_HUB_EXCLUDE = ("*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.ot", "*.tflite", "*.pb")
 
 
@@ -83,7 +84,7 @@ def download_hub(repo_id: str, into: Path, *, revision: str | None = None,
         raise PullError("--from-hub needs huggingface_hub (pip install huggingface_hub)") from None
     try:
         path = snapshot_download(repo_id, revision=revision, local_dir=into, allow_patterns=include,
-                                 ignore_patterns=list(DEFAULT_HUB_EXCLUDE) if exclude is None else exclude)
+                                 ignore_patterns=[*DEFAULT_HUB_EXCLUDE, *(exclude or ())])
     except Exception as exc:  # offline, unreachable, unknown repo, gated, disk full: all say so in one line
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise PullError(f"cannot download {repo_id!r} from the model hub: {type(exc).__name__}: {reason[:300]}") from None
