@@ -137,7 +137,8 @@ async def test_the_bed_ducks_under_the_voice_and_the_mix_lands_on_the_target_lou
     for name, want in (("ducked", 10), ("flat", 0)):
         out = node(job, name).output
         assert out["format"] == "wav" and out["audio_compressed"] and out["sample_rate"] == 48000
-        assert abs(out["duration_s"] - BED_S) < 0.05 and out["normalization"] == "linear", out
+        # one gain over the whole file (linear, maybe corrected by a plain gain): levels within it compare
+        assert abs(out["duration_s"] - BED_S) < 0.05 and out["normalization"] in ("linear", "linear+gain"), out
         x, rate = read_wav(await store.get(out["audio"]))
         # the voice's middle, away from the ramps, against equally long bed-only stretches either side
         under = band_db(x, rate, VOICE_AT + 0.5, VOICE_AT + 2.5, 0, 1000)
