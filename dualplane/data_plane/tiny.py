@@ -37,7 +37,8 @@ TINY_SEED = 1234
 #: models of an older version (never weights without the file: those are real).
 TINY_MARKER = "dualplane-tiny.json"
 #: Bump when a builder changes what it builds. 2: random EnCodec codebooks in the MusicGen.
-TINY_VERSION = 2
+#: 3: its EnCodec quantizes to exactly the decoder's 2 codebooks (audio prompts work).
+TINY_VERSION = 3
 
 #: Words the tiny tokenizers know as whole pieces; anything else falls back to letters.
 _WORDS = [
@@ -83,11 +84,12 @@ def build_musicgen(out: Path) -> Path:
         vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
         pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
     )
-    # hop = 8*5*4 = 160 samples → 50 frames/s at 8 kHz. The bandwidth must give at least
-    # num_codebooks quantizers: int(1000*10 // (50*log2(64))) = 33.
+    # hop = 8*5*4 = 160 samples → 50 frames/s at 8 kHz. The bandwidth must give exactly
+    # num_codebooks quantizers, int(1000*0.6 // (50*log2(64))) = 2, as the real checkpoints' do:
+    # continuing from an audio prompt feeds the encoder's codes to the decoder as they are.
     audio_cfg = EncodecConfig(
         sampling_rate=8000, audio_channels=1, hidden_size=16, num_filters=4, num_residual_layers=1,
-        upsampling_ratios=[8, 5, 4], num_lstm_layers=1, codebook_size=64, target_bandwidths=[10.0],
+        upsampling_ratios=[8, 5, 4], num_lstm_layers=1, codebook_size=64, target_bandwidths=[0.6],
         codebook_dim=16,
     )
     dec_cfg = MusicgenDecoderConfig(
