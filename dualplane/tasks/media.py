@@ -97,7 +97,8 @@ def mux_media(ctx: TaskContext, p: MuxParams) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dp-mux-") as tmp:
         audio, video = _fetch(ctx, tmp, "audio", p.audio), _fetch(ctx, tmp, "video", p.video)
         voice = _fetch(ctx, tmp, "voice", p.voice) if p.voice else None
-        subtitles = _fetch(ctx, tmp, "subtitles", p.subtitles, suffix=".vtt") if p.burn_subtitles else None
+        # read even when only passed on: the output must not name a key this job's user may not read
+        subtitles = _fetch(ctx, tmp, "subtitles", p.subtitles, suffix=".vtt") if p.subtitles else None
         ctx.progress(0.1)
         mixed = mixing.mix(audio, Path(tmp, "mix.wav"), voice=voice, voice_start_s=p.voice_start_s,
                            duck_db=p.duck_db, loudness_lufs=p.loudness_lufs)
@@ -111,7 +112,8 @@ def mux_media(ctx: TaskContext, p: MuxParams) -> dict[str, Any]:
         run_ffmpeg(["-loglevel", "error", "-i", str(video), "-vf", f"select=eq(n\\,{shown})", "-frames:v", "1",
                     str(poster)])
         out = Path(tmp, p.name)
-        fit = _mux(video, source, mixed, out, fit=p.fit, subtitles=subtitles, first_frame=poster if shown else None)
+        fit = _mux(video, source, mixed, out, fit=p.fit, subtitles=subtitles if p.burn_subtitles else None,
+                   first_frame=poster if shown else None)
         ctx.check_cancelled()
         ctx.progress(0.85)
         made = probe_video(out)
