@@ -132,3 +132,17 @@ def test_plain_lyrics_spread_over_the_whole_track():
                                                             (6.0, 9.0, "delta")]
     assert vtt_cues(webvtt(cues))[1] == (3.0, 6.0, "beta -> gamma")  # "-->" would end a cue's timing
 
+
+
+@pytest.mark.parametrize("style", ["spectrum", "waveform", "particles"])
+def test_a_requested_length_past_the_audio_is_filled_with_silence(tmp_path, style):
+    from dualplane.tasks.visualizer import VisualizerParams, render
+
+    audio = tmp_path / "two.wav"
+    audio.write_bytes(wav_bytes(bursts()[None, : 2 * RATE], RATE))  # loud, then quiet
+    out = tmp_path / "padded.mp4"
+    done = render(audio, out, VisualizerParams(audio="x", width=128, height=128, fps=10, duration_s=3.0, style=style))
+    meta, frames, _ = decode(out.read_bytes())
+    assert done.frames == len(frames) == 30 and abs(meta["duration"] - 3.0) <= 0.1, (done.frames, meta)
+    brightness = frames.mean(axis=(1, 2, 3))
+    assert brightness[22:].mean() < brightness[:10].mean()  # the padded second is silent, so dim

@@ -51,9 +51,10 @@ X264_PRESET = "superfast"
 
 
 class LyricSection(BaseModel):
-    """A song-plan section (``plan_song``'s ``sections``): its lines spread over its span."""
+    """A song-plan section (``plan_song``'s ``sections``): its lines spread over its span. The plan's
+    other section fields (bars, chords) are ignored: a graph wires the sections whole."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
     name: str = Field("", max_length=100)
     start_s: float = Field(..., ge=0, le=MAX_DURATION_S)
     duration_s: float = Field(..., gt=0, le=MAX_DURATION_S)
@@ -119,6 +120,8 @@ def render(audio: Path, out: Path, p: VisualizerParams, *, progress: Callable[[f
     samples = _decode(audio, out.parent)
     duration_s = p.duration_s or len(samples) / ANALYSIS_RATE
     n = max(1, round(duration_s * p.fps))
+    # past the audio's end the video shows silence, as the encoder's apad plays it
+    samples = np.pad(samples, (0, max(0, math.ceil(n * ANALYSIS_RATE / p.fps) - len(samples))))
     colours, words = palettes.pick(p.palette)
     levels, peak_rms = _levels(samples, n, p.fps)
     scene = _Scene(p, colours, samples, peak_rms)
