@@ -46,7 +46,7 @@ from dualplane.control_plane.limits import (
     valid_job_id,
 )
 from dualplane.control_plane.listing import InvalidCursor, JobFilter, list_jobs
-from dualplane.control_plane.planner import NotUnderstood, StrictRefusal, StructuredIntent
+from dualplane.control_plane.planner import NotUnderstood, StrictRefusal, StructuredIntent, Unplannable
 from dualplane.control_plane.service import FINISHED, ControlPlane, JobConflict
 from dualplane.control_plane.ui import mount_ui
 from dualplane.control_plane.waits import TooManyWaits
@@ -251,6 +251,8 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
             return problem(422, "Nothing to make", str(exc))
         except StrictRefusal as exc:
             return problem(422, "Plan differs from the request", str(exc), notes=exc.notes)
+        except Unplannable as exc:
+            return problem(422, "Nothing can be made", str(exc), notes=exc.notes)
         if body.dry_run:
             return JSONResponse(plan.model_dump(mode="json"))
         limits.check_graph(plan.graph)

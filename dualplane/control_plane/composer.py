@@ -92,6 +92,8 @@ class Composer:
     def compose(self, brief: Brief, capabilities: Capabilities | None = None) -> Composition:
         build = _Build(self._registry, brief, capabilities or Capabilities())
         build.run()
+        if not build.nodes:
+            raise Unplannable(brief, build.notes)
         graph = {"intent": brief.prompt[:4000], "nodes": build.nodes,
                  "metadata": {"brief": brief.model_dump(mode="json", exclude={"notes"}), "planner": "composer"}}
         validate_graph(graph, self._registry)
@@ -490,6 +492,16 @@ class _Build:
         return self._task(node_id) == "render_video"
 
 
+class Unplannable(ValueError):
+    """Every part the brief asks for is impossible here (the notes say why): no job to make."""
+
+    def __init__(self, brief: Brief, notes: list[dict[str, Any]]) -> None:
+        super().__init__("nothing in this request can be made: "
+                         + "; ".join(n["message"] for n in notes if n["kind"] == "impossible"))
+        self.brief = brief
+        self.notes = notes
+
+
 class MissingTask(LookupError):
     def __init__(self, task: str) -> None:
         super().__init__(f"the catalog has no task {task!r}")
@@ -514,4 +526,4 @@ def _part_of(node_id: str) -> str | None:
             "lora": "style_training", "video": "video", "still": "stills"}.get(base)
 
 
-__all__ = ["Capabilities", "Composer", "Composition", "MissingTask", "write_narration"]
+__all__ = ["Capabilities", "Composer", "Composition", "MissingTask", "Unplannable", "write_narration"]

@@ -683,7 +683,9 @@ def _enharmonic(name: str) -> str:
 
 
 def _vocals(text: _Text, quotes: dict[str, str], language: str | None, *, voiced: bool) -> dict[str, Any]:
-    spoken = text.has({"spoken word", "spoken-word", "spoken", "speak", "read", "recite", "rap", "rapping", "raps"})
+    spoken = text.has({"spoken word", "speak the lyrics", "spoken lyrics", "spoken vocals", "say the lyrics",
+                       "read the lyrics", "recite the lyrics", "speak them", "rap", "rapping", "raps", "rapped",
+                       "talk over"}) or text.has({"sing", "singing", "sung", "sings"}, negated=True)
     sections = [s for s in ("verse", "chorus", "bridge") if text.find(s) or text.find(s + "s")]
     # "one verse and a chorus", "a verse, a chorus and a bridge": the form is given
     counted = [s for s in sections if any(text.tokens[i - 1] in ("a", "one", "the", "single") for i in text.find(s)

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dualplane.common.models.brief import Brief
 from dualplane.common.registry import TaskRegistry
-from dualplane.control_plane.composer import Capabilities, Composer
+from dualplane.control_plane.composer import Capabilities, Composer, Unplannable
 from dualplane.control_plane.intent_text import NotUnderstood, brief_from_text
 from dualplane.tasks.song import SongParams, make_plan
 
@@ -129,7 +129,11 @@ class Planner:
             state = await self._graph.ainvoke({"intent": structured, "notes": []})
             brief, planner, notes = state["brief"], state["planner"], state.get("notes", [])
         caps = await self._capabilities() if self._capabilities else Capabilities()
-        composition = self._composer.compose(brief, caps)
+        try:
+            composition = self._composer.compose(brief, caps)
+        except Unplannable as exc:
+            exc.notes[:0] = notes
+            raise
         graph = composition.graph
         if structured is not None:
             _apply_node_options(graph, structured.options, self._registry)
@@ -284,5 +288,18 @@ def chat_model_from_settings(url: str | None, model: str) -> Any:
     return ChatOllama(base_url=url, model=model, temperature=0)
 
 
-__all__ = ["STRICT_KINDS", "Goal", "Inputs", "NotUnderstood", "Plan", "Planner", "StrictRefusal",
-           "StructuredIntent", "brief_from_intent", "chat_model_from_settings", "goal_of", "interpret"]
+__all__ = [
+    "STRICT_KINDS",
+    "Goal",
+    "Inputs",
+    "NotUnderstood",
+    "Plan",
+    "Planner",
+    "StrictRefusal",
+    "StructuredIntent",
+    "Unplannable",
+    "brief_from_intent",
+    "chat_model_from_settings",
+    "goal_of",
+    "interpret",
+]

@@ -49,15 +49,17 @@ MOODS = ("rainy", "night", "sunny", "melancholic", "happy", "dreamy", "dark", "n
          "forest", "summer", "winter")
 #: Tonic a key mode gets when no key was asked for (comfortable for the lead's range).
 _TONICS = {"minor": ("A", "D", "E", "C", "G"), "major": ("C", "G", "F", "D", "A")}
-#: Diatonic progressions (scale degrees, 1-based) per mode; one chord per bar.
-_PROGRESSIONS = {"major": ((1, 5, 6, 4), (1, 6, 4, 5), (6, 4, 1, 5)),
-                 "minor": ((1, 6, 3, 7), (1, 4, 6, 5), (1, 7, 6, 7))}
+#: Progressions (scale degrees, 1-based) per mode, one chord per bar: each starts on the tonic and
+#: turns on the dominant, so the key is the one heard (a vi-IV-I-V loop reads as the relative minor).
+_PROGRESSIONS = {"major": ((1, 5, 6, 4), (1, 6, 4, 5), (1, 4, 5, 4)),
+                 "minor": ((1, 6, 4, 5), (1, 4, 6, 5), (1, 7, 6, 5))}
 _NOTE_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _SEMITONES = {"C": 0, "C#": 1, "Db": 1, "D": 2, "D#": 3, "Eb": 3, "E": 4, "F": 5, "F#": 6, "Gb": 6, "G": 7,
               "G#": 8, "Ab": 8, "A": 9, "A#": 10, "Bb": 10, "B": 11}
 _SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
 #: Chord quality of each scale degree (1-based) in a mode.
-_QUALITIES = {"major": ("", "m", "m", "", "", "m", "dim"), "minor": ("m", "dim", "", "m", "m", "", "")}
+#: (Minor uses the harmonic minor's major V: the leading tone is what makes a minor key sound minor.)
+_QUALITIES = {"major": ("", "m", "m", "", "", "m", "dim"), "minor": ("m", "dim", "", "m", "", "", "")}
 #: Palette words per theme, for the visuals.
 PALETTES = {"rain": "rainy blue grey", "night": "midnight indigo", "city": "neon magenta cyan",
             "ocean": "ocean teal", "summer": "sunset orange pink", "winter": "icy white blue",
@@ -112,9 +114,8 @@ def make_plan(p: SongParams) -> dict[str, Any]:
         title = _lyrics_into(sections, p, title)
     else:
         title = title or write_lyrics(p.narrative, [], seed=p.seed)["title"]
-    for index, section in enumerate(sections):
-        # the chorus lifts: it starts on the progression's brightest turn
-        section["chords"] = progression[2:] + progression[:2] if section["name"] == "chorus" and index else progression
+    for section in sections:
+        section["chords"] = progression
     instruments = [i for i in (p.instrumentation or list(genre_instruments))
                    if not any(w.lower() in i.lower() for w in p.without)] or ["piano"]
     lyrics = "\n\n".join(f"[{s['name']}]\n{s['lyrics']}" for s in sections if s.get("lyrics"))
