@@ -231,12 +231,17 @@ def serve_until_interrupted(stack: Any) -> int:
 
 
 def run_demo_job(stack: Any, settings: Settings, timeout_s: float | None) -> bool:
-    """Submit the demo graph, print its events live, then the outcome; True if it succeeded."""
-    from dualplane.demo import demo_graph
+    """Plan the demo intent, show the plan, submit it, print its events live, then the outcome;
+    True if it succeeded."""
+    from dualplane.demo import DEMO_TEXT
 
     headers = {"Authorization": f"Bearer {stack.mint_token()}"}
-    with httpx.Client(base_url=stack.control_url, timeout=10.0, headers=headers) as http:
-        response = http.post("/jobs", json=demo_graph())
+    with httpx.Client(base_url=stack.control_url, timeout=30.0, headers=headers) as http:
+        say(f"planning: {DEMO_TEXT!r}")
+        plan = http.post("/compose", json={"intent": DEMO_TEXT, "dry_run": True}).raise_for_status().json()
+        print_plan(plan)
+        # the graph shown is the graph run (a second /compose could plan against other workers)
+        response = http.post("/jobs", json=plan["graph"])
         response.raise_for_status()
         job_id = response.json()["id"]
         say(f"submitted job {job_id}")
@@ -245,7 +250,50 @@ def run_demo_job(stack: Any, settings: Settings, timeout_s: float | None) -> boo
         say(f"job {job_id} did not finish within {timeout_s:g} s")
         return False
     print_outcome(job, stack, settings)
+    if job["status"] == "succeeded":
+        save_final(job, stack, settings)
     return job["status"] == "succeeded"
+
+
+def save_final(job: dict[str, Any], stack: Any, settings: Settings) -> None:
+    """The finished video (and its poster and subtitles) as local files a person can open."""
+    from dualplane.common.artifacts import ArtifactStore
+
+    final = next((n for n in job["graph"]["nodes"] if n["task"] == "mux_media"), None)
+    if final is None or not final.get("output"):
+        return
+    out_dir = Path(stack.state_dir) / "demo-output"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wanted = {"video": "final.mp4", "poster": "poster.png", "subtitles": "lyrics.vtt"}
+
+    async def fetch() -> list[Path]:
+        store = ArtifactStore(endpoint=stack.s3_endpoint, access_key=stack.s3_access_key or "",
+                              secret_key=stack.s3_secret_key or "", bucket=settings.s3_bucket,
+                              secure=settings.s3_secure)
+        written = []
+        for field, name in wanted.items():
+            key = final["output"].get(field)
+            if key:
+                path = out_dir / name
+                path.write_bytes(await store.get(key))
+                written.append(path)
+        return written
+
+    for path in asyncio.run(fetch()):
+        say(f"saved {path}")
+
+
+def print_plan(plan: dict[str, Any]) -> None:
+    """The planner's view: its nodes, every note, and the song it will write."""
+    say("plan: " + ", ".join(f"{n['id']} ({n['task']})" for n in plan["graph"]["nodes"]))
+    for note in plan.get("notes", []):
+        say(f"  note {note['kind']}{' (' + note['part'] + ')' if note.get('part') else ''}: {note['message']}")
+    song = plan.get("song")
+    if song:
+        say(f"  song: {song['title']!r}, {song['genre']}, {song['key']}, {song['bpm']} bpm, "
+            f"chords {' '.join(song['chords'])}")
+        for line in song.get("lyrics_text", "").splitlines():
+            say(f"    {line}")
 
 
 def follow_job(

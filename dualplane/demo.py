@@ -1,36 +1,15 @@
-"""The graph `dualplane up` / `dualplane demo` submits: the one place to change the demo.
+"""The job `dualplane up` / `dualplane demo` runs: the one place to change the demo.
 
-The music-video graph: ``plan_song`` (control) plans title, lyrics and prompts from the
-intent; ``generate_music`` (MusicGen) and ``render_video`` (AnimateDiff) run in parallel on
-the worker; ``mux_media`` (control, ffmpeg) puts the track under the video. Without real
-weights the stack serves tiny random-initialised models of the same classes, so the audio
-and video are noise-like — the pipeline, loading path, progress and artifacts are real.
-Sizes are kept small so the demo finishes in seconds on a laptop CPU.
+It is planned, not hand-written: the intent below goes through ``/compose`` like any user's, so
+the demo shows the planner's brief and notes too. On embedded defaults the plan is the real
+media path: ``plan_song`` writes the song (lyrics, key, chords), ``arrange_music`` composes and
+renders it with FluidSynth, the packaged Piper voice speaks the intro and the lyrics,
+``mix_audio`` ducks the music under them at -14 LUFS, ``visualize_audio`` draws a 720p lyric
+video from the mix, and ``mux_media`` puts it all in one MP4 with WebVTT subtitles.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-DEMO_TEXT = "a 30-second lo-fi track with a rainy-night video"
-#: Seconds of music the demo generates (the real intent says 30; CPU demo keeps it short).
-DEMO_DURATION_S = 4.0
-
-
-def demo_graph() -> dict[str, Any]:
-    """A fresh graph document (no id: every run is a new job)."""
-    return {
-        "intent": DEMO_TEXT,
-        "nodes": [
-            {"id": "song", "task": "plan_song", "plane": "control",
-             "params": {"narrative": DEMO_TEXT, "duration_s": DEMO_DURATION_S}},
-            {"id": "music", "task": "generate_music", "plane": "python", "needs": ["song"],
-             "params": {"prompt": {"$ref": "song.output.music_prompt"}, "duration_s": DEMO_DURATION_S,
-                        "seed": 7}},
-            {"id": "video", "task": "render_video", "plane": "python", "needs": ["song"],
-             "params": {"prompt": {"$ref": "song.output.video_prompt"}, "num_frames": 16, "fps": 8,
-                        "steps": 4, "seed": 7}},
-            {"id": "final", "task": "mux_media", "plane": "control", "needs": ["music", "video"],
-             "params": {"audio": {"$ref": "music.output.audio"}, "video": {"$ref": "video.output.video"}}},
-        ],
-    }  # fmt: skip
+DEMO_TEXT = "a 30-second lo-fi song about a rainy night, with a spoken intro and a lyric video"
+#: Seconds the demo's track lasts (what the intent asks for).
+DEMO_DURATION_S = 30.0
