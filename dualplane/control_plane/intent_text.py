@@ -477,8 +477,7 @@ def _parts(text: _Text, *, images: list[str], voice_clips: list[str], goal: str 
     style_training = bool(images) or has(STYLE_TRAINING_PHRASES - {"of me"}) or (
         has("of me") and has(VIDEO_WORDS | STILLS_WORDS) and has({"train", "lora", "photos", "pictures", "selfies"}))
     video = has(VIDEO_WORDS) and not has({"video", "videos", "visuals"}, negated=True)
-    stills = has(STILLS_WORDS - {"photo", "photos", "drawing", "painting", "portrait"}) and not (
-        has({"my images", "my pictures", "my photos"}) and not has({"cover", "cover art", "poster", "thumbnail"}))
+    stills = _asks_for_stills(text)
     if style_training and not (video or stills):
         video = True  # a trained style is for rendering: a video unless images were asked for
     if vocals and not no_music:
@@ -494,6 +493,16 @@ def _parts(text: _Text, *, images: list[str], voice_clips: list[str], goal: str 
         narration = False  # "read my poem" in a song is its lyrics
     return {"music": music, "vocals": vocals, "narration": narration, "voice_training": voice_training,
             "style_training": style_training, "video": video, "stills": stills}
+
+
+def _asks_for_stills(text: _Text) -> bool:
+    """Images to make, not the user's own ("my photos", "these pictures" are inputs)."""
+    for word in STILLS_WORDS - {"photo", "photos", "drawing", "painting", "portrait"}:
+        for i in text.find(word):
+            owner = text.tokens[i - 1] if i else ""
+            if owner not in ("my", "these", "our", "your", "those", "his", "her", "their"):
+                return True
+    return False
 
 
 def _styled(style: str | None) -> bool:
@@ -763,7 +772,12 @@ def _ratio_name(width: int, height: int) -> str:
 def _video_prompt(text: _Text) -> str | None:
     match = re.search(r"\b(?:video|animation|clip|visuals|footage|reel)\s+(?:of|showing|with|where|featuring)\s+"
                       r"(?P<what>[^,.;!?]{3,200})", text.rest, re.IGNORECASE)
-    return match.group("what").strip() if match else None
+    if not match:
+        return None
+    # "a video of me surfing and 2 stills": the scene ends where the next request begins
+    what = re.split(r"\s+(?:and|plus|then|with)\s+(?:a|an|the|some|\d+|two|three|four|five)\s",
+                    match.group("what"), maxsplit=1)[0]
+    return what.strip()
 
 
 def _palette(text: _Text) -> str | None:
