@@ -95,8 +95,8 @@ def test_the_openapi_document_describes_every_route(served):
     assert paths["/compose"]["post"]["requestBody"]["content"]["application/json"]["schema"] == \
         {"$ref": "#/components/schemas/ComposeRequest"}
     schemas = httpx.get(f"{base_url}/openapi.json").json()["components"]["schemas"]
-    assert set(schemas["ComposeRequest"]["properties"]) == {"intent", "dry_run"}
-    assert "StructuredIntent" in schemas and "Inputs" in schemas
+    assert set(schemas["ComposeRequest"]["properties"]) == {"intent", "brief", "dry_run", "strict"}
+    assert "StructuredIntent" in schemas and "Inputs" in schemas and "Brief" in schemas
 
 
 # -- hostile input, aimed where the generated requests above do not reach ---------------------
