@@ -100,7 +100,8 @@ def test_demo_succeeds_and_leaves_nothing(tmp_path: Path) -> None:
     assert re.search(r"seq \d+\s+video\s+\[#+\.*\]\s+\d+%", out), out
     assert re.search(r"seq \d+\s+music\s+running\s+attempt 1", out), out
     assert re.search(r"^job \S+ succeeded$", out, re.MULTILINE), out
-    for artifact in (r"music/music\.wav", r"video/video\.mp4", r"video/poster\.png", r"final/final\.mp4"):
+    for artifact in (r"music/music\.wav", r"music/music\.mid", r"narration/voice\.wav", r"video/visualizer\.mp4",
+                     r"video/lyrics\.vtt", r"final/final\.mp4"):
         assert re.search(artifact + r"\s+http://127\.0\.0\.1:\d+/\S+X-Amz-Signature=", out), out
     assert (tmp_path / ".dualplane" / "logs" / "worker.log").is_file()
     pids = {int(pid) for pid in PID_RE.findall(out)}

@@ -328,9 +328,12 @@ async def test_generate_music_writes_a_real_wav_and_the_second_job_is_warm(
 
     assert job.status == "succeeded", node(job, "music").error
     out = node(job, "music").output
-    (artifact,) = node(job, "music").artifacts
+    artifacts = {a.name: a for a in node(job, "music").artifacts}
+    assert set(artifacts) == {"music.wav", "music.opus"}  # lossless for the next node, Opus to play
+    artifact = artifacts["music.wav"]
     assert out["audio"] == artifact.key == f"jobs/{job.id}/music/music.wav"
-    assert artifact.content_type == "audio/wav"
+    assert artifact.content_type == "audio/wav" and artifacts["music.opus"].content_type == "audio/ogg"
+    assert out["audio_compressed"] == artifacts["music.opus"].key
     body = await uploaded_models.get(artifact.key)
     assert body[:4] == b"RIFF" and body[8:12] == b"WAVE"
     with wave.open(io.BytesIO(body)) as wav:

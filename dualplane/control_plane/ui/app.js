@@ -455,12 +455,17 @@ function renderArtifacts(container, artifacts) {
     return;
   }
   const existing = new Map([...container.querySelectorAll("[data-key]")].map((n) => [n.dataset.key, n]));
+  // a track stored as WAV and Opus gets one player (the Opus, light to stream); both download
+  const stem = (a) => `${a.node_id}/${a.name.replace(/\.[^.]+$/, "")}`;
+  const compressed = new Set(artifacts.filter((a) => a.content_type === "audio/ogg").map(stem));
+  const playable = (a, type) => type.startsWith("audio/") && type !== "audio/midi"
+    && !(type === "audio/wav" && compressed.has(stem(a)));
   const items = artifacts.map((a) => {
     const keep = existing.get(a.key);
     if (keep) return keep; // keep a playing player as it is
     const type = a.content_type || "";
     let media = null;
-    if (a.url && type.startsWith("audio/")) media = h("audio", { controls: true, preload: "metadata", src: a.url });
+    if (a.url && playable(a, type)) media = h("audio", { controls: true, preload: "metadata", src: a.url });
     else if (a.url && type.startsWith("video/")) media = h("video", { controls: true, preload: "metadata", src: a.url, playsinline: true });
     else if (a.url && type.startsWith("image/")) media = h("img", { src: a.url, alt: `${a.name} from ${a.node_id}`, loading: "lazy" });
     const download = a.url
