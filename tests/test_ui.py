@@ -179,9 +179,10 @@ async def test_generate_music_in_the_background_live_with_player_download_and_pr
         a.addEventListener('loadedmetadata', () => ok(a.duration)); a.addEventListener('error', () => no('error'));
         a.load(); })""")
     assert abs(seconds - 0.5) < 0.05
-    link = page.locator("#job-artifacts a.download")
+    assert await page.locator("#job-artifacts audio").count() == 1  # one player for the WAV + Opus pair
+    link = page.locator("#job-artifacts a.download[download='music.wav']")
     href = await link.get_attribute("href")
-    key = await page.locator("#job-artifacts figure").get_attribute("data-key")
+    key = await page.locator("#job-artifacts figure[data-type='audio/wav']").get_attribute("data-key")
     assert key == f"jobs/{job_id}/generate_music/music.wav"
     async with httpx.AsyncClient() as http:
         downloaded = (await http.get(href)).content
