@@ -20,6 +20,10 @@ from dualplane.control_plane.planner import NotUnderstood, Planner, Unplannable,
 from dualplane.tasks import default_registry
 
 CORPUS = Path(__file__).parent / "data" / "intents.jsonl"
+#: 50 more, written later by someone who never saw the planner's code; first run: 39/50 passed
+#: (the misses were real bugs, fixed since: "three quarters of a minute", "E-flat", "leave out
+#: the guitar and the bass", 9:16 read as 9 min 16 s, "a two-minute" read as three...).
+HOLDOUT = Path(__file__).parent / "data" / "intents_holdout.jsonl"
 PARTS = ("music", "vocals", "narration", "voice_training", "style_training", "video", "stills")
 #: The share of corpus lines whose every expectation holds; printed, and the floor CI keeps.
 PASS_FLOOR = 0.9
@@ -28,8 +32,8 @@ PART_TASKS = {"music": {"arrange_music", "generate_music"}, "voice_training": {"
               "style_training": {"train_lora"}, "video": {"render_video", "visualize_audio"}}
 
 
-def corpus() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
+def corpus(path: Path = CORPUS) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def check(brief: dict[str, Any], notes: list[dict[str, Any]], expect: dict[str, Any]) -> list[str]:
@@ -125,10 +129,11 @@ def registry():
     return default_registry()
 
 
-async def test_the_planner_reads_the_corpus_as_its_authors_expect(registry):
+@pytest.mark.parametrize(("path", "least"), [(CORPUS, 150), (HOLDOUT, 50)], ids=["corpus", "holdout"])
+async def test_the_planner_reads_the_corpus_as_its_authors_expect(registry, path, least):
     planner = Planner(registry)
-    lines = corpus()
-    assert len(lines) >= 150
+    lines = corpus(path)
+    assert len(lines) >= least
     failures: list[str] = []
     for line in lines:
         expect = line["expect"]
@@ -148,7 +153,7 @@ async def test_the_planner_reads_the_corpus_as_its_authors_expect(registry):
         if misses:
             failures.append(f"{line['id']}: " + "; ".join(misses))
     rate = 1 - len(failures) / len(lines)
-    print(f"\nintent corpus: {len(lines) - len(failures)}/{len(lines)} pass ({rate:.1%})")
+    print(f"\nintent corpus {path.name}: {len(lines) - len(failures)}/{len(lines)} pass ({rate:.1%})")
     for failure in failures:
         print("  MISS", failure)
     assert rate >= PASS_FLOOR, f"pass rate {rate:.1%} is under {PASS_FLOOR:.0%}"
@@ -156,7 +161,7 @@ async def test_the_planner_reads_the_corpus_as_its_authors_expect(registry):
 
 async def test_every_planned_graph_of_the_corpus_validates_and_matches_its_brief(registry):
     planner = Planner(registry)
-    for line in corpus():
+    for line in corpus() + corpus(HOLDOUT):
         try:
             plan = await planner.plan(line["intent"])
         except (NotUnderstood, pydantic.ValidationError):

@@ -49,10 +49,11 @@ STYLE_TRAINING_PHRASES = {"lora", "loras", "my photos", "my photo", "my pictures
                           "train a lora", "my sketches", "my illustrations", "of me"}
 VIDEO_WORDS = {"video", "videos", "music video", "visuals", "visual", "visualizer", "visualiser", "visualization",
                "visualisation", "animation", "animations", "animated", "animate", "lyric video", "video clip",
-               "footage", "reel", "reels", "tiktok", "youtube short", "shorts", "movie", "mv", "render",
+               "footage", "instagram reel", "reels", "clip of", "clip showing", "short clip", "tiktok", "youtube short", "shorts", "movie", "mv", "render",
                "clip for", "short film", "cinemagraph", "gif"}
 STILLS_WORDS = {"image", "images", "picture", "pictures", "cover art", "cover", "poster", "posters", "still",
-                "stills", "thumbnail", "thumbnails", "artwork", "wallpaper", "illustration", "album art",
+                "stills", "thumbnail", "thumbnails", "artwork", "artworks", "wallpaper", "wallpapers", "illustration",
+                "illustrations", "album art", "portrait of", "paintings", "oil painting", "oil-painting",
                 "album cover", "photo", "photos", "drawing", "portrait", "painting"}
 VISUALIZER_WORDS = {"visualizer", "visualiser", "audio-reactive", "audio reactive", "spectrum", "waveform",
                     "lyric video", "visualization", "visualisation", "equalizer", "particles"}
@@ -65,7 +66,7 @@ INSTRUMENTAL_WORDS = {"instrumental", "instrumentals", "no vocals", "without voc
                       "no singing", "without singing", "no words", "melody-only", "melody only"}
 INSTRUMENTS = ("acoustic guitar", "electric guitar", "bass guitar", "upright bass", "double bass", "synth bass",
                "grand piano", "electric piano", "rhodes", "piano", "guitar", "bass", "drums", "drum", "percussion",
-               "strings", "violin", "violins", "viola", "cello", "flute", "saxophone", "sax", "trumpet", "trombone",
+               "string quartet", "strings", "string", "violin", "violins", "viola", "cello", "flute", "saxophone", "sax", "trumpet", "trombone",
                "brass", "horns", "horn", "synth", "synths", "synthesizer", "organ", "harp", "choir", "ukulele",
                "banjo", "marimba", "xylophone", "vibraphone", "bells", "pads", "808", "808s", "hi-hats", "hihats",
                "harmonica", "accordion", "clarinet", "oboe", "bassoon", "timpani", "tabla", "sitar", "koto",
@@ -148,8 +149,11 @@ _WORD_DURATION = re.compile(
     re.IGNORECASE)
 #: Words before a number that make it a time of day or a deadline, not a length ("closes in 15 minutes").
 _NOT_A_LENGTH_BEFORE = {"in", "within", "after", "every", "before", "by", "ago", "until", "till", "at"}
-_HALF_UNIT = re.compile(r"\bhalf\s+(?:a|an)\s+(?P<unit>minute|hour)\b", re.IGNORECASE)
+_HALF_UNIT = re.compile(r"\b(?P<part>half|a quarter|quarter|three quarters|three-quarters)\s+(?:of\s+)?(?:a|an)\s+"
+                        r"(?P<unit>minute|hour)\b", re.IGNORECASE)
+_FRACTIONS = {"half": 0.5, "a quarter": 0.25, "quarter": 0.25, "three quarters": 0.75, "three-quarters": 0.75}
 _COMPOUND = re.compile(r"(?<![\w.])(?P<m>\d{1,2})\s*m(?:in)?\s*(?P<s>\d{1,2})\s*s(?:ec)?\b", re.IGNORECASE)
+_ASPECT_PAIRS = {(16, 9), (9, 16), (21, 9), (4, 3), (3, 4), (1, 1), (4, 5), (5, 4), (3, 2), (2, 3), (16, 10)}
 _CLOCK = re.compile(r"(?<![\d:])(?P<m>\d{1,2}):(?P<s>[0-5]\d)(?![\d:])(?!\s*(?:am|pm|a\.m|p\.m))", re.IGNORECASE)
 _DECADE_AFTER = {"music", "style", "hip", "hip-hop", "hiphop", "rock", "pop", "vibe", "vibes", "r&b", "house",
                  "era", "nostalgia", "sound", "sounds", "synth", "synthwave", "disco", "funk", "kid", "kids",
@@ -162,7 +166,7 @@ _FPS_ALT = re.compile(r"\bframe ?rate (?:of )?(?P<fps>\d{1,3})\b", re.IGNORECASE
 _HEIGHT = re.compile(r"\b(?P<h>480|540|576|720|1080|1440|2160)\s*p\b", re.IGNORECASE)
 _SIZE = re.compile(r"\b(?P<w>\d{3,4})\s*[x×]\s*(?P<h>\d{3,4})\b")
 _RATIO = re.compile(r"(?<![\d:])(?P<a>\d{1,2})\s*:\s*(?P<b>\d{1,2})(?![\d:])")
-_KEY = re.compile(r"\b(?:in(?: the key of)?|key of|key:?)\s+(?P<tonic>[A-Ga-g])(?P<acc>\s*(?:#|♯|sharp|b|♭|flat))?"
+_KEY = re.compile(r"\b(?:in(?: the key of)?|key of|key:?)\s+(?P<tonic>[A-Ga-g])(?P<acc>[\s-]*(?:#|♯|sharp|b|♭|flat))?"
                   r"(?:\s*(?P<mode>major|minor|maj|min|m))?\b(?!')")
 _SEED = re.compile(r"\bseed\s*(?:[:=#]|of|number)?\s*(?P<seed>\d{1,10})\b", re.IGNORECASE)
 _VARIATIONS = re.compile(r"\b(?P<n>\d|two|three|four|five|six|seven|eight|a couple of|a few|several)\s+"
@@ -257,24 +261,33 @@ def _negation_scopes(lower: str, tokens: list[str]) -> list[bool]:
     i = 0
     while i < len(tokens):
         word = tokens[i]
-        negator = word in _NEGATORS or (word == "do" and i + 1 < len(tokens) and tokens[i + 1] == "not")
+        pair = " ".join(tokens[i:i + 2])
+        negator = word in _NEGATORS or (word == "do" and i + 1 < len(tokens) and tokens[i + 1] == "not") or \
+            pair in ("leave out", "leaving out", "get rid")
         if word in ("lose", "drop", "skip") and not (i + 1 < len(tokens) and tokens[i + 1] in ("the", "any")):
             negator = negator and i + 1 < len(tokens) and tokens[i + 1] in VOCAL_WORDS | {"vocals", "drums", "video"}
         if negator:
-            j = i + (2 if word == "do" else 1)
+            j = i + (2 if word == "do" or pair in ("leave out", "leaving out", "get rid") else 1)
             taken = 0
             while j < len(tokens) and taken < 4 and not stops[j]:
                 # "no drums and no bass" re-opens its own scope; "without drums and bass" keeps going
                 if tokens[j] in _SCOPE_BREAKERS and taken and (
-                        tokens[j] != "and" or not (j + 1 < len(tokens) and tokens[j + 1] in INSTRUMENTS)):
+                        tokens[j] != "and" or not _instrument_follows(tokens, j + 1)):
                     break
                 flags[j] = True
-                taken += 1
+                taken += tokens[j] not in ("the", "a", "an", "any", "and", "or")  # words that carry the list on
                 j += 1
             i = j
             continue
         i += 1
     return flags
+
+
+def _instrument_follows(tokens: list[str], at: int) -> bool:
+    """"... and bass", "... and the bass": the scope goes on over a list of instruments."""
+    if at < len(tokens) and tokens[at] in ("the", "a", "any"):
+        at += 1
+    return at < len(tokens) and tokens[at] in INSTRUMENTS
 
 
 def _punctuation_breaks(lower: str, tokens: list[str]) -> list[bool]:
@@ -311,8 +324,13 @@ def _number(text: str) -> float | None:
     except ValueError:
         pass
     parts = re.split(r"[\s-]+", text)
-    if all(p in _WORD_NUMBERS for p in parts):
-        return float(sum(_WORD_NUMBERS[p] for p in parts))
+    if len(parts) == 2 and parts[0] in ("a", "an"):
+        parts = parts[1:]  # "a two-minute briefing"
+    if len(parts) == 1 and parts[0] in _WORD_NUMBERS:
+        return float(_WORD_NUMBERS[parts[0]])
+    if len(parts) == 2 and all(p in _WORD_NUMBERS for p in parts) and _WORD_NUMBERS[parts[0]] in range(20, 100, 10) \
+            and 1 <= _WORD_NUMBERS[parts[1]] <= 9:
+        return float(_WORD_NUMBERS[parts[0]] + _WORD_NUMBERS[parts[1]])  # "twenty five"
     return None
 
 
@@ -321,7 +339,9 @@ def find_durations(lower: str) -> list[Duration]:
     found: list[Duration] = [Duration(int(m.group("m")) * 60 + int(m.group("s")), m.start(), m.end())
                              for m in _COMPOUND.finditer(lower)]
     for match in _HALF_UNIT.finditer(lower):
-        found.append(Duration(1800.0 if match.group("unit") == "hour" else 30.0, match.start(), match.end()))
+        share = _FRACTIONS[match.group("part").lower()]
+        found.append(Duration(share * (3600.0 if match.group("unit").lower() == "hour" else 60.0), match.start(),
+                              match.end()))
     for pattern in (_DURATION, _WORD_DURATION):
         for match in pattern.finditer(lower):
             if any(d.start <= match.start() < d.end or match.start() <= d.start < match.end() for d in found):
@@ -343,6 +363,8 @@ def find_durations(lower: str) -> list[Duration]:
             scale = 3600 if unit.startswith("h") else 60 if unit.startswith("m") else 1
             found.append(Duration(value * scale, match.start(), match.end()))
     for match in _CLOCK.finditer(lower):
+        if (int(match.group("m")), int(match.group("s"))) in _ASPECT_PAIRS:
+            continue  # 9:16 is a frame shape
         found.append(Duration(int(match.group("m")) * 60 + int(match.group("s")), match.start(), match.end()))
     return _join_compound(sorted(found, key=lambda d: d.start), lower)
 
@@ -458,7 +480,9 @@ def _parts(text: _Text, *, images: list[str], voice_clips: list[str], goal: str 
            lyrics: str | None, style: str | None) -> dict[str, bool]:
     has = text.has
     no_music = has(A_CAPPELLA) or has({"music", "beat", "backing", "instruments", "background music"}, negated=True)
-    negated_words = has({"vocals", "lyrics", "words", "vocal", "singer", "rap"}, negated=True)
+    negated_words = has({"vocals", "words", "vocal", "singer", "rap"}, negated=True) or (
+        has("lyrics", negated=True) and not has({"lyrics on screen", "lyrics on the screen", "lyrics overlay",
+                                                 "on screen lyrics", "lyrics in the video"}, negated=True))
     negated_singing = has({"sing", "singing", "sung", "sings"}, negated=True)
     # "don't sing it, speak the lyrics": still words over the music, only not sung
     spoken_instead = negated_singing and has({"lyrics", "words", "speak", "spoken", "rap"})
@@ -617,14 +641,14 @@ def detect_language(text: str) -> str:
 
 
 def _music(text: _Text, style: str, notes: list[dict[str, Any]]) -> dict[str, Any]:
-    lower = f"{text.lower} {style}"
     genre = None
     for word, name in sorted(GENRE_WORDS.items(), key=lambda kv: (kv[0] in _WEAK_GENRES, -len(kv[0]))):
         if word in _WEAK_GENRES or word in ("space", "calm", "study", "film", "score", "groove", "dance", "club",
                                              "rave", "epic", "guitar", "sax", "acoustic", "campfire", "drone",
                                              "meditation", "chill", "soundtrack", "world", "number"):
             continue  # a mood or an instrument more than a genre: the song planner still hears it
-        if _phrase_in(lower, word) and not text.find(word, negated=True):
+        # whole words of the request (so "post-rock" has rock), or of the form's style field
+        if (text.find(word) or _phrase_in(style, word)) and not text.find(word, negated=True):
             genre = name
             break
     moods = [m for m in _ordered(MOOD_WORDS, text) if not text.find(m, negated=True)][:4]
@@ -675,7 +699,8 @@ def _tempo(text: _Text) -> int | None:
 
 def _key(text: str) -> str | None:
     for match in _KEY.finditer(text):
-        tonic, acc, mode = match.group("tonic"), (match.group("acc") or "").strip().lower(), match.group("mode")
+        tonic, mode = match.group("tonic"), match.group("mode")
+        acc = (match.group("acc") or "").strip(" -").lower()
         if tonic.islower() and not (acc or mode):
             continue  # "in a ..." is an article
         if tonic.islower() and tonic == "a" and acc == "b" and not mode:
