@@ -125,10 +125,17 @@ async def test_generate_music_in_the_background_live_with_player_download_and_pr
     page.on("load", lambda _: loads.append(page.url))
     await page.evaluate("window.__marker = 'same-document'")
 
-    # every task of both planes is offered, grouped by plane
+    # generators, grouped by what they make, with human titles; test tasks only when asked for
     options = await page.locator("#generator option").evaluate_all("els => els.map(e => e.value)")
-    assert {"generate_music", "render_video", "plan_song", "sleep", "checksum"} <= set(options)
-    assert await page.locator("#generator optgroup").count() == 2
+    assert {"arrange_music", "generate_music", "render_video", "visualize_audio", "plan_song"} <= set(options)
+    assert not {"sleep", "checksum", "noop", "fail", "flaky", "emit", "collect", "get_capabilities"} & set(options)
+    groups = await page.locator("#generator optgroup").evaluate_all("els => els.map(e => e.label)")
+    assert groups[:3] == ["Music", "Voice", "Video"]
+    assert "MusicGen" in await page.locator("#generator option[value='generate_music']").inner_text()
+    await page.locator("#show-internal").check()
+    options = await page.locator("#generator option").evaluate_all("els => els.map(e => e.value)")
+    assert {"sleep", "checksum"} <= set(options)
+    await page.locator("#show-internal").uncheck()
 
     await page.locator("#generator").select_option("generate_music")
     assert "MusicGen" in await page.locator("#generator-help").inner_text()
@@ -219,6 +226,7 @@ async def test_live_updates_survive_a_dropped_socket_and_cancel_works(
     await worker_factory()
     token = authenticator.mint("bob", "user")
     await sign_in(page, ui_url, token)
+    await page.locator("#show-internal").check()
     await page.locator("#generator").select_option("sleep")
     await field(page, "seconds").fill("2")
     await field(page, "steps").fill("8")
@@ -280,6 +288,29 @@ async def test_intent_is_planned_and_shown_before_a_synchronous_run(
     await page.locator("#intent").fill("")
     await page.get_by_role("button", name="Plan (dry run)").click()
     await page.locator("#intent-error").wait_for(state="visible")
+
+
+async def test_a_failed_job_says_which_node_failed_and_why(
+    page: Any, ui_url: str, authenticator: Authenticator, worker_factory,
+):
+    await worker_factory()
+    token = authenticator.mint("erin")
+    async with httpx.AsyncClient(base_url=ui_url, headers={"Authorization": f"Bearer {token}"}) as http:
+        job = (await http.post("/jobs", json={"nodes": [
+            {"id": "boom", "task": "fail", "plane": "python", "params": {"message": "the speaker blew up"}},
+            {"id": "after", "task": "noop", "plane": "python", "needs": ["boom"]}]})).json()
+    await sign_in(page, ui_url, token)
+    await page.goto(f"{ui_url}/#/jobs/{job['id']}")
+    await page.locator("#job-status[data-status='failed']").wait_for()
+    why = page.locator("#job-nodes tr[data-node='boom'] .node-why")
+    await why.wait_for()
+    assert await why.inner_text() == "ValueError: the speaker blew up"
+    header = await page.locator("#job-error").inner_text()
+    assert "boom" in header and "the speaker blew up" in header
+    skipped = page.locator("#job-nodes tr[data-node='after'] .node-why")
+    await skipped.wait_for()
+    assert await skipped.inner_text()  # the skipped node says why it was skipped
+    await screenshot(page, "ui-job-failed.png")
 
 
 async def test_a_bad_token_is_refused_next_to_the_field(page: Any, ui_url: str):

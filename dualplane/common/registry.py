@@ -19,6 +19,9 @@ from dualplane.common.retry import Retry
 
 TaskFn = Callable[..., Any]
 
+#: What tasks make, in the order a UI groups them; ``internal``: not offered as a generator.
+TASK_KINDS = ("music", "voice", "video", "training", "planning", "media", "internal")
+
 #: Retry policy of a task that declares none: three attempts on transient errors.
 DEFAULT_RETRY = Retry()
 
@@ -35,6 +38,10 @@ class TaskSpec:
     :param retry: retry policy (attempts, backoff, which errors are transient).
     :param timeout_s: default wall-clock limit of one attempt; None for no limit.
     :param description: first line of the function's docstring.
+    :param kind: what a user makes with it (music, voice, video, training, planning, media), or
+        ``internal`` for tasks that exist for tests, benchmarks and plumbing: a UI offers only
+        the others as generators.
+    :param title: a human name for it ("Compose an arrangement"); the task name when empty.
     """
 
     name: str
@@ -45,6 +52,8 @@ class TaskSpec:
     retry: Retry = field(default=DEFAULT_RETRY)
     timeout_s: float | None = None
     description: str = ""
+    kind: str = "internal"
+    title: str = ""
 
     @property
     def is_async(self) -> bool:
@@ -59,15 +68,18 @@ def task(
     gpu: bool = False,
     retry: Retry = DEFAULT_RETRY,
     timeout_s: float | None = None,
+    kind: str = "internal",
+    title: str = "",
 ) -> Callable[[TaskFn], TaskFn]:
     """Declare a task. The function is returned unchanged, with ``__task_spec__`` set."""
     assert plane in ("control", "python"), plane
+    assert kind in TASK_KINDS, kind
 
     def decorate(fn: TaskFn) -> TaskFn:
         doc = (inspect.getdoc(fn) or "").strip().splitlines()
         fn.__task_spec__ = TaskSpec(  # type: ignore[attr-defined]
             name=name, plane=plane, fn=fn, params=params, gpu=gpu, retry=retry,
-            timeout_s=timeout_s, description=doc[0] if doc else "",
+            timeout_s=timeout_s, description=doc[0] if doc else "", kind=kind, title=title or name,
         )
         return fn
 

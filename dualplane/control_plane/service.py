@@ -267,9 +267,11 @@ class ControlPlane:
         await self.bridge.delete_job(job_id, job.user)
 
     def task_catalog(self) -> list[dict[str, Any]]:
-        """Every task with its plane, GPU need and params JSON Schema (a UI builds forms from it)."""
+        """Every task with its plane, kind (``internal``: tests and plumbing, not a generator), human
+        title, GPU need and params JSON Schema (a UI builds forms from it)."""
         return [
             {"name": spec.name, "plane": spec.plane, "description": spec.description, "gpu": spec.gpu,
+             "kind": spec.kind, "title": spec.title, "internal": spec.kind == "internal",
              "params_schema": spec.params.model_json_schema()}
             for spec in sorted(self.registry.for_plane("control") + self.registry.for_plane("python"),
                                key=lambda spec: spec.name)

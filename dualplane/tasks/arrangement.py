@@ -589,7 +589,8 @@ def midi_bytes(midi: Any) -> bytes:
     return buf.getvalue()
 
 
-@task("arrange_music", plane="python", params=ArrangeParams, gpu=False)
+@task("arrange_music", plane="python", params=ArrangeParams, gpu=False, kind="music",
+      title="Compose and render an arrangement (FluidSynth)")
 def arrange_music(ctx: TaskContext, p: ArrangeParams) -> dict[str, Any]:
     """Arrange a song plan (key, tempo, chords, sections, lyrics, instruments) and render it with FluidSynth."""
     from dualplane.tasks.audio_files import put_audio

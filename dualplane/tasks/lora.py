@@ -98,7 +98,8 @@ def load_sd_frozen(path: Path, device: str, dtype: Any) -> dict[str, Any]:
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "scheduler": scheduler}
 
 
-@task("train_lora", plane="python", params=LoraParams, gpu=True)
+@task("train_lora", plane="python", params=LoraParams, gpu=True, kind="training",
+      title="Train a style (LoRA) from images")
 def train_lora(ctx: TaskContext, p: LoraParams) -> dict[str, Any]:
     """Train a Stable Diffusion LoRA on a few images (resumable); writes `pytorch_lora_weights.safetensors`."""
     if ctx.models is None:

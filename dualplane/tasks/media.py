@@ -76,7 +76,8 @@ class MuxParams(BaseModel):
         return self.fit_video or ("loop" if self.loop_video else "extend")
 
 
-@task("mix_audio", plane="control", params=MixParams, retry=NO_RETRY)
+@task("mix_audio", plane="control", params=MixParams, retry=NO_RETRY, kind="media",
+      title="Mix a voice over music (ducking, loudness)")
 def mix_audio(ctx: TaskContext, p: MixParams) -> dict[str, Any]:
     """Mix narration or vocals over a music bed (ducked) at a target loudness."""
     with tempfile.TemporaryDirectory(prefix="dp-mix-") as tmp:
@@ -91,7 +92,8 @@ def mix_audio(ctx: TaskContext, p: MixParams) -> dict[str, Any]:
     return {**stored, **_mix_facts(mixed)}
 
 
-@task("mux_media", plane="control", params=MuxParams, retry=NO_RETRY)
+@task("mux_media", plane="control", params=MuxParams, retry=NO_RETRY, kind="media",
+      title="Put audio under a video (MP4)")
 def mux_media(ctx: TaskContext, p: MuxParams) -> dict[str, Any]:
     """Put an audio track (optionally with a ducked voice over it) under a video, as one MP4."""
     with tempfile.TemporaryDirectory(prefix="dp-mux-") as tmp:

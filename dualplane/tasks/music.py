@@ -54,7 +54,8 @@ def load_musicgen(path: Path, device: str, dtype: Any) -> tuple[Any, Any]:
     return processor, model.to(device).eval()
 
 
-@task("generate_music", plane="python", params=MusicParams, gpu=True)
+@task("generate_music", plane="python", params=MusicParams, gpu=True, kind="music",
+      title="Generate music from a prompt (MusicGen)")
 def generate_music(ctx: TaskContext, p: MusicParams) -> dict[str, Any]:
     """Generate music from a text prompt with MusicGen, as long as asked (continued past the
     model's window); writes `music.wav` (16-bit PCM) and `music.opus`."""

@@ -92,7 +92,8 @@ class SongParams(BaseModel):
     without: list[str] = Field(default_factory=list, max_length=16, description="Instruments to leave out.")
 
 
-@task("plan_song", plane="control", params=SongParams, retry=NO_RETRY)
+@task("plan_song", plane="control", params=SongParams, retry=NO_RETRY, kind="planning",
+      title="Plan a song (title, key, chords, lyrics)")
 async def plan_song(ctx: TaskContext, p: SongParams) -> dict[str, Any]:
     """Plan a song from a narrative: title, key, tempo, chords, sections with lyrics, music and video prompts."""
     return make_plan(p)

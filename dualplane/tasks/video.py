@@ -126,7 +126,8 @@ def load_video_pipeline(models: Any, p: VideoParams) -> Any:
                        extra=(p.motion_adapter,))
 
 
-@task("render_video", plane="python", params=VideoParams, gpu=True)
+@task("render_video", plane="python", params=VideoParams, gpu=True, kind="video",
+      title="Generate a video from a prompt (AnimateDiff)")
 def render_video(ctx: TaskContext, p: VideoParams) -> dict[str, Any]:
     """Render a video from a text prompt with AnimateDiff; writes `video.mp4` (H.264) and `poster.png`."""
     if ctx.models is None:

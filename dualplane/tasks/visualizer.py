@@ -79,7 +79,8 @@ class VisualizerParams(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed of the particle layout.")
 
 
-@task("visualize_audio", plane="python", params=VisualizerParams)
+@task("visualize_audio", plane="python", params=VisualizerParams, kind="video",
+      title="Lyric video / audio visualizer")
 def visualize_audio(ctx: TaskContext, p: VisualizerParams) -> dict[str, Any]:
     """Render an audio-reactive visualizer / lyric video (H.264 + AAC) for the whole track."""
     from dualplane.tasks.video import png_bytes

@@ -238,7 +238,8 @@ def _install_dropout_patch() -> None:
 # -- train_voice ----------------------------------------------------------------------------
 
 
-@task("train_voice", plane="python", params=TrainVoiceParams, gpu=True)
+@task("train_voice", plane="python", params=TrainVoiceParams, gpu=True, kind="training",
+      title="Train a voice from recordings")
 def train_voice(ctx: TaskContext, p: TrainVoiceParams) -> dict[str, Any]:
     """Adapt SpeechT5 to a speaker from WAV clips (speaker embedding, optional LoRA); writes `voice.safetensors`."""
     import numpy as np
@@ -432,7 +433,8 @@ def _with_lora(base: Any, rank: int) -> tuple[Any, Any]:
 # -- synthesize_voice -----------------------------------------------------------------------
 
 
-@task("synthesize_voice", plane="python", params=SynthesizeVoiceParams, gpu=True)
+@task("synthesize_voice", plane="python", params=SynthesizeVoiceParams, gpu=True, kind="voice",
+      title="Speak text (Piper, or a trained voice)")
 def synthesize_voice(ctx: TaskContext, p: SynthesizeVoiceParams) -> dict[str, Any]:
     """Speak text with a Piper voice, or with SpeechT5 + HiFi-GAN in a trained voice; writes
     `voice.wav` and `voice.opus`."""

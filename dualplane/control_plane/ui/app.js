@@ -171,22 +171,34 @@ async function boot() {
   route();
 }
 
+// generators by what they make; internal (test and plumbing) tasks only when asked for
+const KIND_LABELS = [["music", "Music"], ["voice", "Voice"], ["video", "Video"], ["training", "Training"],
+  ["planning", "Planning"], ["media", "Mixing and muxing"], ["internal", "Internal and test tasks"]];
+
 function renderGeneratorSelect() {
   const select = $("#generator");
-  const groups = [["python", "Data plane (workers)"], ["control", "Control plane"]];
+  const previous = select.value;
+  const internal = $("#show-internal").checked;
   select.replaceChildren();
-  for (const [plane, label] of groups) {
+  for (const [kind, label] of KIND_LABELS) {
+    if (kind === "internal" && !internal) continue;
     const group = h("optgroup", { label });
-    for (const t of state.tasks.filter((x) => x.plane === plane)) {
-      group.append(h("option", { value: t.name, text: t.gpu ? `${t.name} (GPU)` : t.name }));
+    for (const t of state.tasks.filter((x) => (x.kind || "internal") === kind)) {
+      const title = t.title && t.title !== t.name ? t.title : t.name;
+      group.append(h("option", { value: t.name, text: t.gpu ? `${title} · GPU` : title }));
     }
     if (group.children.length) select.append(group);
   }
+  if ([...select.options].some((o) => o.value === previous)) select.value = previous;
 }
 
 function restorePreferences() {
   const p = state.prefs;
-  const preferred = [p.last_generator, "generate_music", state.tasks[0]?.name].find((n) => state.byName.has(n));
+  const preferred = [p.last_generator, "arrange_music", state.tasks[0]?.name].find((n) => state.byName.has(n));
+  if (state.byName.get(preferred)?.kind === "internal") {
+    $("#show-internal").checked = true; // the user's last generator was one of them
+    renderGeneratorSelect();
+  }
   state.drafts = { ...(p.options || {}) };
   $("#generator").value = preferred;
   selectGenerator(preferred);
@@ -482,8 +494,11 @@ function renderArtifacts(container, artifacts) {
 function nodeRow(n) {
   const progress = h("progress", { max: 1, value: n.status === "succeeded" ? 1 : (n.progress || 0),
     "aria-label": `${n.id} progress` });
+  // why a node failed, was skipped or cancelled: always on the page, next to its status
+  const why = n.error ? `${n.error.type}: ${n.error.message}` : n.reason || "";
   return h("tr", { "data-node": n.id, "data-status": n.status },
-    h("th", { scope: "row", text: n.id }), h("td", { text: n.task }), h("td", {}, badge(n.status)),
+    h("th", { scope: "row", text: n.id }), h("td", { text: n.task }),
+    h("td", {}, badge(n.status), why ? h("p", { class: "node-why field-error", text: why }) : null),
     h("td", {}, progress, h("span", { class: "pct", text: ` ${Math.round((n.status === "succeeded" ? 1 : n.progress || 0) * 100)}%` })),
     h("td", { text: String(n.attempts ?? 0) }));
 }
@@ -503,9 +518,12 @@ function renderJobHeader() {
   $("#job-progress-text").textContent = `${Math.round((FINISHED.has(job.status) ? 1 : progress) * 100)}% · created ${fmtTime(job.created_at)}`
     + (job.finished_at ? ` · finished ${fmtTime(job.finished_at)}` : "");
   $("#job-cancel").disabled = FINISHED.has(job.status) || job.cancel_requested;
+  // the header says what failed: the job's own reason, else its first failed node's error
+  const failed = nodes.find((n) => n.status === "failed" && n.error);
+  const why = job.error || (failed ? `node ${failed.id} (${failed.task}) failed: ${failed.error.type}: ${failed.error.message}` : "");
   const err = $("#job-error");
-  err.hidden = !job.error;
-  err.textContent = job.error || "";
+  err.hidden = !why;
+  err.textContent = why;
 }
 
 function renderNode(n) {
@@ -725,6 +743,10 @@ function wire() {
   $("#signin-form").addEventListener("submit", onSignIn);
   $("#signout").addEventListener("click", () => signOut(""));
   $("#generator").addEventListener("change", (ev) => selectGenerator(ev.target.value));
+  $("#show-internal").addEventListener("change", () => {
+    renderGeneratorSelect();
+    selectGenerator($("#generator").value);
+  });
   for (const radio of document.querySelectorAll("input[name=source]")) radio.addEventListener("change", syncSource);
   for (const id of ["#intent", "#goal", "#duration", "#style"]) $(id).addEventListener("input", invalidatePlan);
   for (const radio of document.querySelectorAll("input[name=song_mode]")) radio.addEventListener("change", invalidatePlan);
