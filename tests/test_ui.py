@@ -313,6 +313,38 @@ async def test_a_failed_job_says_which_node_failed_and_why(
     await screenshot(page, "ui-job-failed.png")
 
 
+async def test_the_api_docs_load_with_the_network_blocked(page: Any, ui_url: str):
+    outside: list[str] = []
+
+    async def only_this_host(route):
+        if route.request.url.startswith(ui_url):
+            await route.continue_()
+        else:  # a CDN, or anything else off this machine
+            outside.append(route.request.url)
+            await route.abort()
+
+    await page.route("**/*", only_this_host)
+    await page.goto(f"{ui_url}/docs")
+    await page.locator(".swagger-ui .info .title").wait_for()
+    assert "dualplane control plane" in await page.locator(".swagger-ui .info .title").inner_text()
+    await page.locator(".opblock-summary-path[data-path='/compose']").first.wait_for()
+    await screenshot(page, "ui-docs.png")
+    await page.goto(f"{ui_url}/redoc")
+    await page.locator("h1", has_text="dualplane control plane").wait_for()
+    assert outside == []
+
+
+async def test_switching_to_the_planner_and_back_leaves_submit_usable(
+    page: Any, ui_url: str, authenticator: Authenticator,
+):
+    await sign_in(page, ui_url, authenticator.mint("frank"))
+    assert await page.get_by_role("button", name="Submit job").is_enabled()
+    await page.get_by_label("a description (planner)").check()
+    assert await page.get_by_role("button", name="Submit this plan").is_disabled()  # nothing planned yet
+    await page.get_by_label("a generator", exact=True).check()
+    assert await page.get_by_role("button", name="Submit job").is_enabled()
+
+
 async def test_a_bad_token_is_refused_next_to_the_field(page: Any, ui_url: str):
     await page.goto(ui_url)
     await page.locator("#token").fill("not-a-jwt")

@@ -27,6 +27,7 @@ from dualplane.common import logs
 from dualplane.common.errors import GraphValidationError, StoreUnavailable, Unavailable, UnknownJob
 from dualplane.common.models import Brief, CapabilityManifest, Event, Graph, Job
 from dualplane.common.settings import Settings
+from dualplane.control_plane.api_docs import mount_api_docs
 from dualplane.control_plane.auth import (
     USER_ID_PATTERN,
     Authenticator,
@@ -124,8 +125,9 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
             if plane is None:
                 await control.stop(settings.shutdown_grace_s)
 
-    app = FastAPI(title="dualplane control plane", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="dualplane control plane", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Submit generative-media job graphs, follow them live, fetch their artifacts.")
+    mount_api_docs(app)  # /docs from local assets: it works offline
     app.state.control = control
     app.state.authenticator = auth
     # before the request-id middleware, so that it is inside it and its 413s carry the id

@@ -245,7 +245,10 @@ function syncSource() {
   $("#intent-panel").hidden = !intent;
   $("#submit").textContent = intent ? "Submit this plan" : "Submit job";
   if (intent) showPlan(state.plan);
-  else previewGenerator();
+  else {
+    $("#submit").disabled = false; // the planner's "nothing planned yet" does not apply to a generator
+    previewGenerator();
+  }
 }
 
 function previewGenerator() {
