@@ -8,6 +8,7 @@ measured and printed (not asserted).
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -332,6 +333,28 @@ async def test_the_api_docs_load_with_the_network_blocked(page: Any, ui_url: str
     await page.goto(f"{ui_url}/redoc")
     await page.locator("h1", has_text="dualplane control plane").wait_for()
     assert outside == []
+
+
+async def test_every_generators_labels_are_human_phrases_with_units(page: Any, ui_url: str,
+                                                                   authenticator: Authenticator):
+    await sign_in(page, ui_url, authenticator.mint("gina"))
+    generators = await page.locator("#generator option").evaluate_all("els => els.map(e => e.value)")
+    assert len(generators) >= 8
+    machine_words = re.compile(r"_|\b(S|Db|Lufs|Hz|Minlenratio|Maxlenratio|Num)\b")
+    for name in generators:
+        await page.locator("#generator").select_option(name)
+        labels = await page.locator("#params label").evaluate_all("els => els.map(e => e.textContent)")
+        assert labels, name
+        for label in labels:
+            assert not machine_words.search(label), (name, label)
+        seed = page.locator("#params input[name='seed']")
+        if await seed.count():
+            assert (await seed.get_attribute("max") or "0") != "9223372036854776000", name
+            assert await seed.get_attribute("placeholder") == "random"
+    await page.locator("#generator").select_option("synthesize_voice")
+    assert "Minimum length ratio" in await page.locator("#params").inner_text()
+    await page.locator("#generator").select_option("generate_music")
+    assert "Duration (seconds)" in await page.locator("#params").inner_text()
 
 
 async def test_switching_to_the_planner_and_back_leaves_submit_usable(

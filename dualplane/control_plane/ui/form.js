@@ -41,10 +41,29 @@ function kindOf(p) {
 
 const LONG_TEXT = /^(prompt|text|narrative|lyrics|negative_prompt|intent)$/;
 
+// field names carry their unit as a suffix (duration_s, duck_db): labels say it as a person would
+const UNITS = { s: "seconds", db: "dB", lufs: "LUFS", hz: "Hz", bpm: "bpm", fps: "fps", mb: "MB", ms: "ms",
+  px: "px" };
+const WORDS = { lora: "LoRA", fps: "FPS", bpm: "BPM", id: "ID", url: "URL", minlenratio: "minimum length ratio",
+  maxlenratio: "maximum length ratio", num: "number of", vtt: "WebVTT", mp4: "MP4", wav: "WAV", lr: "learning rate",
+  cfg: "guidance" };
+
+export function humanLabel(name) {
+  const parts = name.split("_").filter(Boolean);
+  const unit = parts.length > 1 && UNITS[parts.at(-1)] ? UNITS[parts.pop()] : "";
+  const words = parts.map((w) => WORDS[w] ?? w).join(" ");
+  const text = words.charAt(0).toUpperCase() + words.slice(1);
+  return unit ? `${text} (${unit})` : text;
+}
+
+// Past this, a bound is an implementation limit (2**63 - 1 for a seed), not advice for a person.
+const HUMAN_BOUND = 1e9;
+
 function limitsText(p) {
   const parts = [];
   const lo = p.minimum ?? p.exclusiveMinimum;
-  const hi = p.maximum ?? p.exclusiveMaximum;
+  const rawHi = p.maximum ?? p.exclusiveMaximum;
+  const hi = rawHi !== undefined && Math.abs(rawHi) >= HUMAN_BOUND ? undefined : rawHi;
   if (lo !== undefined || hi !== undefined) {
     const left = lo === undefined ? "" : `${p.exclusiveMinimum !== undefined ? ">" : "≥"} ${lo}`;
     const right = hi === undefined ? "" : `${p.exclusiveMaximum !== undefined ? "<" : "≤"} ${hi}`;
@@ -112,7 +131,9 @@ export function buildForm(container, schema, { values = {}, models = [], prefix 
       const step = p.multipleOf ?? (p.type === "integer" ? 1 : "any");
       input = el("input", {
         id, name, type: "number", step, inputmode: p.type === "integer" ? "numeric" : "decimal",
-        min: p.minimum ?? p.exclusiveMinimum, max: p.maximum ?? p.exclusiveMaximum,
+        min: p.minimum ?? p.exclusiveMinimum,
+        max: Math.abs(p.maximum ?? p.exclusiveMaximum ?? 0) >= HUMAN_BOUND ? undefined : p.maximum ?? p.exclusiveMaximum,
+        placeholder: name === "seed" ? "random" : undefined,
         required: isRequired, "aria-describedby": describedBy,
       });
       input.value = value === undefined || value === null ? "" : String(value);
@@ -132,7 +153,9 @@ export function buildForm(container, schema, { values = {}, models = [], prefix 
       input.value = value === undefined || value === null ? "" : JSON.stringify(value, null, 1);
     }
 
-    const title = p.title || name;
+    // pydantic's automatic title ("Duration S") is the name; a title written in the schema wins
+    const auto = name.split("_").map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join(" ");
+    const title = p.title && p.title !== auto ? p.title : humanLabel(name);
     const label = el("label", { for: id }, title);
     if (isRequired) label.append(el("span", { class: "req", text: " (required)" }));
     const helpText = [p.description, limitsText(p), kind === "lines" ? "one per line" : "",
