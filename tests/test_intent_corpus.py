@@ -188,3 +188,30 @@ async def test_every_planned_graph_of_the_corpus_validates_and_matches_its_brief
 async def test_nonsense_is_refused_never_a_random_job(registry, text):
     with pytest.raises((NotUnderstood, ValueError)):
         await Planner(registry).plan(interpret(text) if text.strip() else text)
+
+
+#: Words that stress the readers: zero and huge numbers, clock times, sizes past every bound.
+_STRESS_TEXT = ("a song video no without 90s 0s 0:00 0.0 minutes minute and half 1:30 99:59 in A minor 16:9 0 fps "
+           "61 fps 999 bpm 0 bpm 100000 seconds \" ' lyrics sing my voice of me the style of 4k 0p 9999x9999 "
+           "10x10 seed 99999999999 , . - quarter 9 versions 0 images 99 stills narrate train lora")
+_STRESS = _STRESS_TEXT.split()
+
+
+async def test_any_text_is_a_valid_plan_or_a_clear_refusal(registry):
+    """Random text and random heaps of the readers' own trigger words (seeded: reproducible) plan
+    a graph that validates, or are refused as nothing to make / impossible — nothing else."""
+    import random
+    import string
+
+    rng = random.Random(20261202)
+    planner = Planner(registry)
+    for i in range(400):
+        if i % 3 == 0:
+            text = "".join(rng.choice(string.printable) for _ in range(rng.choice([50, 4000])))
+        else:
+            text = " ".join(rng.choice(_STRESS) for _ in range(rng.choice([3, 8, 20, 700])))[:4000]
+        try:
+            plan = await planner.plan(text)
+        except (NotUnderstood, Unplannable):
+            continue
+        validate_graph(plan.graph, registry)

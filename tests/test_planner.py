@@ -285,3 +285,16 @@ async def test_uploads_are_content_addressed_and_usable_as_inputs(api, control_p
 
 def test_nothing_to_make_is_its_own_error():
     assert issubclass(NotUnderstood, ValueError)
+
+
+async def test_a_brief_cannot_name_another_users_upload(api, control_plane):
+    bob = await api("bob").post("/uploads", params={"name": "bob.wav"}, content=b"RIFF....",
+                                headers={"Content-Type": "audio/wav"})
+    theirs = bob.json()["key"]
+    brief = {"prompt": "read this in my voice", "voice_training": {"clips": [theirs]},
+             "narration": {"text": {"source": "given", "text": "hello"}, "voice": "trained"}}
+    for body in ({"brief": brief}, {"intent": {"prompt": "clone my voice and read hello",
+                                               "inputs": {"voice_clips": [theirs]}}}):
+        response = await api("alice").post("/compose", json=body)
+        assert response.status_code == 422, response.text  # the key is checked like any submitted graph
+        assert theirs in response.text and "bob" not in response.text.replace(theirs, "")

@@ -18,6 +18,8 @@ from dualplane.tasks.song import GENRES
 
 #: Longest piece the planner composes; longer requests are clamped with a note.
 MAX_PIECE_S = 600.0
+#: Frame heights a brief may ask for (the brief schema's bounds).
+MIN_HEIGHT, MAX_HEIGHT = 64, 2160
 
 # -- vocabularies (lower case, whole words or phrases) -------------------------------------------
 
@@ -366,7 +368,8 @@ def find_durations(lower: str) -> list[Duration]:
         if (int(match.group("m")), int(match.group("s"))) in _ASPECT_PAIRS:
             continue  # 9:16 is a frame shape
         found.append(Duration(int(match.group("m")) * 60 + int(match.group("s")), match.start(), match.end()))
-    return _join_compound(sorted(found, key=lambda d: d.start), lower)
+    # "0 seconds", "0:00" name no length a piece can have
+    return [d for d in _join_compound(sorted(found, key=lambda d: d.start), lower) if d.seconds > 0]
 
 
 def _join_compound(found: list[Duration], lower: str) -> list[Duration]:
@@ -447,6 +450,11 @@ def brief_from_text(prompt: str, *, images: list[str] | None = None, voice_clips
                                    "instance_prompt": "sks person" if _about_me(text) else "sks style"}
     if wants["video"]:
         brief["video"] = _video(text, video_s, brief["theme"])
+        height = brief["video"]["height"]
+        if height is not None and not MIN_HEIGHT <= height <= MAX_HEIGHT:
+            brief["video"]["height"] = min(MAX_HEIGHT, max(MIN_HEIGHT, height))
+            notes.append({"kind": "clamped", "part": "video", "message": f"a frame height of {height} px is "
+                          f"outside {MIN_HEIGHT}–{MAX_HEIGHT}: {brief['video']['height']} px"})
         if wants["style_training"]:
             brief["video"]["kind"] = "generated"  # a trained style is used by the video generator only
     if not wants["music"]:
