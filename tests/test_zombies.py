@@ -67,7 +67,7 @@ async def test_a_worker_resumed_after_its_job_was_reclaimed_writes_nothing_and_s
         paused.send_signal(signal.SIGCONT)
         await rescuer.stop()
         paused.terminate()
-        paused.wait(15)
+        paused.wait(45)  # past the 30 s shutdown grace: only a wedged worker runs out of it
 
     recorded = runs(records)
     ends = [(n, pid) for kind, j, n, pid, _ in recorded if kind == "end" and j == job_id]
