@@ -34,6 +34,7 @@ from dualplane.common.telemetry import HubCollector, PlaneMetrics, QueueCollecto
 from dualplane.control_plane.composer import Capabilities
 from dualplane.control_plane.planner import Planner, chat_model_from_settings
 from dualplane.control_plane.reconciler import Reconciler
+from dualplane.control_plane.uploads import UploadIndex
 from dualplane.tasks import default_registry
 
 log = logging.getLogger("dualplane.control")
@@ -70,6 +71,8 @@ class ControlPlane:
         self.registry = registry or default_registry()
         self.bridge = Bridge(settings.bridge_config())
         self.artifacts: ArtifactStore | None = store_from_settings(settings)
+        #: What each user uploaded (POST /uploads), with its kind and consent.
+        self.uploads = UploadIndex(self.bridge)
         self.metrics = PlaneMetrics(metrics_registry, "control")
         #: Streams and worker pools read from Redis at scrape time (``await queues.refresh()``).
         self.queue_metrics = QueueCollector(self.bridge)
