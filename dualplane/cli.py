@@ -340,10 +340,19 @@ def format_event(event: dict[str, Any], started: float) -> str:
 
 
 def describe_data(data: dict[str, Any] | None) -> str:
-    """An artifact as `name (size B)`; anything else as compact JSON, cut to fit one line."""
+    """An artifact as `name (size B)`, a preview frame and audio progress in words (never the
+    base64); anything else as compact JSON, cut to fit one line."""
     artifact = (data or {}).get("artifact")
     if isinstance(artifact, dict) and "name" in artifact:
         return f"{artifact['name']} ({artifact.get('size', '?')} B)"
+    preview = (data or {}).get("preview")
+    if isinstance(preview, dict):
+        b64 = str(preview.get("b64", ""))
+        size = len(b64) * 3 // 4 - b64[-2:].count("=")  # the image's bytes, without decoding it
+        return f"preview frame, step {preview.get('step', '?')}/{preview.get('of', '?')}, {size / 1024:.1f} KiB"
+    audio = (data or {}).get("audio_progress")
+    if isinstance(audio, dict) and all(isinstance(audio.get(k), int | float) for k in ("seconds", "of")):
+        return f"{audio['seconds']:.1f} s of {audio['of']:g} s"
     text = json.dumps(data, separators=(",", ":"))
     return text[:80] + ("..." if len(text) > 80 else "")
 

@@ -11,7 +11,9 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dualplane.common.errors import TaskCancelled
+import orjson
+
+from dualplane.common.errors import DataEventTooLarge, TaskCancelled
 from dualplane.common.inputs import fetch_inputs
 
 if TYPE_CHECKING:
@@ -24,6 +26,10 @@ PROGRESS_STEP = 0.01
 #: (the event loop that mirrors it competes for the GIL; measured with bench/gpu_tasks.py on
 #: 2 cores), and four updates a second still look live.
 PROGRESS_INTERVAL_S = 0.25
+
+#: Largest ``data`` of one data event, as JSON: every event is stored with the job and sent to
+#: every watcher, so a preview must stay small (bulk output belongs in an artifact).
+MAX_DATA_EVENT_BYTES = 64 * 1024
 
 #: How often a task blocked on a fetch looks at its cancel flag.
 CANCEL_CHECK_S = 0.1
@@ -108,7 +114,11 @@ class TaskContext:
         self.progress(step / total if total else 1.0)
 
     def emit_data(self, data: dict[str, Any], message: str | None = None) -> None:
-        """Publish task-defined data (a preview, a log line) on the job's data channel."""
+        """Publish task-defined data (a preview, a log line) on the job's data channel; raises
+        :class:`DataEventTooLarge` when its JSON is over :data:`MAX_DATA_EVENT_BYTES`."""
+        size = len(orjson.dumps(data))
+        if size > MAX_DATA_EVENT_BYTES:
+            raise DataEventTooLarge(size, MAX_DATA_EVENT_BYTES)
         self._write({"kind": "data", "data": data, "message": message})
 
     # -- cancellation -----------------------------------------------------------------

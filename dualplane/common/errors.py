@@ -50,6 +50,17 @@ class ObjectNotFound(DualplaneError, ValueError):
         self.key = key
 
 
+class DataEventTooLarge(DualplaneError, ValueError):
+    """A task emitted a data event over the size limit (a task bug: data events are small
+    previews and notes; bulk output belongs in an artifact)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"data event of {size} bytes of JSON is over the limit of {limit} bytes "
+                         "(MAX_DATA_EVENT_BYTES); store bulk output as an artifact")
+        self.size = size
+        self.limit = limit
+
+
 class TaskCancelled(DualplaneError):
     """Raised inside a task when its job was cancelled; the node ends ``cancelled``."""
 

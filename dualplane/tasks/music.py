@@ -9,6 +9,9 @@ checkpoints) at once. A longer track is continued window by window from the last
 ``continuation_overlap_s`` seconds (MusicGen's audio prompt) and crossfaded at each join
 (:mod:`dualplane.tasks.continuation`); one seeded draw covers all windows, so a seed reproduces
 the whole track. The audio is stored as WAV + Opus at the model's own sample rate.
+
+While it generates, the task reports the seconds made so far (``audio_progress`` data events,
+throttled like progress) and progress as their fraction of the track, so the two always agree.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dualplane.common.context import TaskContext
+from dualplane.common.context import PROGRESS_INTERVAL_S, PROGRESS_STEP, TaskContext
 from dualplane.common.registry import task
 from dualplane.data_plane.rng import GLOBAL_RNG, seeded
 from dualplane.tasks.audio_files import put_audio
@@ -80,7 +83,7 @@ def generate_music(ctx: TaskContext, p: MusicParams) -> dict[str, Any]:
                            max(1, round(p.continuation_overlap_s * audio_cfg.frame_rate)))
     # the codebooks are generated with a delay pattern: n codebooks need n - 1 extra steps
     delay = model.decoder.num_codebooks - 1
-    progress = _TokenProgress(ctx, sum(w.new + delay for w in windows))
+    progress = _TokenProgress(ctx, delay, float(audio_cfg.frame_rate), p.duration_s)
 
     # generate samples from the process-wide generator (it takes no generator=): jobs running
     # at once take turns, so a seed reproduces its audio whatever else the worker runs
@@ -90,10 +93,11 @@ def generate_music(ctx: TaskContext, p: MusicParams) -> dict[str, Any]:
         with seeded(p.seed, loaded.device), torch.inference_mode():
             for i, window in enumerate(windows):
                 if len(windows) > 1:
-                    ctx.progress(progress.steps / progress.total, f"window {i + 1}/{len(windows)}")
+                    ctx.progress(progress.fraction, f"window {i + 1}/{len(windows)}")
                 prompt = None if track is None else track[:, -window.prompt * hop:]
                 chunk = _generate(processor, model, loaded.device, p, window, delay, prompt, sample_rate,
                                   progress)
+                progress.window_done(window)
                 if track is None:
                     track = chunk
                 else:
@@ -137,13 +141,42 @@ def _generate(processor: Any, model: Any, device: str, p: MusicParams, window: W
 
 
 class _TokenProgress:
-    """Counts generation steps through a StoppingCriteria (called once per generated token):
-    reports progress and raises TaskCancelled inside the loop when the job is cancelled."""
+    """Counts generation steps through a StoppingCriteria (called once per generated token): reports
+    the seconds made so far and progress as their fraction of the track (``of`` seconds), and raises
+    TaskCancelled inside the loop when the job is cancelled.
 
-    def __init__(self, ctx: TaskContext, total: int) -> None:
+    A codec frame is complete once its last codebook is: with MusicGen's delay pattern, ``delay``
+    steps after its first one; the windows before the current one made ``new`` frames each."""
+
+    def __init__(self, ctx: TaskContext, delay: int, frame_rate: float, of: float) -> None:
         self.ctx = ctx
-        self.total = total
-        self.steps = 0
+        self.delay = delay
+        self.frame_rate = frame_rate
+        self.of = of
+        self.steps = 0  # all windows'
+        self.fraction = 0.0
+        self._made = 0  # frames of the finished windows
+        self._in_window = 0  # steps of the current one
+        self._sent_s = -1.0
+        self._sent_at = float("-inf")
+
+    def window_done(self, window: Window) -> None:
+        self._made += window.new
+        self._in_window = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        self._in_window += 1
+        self.ctx.check_cancelled()
+        frames = self._made + max(0, self._in_window - self.delay)
+        seconds = min(self.of, round(frames / self.frame_rate, 2))
+        self.fraction = seconds / self.of
+        self.ctx.progress(self.fraction)
+        now = time.monotonic()
+        if seconds > self._sent_s and (seconds == self.of or (
+                seconds - self._sent_s >= PROGRESS_STEP * self.of and now - self._sent_at >= PROGRESS_INTERVAL_S)):
+            self._sent_s, self._sent_at = seconds, now
+            self.ctx.emit_data({"audio_progress": {"seconds": seconds, "of": self.of}})
 
     def criteria(self) -> Any:
         import torch
@@ -153,8 +186,7 @@ class _TokenProgress:
 
         class _Step(StoppingCriteria):
             def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-                outer.steps += 1
-                outer.ctx.on_step(outer.steps, outer.total)  # raises TaskCancelled when cancelled
+                outer.step()  # raises TaskCancelled when cancelled
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
         return StoppingCriteriaList([_Step()])

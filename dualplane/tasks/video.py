@@ -5,7 +5,8 @@ A Stable Diffusion 1.5-class pipeline (``sd15``) plus a motion adapter
 random-weight models of `dualplane models make-tiny`, or the real checkpoints on a GPU host; the
 code path is the same. The assembled pipeline is kept warm per (model, adapter) pair.
 
-Denoising reports progress per step through ``callback_on_step_end``; a cancelled job sets the
+Denoising reports progress per step through ``callback_on_step_end``, and about once a second a
+small JPEG of the current latents (:mod:`dualplane.tasks.latent_preview`); a cancelled job sets the
 pipeline's ``_interrupt`` (diffusers' own mechanism: the remaining steps are skipped), the frames
 are not decoded, and the task raises :class:`TaskCancelled`. An optional LoRA (a
 ``train_lora`` output) is loaded for one render only and unloaded afterwards, so it never leaks
@@ -43,6 +44,7 @@ from dualplane.common.registry import task
 from dualplane.data_plane.model_store import BUILD_LOCK
 from dualplane.data_plane.rng import GLOBAL_RNG
 from dualplane.tasks.free_noise import context_windows, free_noise, split_inference
+from dualplane.tasks.latent_preview import LatentPreviews, preview_size
 
 #: Kind the motion adapter's registry entry must have.
 MOTION_ADAPTER_KIND = "animatediff-motion-adapter"
@@ -167,6 +169,7 @@ def render_video(ctx: TaskContext, p: VideoParams) -> dict[str, Any]:
         "context_frames": context,
         "steps": denoise.steps,
         "steps_per_s": round(denoise.steps / denoise.elapsed_s, 2) if denoise.elapsed_s > 0 else None,
+        "previews": denoise.previews.sent,
         "seed": seed,
         "lora": p.lora,
         "model": p.model,
@@ -199,7 +202,7 @@ def _denoise(ctx: TaskContext, pipe: Any, p: VideoParams, seed: int, lora: bytes
 
     ctx.check_cancelled()
     long = p.frames > context
-    denoise = _Denoise(ctx, p.steps)
+    denoise = _Denoise(ctx, p.steps, LatentPreviews(ctx, p.steps, preview_size(p.width, p.height)))
     with ExitStack() as stack:
         # the order matters: FreeNoise copies blocks by state dict (no LoRA layers yet), split
         # inference wraps modules (after the LoRA found them by their paths); undone in reverse
@@ -260,12 +263,13 @@ def _job_lora(ctx: TaskContext, pipe: Any, data: bytes, scale: float) -> Iterato
 
 
 class _Denoise:
-    """``callback_on_step_end``: progress per step; on cancellation it sets the pipeline's
-    ``_interrupt`` so the remaining steps are skipped (no exception inside diffusers)."""
+    """``callback_on_step_end``: progress and a preview when due per step; on cancellation it sets
+    the pipeline's ``_interrupt`` so the remaining steps are skipped (no exception inside diffusers)."""
 
-    def __init__(self, ctx: TaskContext, total: int) -> None:
+    def __init__(self, ctx: TaskContext, total: int, previews: LatentPreviews) -> None:
         self.ctx = ctx
         self.total = total
+        self.previews = previews
         self.steps = 0
         self.interrupted = False
         self._started = time.perf_counter()
@@ -278,6 +282,8 @@ class _Denoise:
         except TaskCancelled:
             self.interrupted = True
             pipe._interrupt = True
+            return {}
+        self.previews.step(self.steps, kwargs["latents"])
         return {}
 
     def finish(self) -> None:
