@@ -415,8 +415,8 @@ async def test_uploads_have_their_own_bigger_cap(api, settings, control_plane, a
     headers = {"Authorization": f"Bearer {authenticator.mint('alice')}"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://cp",
                                  headers=headers) as client:
-        two_mb = await client.post("/uploads", params={"name": "big.bin"}, content=b"\1" * 2 * 1024 * 1024)
-        four_mb = await client.post("/uploads", params={"name": "big.bin"}, content=b"\1" * 4 * 1024 * 1024)
+        two_mb = await client.post("/uploads", params={"name": "big.txt"}, content=b"a" * 2 * 1024 * 1024)
+        four_mb = await client.post("/uploads", params={"name": "big.txt"}, content=b"a" * 4 * 1024 * 1024)
         two_mb_elsewhere = await client.put("/me/preferences", content=b"\1" * 2 * 1024 * 1024)
     assert two_mb.status_code == 201, two_mb.text
     assert four_mb.status_code == 413 and two_mb_elsewhere.status_code == 413

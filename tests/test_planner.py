@@ -273,13 +273,13 @@ async def test_compose_refuses_nonsense_and_takes_a_clients_brief(api):
 
 async def test_uploads_are_content_addressed_and_usable_as_inputs(api, control_plane):
     client = api("alice")
-    first = await client.post("/uploads", params={"name": "clip.wav"}, content=b"RIFF....",
+    first = await client.post("/uploads", params={"name": "clip.wav"}, content=b"RIFF....WAVE",
                               headers={"Content-Type": "audio/wav"})
-    again = await client.post("/uploads", params={"name": "clip.wav"}, content=b"RIFF....",
+    again = await client.post("/uploads", params={"name": "clip.wav"}, content=b"RIFF....WAVE",
                               headers={"Content-Type": "audio/wav"})
     assert first.status_code == 201 and first.json()["key"] == again.json()["key"]
     assert first.json()["key"].startswith("uploads/alice/")
-    assert await control_plane.artifacts.get(first.json()["key"]) == b"RIFF...."
+    assert await control_plane.artifacts.get(first.json()["key"]) == b"RIFF....WAVE"
     assert (await client.post("/uploads", params={"name": "../x"}, content=b"x")).status_code == 422
 
 
@@ -288,7 +288,7 @@ def test_nothing_to_make_is_its_own_error():
 
 
 async def test_a_brief_cannot_name_another_users_upload(api, control_plane):
-    bob = await api("bob").post("/uploads", params={"name": "bob.wav"}, content=b"RIFF....",
+    bob = await api("bob").post("/uploads", params={"name": "bob.wav"}, content=b"RIFF....WAVE",
                                 headers={"Content-Type": "audio/wav"})
     theirs = bob.json()["key"]
     brief = {"prompt": "read this in my voice", "voice_training": {"clips": [theirs]},

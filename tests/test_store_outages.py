@@ -262,7 +262,7 @@ async def test_the_api_answers_503_with_retry_after_while_the_store_is_down(sett
 
         s3.kill()
         answers = {
-            "upload": await api.post("/uploads", params={"name": "clip.wav"}, content=b"RIFF"),
+            "upload": await api.post("/uploads", params={"name": "clip.wav"}, content=b"RIFF....WAVE"),
             "purge": await api.delete(f"/jobs/{job_id}"),
             "links": await api.get(f"/jobs/{job_id}/artifacts"),
         }
@@ -277,7 +277,7 @@ async def test_the_api_answers_503_with_retry_after_while_the_store_is_down(sett
         links = await _retrying(lambda: api.get(f"/jobs/{job_id}/artifacts"))
         assert links.status_code == 200 and [a["name"] for a in links.json()["artifacts"]] == ["out.bin"]
         assert (await _retrying(lambda: api.post("/uploads", params={"name": "clip.wav"},
-                                                 content=b"RIFF"))).status_code == 201
+                                                 content=b"RIFF....WAVE"))).status_code == 201
         assert (await _retrying(lambda: api.delete(f"/jobs/{job_id}"))).status_code == 204
 
 

@@ -356,6 +356,10 @@ class ArtifactStore:
         return [obj.object_name for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
                 if obj.object_name is not None]
 
+    async def delete(self, key: str) -> None:
+        """Delete one object (a missing one is no error: S3 deletes are idempotent)."""
+        await self._run(self._client.remove_object, self.bucket, _check_key(key))
+
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every object under `prefix` (e.g. `jobs/<job>/`); returns how many were deleted."""
         return await self._run(self._delete_prefix_sync, prefix)

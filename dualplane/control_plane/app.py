@@ -264,19 +264,6 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
                                       idempotency_key=_compose_key(idempotency_key))
         return await _job_response(result.job_id, created=result.created, wait=wait, user=who.user)
 
-    @app.post("/uploads", status_code=201, responses={413: {"description": "Upload too large"}})
-    async def upload(request: Request, who: User, name: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.-]{1,128}$")],
-                     ) -> dict[str, Any]:
-        """Store an input file (style images, voice clips) and return its object key for graph params."""
-        if control.artifacts is None:
-            return problem(503, "No object store", "this control plane has no S3 endpoint configured")
-        data = await limits.read_bytes(request, max_bytes=settings.max_upload_bytes)
-        content_type = request.headers.get("content-type", "application/octet-stream")
-        try:
-            return await control.artifacts.put_upload(who.user, name, data, content_type)
-        except ValueError as exc:
-            return problem(422, "Invalid upload", str(exc))
-
     @app.get("/tasks")
     async def tasks(who: User) -> dict[str, Any]:
         """The task catalog: plane, description, GPU need and params JSON Schema of every task."""
@@ -345,9 +332,17 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
                         headers={"Location": f"/jobs/{job_id}"})
 
     app.state.owned_job = owned_job
+    _include_routers(app, control, limits, settings)
     mount_ui(app, settings)
     _document_graph_body(app)
     return app
+
+
+def _include_routers(app: FastAPI, control: ControlPlane, limits: Limits, settings: Settings) -> None:
+    """Route groups that live in their own modules (they import this one: imported here)."""
+    from dualplane.control_plane.routes_uploads import uploads_router
+
+    app.include_router(uploads_router(control, limits, settings))
 
 
 def _compose_key(idempotency_key: str | None) -> str | None:
