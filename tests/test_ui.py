@@ -81,7 +81,7 @@ async def page(ui_url: str) -> AsyncIterator[Any]:
 async def sign_in(page: Any, url: str, token: str) -> None:
     await page.goto(url)
     await page.locator("#token").fill(token)
-    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("button", name="Sign in with the token").click()
     await page.locator("html[data-ready='1']").wait_for()
 
 
@@ -354,7 +354,14 @@ async def test_every_generators_labels_are_human_phrases_with_units(page: Any, u
             assert (await seed.get_attribute("max") or "0") != "9223372036854776000", name
             assert await seed.get_attribute("placeholder") == "random"
     await page.locator("#generator").select_option("synthesize_voice")
-    assert "Minimum length ratio" in await page.locator("#params").inner_text()
+    # the SpeechT5 knobs are advanced options: in the form, collapsed until asked for
+    advanced = page.locator("#params details.advanced")
+    assert not await advanced.get_attribute("open")
+    assert await page.locator("[data-field='minlenratio']").is_hidden()
+    assert "Minimum length ratio" in await advanced.text_content()
+    await advanced.locator("summary").click()
+    assert await page.locator("[data-field='minlenratio']").is_visible()
+    assert await field(page, "text").is_visible()  # the main option is never hidden
     await page.locator("#generator").select_option("generate_music")
     assert "Duration (seconds)" in await page.locator("#params").inner_text()
 
@@ -373,11 +380,11 @@ async def test_switching_to_the_planner_and_back_leaves_submit_usable(
 async def test_a_bad_token_is_refused_next_to_the_field(page: Any, ui_url: str):
     await page.goto(ui_url)
     await page.locator("#token").fill("not-a-jwt")
-    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("button", name="Sign in with the token").click()
     assert "not a JWT" in await page.locator("#token-error").inner_text()
     forged = Authenticator(algorithm="HS256", secret="another-secret-of-at-least-32-bytes").mint("eve")
     await page.locator("#token").fill(forged)
-    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("button", name="Sign in with the token").click()
     await page.locator("#token-error").wait_for(state="visible")
     assert "Unauthorized" in await page.locator("#token-error").inner_text()
     assert await page.evaluate("localStorage.getItem('dualplane.token')") is None

@@ -1,15 +1,34 @@
 // The API client of the UI: bearer token (localStorage), JSON requests with problem+json
-// errors, and one WebSocket for live job updates (resuming with `since` after a drop).
+// errors, a refresh of the access token on a 401 (when signed in with a password), uploads
+// with progress (XHR: fetch cannot report upload progress), and one WebSocket for live job
+// updates (resuming with `since` after a drop).
 
 const TOKEN_KEY = "dualplane.token";
+const REFRESH_KEY = "dualplane.refresh";
 
 export function getToken() {
   try { return localStorage.getItem(TOKEN_KEY) || ""; } catch { return ""; }
 }
 
-export function setToken(token) { localStorage.setItem(TOKEN_KEY, token); }
+/** Store the access token (and the refresh token of a password sign-in; a pasted token has none). */
+export function setToken(token, refresh = null) {
+  localStorage.setItem(TOKEN_KEY, token);
+  if (refresh) localStorage.setItem(REFRESH_KEY, refresh);
+  else localStorage.removeItem(REFRESH_KEY);
+}
 
-export function clearToken() { localStorage.removeItem(TOKEN_KEY); }
+export function clearToken() {
+  localStorage.removeItem(TOKEN_KEY);
+  localStorage.removeItem(REFRESH_KEY);
+}
+
+function getRefresh() {
+  try { return localStorage.getItem(REFRESH_KEY) || ""; } catch { return ""; }
+}
+
+let onUnauthorized = () => {};
+/** Called when the session cannot go on (401 and no refresh, or the refresh refused). */
+export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
 
 /** The JWT's payload (not verified: the server does that), or null when it is not a JWT. */
 export function decodeJwt(token) {
@@ -35,8 +54,10 @@ export class ApiError extends Error {
   }
 }
 
-/** `fetch` + JSON. Returns {status, body}; throws ApiError for 4xx/5xx. */
-export async function request(method, path, { body, query, token } = {}) {
+/** `fetch` + JSON. Returns {status, body}; throws ApiError for 4xx/5xx. A 401 with a stored
+ * refresh token refreshes the access token once and retries; a 401 that stays one signs out
+ * (except for an explicit `token`: the sign-in form checks a pasted token that way). */
+export async function request(method, path, { body, query, token, retried = false } = {}) {
   const url = new URL(path, location.origin);
   for (const [k, v] of Object.entries(query || {})) {
     if (Array.isArray(v)) v.forEach((x) => url.searchParams.append(k, x));
@@ -52,16 +73,78 @@ export async function request(method, path, { body, query, token } = {}) {
   } catch (err) {
     throw new ApiError(0, { title: "Network error", detail: `cannot reach the control plane (${err.message})` });
   }
-  const text = await response.text();
-  let parsed = null;
-  if (text) {
-    try { parsed = JSON.parse(text); } catch { parsed = { detail: text.slice(0, 300) }; }
+  const parsed = parseBody(await response.text());
+  if (response.status === 401 && token === undefined && !path.startsWith("/auth/")) {
+    if (!retried && getRefresh() && await refreshToken()) {
+      return request(method, path, { body, query, retried: true });
+    }
+    onUnauthorized(parsed?.detail || "the token was refused");
   }
   if (!response.ok) throw new ApiError(response.status, parsed);
   return { status: response.status, body: parsed };
 }
 
+function parseBody(text) {
+  if (!text) return null;
+  try { return JSON.parse(text); } catch { return { detail: text.slice(0, 300) }; }
+}
+
+let refreshing = null;
+/** Trade the stored refresh token for a new pair; one request at a time (parallel 401s share it). */
+export function refreshToken() {
+  refreshing ??= (async () => {
+    try {
+      const { body } = await request("POST", "/auth/refresh", { body: { refresh_token: getRefresh() }, token: "" });
+      setToken(body.access_token, body.refresh_token || getRefresh());
+      return true;
+    } catch {
+      return false;
+    } finally {
+      setTimeout(() => { refreshing = null; }, 0);
+    }
+  })();
+  return refreshing;
+}
+
+/** Sign in with a user name and password: stores both tokens; throws ApiError (401, 429...). */
+export async function login(username, password) {
+  const { body } = await request("POST", "/auth/login", { body: { username, password }, token: "" });
+  setToken(body.access_token, body.refresh_token);
+  return body;
+}
+
+/**
+ * Upload one file as the raw request body (`POST /uploads?name=...`), reporting progress with
+ * `onProgress(fraction)`. Resolves to the upload's record; rejects with an ApiError (413, 415...).
+ */
+export function uploadFile(file, { name, consent = false, onProgress = () => {}, retried = false } = {}) {
+  return new Promise((resolve, reject) => {
+    const url = new URL("/uploads", location.origin);
+    url.searchParams.set("name", name);
+    if (consent) url.searchParams.set("consent", "true");
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", url);
+    xhr.setRequestHeader("Authorization", `Bearer ${getToken()}`);
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
+    xhr.upload.onprogress = (ev) => { if (ev.lengthComputable) onProgress(ev.loaded / ev.total); };
+    xhr.onerror = () => reject(new ApiError(0, { title: "Network error", detail: "the upload did not reach the control plane" }));
+    xhr.onload = async () => {
+      const parsed = parseBody(xhr.responseText);
+      if (xhr.status === 401 && !retried && getRefresh() && await refreshToken()) {
+        uploadFile(file, { name, consent, onProgress, retried: true }).then(resolve, reject);
+        return;
+      }
+      if (xhr.status === 401) onUnauthorized(parsed?.detail || "the token was refused");
+      if (xhr.status >= 200 && xhr.status < 300) resolve(parsed);
+      else reject(new ApiError(xhr.status, parsed));
+    };
+    xhr.send(file);
+  });
+}
+
 export const get = (path, opts) => request("GET", path, opts).then((r) => r.body);
+export const send = (method, path, body, opts = {}) => request(method, path, { ...opts, body }).then((r) => r.body);
 
 /**
  * One WebSocket for every job the page follows. `subscribe(jobId, handler)`: the handler gets
@@ -142,6 +225,11 @@ export class Live {
       clearInterval(this.pinger);
       if (this.ws === ws) this.ws = null;
       if (ev.code === 4401) {
+        // an expired access token: a password session refreshes it and reconnects
+        if (getRefresh() && !this.stopped) {
+          refreshToken().then((ok) => (ok ? this._connect() : this.onUnauthorized(ev.reason || "token rejected")));
+          return;
+        }
         this.onState("off");
         this.onUnauthorized(ev.reason || "token rejected");
         return;

@@ -1,19 +1,13 @@
 // Option forms generated from a task's params JSON Schema (pydantic's output: properties with
-// type / anyOf-null / enum / default / minimum / maximum / description / items).
+// type / anyOf-null / enum / default / minimum / maximum / description / items / format).
+// Widgets follow the schema: a slider beside the number for a bounded number, a "random"
+// button for a seed, an upload picker for a list of object keys that are clips or images,
+// and everything but the main options inside a collapsed "Advanced options".
+
+import { h as el } from "./dom.js";
+import { uploadPicker } from "./uploads.js";
 
 let uid = 0;
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
-    else node.setAttribute(k, v === true ? "" : String(v));
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
 
 /** The property's own schema with a `T | None` union unwrapped (nullable: true). */
 export function resolve(prop) {
@@ -30,7 +24,16 @@ export function resolve(prop) {
   return { ...prop, nullable: false };
 }
 
-function kindOf(p) {
+/** The upload kind of a list of object keys (train_voice's clips, train_lora's images), if any. */
+export function uploadKindOf(name, p) {
+  if (p.type !== "array" || !/^object-key/.test(p.items?.format || "")) return null;
+  if (/clip|audio|voice|recording/i.test(name)) return "audio";
+  if (/image|photo|picture/i.test(name)) return "image";
+  return null;
+}
+
+function kindOf(name, p) {
+  if (uploadKindOf(name, p)) return "uploads";
   if (p.enum) return "enum";
   if (p.type === "boolean") return "boolean";
   if (p.type === "integer" || p.type === "number") return "number";
@@ -40,6 +43,13 @@ function kindOf(p) {
 }
 
 const LONG_TEXT = /^(prompt|text|narrative|lyrics|negative_prompt|intent)$/;
+
+// The options a person sets for most runs; the rest of a longer form is "Advanced options".
+const MAIN = /^(prompt|text|narrative|lyrics|instance_prompt|message|duration_s|seconds|steps|num_frames|style|mode|title|seed|clips|images|voice|lora|audio|video|bed|transcripts)$/;
+const ALWAYS_OPEN = 4; // a form this short has nothing to hide
+
+// A slider is for a range a hand can pick from; a seed or a 1..100000 step count is typed.
+const SLIDER_SPAN = 10000;
 
 // field names carry their unit as a suffix (duration_s, duck_db): labels say it as a person would
 const UNITS = { s: "seconds", db: "dB", lufs: "LUFS", hz: "Hz", bpm: "bpm", fps: "fps", mb: "MB", ms: "ms",
@@ -78,7 +88,15 @@ function limitsText(p) {
   return parts.join("; ");
 }
 
+/** A slider step of about a hundredth of the range, rounded to 1, 2 or 5 of a power of ten. */
+function niceStep(span) {
+  const raw = span / 100;
+  const pow = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 5, 10].map((m) => m * pow).find((x) => x >= raw);
+}
+
 function clearField(f) {
+  if (!f) return;
   f.error.hidden = true;
   f.error.textContent = "";
   f.input.removeAttribute("aria-invalid");
@@ -100,17 +118,22 @@ export function buildForm(container, schema, { values = {}, models = [], prefix 
   const required = new Set(schema?.required || []);
   const fields = new Map();
   const formId = ++uid;
+  const names = Object.keys(props);
+  const main = (name) => names.length <= ALWAYS_OPEN || required.has(name) || MAIN.test(name);
+  const advancedBox = el("details", { class: "advanced" }, el("summary", { text: "Advanced options" }));
+  const advanced = el("div", { class: "params" });
+  advancedBox.append(advanced);
 
   for (const [name, raw] of Object.entries(props)) {
     const p = resolve(raw);
-    const kind = kindOf(p);
+    const kind = kindOf(name, p);
     const id = `${prefix}${formId}-${name}`;
     const helpId = `${id}-help`;
     const errId = `${id}-error`;
     const isRequired = required.has(name);
     const value = name in values ? values[name] : p.default;
     const describedBy = `${helpId} ${errId}`;
-    let input;
+    let input, extra = null, picker = null;
 
     if (kind === "enum" || (isModelField(name, p) && models.length)) {
       const options = kind === "enum" ? p.enum.slice() : models.map((m) => m.name);
@@ -129,14 +152,41 @@ export function buildForm(container, schema, { values = {}, models = [], prefix 
       input.checked = Boolean(value);
     } else if (kind === "number") {
       const step = p.multipleOf ?? (p.type === "integer" ? 1 : "any");
+      const lo = p.minimum ?? p.exclusiveMinimum;
+      const rawHi = p.maximum ?? p.exclusiveMaximum;
+      const hi = rawHi !== undefined && Math.abs(rawHi) >= HUMAN_BOUND ? undefined : rawHi;
       input = el("input", {
         id, name, type: "number", step, inputmode: p.type === "integer" ? "numeric" : "decimal",
-        min: p.minimum ?? p.exclusiveMinimum,
-        max: Math.abs(p.maximum ?? p.exclusiveMaximum ?? 0) >= HUMAN_BOUND ? undefined : p.maximum ?? p.exclusiveMaximum,
-        placeholder: name === "seed" ? "random" : undefined,
+        min: lo, max: hi, placeholder: name === "seed" ? "random" : undefined,
         required: isRequired, "aria-describedby": describedBy,
       });
       input.value = value === undefined || value === null ? "" : String(value);
+      if (name === "seed") {
+        const top = Math.min(hi ?? 2 ** 32 - 1, 2 ** 32 - 1);
+        extra = el("button", { type: "button", class: "seed-random", text: "Random",
+          "aria-label": "Pick a random seed" });
+        extra.addEventListener("click", () => {
+          input.value = String((lo || 0) + Math.floor(Math.random() * (top - (lo || 0) + 1)));
+          input.dispatchEvent(new Event("input", { bubbles: true }));
+        });
+      } else if (lo !== undefined && hi !== undefined && hi - lo <= SLIDER_SPAN) {
+        // the slider moves the number; the number (typed) moves the slider: one value, two ways
+        const span = hi - lo;
+        const rangeStep = p.multipleOf ?? (p.type === "integer" ? 1 : niceStep(span));
+        const rangeMin = p.exclusiveMinimum !== undefined ? lo + rangeStep : lo;
+        extra = el("input", { type: "range", id: `${id}-range`, min: rangeMin, max: hi, step: rangeStep,
+          "aria-labelledby": `${id}-label`, "aria-describedby": helpId, tabindex: "-1", class: "slider" });
+        extra.value = input.value === "" ? String(rangeMin) : input.value;
+        extra.addEventListener("input", () => {
+          input.value = extra.value;
+          input.dispatchEvent(new Event("input", { bubbles: true }));
+        });
+        input.addEventListener("input", () => { if (input.value !== "") extra.value = input.value; });
+      }
+    } else if (kind === "uploads") {
+      picker = uploadPicker({ id, kind: uploadKindOf(name, p), keys: Array.isArray(value) ? value : [],
+        consent: uploadKindOf(name, p) === "audio", describedBy, onChange: () => clearField(fields.get(name)) });
+      input = picker.input;
     } else if (kind === "lines") {
       input = el("textarea", { id, name, rows: 3, spellcheck: "false", required: isRequired,
         "aria-describedby": describedBy });
@@ -156,20 +206,24 @@ export function buildForm(container, schema, { values = {}, models = [], prefix 
     // pydantic's automatic title ("Duration S") is the name; a title written in the schema wins
     const auto = name.split("_").map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join(" ");
     const title = p.title && p.title !== auto ? p.title : humanLabel(name);
-    const label = el("label", { for: id }, title);
+    const label = el("label", { for: id, id: `${id}-label` }, title);
     if (isRequired) label.append(el("span", { class: "req", text: " (required)" }));
     const helpText = [p.description, limitsText(p), kind === "lines" ? "one per line" : "",
+      kind === "uploads" ? "upload files or pick earlier uploads" : "",
       kind === "json" ? "JSON" : ""].filter(Boolean).join(" — ");
     const help = el("p", { id: helpId, class: "help", text: helpText });
     const error = el("p", { id: errId, class: "field-error", role: "alert", hidden: true });
     const wrap = el("div", { class: `field field-${kind}`, "data-field": name });
     if (kind === "boolean") wrap.append(el("div", { class: "check" }, input, label), help, error);
+    else if (picker) wrap.append(label, picker.element, help, error);
+    else if (extra) wrap.append(label, el("div", { class: "with-extra" }, input, extra), help, error);
     else wrap.append(label, input, help, error);
-    container.append(wrap);
-    const entry = { p, kind, input, error, wrap, required: isRequired };
+    (main(name) ? container : advanced).append(wrap);
+    const entry = { p, kind, input, error, wrap, picker, required: isRequired };
     input.addEventListener("input", () => clearField(entry)); // an edited value's old error goes
     fields.set(name, entry);
   }
+  if (advanced.children.length) container.append(advancedBox);
   if (!fields.size) container.append(el("p", { class: "muted", text: "This generator has no options." }));
 
   function read() {
@@ -178,6 +232,13 @@ export function buildForm(container, schema, { values = {}, models = [], prefix 
     for (const [name, f] of fields) {
       const { input, kind, p } = f;
       if (kind === "boolean") { params[name] = input.checked; continue; }
+      if (kind === "uploads") {
+        const keys = f.picker.keys();
+        if (f.picker.busy()) errors.push({ field: name, message: "wait for the uploads to finish" });
+        else if (keys.length) params[name] = keys;
+        else if (f.required) errors.push({ field: name, message: "add at least one file" });
+        continue;
+      }
       const text = input.value;
       if (kind === "number") {
         if (text.trim() === "") {
@@ -219,7 +280,11 @@ export function buildForm(container, schema, { values = {}, models = [], prefix 
       f.wrap.classList.add("invalid");
       first = first || f.input;
     }
-    if (first) first.focus();
+    if (first) {
+      const box = first.closest("details");
+      if (box) box.open = true; // an error inside "Advanced options" must be seen
+      first.focus();
+    }
     return leftovers;
   }
 
