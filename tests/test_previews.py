@@ -190,6 +190,16 @@ async def test_a_render_sends_jpeg_previews_of_its_latents_through_the_stream_an
                    if e["type"] == "data" and "preview" in (e.get("data") or {})]
     assert ws_previews == previews
 
+    # a long render (FreeNoise windows over 20 frames) has its previews too
+    graph["nodes"][0]["params"].update(num_frames=20, steps=1, width=32, height=32)
+    job = await wait_for_job(control_plane, (await control_plane.submit(graph)).job_id, timeout_s=90)
+    assert job.status == "succeeded", node(job, "video").error
+    assert node(job, "video").output["segments"] == 2
+    [long] = [e.data["preview"] for e in await control_plane.bridge.events(job.id)
+              if e.type == "data" and "preview" in e.data]
+    assert (long["step"], long["of"], long["width"], long["height"]) == (1, 1, 32, 32)
+    assert open_jpeg(long["b64"]).size == (32, 32)
+
 
 async def test_generate_music_reports_the_seconds_made_so_far_in_step_with_its_progress(
     control_plane: ControlPlane, worker_factory, upload_models, tmp_path: Path
