@@ -14,6 +14,13 @@ Key layout under the configurable prefix ``P`` (default ``dp:``):
 ``P jobs:active``             sorted set of unfinished jobs (by created_at): the reconciler's list
 ``P instance``                a marker set at start-up: when it is gone, Redis lost its data
 ``P worker:<id>``             capability manifest of a live worker (TTL)
+``P account:<name>``          hash: an account (role, argon2id hash, disabled, gen, times)
+``P accounts``                set of account names
+``P auth:markers``            hash: name -> ``"<gen> <disabled>"`` of accounts whose tokens
+                              may be revoked; ``P auth:markers:version`` counts its changes
+``P refresh:<session>``       hash: a refresh session (user, gen, hash of its current token; TTL)
+``P refresh-of:<name>``       sorted set of an account's refresh sessions by expiry
+``P login-fail:user|ip:<x>``  sorted set of an account's or address's recent failed logins
 ============================  ===========================================================
 
 Writes that mirror state go through :class:`_Batcher`: every script call made in
@@ -177,6 +184,9 @@ class Keys:
         self.active_jobs = f"{prefix}jobs:active"
         self.instance = f"{prefix}instance"
         self.cancels_channel = f"{prefix}cancels"
+        self.accounts = f"{prefix}accounts"
+        self.auth_markers = f"{prefix}auth:markers"
+        self.auth_markers_version = f"{prefix}auth:markers:version"
 
     def user_jobs(self, user: str) -> str:
         return f"{self.prefix}jobs:user:{user}"
@@ -222,6 +232,20 @@ class Keys:
 
     def group_for_stream(self, stream: str) -> str:
         return CONTROL_GROUP if stream == self.control_stream else WORKER_GROUP
+
+    # -- accounts (control_plane/accounts.py, login_limit.py) ---------------------------
+
+    def account(self, name: str) -> str:
+        return f"{self.prefix}account:{name}"
+
+    def refresh_session(self, session_id: str) -> str:
+        return f"{self.prefix}refresh:{session_id}"
+
+    def refresh_sessions(self, name: str) -> str:
+        return f"{self.prefix}refresh-of:{name}"
+
+    def login_failures(self, kind: str, who: str) -> str:
+        return f"{self.prefix}login-fail:{kind}:{who}"
 
 
 @dataclass(eq=False)

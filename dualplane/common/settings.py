@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     jwt_public_key_file: str | None = None  # RS256: verifies tokens
     jwt_issuer: str = "dualplane"
     token_ttl_s: int = 12 * 3600
+    # accounts (control_plane/accounts.py): /auth/login's tokens, their revocation, login limits
+    access_token_ttl_s: int = Field(15 * 60, ge=60)
+    refresh_token_ttl_s: int = Field(14 * 24 * 3600, ge=60)  # sliding: each refresh starts it again
+    revocation_check_s: float = Field(30.0, ge=0)  # a disabled account's tokens fail within this
+    login_failures_per_user: int = Field(5, ge=0)  # per login_window_s; 0: no limit
+    login_failures_per_ip: int = Field(20, ge=0)  # an IPv6 client counts by its /64
+    login_window_s: float = Field(60.0, gt=0)
     submit_rate_per_min: int = 600  # per user; 0 disables
     max_body_bytes: int = 1024 * 1024
     max_nodes: int = 256

@@ -92,7 +92,7 @@ async def current_principal(request: Request,
                             authorization: Annotated[str | None, Header()] = None) -> Principal:
     """The caller, from its bearer token (401 when missing or invalid)."""
     authenticator: Authenticator = request.app.state.authenticator
-    return authenticator.verify(bearer_token(authorization))
+    return await authenticator.authenticate(bearer_token(authorization))
 
 
 User = Annotated[Principal, Depends(current_principal)]
@@ -340,9 +340,11 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
 
 def _include_routers(app: FastAPI, control: ControlPlane, limits: Limits, settings: Settings) -> None:
     """Route groups that live in their own modules (they import this one: imported here)."""
+    from dualplane.control_plane.routes_auth import install_accounts
     from dualplane.control_plane.routes_uploads import uploads_router
 
     app.include_router(uploads_router(control, limits, settings))
+    install_accounts(app, control, app.state.authenticator, settings)  # /auth/*; revoked tokens refused
 
 
 def _compose_key(idempotency_key: str | None) -> str | None:

@@ -14,6 +14,22 @@ covers e-mail addresses, UUIDs and provider ids such as ``auth0|1234``), no ``..
 with any other ``sub`` — empty, blank, not a string, holding ``:`` or ``/`` or control
 characters — is refused (401 ``invalid token: sub ...``) rather than rewritten, since a
 rewritten id could collide with someone else's.
+
+Accounts and revocation. ``POST /auth/login`` (``accounts.py``, ``routes_auth.py``) mints
+ordinary tokens of this class with one more claim, ``gen``: the account's token generation,
+which disabling the account, resetting its password or a reused refresh token raises. Every
+check consults :attr:`Authenticator.revocations` (the markers of every account, re-read from
+Redis at most every ``DUALPLANE_REVOCATION_CHECK_S``): a token whose ``sub`` names a disabled
+account is refused, and so is one whose ``gen`` is below the account's. A token without ``gen``
+(``dualplane token``, another minter holding the key) counts as generation 0: it keeps working
+for a ``sub`` that has no account, and for one that has until that account's first revocation.
+
+OIDC (not built) plugs in here: an authenticator that verifies an identity provider's tokens
+against its JWKS (PyJWT's ``PyJWKClient``; issuer and audience required), maps a claim (``sub``,
+or ``email``) to the user id through :func:`valid_user_id`, and a groups or roles claim to
+:data:`ROLES`, returning the same :class:`Principal`. ``Authenticator.authenticate`` would try
+it for tokens whose ``iss`` is the provider's; the routes, the hub and the access rules stay as
+they are, and revocation is then the provider's business (short-lived tokens).
 """
 
 from __future__ import annotations
@@ -22,7 +38,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
@@ -67,6 +83,16 @@ class Principal:
         return self.privileged or (job_user is not None and job_user == self.user)
 
 
+class Revocations(Protocol):
+    """What a token check asks the account store (see the module docstring)."""
+
+    async def refresh_if_stale(self) -> None:
+        """Re-read the markers when they are older than the check interval."""
+
+    def check(self, user: str, generation: int | None) -> None:
+        """Raise :class:`AuthError` when tokens of ``user`` of that generation are revoked."""
+
+
 class Authenticator:
     """Mints and verifies tokens.
 
@@ -74,6 +100,9 @@ class Authenticator:
         ``public_key`` verifies; either may be absent where it is not needed).
     :param issuer: ``iss`` claim written and required.
     :param ttl_s: default token lifetime.
+
+    :attr:`revocations` is set by the accounts routes (``routes_auth.install_accounts``);
+    without it no token is ever revoked.
     """
 
     def __init__(
@@ -97,6 +126,7 @@ class Authenticator:
         self._verifying_key = secret if algorithm == "HS256" else public_key
         self.issuer = issuer
         self.ttl_s = ttl_s
+        self.revocations: Revocations | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authenticator:
@@ -109,7 +139,8 @@ class Authenticator:
             issuer=settings.jwt_issuer, ttl_s=settings.token_ttl_s,
         )
 
-    def mint(self, user: str, role: str = "user", *, ttl_s: int | None = None) -> str:
+    def mint(self, user: str, role: str = "user", *, ttl_s: int | None = None,
+             generation: int | None = None) -> str:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         if not valid_user_id(user):
@@ -119,9 +150,20 @@ class Authenticator:
         now = int(time.time())
         claims: dict[str, Any] = {"sub": user, "role": role, "iss": self.issuer, "iat": now,
                                   "exp": now + (self.ttl_s if ttl_s is None else ttl_s)}
+        if generation is not None:
+            claims["gen"] = generation
         return jwt.encode(claims, self._signing_key, algorithm=self.algorithm)
 
+    async def authenticate(self, token: str) -> Principal:
+        """:meth:`verify`, after bringing the revocation markers up to date: what the routes
+        and the hub call (the markers are re-read once per interval, not per request)."""
+        if self.revocations is not None:
+            await self.revocations.refresh_if_stale()
+        return self.verify(token)
+
     def verify(self, token: str) -> Principal:
+        """The token's principal (signature, expiry, claims, revocation by the markers as last
+        read: see :meth:`authenticate`)."""
         try:
             claims = jwt.decode(
                 token, self._verifying_key, algorithms=[self.algorithm], issuer=self.issuer,
@@ -138,6 +180,11 @@ class Authenticator:
         if not valid_user_id(sub):
             raise AuthError(f"invalid token: sub {_shown(sub)} is not a valid user id "
                             "(1-128 of A-Z a-z 0-9 @ . _ + | = -)")
+        generation = claims.get("gen")
+        if generation is not None and (type(generation) is not int or generation < 0):
+            raise AuthError(f"invalid token: gen {_shown(generation)} is not a generation")
+        if self.revocations is not None:
+            self.revocations.check(sub, generation)
         return Principal(user=sub, role=role, expires_at=float(claims["exp"]))
 
 

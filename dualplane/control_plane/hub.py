@@ -817,7 +817,7 @@ def add_websocket_route(app: FastAPI, hub: Hub, authenticator: Authenticator, pa
     @app.websocket(path)
     async def websocket_endpoint(websocket: WebSocket) -> None:
         try:
-            principal = authenticator.verify(_token_of(websocket))
+            principal = await authenticator.authenticate(_token_of(websocket))
         except AuthError as exc:
             await websocket.accept()
             await websocket.close(CLOSE_UNAUTHORIZED, _close_reason(str(exc)))

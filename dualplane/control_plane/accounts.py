@@ -1,0 +1,360 @@
+"""Accounts: users and service accounts in Redis, their argon2id password hashes, their refresh
+sessions, and the revocation markers every token check reads (keys: see ``bridge.Keys``).
+
+An account is a name (a user id: it becomes the ``sub`` of its tokens), a role, an argon2id hash
+(``argon2-cffi``'s defaults, RFC 9106's second recommendation: 64 MiB, 3 passes), a disabled flag,
+its creation and update times, and a token generation ``gen``. Disabling the account, resetting
+its password and a reused refresh token raise ``gen`` and drop every refresh session; the access
+tokens of older generations are refused once the revocation markers are re-read (see
+:class:`RevocationView` and ``auth.py``). A service account is an account of role
+``orchestrator``.
+
+Refresh tokens are ``<session id>.<secret>``: random, opaque to the client, and only the
+secret's SHA-256 is stored, in the session's hash (TTL ``refresh_token_ttl_s``, started again at
+each use). Each use rotates the secret; presenting one that is no longer the session's current
+secret means two parties hold the session's tokens (a theft, or a client that refreshed twice at
+once), and the account is revoked as above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import math
+import re
+import secrets
+import time
+from collections.abc import Callable
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from pydantic import BaseModel
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+from dualplane.common.bridge import Bridge
+from dualplane.common.errors import DualplaneError, Unavailable
+from dualplane.control_plane.auth import ROLES, AuthError, valid_user_id
+
+log = logging.getLogger("dualplane.accounts")
+
+#: Passwords shorter than this are refused when set (a login takes any length up to the cap).
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+#: Hashes computed at once: each holds 64 MiB and a core for about 0.1 s, so a burst of logins
+#: queues here instead of taking the memory and the CPU the API needs.
+HASH_CONCURRENCY = 4
+_REFRESH_TOKEN = re.compile(r"([0-9a-f]{32})\.([A-Za-z0-9_-]{43})")
+
+
+class Account(BaseModel):
+    """An account as the API and the CLI show it (never its hash)."""
+
+    name: str
+    role: str
+    disabled: bool = False
+    generation: int = 0
+    created_at: float
+    updated_at: float
+
+
+class AccountError(DualplaneError, ValueError):
+    """An account command that cannot be done (unknown or existing name, weak password, bad role)."""
+
+
+class RefreshRefused(AuthError):
+    """A refresh token that is malformed, expired, revoked or reused (HTTP 401)."""
+
+
+class AccountStore:
+    """Accounts, password checks and refresh sessions on the plane's Redis.
+
+    :param bridge: a connected (or soon connected) bridge: its client and key names are used.
+    :param refresh_ttl_s: lifetime of a refresh session after its last use.
+    """
+
+    def __init__(self, bridge: Bridge, *, refresh_ttl_s: int, hasher: PasswordHasher | None = None) -> None:
+        self.bridge = bridge
+        self.keys = bridge.keys
+        self.refresh_ttl_s = refresh_ttl_s
+        self.hasher = hasher or PasswordHasher()
+        self._hashing = asyncio.Semaphore(HASH_CONCURRENCY)
+        self._dummy_hash: str | None = None
+
+    # -- accounts --------------------------------------------------------------------
+
+    async def add(self, name: str, password: str, role: str = "user") -> Account:
+        if not valid_user_id(name):
+            raise AccountError(f"{name!r} is not a valid account name (1-128 of A-Z a-z 0-9 @ . _ + | = -)")
+        if role not in ROLES:
+            raise AccountError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        password_hash = await self._hash(_checked_password(password))
+        now = time.time()
+        fields = {"role": role, "hash": password_hash, "disabled": 0, "gen": 0, "created_at": now, "updated_at": now}
+        key = self.keys.account(name)
+        async with self.bridge.client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                if await pipe.exists(key):
+                    raise AccountError(f"account {name!r} exists already")
+                pipe.multi()
+                pipe.hset(key, mapping=fields)
+                pipe.sadd(self.keys.accounts, name)
+                await pipe.execute()
+            except WatchError:  # another `add` of the same name won
+                raise AccountError(f"account {name!r} exists already") from None
+        return _account(name, fields)
+
+    async def get(self, name: str) -> Account | None:
+        found = await self._record(name)
+        return found[0] if found else None
+
+    async def list(self) -> list[Account]:
+        """Every account, by name."""
+        names = sorted(n.decode() for n in await self.bridge.client.smembers(self.keys.accounts))
+        async with self.bridge.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self.keys.account(name))
+            records = await pipe.execute()
+        return [_account(name, _decoded(fields)) for name, fields in zip(names, records, strict=True)
+                if b"hash" in fields]
+
+    async def set_disabled(self, name: str, disabled: bool) -> Account:
+        """Disabling revokes: enabling the account again does not bring its old tokens back."""
+        return await self._update(name, {"disabled": int(disabled)}, revoke=disabled)
+
+    async def reset_password(self, name: str, password: str) -> Account:
+        password_hash = await self._hash(_checked_password(password))
+        return await self._update(name, {"hash": password_hash}, revoke=True)
+
+    async def revoke(self, name: str) -> Account:
+        """End every session and every access token of the account (within the check interval)."""
+        return await self._update(name, {}, revoke=True)
+
+    async def check_password(self, name: str, password: str) -> Account | None:
+        """The account when the password is its own; None otherwise. An unknown name is checked
+        against a dummy hash, so that a failure takes the same time whether the account exists."""
+        found = await self._record(name) if valid_user_id(name) else None
+        if found is None:
+            await self._verify(await self._dummy(), password)
+            return None
+        account, password_hash = found
+        if not await self._verify(password_hash, password):
+            return None
+        if self.hasher.check_needs_rehash(password_hash):  # the hasher's parameters were raised since
+            await self.bridge.client.hset(self.keys.account(name), "hash", await self._hash(password))
+        return account
+
+    # -- refresh sessions ------------------------------------------------------------
+
+    async def open_session(self, account: Account) -> str:
+        """A new refresh session of the account; its first refresh token."""
+        session_id, secret = secrets.token_hex(16), secrets.token_urlsafe(32)
+        now = time.time()
+        key, sessions = self.keys.refresh_session(session_id), self.keys.refresh_sessions(account.name)
+        async with self.bridge.client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"user": account.name, "gen": account.generation, "current": _digest(secret),
+                                    "created_at": now})
+            pipe.expire(key, self.refresh_ttl_s)
+            self._track(pipe, sessions, session_id, now)
+            await pipe.execute()
+        return f"{session_id}.{secret}"
+
+    async def rotate_session(self, token: str) -> tuple[Account, str]:
+        """The account of a refresh token and the session's next token; the presented one is
+        spent. Raises :class:`RefreshRefused`; a spent token revokes the account."""
+        session_id, secret = _parse_refresh(token)
+        key = self.keys.refresh_session(session_id)
+        async with self.bridge.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    record = await pipe.hgetall(key)
+                    if not record:
+                        raise RefreshRefused("refresh token expired or revoked")
+                    name = record[b"user"].decode()
+                    if not hmac.compare_digest(record[b"current"].decode(), _digest(secret)):
+                        await pipe.reset()
+                        log.warning("a spent refresh token of %r was presented again: revoking the account", name)
+                        with contextlib.suppress(AccountError):  # an account removed by hand: nothing to revoke
+                            await self.revoke(name)
+                        raise RefreshRefused("refresh token was already used: every session of this account "
+                                             "is revoked, sign in again")
+                    account = await self.get(name)
+                    if account is None or account.disabled or account.generation != int(record[b"gen"]):
+                        await pipe.reset()
+                        await self.bridge.client.delete(key)
+                        raise RefreshRefused("refresh token revoked")
+                    next_secret, now = secrets.token_urlsafe(32), time.time()
+                    pipe.multi()
+                    pipe.hset(key, "current", _digest(next_secret))
+                    pipe.expire(key, self.refresh_ttl_s)
+                    self._track(pipe, self.keys.refresh_sessions(name), session_id, now)
+                    await pipe.execute()
+                    return account, f"{session_id}.{next_secret}"
+                except WatchError:
+                    continue  # used at the same moment: the next pass sees a spent token
+
+    async def close_session(self, token: str) -> None:
+        """End the session of a refresh token (logout); a token that is not its session's
+        current one, or not one at all, changes nothing."""
+        match = _REFRESH_TOKEN.fullmatch(token)
+        if match is None:
+            return
+        session_id, secret = match.groups()
+        key = self.keys.refresh_session(session_id)
+        record = await self.bridge.client.hgetall(key)
+        if record and hmac.compare_digest(record[b"current"].decode(), _digest(secret)):
+            async with self.bridge.client.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.zrem(self.keys.refresh_sessions(record[b"user"].decode()), session_id)
+                await pipe.execute()
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _track(self, pipe: Pipeline, sessions: str, session_id: str, now: float) -> None:
+        """Index a session under its account (for revocation), dropping the expired ones."""
+        pipe.zadd(sessions, {session_id: now + self.refresh_ttl_s})
+        pipe.zremrangebyscore(sessions, "-inf", now)
+        pipe.expire(sessions, self.refresh_ttl_s)
+
+    async def _record(self, name: str) -> tuple[Account, str] | None:
+        fields = await self.bridge.client.hgetall(self.keys.account(name))
+        if b"hash" not in fields:
+            return None
+        decoded = _decoded(fields)
+        return _account(name, decoded), decoded["hash"]
+
+    async def _update(self, name: str, changes: dict[str, object], *, revoke: bool) -> Account:
+        """Change the account's fields; with ``revoke``, raise its generation and end its sessions.
+        The marker of the view is written in the same transaction."""
+        key, sessions = self.keys.account(name), self.keys.refresh_sessions(name)
+        async with self.bridge.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key, sessions)
+                    fields = await pipe.hgetall(key)
+                    if b"hash" not in fields:
+                        raise AccountError(f"no account {name!r}")
+                    current = _decoded(fields)
+                    session_ids = [s.decode() for s in await pipe.zrange(sessions, 0, -1)] if revoke else []
+                    updated = {**current, **changes, "updated_at": time.time()}
+                    if revoke:
+                        updated["gen"] = int(current["gen"]) + 1
+                    account = _account(name, updated)
+                    pipe.multi()
+                    pipe.hset(key, mapping=updated)
+                    if revoke:
+                        pipe.delete(sessions, *(self.keys.refresh_session(s) for s in session_ids))
+                    if account.generation > 0:  # generation 0 revokes nothing: no marker needed
+                        pipe.hset(self.keys.auth_markers, name, f"{account.generation} {int(account.disabled)}")
+                        pipe.incr(self.keys.auth_markers_version)
+                    await pipe.execute()
+                    return account
+                except WatchError:
+                    continue
+
+    async def _hash(self, password: str) -> str:
+        async with self._hashing:
+            return await asyncio.to_thread(self.hasher.hash, password)
+
+    async def _verify(self, password_hash: str, password: str) -> bool:
+        async with self._hashing:
+            try:
+                return await asyncio.to_thread(self.hasher.verify, password_hash, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+    async def _dummy(self) -> str:
+        """A hash of nothing anyone knows, with the hasher's parameters (made once)."""
+        if self._dummy_hash is None:
+            self._dummy_hash = await self._hash(secrets.token_urlsafe(16))
+        return self._dummy_hash
+
+
+class RevocationView:
+    """The revocation markers of every account, as :class:`~.auth.Authenticator` checks them.
+
+    Checking a token reads a dict. The markers are re-read when they are older than
+    ``check_s``, by the first request after that (the others wait for the same read): one GET
+    of a version counter, and only when it changed, the markers hash. So a revocation takes
+    effect in every control plane within ``check_s``, and the hot path costs no Redis call.
+    Until the first read succeeds every token is refused with a 503.
+    """
+
+    def __init__(self, bridge: Bridge, *, check_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.bridge = bridge
+        self.check_s = check_s
+        self._clock = clock
+        self._markers: dict[str, tuple[int, bool]] | None = None
+        self._version: bytes | None = None
+        self._fresh_until = -math.inf
+        self._reading: asyncio.Future[None] | None = None
+
+    async def refresh_if_stale(self) -> None:
+        if self._clock() < self._fresh_until:
+            return
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._read())
+        await asyncio.shield(self._reading)  # a caller that goes away does not cancel the others' read
+
+    def check(self, user: str, generation: int | None) -> None:
+        markers = self._markers
+        if markers is None:
+            raise Unavailable("account revocations are not loaded yet")
+        marker = markers.get(user)
+        if marker is None:
+            return
+        current, disabled = marker
+        if disabled:
+            raise AuthError("account disabled")
+        if (generation or 0) < current:
+            raise AuthError("token revoked (sign in again)")
+
+    async def _read(self) -> None:
+        started = self._clock()
+        client, keys = self.bridge.client, self.bridge.keys
+        version = await client.get(keys.auth_markers_version)
+        if self._markers is None or version != self._version:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.get(keys.auth_markers_version)
+                pipe.hgetall(keys.auth_markers)
+                version, raw = await pipe.execute()
+            markers = {}
+            for name, value in raw.items():
+                generation, disabled = value.split()
+                markers[name.decode()] = (int(generation), disabled == b"1")
+            self._markers, self._version = markers, version
+        self._fresh_until = started + self.check_s
+
+
+def _account(name: str, fields: dict[str, object]) -> Account:
+    return Account(name=name, role=str(fields["role"]), disabled=str(fields["disabled"]) == "1",
+                   generation=int(str(fields["gen"])), created_at=float(str(fields["created_at"])),
+                   updated_at=float(str(fields["updated_at"])))
+
+
+def _decoded(fields: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in fields.items()}
+
+
+def _checked_password(password: str) -> str:
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise AccountError(f"a password has {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters")
+    return password
+
+
+def _parse_refresh(token: str) -> tuple[str, str]:
+    match = _REFRESH_TOKEN.fullmatch(token)
+    if match is None:
+        raise RefreshRefused("invalid refresh token")
+    session_id, secret = match.groups()
+    return session_id, secret
+
+
+def _digest(secret: str) -> str:
+    """Refresh secrets are 256 random bits: a plain hash is enough (no guessing to slow down)."""
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -1,0 +1,113 @@
+"""Login rate limiting: failed logins per account name and per client address, in Redis (so
+every control plane counts the same failures), over a sliding window.
+
+An attempt is counted *before* its password is checked, atomically with the check of the
+limits (one script), and taken back when it succeeds: otherwise a burst of parallel guesses
+would all pass the check before the first one failed. Past a limit the answer is a 429 with
+``Retry-After`` (until the oldest failure in the window leaves it), and no hash is computed.
+
+Anyone can make an account's logins wait by failing on purpose (the price of a per-name
+limit); the per-address limit is what holds a guesser back across names. The address is the
+one uvicorn reports: behind a reverse proxy, set ``FORWARDED_ALLOW_IPS`` to the proxy's so that
+it is the client's. An IPv6 client counts by its /64, which one host usually holds whole.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import secrets
+import time
+
+from dualplane.common.bridge import Bridge
+from dualplane.common.errors import DualplaneError
+from dualplane.control_plane.auth import valid_user_id
+
+#: KEYS: the failure sets to count in; ARGV: now, window, one limit per key, the attempt's
+#: member. Returns 0 when the attempt is counted, else the seconds until it would be.
+_ADMIT = """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local member = ARGV[#ARGV]
+local wait = 0
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) >= tonumber(ARGV[2 + i]) then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    wait = math.max(wait, tonumber(oldest[2]) + window - now)
+  end
+end
+if wait > 0 then
+  return tostring(wait)
+end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, math.ceil(window * 1000))
+end
+return '0'
+"""
+
+
+class LoginThrottled(DualplaneError):
+    """Too many failed logins for this account or from this address (HTTP 429, Retry-After)."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"too many failed logins; retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class LoginLimiter:
+    """:param per_user: failures per account name per window (0: no limit).
+    :param per_ip: failures per client address per window (0: no limit)."""
+
+    def __init__(self, bridge: Bridge, *, per_user: int, per_ip: int, window_s: float) -> None:
+        self.bridge = bridge
+        self.per_user, self.per_ip, self.window_s = per_user, per_ip, window_s
+
+    async def attempt(self, name: str, client_host: str | None) -> Attempt:
+        """Count a login attempt as a failure until :meth:`Attempt.succeeded` takes it back;
+        raises :class:`LoginThrottled` past a limit."""
+        keys, limits = [], []
+        if self.per_user and valid_user_id(name):  # another name can be no account: nothing to protect
+            keys.append(self.bridge.keys.login_failures("user", name))
+            limits.append(self.per_user)
+        if self.per_ip:
+            keys.append(self.bridge.keys.login_failures("ip", client_network(client_host)))
+            limits.append(self.per_ip)
+        attempt = Attempt(self.bridge, keys, secrets.token_hex(8))
+        if not keys:
+            return attempt
+        wait = float(await self.bridge.client.eval(_ADMIT, len(keys), *keys, time.time(), self.window_s, *limits,
+                                                   attempt.member))
+        if wait > 0:
+            raise LoginThrottled(max(1, math.ceil(wait)))
+        return attempt
+
+
+class Attempt:
+    """One counted login attempt."""
+
+    def __init__(self, bridge: Bridge, keys: list[str], member: str) -> None:
+        self.bridge, self.keys, self.member = bridge, keys, member
+
+    async def succeeded(self) -> None:
+        """A successful login is no failure."""
+        if self.keys:
+            async with self.bridge.client.pipeline(transaction=False) as pipe:
+                for key in self.keys:
+                    pipe.zrem(key, self.member)
+                await pipe.execute()
+
+
+def client_network(host: str | None) -> str:
+    """What the per-address limit counts by: the address, or an IPv6 address's /64."""
+    if not host:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64]  # a test client or a Unix socket: not an address, still a client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
