@@ -795,7 +795,7 @@ class Bridge:
 
     async def job_summaries(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """Summary fields of many jobs in one round trip; None for jobs that expired."""
-        names = ["id", "status", "user", "tasks", "progress", "created_at", "finished_at", "request_id"]
+        names = ["id", "status", "user", "tasks", "progress", "created_at", "finished_at", "request_id", "name"]
         pipe = self.client.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(self.keys.job(job_id), names)
@@ -810,7 +810,7 @@ class Bridge:
                 "tasks": row["tasks"].split(",") if row["tasks"] else [],
                 "progress": float(row["progress"] or 0), "created_at": float(row["created_at"] or 0),
                 "finished_at": float(row["finished_at"]) if row["finished_at"] else None,
-                "request_id": row["request_id"],
+                "request_id": row["request_id"], "name": row["name"],
             })
         return out
 
@@ -884,6 +884,7 @@ def job_from_hash(raw: dict[str, bytes]) -> Job:
         "updated_at": float(raw["updated_at"]) if raw.get("updated_at") else None,
         "finished_at": float(raw["finished_at"]) if raw.get("finished_at") else None,
         "error": _s(raw["error"]) if raw.get("error") else None,
+        "name": graph.get("metadata", {}).get("name"),
     }
     return Job.model_validate(job)
 

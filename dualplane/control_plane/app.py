@@ -37,6 +37,7 @@ from dualplane.control_plane.auth import (
     bearer_token,
 )
 from dualplane.control_plane.body_limit import BodyLimit
+from dualplane.control_plane.job_names import MAX_NAME, compose_name
 from dualplane.control_plane.limits import (
     MAX_SEQ,
     MAX_TIMESTAMP,
@@ -47,7 +48,7 @@ from dualplane.control_plane.limits import (
     valid_job_id,
 )
 from dualplane.control_plane.listing import InvalidCursor, JobFilter, list_jobs
-from dualplane.control_plane.planner import NotUnderstood, StrictRefusal, StructuredIntent, Unplannable
+from dualplane.control_plane.planner import NotUnderstood, Plan, StrictRefusal, StructuredIntent, Unplannable
 from dualplane.control_plane.service import FINISHED, ControlPlane, JobConflict
 from dualplane.control_plane.ui import mount_ui
 from dualplane.control_plane.waits import TooManyWaits
@@ -80,6 +81,8 @@ class ComposeRequest(BaseModel):
                                             "make one, instead of submitting a different job.")
     dry_run: bool = Field(False, description="Only plan: return the brief, the graph and the notes without "
                                              "submitting.")
+    name: str | None = Field(None, max_length=MAX_NAME, description="What to call the job (default: the intent's "
+                                                                    "first clause, or the planned song's title).")
 
     @model_validator(mode="after")
     def _one_source(self) -> ComposeRequest:
@@ -255,6 +258,9 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
             return problem(422, "Plan differs from the request", str(exc), notes=exc.notes)
         except Unplannable as exc:
             return problem(422, "Nothing can be made", str(exc), notes=exc.notes)
+        name = body.name or _planned_name(body, plan)
+        if name is not None:  # else the submission names it after its tasks
+            plan.graph["metadata"]["name"] = name
         if body.dry_run:
             return JSONResponse(plan.model_dump(mode="json"))
         limits.check_graph(plan.graph)
@@ -341,10 +347,19 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
 def _include_routers(app: FastAPI, control: ControlPlane, limits: Limits, settings: Settings) -> None:
     """Route groups that live in their own modules (they import this one: imported here)."""
     from dualplane.control_plane.routes_auth import install_accounts
+    from dualplane.control_plane.routes_jobs import jobs_router
     from dualplane.control_plane.routes_uploads import uploads_router
 
     app.include_router(uploads_router(control, limits, settings))
+    app.include_router(jobs_router(control, limits, app.state.owned_job))  # rename, rerun, /outputs
     install_accounts(app, control, app.state.authenticator, settings)  # /auth/*; revoked tokens refused
+
+
+def _planned_name(body: ComposeRequest, plan: Plan) -> str | None:
+    """A planned job's name: the intent's first clause, the song's or brief's title, the brief's prompt."""
+    intent = body.intent.prompt if isinstance(body.intent, StructuredIntent) else body.intent
+    title = (plan.song or {}).get("title") or (body.brief.title if body.brief else None)
+    return compose_name(intent, title, body.brief.prompt if body.brief else None)
 
 
 def _compose_key(idempotency_key: str | None) -> str | None:

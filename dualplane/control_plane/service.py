@@ -25,13 +25,14 @@ from dualplane.common.bridge import RUNTIME_FIELDS, Bridge, event_body, node_fie
 from dualplane.common.consumer import Consumer
 from dualplane.common.errors import DualplaneError, GraphValidationError, Unavailable
 from dualplane.common.executor import Executor
-from dualplane.common.graph import lane_of, next_lane, validate_graph
+from dualplane.common.graph import GRAPH_FIELD, lane_of, next_lane, validate_graph
 from dualplane.common.models import Graph, Job, Node, NodeStatus
 from dualplane.common.registry import TaskRegistry
 from dualplane.common.routing import Router
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import HubCollector, PlaneMetrics, QueueCollector
 from dualplane.control_plane.composer import Capabilities
+from dualplane.control_plane.job_names import InvalidName, name_graph
 from dualplane.control_plane.planner import Planner, chat_model_from_settings
 from dualplane.control_plane.reconciler import Reconciler
 from dualplane.control_plane.uploads import UploadIndex
@@ -159,7 +160,7 @@ class ControlPlane:
         belongs to the same user with the same graph, and raises :class:`JobConflict` otherwise.
         Raises :class:`~dualplane.common.errors.GraphValidationError` with node-scoped errors.
         """
-        graph = validate_graph(document, self.registry)
+        graph = self.validate(document)
         for node in graph.nodes:  # runtime state is ours to write, whatever the client sent
             for name, default in _RUNTIME_DEFAULTS.items():
                 setattr(node, name, default)
@@ -171,7 +172,8 @@ class ControlPlane:
         unroutable = await self.router.route(graph)
         lane = next_lane(graph) or "control"
         events = [event_body("status", job_id, status="queued", plane="control")]
-        fields: list[Any] = []  # pending nodes need no state field: absent means the spec's state
+        # pending nodes need no state field: absent means the spec's state
+        fields: list[Any] = ["name", graph.metadata["name"]]
         for problem in unroutable:
             events.append(event_body("data", job_id, node_id=problem.node_id, message=problem.reason,
                                      data={"unroutable": problem.reason}, plane="control"))
@@ -237,8 +239,14 @@ class ControlPlane:
         raise JobConflict(f"job id {job_id!r} already exists with a different graph")
 
     def validate(self, document: dict[str, Any] | Graph) -> Graph:
-        """Validate without submitting (raises GraphValidationError)."""
-        return validate_graph(document, self.registry)
+        """Validate without submitting (raises GraphValidationError); the graph comes back named
+        (``metadata.name``: the one given, checked, or one derived from its tasks)."""
+        graph = validate_graph(document, self.registry)
+        try:
+            name_graph(graph, self.registry)
+        except InvalidName as exc:
+            raise GraphValidationError({GRAPH_FIELD: [{"field": "metadata.name", "message": str(exc)}]}) from None
+        return graph
 
     async def get_job(self, job_id: str) -> Job:
         return await self.bridge.get_job(job_id)
@@ -306,11 +314,12 @@ def _idempotent_id(user: str | None, key: str | None) -> str | None:
 
 
 def _same_spec(stored: bytes, graph: Graph) -> bool:
-    """Same graph, runtime state aside."""
+    """Same graph, runtime state and name aside (a job renamed since is still the same job)."""
 
     def spec_only(document: dict[str, Any]) -> dict[str, Any]:
         nodes = [{k: v for k, v in node.items() if k not in RUNTIME_FIELDS} for node in document["nodes"]]
-        return {**document, "nodes": nodes}
+        metadata = {k: v for k, v in document.get("metadata", {}).items() if k != "name"}
+        return {**document, "nodes": nodes, "metadata": metadata}
 
     return spec_only(orjson.loads(stored)) == spec_only(orjson.loads(graph.model_dump_json(exclude_defaults=True)))
 

@@ -51,6 +51,13 @@ class Job(BaseModel):
             description='The user that submitted the job (owner for access control).'
         ),
     ] = None
+    name: Annotated[
+        str | None,
+        Field(
+            description="What the job is called: the graph's `metadata.name` (given, derived from the intent or the tasks, or set by a rename).",
+            max_length=120,
+        ),
+    ] = None
     graph: Graph
     progress: Annotated[
         float,
