@@ -87,7 +87,8 @@ def test_the_openapi_document_describes_every_route(served):
     base_url, _ = served
     paths = httpx.get(f"{base_url}/openapi.json").json()["paths"]
     for path in ("/jobs", "/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/cancel", "/jobs/batch",
-                 "/jobs/{job_id}/artifacts", "/compose", "/tasks", "/workers", "/me/preferences", "/uploads"):
+                 "/jobs/{job_id}/artifacts", "/compose", "/tasks", "/workers", "/me/preferences", "/uploads",
+                 "/uploads/{sha256}/{name}", "/jobs/{job_id}/rerun", "/outputs"):
         assert path in paths, path
     assert paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"] == \
         {"$ref": "#/components/schemas/Graph"}
@@ -95,7 +96,7 @@ def test_the_openapi_document_describes_every_route(served):
     assert paths["/compose"]["post"]["requestBody"]["content"]["application/json"]["schema"] == \
         {"$ref": "#/components/schemas/ComposeRequest"}
     schemas = httpx.get(f"{base_url}/openapi.json").json()["components"]["schemas"]
-    assert set(schemas["ComposeRequest"]["properties"]) == {"intent", "brief", "dry_run", "strict"}
+    assert set(schemas["ComposeRequest"]["properties"]) == {"intent", "brief", "dry_run", "strict", "name"}
     assert "StructuredIntent" in schemas and "Inputs" in schemas and "Brief" in schemas
 
 
