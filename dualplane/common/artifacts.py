@@ -348,6 +348,32 @@ class ArtifactStore:
             expires=timedelta(seconds=expires_s),
         )
 
+    async def presigned_put_url(self, key: str, expires_s: int = 3600) -> str:
+        """A PUT URL a worker outside dualplane uploads one object with (an external node's output)."""
+        if not await self.available():
+            raise StoreUnavailable(f"object store {self.endpoint} is not answering")
+        return await self._run(self._client.presigned_put_object, self.bucket, _check_key(key),
+                               expires=timedelta(seconds=expires_s))
+
+    async def describe(self, key: str, name: str) -> dict[str, Any]:
+        """The artifact reference of an object someone else uploaded (a presigned PUT): its
+        bytes are read once to hash them. ObjectNotFound when nothing is there."""
+        return await self._run(self._describe_sync, key, name, key=key)
+
+    def _describe_sync(self, key: str, name: str) -> dict[str, Any]:
+        response = self._client.get_object(self.bucket, key)
+        digest, size = hashlib.sha256(), 0
+        try:
+            for chunk in response.stream(_HASH_CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+            content_type = response.headers.get("Content-Type") or DEFAULT_CONTENT_TYPE
+        finally:
+            response.close()
+            response.release_conn()
+        return _artifact_ref(name=name, bucket=self.bucket, key=key, size=size, sha256=digest.hexdigest(),
+                             content_type=content_type)
+
     async def keys(self, prefix: str) -> list[str]:
         """Every key under `prefix`, in key order."""
         return await self._run(self._keys_sync, prefix)

@@ -4,7 +4,8 @@ Key layout under the configurable prefix ``P`` (default ``dp:``):
 
 ============================  ===========================================================
 ``P job:<id>``                hash: job fields, ``spec`` (graph JSON as submitted) and one
-                              ``n:<node>`` field per node with its runtime state (JSON)
+                              ``n:<node>`` field per node with its runtime state (JSON);
+                              ``x:<node>``: an external node's claim (token, lease deadline)
 ``P job:<id>:events``         stream of events; entry id ``<seq>-0``, field ``e`` (JSON)
 ``P status|progress|data:<id>``  Pub/Sub channels, a wake-up copy of each event
 ``P cancels``                 Pub/Sub channel: the id of each job whose cancel was requested
@@ -51,6 +52,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import MaxConnectionsError, NoScriptError, ResponseError
 
 from dualplane.common.errors import BridgeClosed, UnknownJob
+from dualplane.common.graph import EXTERNAL_LANE
 from dualplane.common.models import BridgeConfig, Event, Graph, Handoff, Job
 
 log = logging.getLogger("dualplane.bridge")
@@ -65,7 +67,7 @@ _NODE_FIELD = "n:"
 RUNTIME_FIELDS = frozenset(
     {"status", "attempts", "progress", "started_at", "finished_at", "output", "artifacts", "error", "reason"}
 )
-_LUA_NAMES = ("create", "emit", "handoff", "claim", "dead_letter", "requeue")
+_LUA_NAMES = ("create", "emit", "handoff", "claim", "dead_letter", "requeue", "external")
 
 
 def _dumps(value: Any) -> bytes:
@@ -621,7 +623,9 @@ class Bridge:
         """:meth:`handoff` without waiting; merged with the job's last emit when adjacent."""
         message = b""
         target = ""
-        if target_lane is not None:
+        if target_lane == EXTERNAL_LANE:  # no stream: the job waits for external workers' claims
+            message = b"external"
+        elif target_lane is not None:
             target = self.keys.stream_for_lane(target_lane)
             message = Handoff(
                 job_id=job_id, handoff_seq=expected_seq + 1, graph=graph, request_id=request_id, sent_by=sent_by
@@ -636,6 +640,44 @@ class Bridge:
              "" if fence is None else fence],
             list(fields), _flatten(events), merge_key=(job_id, fence),
         ))
+
+    async def job_and_raw_state(self, job_id: str, node_id: str) -> tuple[Job, bytes | None]:
+        """The job and one node's state as stored (the value an external write compares with)."""
+        raw = await self.client.hgetall(self.keys.job(job_id))
+        if not raw:
+            raise UnknownJob(job_id)
+        fields = {_s(k): v for k, v in raw.items()}
+        return job_from_hash(fields), fields.get(node_field(node_id))
+
+    async def external_write(
+        self,
+        job_id: str,
+        node_id: str,
+        *,
+        token: int | None,
+        lease_s: float | None,
+        expected_state: bytes,
+        fields: Sequence[Any],
+        events: Sequence[tuple[str, bytes]],
+    ) -> tuple[int, float | None]:
+        """An external worker's claim (``token`` None; a lease of ``lease_s``) or report (with its
+        ``token``; ``lease_s`` None ends the claim, anything else renews it) on a node of a job
+        that waits on external workers (see external.lua). Returns (token, the lease's deadline
+        or None once ended), or (code, None) with code -1 held or stale, -2 gone, -3 the job does
+        not wait on external workers, -4 the node's state changed since it was read."""
+        if token is None:
+            op, lease = "claim", repr(lease_s)
+        else:
+            op, lease = "report", "" if lease_s is None else "1"
+        reply = await self._call(_Call(
+            "external",
+            [self.keys.job(job_id), self.keys.events(job_id)],
+            [self.keys.prefix, job_id, node_id, op, "" if token is None else token, repr(time.time()), lease,
+             expected_state],
+            list(fields), _flatten(events),
+        ))
+        code = int(reply[0])
+        return code, (float(reply[2]) if code > 0 and reply[2] else None)
 
     async def request_cancel(self, job_id: str) -> str:
         """Set the job's cancel flag and tell the planes (``cancels`` channel). Returns the job status.

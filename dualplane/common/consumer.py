@@ -43,6 +43,7 @@ from dualplane.common.graph import (
     job_outcome,
     lane_of,
     next_lane,
+    owner_of,
     plan_for_lane,
     propagate_skips,
     structure_problem,
@@ -406,7 +407,7 @@ class Consumer:
             events.append(event_body("status", run.job_id, status=outcome, plane=self.plane))
         else:
             _queue_ready(run, target, events, fields, self.plane)
-            fields += ["owner", "control" if target == "control" else "python"]
+            fields += ["owner", owner_of(target)]
         reply = self.bridge.handoff_nowait(
             run.job_id, expected_seq=run.handoff_seq, fence=run.fence, source=run.message, target_lane=target,
             graph=graph,

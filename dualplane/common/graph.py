@@ -39,10 +39,22 @@ def is_terminal(node: Node) -> bool:
     return node.status in TERMINAL  # a StrEnum member hashes as its value
 
 
+#: The lane of ``plane: external`` nodes: no stream carries it; a job whose next nodes are external
+#: waits in its hash until workers outside dualplane claim and report them over HTTP.
+EXTERNAL_LANE = "external"
+
+
 def lane_of(node: Node) -> str:
-    """Where a node runs: ``control`` or ``python:<pool>``."""
+    """Where a node runs: ``control``, ``python:<pool>`` or ``external``."""
     plane = node.plane.value if hasattr(node.plane, "value") else str(node.plane)
-    return "control" if plane == "control" else f"python:{node.pool}"
+    if plane == "python":
+        return f"python:{node.pool}"
+    return plane
+
+
+def owner_of(lane: str) -> str:
+    """The job's ``owner`` field while ``lane`` holds it."""
+    return "python" if lane.startswith("python:") else lane
 
 
 # -- validation ------------------------------------------------------------------------
@@ -133,11 +145,13 @@ def _check_cycles(by_id: dict[str, Node], errors: NodeErrors) -> None:
 
 def _check_task(node: Node, registry: TaskRegistry, errors: NodeErrors) -> None:
     spec = registry.get(node.task)
+    plane = node.plane.value if hasattr(node.plane, "value") else str(node.plane)
+    if spec is None and plane == EXTERNAL_LANE:
+        return  # what an external worker does is its own: only its name and the params' size are ours
     if spec is None:
         _add(errors, node.id, "task", f"unknown task {node.task!r}")
         return
-    plane = node.plane.value if hasattr(node.plane, "value") else str(node.plane)
-    if spec.plane != plane:
+    if spec.plane != plane and plane != EXTERNAL_LANE:  # an external worker may implement a registered task
         _add(errors, node.id, "plane", f"task {node.task!r} runs on the {spec.plane} plane, not {plane}")
     try:
         spec.params.model_validate(node.params)

@@ -12,7 +12,7 @@ import socket
 import uuid
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dualplane.common.models import BridgeConfig
@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     # pools a graph may name besides those of live workers (a pool scaled to zero must be here);
     # the default pool and gpu_pool always are
     pools: Annotated[list[str], NoDecode] = []
-    concurrency: int = 4
+    # nodes a worker runs at once; WORKER_CONCURRENCY is the seeds' name for it
+    concurrency: int = Field(4, validation_alias=AliasChoices("DUALPLANE_CONCURRENCY", "WORKER_CONCURRENCY"))
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     shutdown_grace_s: float = 30.0
     # cancel requests are pushed; in-flight jobs' flags are also read this often (a request

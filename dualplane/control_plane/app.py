@@ -348,10 +348,12 @@ def _include_routers(app: FastAPI, control: ControlPlane, limits: Limits, settin
     """Route groups that live in their own modules (they import this one: imported here)."""
     from dualplane.control_plane.routes_auth import install_accounts
     from dualplane.control_plane.routes_jobs import jobs_router
+    from dualplane.control_plane.routes_seed import seed_router
     from dualplane.control_plane.routes_uploads import uploads_router
 
     app.include_router(uploads_router(control, limits, settings))
     app.include_router(jobs_router(control, limits, app.state.owned_job))  # rename, rerun, /outputs
+    app.include_router(seed_router(control, limits, settings, app.state.hub))  # /generate, /job, external nodes
     install_accounts(app, control, app.state.authenticator, settings)  # /auth/*; revoked tokens refused
 
 

@@ -25,13 +25,14 @@ from dualplane.common.bridge import RUNTIME_FIELDS, Bridge, event_body, node_fie
 from dualplane.common.consumer import Consumer
 from dualplane.common.errors import DualplaneError, GraphValidationError, Unavailable
 from dualplane.common.executor import Executor
-from dualplane.common.graph import GRAPH_FIELD, lane_of, next_lane, validate_graph
+from dualplane.common.graph import EXTERNAL_LANE, GRAPH_FIELD, lane_of, next_lane, validate_graph
 from dualplane.common.models import Graph, Job, Node, NodeStatus
 from dualplane.common.registry import TaskRegistry
 from dualplane.common.routing import Router
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import HubCollector, PlaneMetrics, QueueCollector
 from dualplane.control_plane.composer import Capabilities
+from dualplane.control_plane.external import ExternalNodes
 from dualplane.control_plane.job_names import InvalidName, name_graph
 from dualplane.control_plane.planner import Planner, chat_model_from_settings
 from dualplane.control_plane.reconciler import Reconciler
@@ -96,6 +97,8 @@ class ControlPlane:
         self.failed = asyncio.Event()
         self._bucket_task: asyncio.Task[None] | None = None
         self.router = Router(self.bridge, gpu_pool=settings.gpu_pool)
+        #: Claims and reports of ``plane: external`` nodes (workers outside dualplane, over HTTP).
+        self.external = ExternalNodes(self.bridge, self.artifacts, metrics=self.metrics)
         self.reconciler = Reconciler(self.bridge, interval_s=settings.reconcile_interval_s, metrics=self.metrics)
         self._reconciler_task: asyncio.Task[None] | None = None
         #: Pools a graph may name without a live worker serving them.
@@ -171,6 +174,8 @@ class ControlPlane:
             await self._check_keys(graph, user)
         unroutable = await self.router.route(graph)
         lane = next_lane(graph) or "control"
+        if lane == EXTERNAL_LANE:  # the control runner parks it for external workers (no stream carries that)
+            lane = "control"
         events = [event_body("status", job_id, status="queued", plane="control")]
         # pending nodes need no state field: absent means the spec's state
         fields: list[Any] = ["name", graph.metadata["name"]]
@@ -261,7 +266,9 @@ class ControlPlane:
         return links
 
     async def cancel(self, job_id: str) -> str:
-        return await self.bridge.request_cancel(job_id)
+        status = await self.bridge.request_cancel(job_id)
+        await self.external.advance(job_id)  # a job waiting on external workers has no plane to stop it
+        return status
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> Job:
         """The job once it is finished, or as it is after ``timeout_s``."""

@@ -4,7 +4,8 @@
 -- KEYS[5] index of unfinished jobs
 -- ARGV[1] key prefix  ARGV[2] job id  ARGV[3] expected handoff_seq  ARGV[4] now
 -- ARGV[5] source group  ARGV[6] source message id ('' = none)
--- ARGV[7] handoff message JSON ('' = the job is finished: no XADD, apply retention)
+-- ARGV[7] handoff message JSON ('' = the job is finished: no XADD, apply retention; 'external' = the
+--         job now waits on external workers' claims: no stream carries it, it stays unfinished)
 -- ARGV[8] retention seconds for a finished job  ARGV[9] the owner's fence ('' = none)
 -- ARGV[10] n, then n (field, value) pairs, then (kind, body) event pairs.
 -- Returns the last seq; -1 when stale, -2 when the job is gone.
@@ -27,7 +28,9 @@ local next_arg = set_fields(KEYS[1], ARGV, 10)
 local seq = append_events(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV, next_arg, ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'handoff_seq', 1)
 redis.call('HINCRBY', KEYS[1], 'fence', 1)
-if ARGV[7] ~= '' then
+if ARGV[7] == 'external' then
+  redis.call('HDEL', KEYS[1], 'lane', 'msg')  -- no entry to lose: the reconciler leaves it alone
+elseif ARGV[7] ~= '' then
   local id = redis.call('XADD', KEYS[4], '*', 'm', ARGV[7])
   redis.call('HSET', KEYS[1], 'lane', KEYS[4], 'msg', id)
 else

@@ -13,11 +13,12 @@ from .graph import Graph
 
 class JobOwner(StrEnum):
     """
-    The plane that holds the ownership token (none once finished).
+    The plane that holds the ownership token (none once finished; external while the job waits on nodes claimed over HTTP).
     """
 
     control = 'control'
     python = 'python'
+    external = 'external'
     none = 'none'
 
 
@@ -70,7 +71,7 @@ class Job(BaseModel):
     owner: Annotated[
         JobOwner,
         Field(
-            description='The plane that holds the ownership token (none once finished).',
+            description='The plane that holds the ownership token (none once finished; external while the job waits on nodes claimed over HTTP).',
             title='JobOwner',
         ),
     ] = JobOwner.control

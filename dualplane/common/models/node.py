@@ -13,11 +13,12 @@ from .artifact import ArtifactRef
 
 class Plane(StrEnum):
     """
-    `control` runs in the control-plane service (no GPU, no torch); `python` runs in a data-plane worker.
+    `control` runs in the control-plane service (no GPU, no torch); `python` runs in a data-plane worker; `external` is claimed and reported over HTTP by a worker outside dualplane (`POST /jobs/{id}/nodes/{node}/claim`, `POST /jobs/report`).
     """
 
     control = 'control'
     python = 'python'
+    external = 'external'
 
 
 class NodeStatus(StrEnum):
@@ -82,7 +83,13 @@ class Node(BaseModel):
             pattern='^[A-Za-z_][A-Za-z0-9_-]{0,63}$',
         ),
     ]
-    task: Annotated[str, Field(description='Name of a registered task.', min_length=1)]
+    task: Annotated[
+        str,
+        Field(
+            description='Name of a registered task; on the external plane, the name of what the external worker does (its params are checked only when it names a registered task).',
+            min_length=1,
+        ),
+    ]
     plane: Plane
     needs: Annotated[
         list[str],
