@@ -5,7 +5,7 @@ import { get } from "./api.js";
 import { $, banner, h } from "./dom.js";
 import { fmtTime } from "./format.js";
 import { Picks } from "./jobactions.js";
-import { mediaFigure } from "./media.js";
+import { groupTracks, mediaFigure } from "./media.js";
 import { taskTitle } from "./session.js";
 
 const PAGE = 24;
@@ -21,12 +21,12 @@ function renderCompareBar(list) {
   for (const box of document.querySelectorAll("#gallery-grid input.pick")) box.checked = picks.has(box.value);
 }
 
-function card(o) {
+function card({ main: o, also }) {
   const ref = outputRef(o);
   const pick = h("input", { type: "checkbox", class: "pick", value: ref, id: `pick-${ref.replace(/[^A-Za-z0-9_-]/g, "_")}`,
     onchange: (ev) => picks.toggle(ref, ev.target.checked) });
   pick.checked = picks.has(ref);
-  const figure = mediaFigure({ ...o, key: ref }, { alt: `${o.name} from ${o.job_name || o.job_id}` });
+  const figure = mediaFigure({ ...o, key: ref }, { alt: `${o.name} from ${o.job_name || o.job_id}`, also });
   return h("li", { class: "gallery-item", "data-kind": o.kind, "data-job": o.job_id, "data-ref": ref }, figure,
     h("p", { class: "gallery-meta" },
       h("a", { href: `#/jobs/${encodeURIComponent(o.job_id)}`, text: o.job_name || o.job_id }),
@@ -46,7 +46,8 @@ export async function loadGallery({ more = false } = {}) {
   }
   banner("");
   const grid = $("#gallery-grid");
-  const items = page.outputs.map(card);
+  // a track's Opus, WAV and MIDI are one card (the Opus plays; all three download)
+  const items = groupTracks(page.outputs).map(card);
   if (more) grid.append(...items);
   else grid.replaceChildren(...items);
   cursor = page.next_cursor;

@@ -140,7 +140,7 @@ function logEvent(e) {
           : e.data?.audio_progress ? `audio ${fmtSeconds(e.data.audio_progress.seconds)}`
             : (e.message || "data");
   const text = `${new Date(e.ts * 1000).toLocaleTimeString()}  ${e.node_id || "job"}  ${e.type}: ${what}`
-    + (e.message && e.type !== "data" ? ` — ${e.message}` : "");
+    + (e.message && (e.type === "status" || e.type === "progress") ? ` — ${e.message}` : "");
   const last = log.lastElementChild;
   // progress (and preview) events of one node collapse into one line: the log stays readable
   const kind = `${e.type}${e.data?.preview ? "-preview" : e.data?.audio_progress ? "-audio" : ""}:${e.node_id || ""}`;

@@ -24,7 +24,7 @@ function facts(item, durationSlot) {
  * One output as a figure: `item` = {url, name, content_type, size, duration_s?, poster_url?,
  * caption?}. `player: false` makes a download-only entry (the WAV twin of an Opus track).
  */
-export function mediaFigure(item, { player = true, alt } = {}) {
+export function mediaFigure(item, { player = true, alt, also = [] } = {}) {
   const type = item.content_type || "";
   const kind = kindOf(type);
   const durationSlot = h("span", { class: "duration" });
@@ -48,9 +48,29 @@ export function mediaFigure(item, { player = true, alt } = {}) {
   const download = item.url
     ? h("a", { href: item.url, download: item.name, class: "download", text: `Download ${item.name}` })
     : h("span", { class: "muted", text: "no object store URL" });
+  // the other files of the same track (its WAV, its MIDI): downloads under the one player
+  const more = also.map((x) => h("a", { href: x.url, download: x.name, class: "download",
+    text: `Download ${x.name} (${fmtBytes(x.size)})` }));
   return h("figure", { class: "artifact", "data-key": item.key, "data-type": type, "data-kind": kind }, media,
     h("figcaption", {}, h("strong", { text: item.name }), item.caption ? ` · ${item.caption}` : "", " · ",
-      facts(item, durationSlot), " ", download));
+      facts(item, durationSlot), " ", download, ...more.map((a) => [" ", a])));
+}
+
+const PREFERRED = ["video/", "audio/ogg", "audio/", "image/", ""];
+/** Files of one track or clip (same node, same name but the extension) as one entry: the
+ * first to show (a video, the Opus of a WAV + Opus pair, ...) and the rest as downloads. */
+export function groupTracks(items) {
+  const groups = new Map();
+  for (const item of items) {
+    const key = `${item.job_id || ""}/${item.node_id}/${item.name.replace(/\.[^.]+$/, "")}`;
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key).push(item);
+  }
+  const rank = (x) => PREFERRED.findIndex((p) => (x.content_type || "").startsWith(p) && x.content_type !== "audio/midi");
+  return [...groups.values()].map((list) => {
+    const sorted = [...list].sort((a, b) => (rank(a) < 0 ? 9 : rank(a)) - (rank(b) < 0 ? 9 : rank(b)));
+    return { main: sorted[0], also: sorted.slice(1) };
+  });
 }
 
 const stemOf = (a) => `${a.node_id}/${a.name.replace(/\.[^.]+$/, "")}`;
