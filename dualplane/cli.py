@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -23,6 +24,9 @@ from dualplane.common.settings import Settings
 POLL_S = 0.1
 BAR_WIDTH = 10
 DEMO_TIMEOUT_S = 120.0
+#: `dualplane down` waits this long: the launcher gives the worker and the control plane their
+#: 30 s shutdown grace (plus a margin) each, then stops the servers
+DOWN_TIMEOUT_S = 120.0
 JOB_TERMINAL = frozenset({"succeeded", "failed", "partial", "cancelled"})
 EXIT_INTERRUPTED = 130
 
@@ -50,9 +54,16 @@ def _parser() -> argparse.ArgumentParser:
         "reconcile", help="find unfinished jobs whose stream message was lost and hand them on again (REDIS_URL)")
     reconcile.add_argument("--dry-run", action="store_true", help="only report them")
     reconcile.set_defaults(handler=cmd_reconcile)
-    sub.add_parser(
-        "up", help="start a local stack, run the demo job with live progress, keep serving"
-    ).set_defaults(handler=cmd_up)
+    up = sub.add_parser("up", help="start the local stack (state kept in .dualplane/), run the demo job with "
+                                   "live progress, keep serving until Ctrl-C, SIGTERM or a closed terminal")
+    up.add_argument("--no-demo", action="store_true", help="only start the stack and serve")
+    up.set_defaults(handler=cmd_up)
+    sub.add_parser("status", help="is a local stack running here: its URL, pids, ports, data size, jobs"
+                   ).set_defaults(handler=cmd_status)
+    down = sub.add_parser("down", help="stop the local stack running here (from any terminal)")
+    down.add_argument("--timeout", type=float, default=DOWN_TIMEOUT_S,
+                      help=f"seconds before its processes get SIGKILL (default {DOWN_TIMEOUT_S:g})")
+    down.set_defaults(handler=cmd_down)
     demo = sub.add_parser("demo", help="like `up`, but exit after the job: 0 if it succeeded")
     demo.add_argument(
         "--timeout",
@@ -169,7 +180,7 @@ def run_async(coroutine: Any) -> Any:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    return run_stack(serve=True, timeout_s=None)
+    return run_stack(serve=True, timeout_s=None, demo=not args.no_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -178,26 +189,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def say(line: str) -> None:
     """Progress output: flushed at once so a pipe (tests, `tee`) sees it live."""
-    print(line, flush=True)
+    try:
+        print(line, flush=True)
+    except OSError:  # the terminal was closed (EIO) or the pipe's reader left: stopping goes on
+        _output_to_devnull()
+
+
+def _output_to_devnull() -> None:
+    """Point stdout and stderr at /dev/null: what is still buffered, and every later line (ours,
+    logging's), goes nowhere instead of failing again, and the exit status stays ours."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _raise_interrupt(signum: int, frame: object) -> NoReturn:
-    """SIGTERM takes the same clean-up path as Ctrl-C."""
+    """SIGTERM (`dualplane down`) and SIGHUP (a closed terminal) take the same clean-up path as Ctrl-C."""
     raise KeyboardInterrupt
 
 
-def run_stack(*, serve: bool, timeout_s: float | None) -> int:
-    """Start the local stack, run the demo job, optionally keep serving; always stop it all."""
+def run_stack(*, serve: bool, timeout_s: float | None, demo: bool = True) -> int:
+    """Start the local stack, run the demo job (unless not `demo`), optionally keep serving;
+    always stop it all."""
     from dualplane.stack import LocalStack, kill_leftover_children, signals_ignored
 
     settings = Settings()
     configure_logging(settings.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # the tiny-model build says what it did in one announced line
+    for name in ("dualplane.data_plane.tiny", "dualplane.data_plane.model_store"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     stack = LocalStack(settings, Path.cwd(), announce=say)
     try:
         stack.start()
-        succeeded = run_demo_job(stack, settings, timeout_s)
+        succeeded = run_demo_job(stack, settings, timeout_s) if demo else True
         return serve_until_interrupted(stack) if serve else (0 if succeeded else 1)
     except KeyboardInterrupt:
         say("interrupted")
@@ -211,7 +238,69 @@ def run_stack(*, serve: bool, timeout_s: float | None) -> int:
             stack.stop()
             kill_leftover_children()
             say("stopped")
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """What runs here (0), or that nothing does (1)."""
+    from dualplane.local_stack import discover
+
+    stack = discover()
+    if stack is None:
+        say(f"no local stack is running in {Path.cwd()} (start one with `dualplane up`)")
+        return 1
+    for line in describe_stack(stack, Settings()):
+        say(line)
+    return 0
+
+
+def describe_stack(stack: Any, settings: Settings) -> list[str]:
+    """The status lines of a running local stack (a :class:`~dualplane.local_stack.RunningStack`)."""
+    from dualplane.common.bridge import Keys
+    from dualplane.local_stack import StateDir
+
+    uptime = time.time() - stack.started_at
+    lines = [f"local stack running at {stack.url} (launcher pid {stack.launcher.pid}, "
+             + f"up {uptime // 3600:.0f} h {uptime % 3600 // 60:.0f} min)"]
+    where = {"redis": stack.redis_url, "s3": f"http://{stack.s3_endpoint}", "control-plane": stack.url,
+             "worker": f"http://127.0.0.1:{stack.ports.get('worker')}"}
+    for name, process in stack.processes.items():
+        state = "running" if process.alive() else "GONE"
+        lines.append(f"  {name:<14} pid {process.pid:<8} {state:<8} {where.get(name, '')}".rstrip())
+    ports = {name: (port["s3"] if isinstance(port, dict) else port) for name, port in stack.ports.items()}
+    lines.append("  ports          " + ", ".join(f"{name} {port}" for name, port in sorted(ports.items())))
+    size_mib = StateDir(stack.state_dir).size_bytes() / 2**20
+    lines.append(f"  data           {stack.state_dir} ({size_mib:.1f} MiB)")
+    lines.append(f"  jobs           {_job_count(stack.redis_url, Keys(settings.key_prefix))}")
+    return lines
+
+
+def _job_count(redis_url: str, keys: Any) -> str:
+    import redis
+
+    try:
+        with redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) as client:
+            total, unfinished = client.zcard(keys.jobs_index), client.zcard(keys.active_jobs)
+    except redis.RedisError as exc:
+        return f"unknown (Redis does not answer: {exc})"
+    return f"{total} ({unfinished} unfinished)"
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop the stack running here the way Ctrl-C in its terminal would; 0 once nothing runs."""
+    from dualplane.local_stack import discover, stop
+
+    stack = discover()
+    if stack is None:
+        say(f"no local stack is running in {Path.cwd()}")
+        return 0
+    say(f"stopping the local stack at {stack.url} (launcher pid {stack.launcher.pid}) ...")
+    if stop(stack, args.timeout):
+        say("stopped")
+    else:
+        say(f"it did not stop within {args.timeout:g} s: its processes were killed (SIGKILL)")
+    return 0
 
 
 def serve_until_interrupted(stack: Any) -> int:

@@ -2,7 +2,9 @@
 cancel, and `token` (mints a JWT locally from the configured key).
 
 The server is ``DUALPLANE_URL``, the credentials ``DUALPLANE_TOKEN`` (both through
-:class:`Settings`). ``--watch`` follows the job over the WebSocket hub: one live progress bar
+:class:`Settings`); where they are unset, those of the local stack running in this directory
+or one above (:func:`dualplane.local_stack.client_settings`: its URL, a token of its user
+``demo``, its signing key for `token`). ``--watch`` follows the job over the WebSocket hub: one live progress bar
 per node on a terminal, one plain line per event when stdout is a pipe or a file (logs, CI).
 Exit codes: 0 when the job succeeded (or the command did what it was asked), 1 otherwise.
 """
@@ -119,7 +121,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     from dualplane.control_plane.auth import Authenticator
 
     try:
-        token = Authenticator.from_settings(Settings()).mint(args.user, args.role, ttl_s=args.ttl_s)
+        token = Authenticator.from_settings(resolved_settings()).mint(args.user, args.role, ttl_s=args.ttl_s)
     except (ValueError, OSError) as exc:
         raise _Fail(f"cannot mint a token: {exc}") from None
     print(token, flush=True)
@@ -144,22 +146,30 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
         print(f"error: {exc}", file=sys.stderr)
     except httpx.TransportError as exc:
         print(
-            f"error: cannot reach the control plane at {Settings().api_url}: {exc}", file=sys.stderr
+            f"error: cannot reach the control plane at {resolved_settings().api_url}: {exc}", file=sys.stderr
         )
     except (OSError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     return 1
 
 
+def resolved_settings() -> Settings:
+    """The environment's settings, completed from the local stack running here."""
+    from dualplane.local_stack import client_settings
+
+    return client_settings(Settings())
+
+
 @contextmanager
 def _client() -> Iterator[Client]:
-    settings = Settings()
-    if not settings.token:
+    resolved = resolved_settings()
+    if not resolved.token:
         raise _Fail(
             "no API token: set DUALPLANE_TOKEN "
-            "(e.g. export DUALPLANE_TOKEN=$(dualplane token --user alice))"
+            "(e.g. export DUALPLANE_TOKEN=$(dualplane token --user alice)), or start a local stack here "
+            "with `dualplane up`"
         )
-    with Client.from_settings(settings) as client:
+    with Client.from_settings(resolved) as client:
         yield client
 
 

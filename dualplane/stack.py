@@ -1,10 +1,16 @@
 """The embedded-defaults stack behind `dualplane up` / `dualplane demo`.
 
-Starts what the settings do not point at (a local Redis when REDIS_URL is unset, a local
-SeaweedFS S3 with generated, enforced credentials when S3_ENDPOINT is unset), then one control
-plane and one worker as child processes on free ports. Everything started is registered in one
-ExitStack the moment it exists, so `stop()` (and any failure or Ctrl-C during `start()`)
-stops it in reverse order: worker, control plane, S3, Redis.
+Starts what the settings do not point at (a local Redis with an AOF when REDIS_URL is unset, a
+local SeaweedFS S3 with enforced credentials when S3_ENDPOINT is unset), then one control plane
+and one worker as child processes. Their data, ports, credentials and JWT secret live in
+`.dualplane/` and are kept from one start to the next (:mod:`dualplane.local_stack`), so a
+restart finds its jobs, artifacts and tokens. Everything started is registered in one ExitStack
+the moment it exists, so `stop()` (and any failure or Ctrl-C during `start()`) stops it in
+reverse order: worker, control plane, S3, Redis; each as a process group.
+
+A child that exits on its own is reported (:class:`ChildExited`: which, its exit code, the end
+of its log) and the whole stack stops rather than restarting it: on one machine a crash is a bug
+to read about, and a restart loop would bury it.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -25,39 +30,67 @@ from typing import Any, Self
 
 import httpx
 
-from dualplane.common.services import LOOPBACK, free_port, start_redis, start_s3, terminate
+from dualplane.common.quiet import quiet_model_libraries
+from dualplane.common.services import (
+    LOOPBACK,
+    S3_PORT_NAMES,
+    free_port,
+    port_is_free,
+    s3_ports,
+    s3_ports_taken,
+    start_redis,
+    start_s3,
+    terminate,
+)
 from dualplane.common.settings import Settings
+from dualplane.local_stack import STATE_DIR, Process, RunningStack, StateDir, process_started
 
-STATE_DIR = ".dualplane"
 HEALTH_TIMEOUT_S = 60.0
 #: Extra time over the children's own shutdown grace before they get SIGKILL.
 KILL_MARGIN_S = 5.0
+#: How long a process left by an earlier, killed launcher gets to stop before SIGKILL.
+STOP_LEFTOVER_S = 10.0
+#: Log lines shown when a child exits on its own.
+TAIL_LINES = 20
+#: The signals that stop the stack: Ctrl-C, `kill` / `dualplane down`, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class ChildExited(RuntimeError):
+    """A process of the stack exited on its own; the message says which, how, and its log's end."""
 
 
 @dataclass
 class Child:
-    """A control-plane or worker process we started, with its log file."""
+    """A process we started (a server or a plane), with its log file; it leads its own group."""
 
     name: str
     process: subprocess.Popen[bytes] = field(repr=False)
     log_path: Path
-    health_url: str
+    health_url: str | None = None
 
     def stop(self, timeout_s: float) -> None:
-        """SIGTERM (both planes shut down gracefully on it), wait, then SIGKILL; always reap."""
-        terminate(self.process, timeout_s)
+        """SIGTERM to its group (both planes shut down gracefully on it), wait, then SIGKILL."""
+        terminate(self.process, timeout_s, group=True)
 
-    def log_tail(self, max_chars: int = 3000) -> str:
+    def log_tail(self, lines: int = TAIL_LINES) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-max_chars:]
+            text = self.log_path.read_text(errors="replace")
         except OSError:
-            return "<no log>"
+            return "  <no log>"
+        return "\n".join(f"  {line}" for line in text.splitlines()[-lines:]) or "  <empty log>"
+
+    def exit_report(self) -> str:
+        code = self.process.returncode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return (f"{self.name} (pid {self.process.pid}) {how}, so the stack stops; "
+                f"the last lines of {self.log_path}:\n{self.log_tail()}")
 
 
 @contextlib.contextmanager
 def signals_ignored() -> Iterator[None]:
-    """Keep a second Ctrl-C / SIGTERM from cutting a shutdown short and orphaning children."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Keep a second Ctrl-C / SIGTERM / SIGHUP from cutting a shutdown short and orphaning children."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -68,8 +101,9 @@ def signals_ignored() -> Iterator[None]:
 class LocalStack:
     """Redis + S3 (when not configured) + control plane + one worker, under `root`/.dualplane.
 
-    :param settings: the launcher's settings; REDIS_URL / S3_* there are used as given.
-    :param root: directory that receives `.dualplane/` (data and logs).
+    :param settings: the launcher's settings; REDIS_URL / S3_* / DUALPLANE_JWT_SECRET there are
+        used as given (and then not kept).
+    :param root: directory that receives `.dualplane/` (data, logs, kept ports and secrets).
     :param announce: called with one human-readable line per started component.
     """
 
@@ -77,28 +111,37 @@ class LocalStack:
         self, settings: Settings, root: Path, announce: Callable[[str], None] = print
     ) -> None:
         self.settings = settings
-        self.state_dir = Path(root).resolve() / STATE_DIR
+        self.state = StateDir(Path(root).resolve() / STATE_DIR)
+        self.state_dir = self.state.path
         self.announce = announce
         self.redis_url = settings.redis_url
         self.s3_endpoint = settings.s3_endpoint
         self.s3_access_key = settings.s3_access_key
         self.s3_secret_key = settings.s3_secret_key
         self.control_url = ""
-        # HS256 secret shared with the children; the launcher mints its own token from it
-        self.jwt_secret = settings.jwt_secret or secrets.token_urlsafe(32)
-        self.token = ""
-        self.children: list[Child] = []
+        # HS256 secret shared with the children (kept in .dualplane/ unless configured); the
+        # launcher mints its own token from it
+        self.jwt_secret = settings.jwt_secret or ""
+        self.ports: dict[str, Any] = {}
+        self.children: list[Child] = []  # the planes, waited for until healthy
+        self.watched: list[Child] = []  # every process we started, servers included
         self._exit = contextlib.ExitStack()
 
     def start(self) -> None:
         """Start every missing piece and wait until both planes answer /health; clean up on failure."""
         try:
-            (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+            self.state.create()
+            (self.state_dir / "logs").mkdir(exist_ok=True)
+            self._exit.enter_context(self.state.locked())  # released last, once all is stopped
+            self._exit.callback(self.state.remove_record)
+            self._stop_leftovers()
+            self._load_state()
             self._start_redis()
             self._start_s3()
             self._ensure_models()
             self._start_planes()
             self._wait_healthy()
+            self._write_record()
         except BaseException:
             self.stop()
             raise
@@ -115,6 +158,74 @@ class LocalStack:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    # -- kept state --------------------------------------------------------------------------
+
+    def _stop_leftovers(self) -> None:
+        """Processes of an earlier stack here whose launcher died without stopping them (SIGKILL):
+        they hold its ports and data, so they go before anything starts (we hold the lock, so no
+        live launcher owns them; a pid and its start time name exactly the process recorded)."""
+        earlier = self.state.record()
+        if earlier is None:
+            return
+        alive = {name: p for name, p in earlier.processes.items() if p.alive()}
+        if alive:
+            self.announce("found processes of an earlier stack whose launcher is gone; stopping "
+                          + ", ".join(f"{name} (pid {p.pid})" for name, p in alive.items()))
+            for process in alive.values():
+                process.stop(STOP_LEFTOVER_S)
+        self.state.remove_record()
+
+    def _load_state(self) -> None:
+        """The kept ports and secrets (chosen now on a first start)."""
+        self.ports = self.state.kept_ports()
+        first = not self.ports
+        if not self.jwt_secret:
+            self.jwt_secret = self.state.jwt_secret()
+        self.announce(f"state          {self.state_dir} ("
+                      + ("first start: ports, credentials and JWT secret chosen and kept here)" if first
+                         else "ports, credentials and JWT secret as kept: jobs, artifacts and tokens carry over)"))
+
+    def _port(self, name: str) -> int:
+        """The port kept for `name`, or a new one (kept from now on) when none is or it is taken."""
+        kept = self.ports.get(name)
+        if isinstance(kept, int) and port_is_free(kept):
+            return kept
+        port = free_port(stable=True)
+        if kept is not None:
+            self.announce(f"port {kept}, kept for the {name}, is taken by another process: "
+                          f"using {port} from now on")
+        self._keep_port(name, port)
+        return port
+
+    def _s3_ports(self) -> dict[str, int]:
+        kept = self.ports.get("s3")
+        if isinstance(kept, dict) and set(kept) == set(S3_PORT_NAMES):
+            taken = s3_ports_taken(kept)
+            if not taken:
+                return kept
+            ports = s3_ports(stable=True)
+            self.announce(f"port {', '.join(map(str, taken))}, kept for the object store, is taken by another "
+                          f"process: using S3 port {ports['s3']} from now on (its objects stay)")
+        else:
+            ports = s3_ports(stable=True)
+        self._keep_port("s3", ports)
+        return ports
+
+    def _keep_port(self, name: str, port: int | dict[str, int]) -> None:
+        self.ports[name] = port
+        self.state.keep_ports(self.ports)
+
+    def _write_record(self) -> None:
+        """stack.json: how `dualplane status`, `down`, `token` and the client commands find us."""
+        me = os.getpid()
+        self.state.write_record(RunningStack(
+            state_dir=self.state_dir, url=self.control_url, launcher=Process(me, process_started(me)),
+            started_at=time.time(), redis_url=self.redis_url or "", s3_endpoint=self.s3_endpoint or "",
+            processes={c.name: Process(c.process.pid, process_started(c.process.pid)) for c in self.watched},
+            ports=self.ports,
+            jwt_secret_file=None if self.settings.jwt_secret else str(self.state.jwt_secret_file),
+        ))  # fmt: skip
+
     # -- pieces ----------------------------------------------------------------------------
 
     def _start_redis(self) -> None:
@@ -123,21 +234,25 @@ class LocalStack:
             self.announce(f"redis          {self.redis_url} (from REDIS_URL)")
             return
         # AOF under .dualplane/redis: stopping and starting the local stack keeps every job
-        server = start_redis(self.state_dir / "redis", appendonly=True)
+        server = start_redis(self.state_dir / "redis", appendonly=True, port=self._port("redis"))
         self._exit.callback(server.stop)
+        self.watched.append(Child("redis", server.process, server.data_dir / "redis.log"))
         self.redis_url = server.url
-        self.announce(f"redis          {server.url}  pid {server.process.pid}")
+        self.announce(f"redis          {server.url}  pid {server.process.pid}  data {server.data_dir} (AOF)")
 
     def _start_s3(self) -> None:
-        """A local `weed mini` with freshly generated credentials when S3_ENDPOINT is unset."""
+        """A local `weed mini` with the kept credentials when S3_ENDPOINT is unset."""
         if self.s3_endpoint:
             self.announce(f"s3             {self.s3_endpoint} (from S3_ENDPOINT)")
             return
-        server = start_s3(self.state_dir / "s3")
+        access_key, secret_key = self.state.s3_credentials()
+        server = start_s3(self.state_dir / "s3", access_key=access_key, secret_key=secret_key,
+                          ports=self._s3_ports())
         self._exit.callback(server.stop)
+        self.watched.append(Child("s3", server.process, server.data_dir / "weed.log"))
         self.s3_endpoint, self.s3_access_key = server.endpoint, server.access_key
         self.s3_secret_key = server.secret_key
-        self.announce(f"s3 (seaweedfs) {server.url}  pid {server.process.pid}")
+        self.announce(f"s3 (seaweedfs) {server.url}  pid {server.process.pid}  data {server.data_dir}")
 
     def _ensure_models(self) -> None:
         """Where the object store holds no weights for a registry name (or tiny ones of an older
@@ -161,10 +276,12 @@ class LocalStack:
         to_build = missing + stale
         self.announce(f"models         building tiny random models for {', '.join(to_build)} "
                       "(SIMULATED quality: random weights, real classes and loading path)")
+        quiet_model_libraries()
         asyncio.run(make_and_upload(store, self.state_dir / "tiny-models", to_build))
+        self.announce("models         built and uploaded")
 
     def _start_planes(self) -> None:
-        control_port, worker_port = free_port(), free_port()
+        control_port, worker_port = self._port("control-plane"), self._port("worker")
         env = self.child_env(control_port, worker_port)
         self.control_url = f"http://{LOOPBACK}:{control_port}"
         self._spawn("control-plane", env, f"{self.control_url}/health")
@@ -203,6 +320,7 @@ class LocalStack:
         child = Child(command, process, log_path, health_url)
         self._exit.callback(child.stop, self.settings.shutdown_grace_s + KILL_MARGIN_S)
         self.children.append(child)
+        self.watched.append(child)
         self.announce(
             f"{command:<14} {health_url.removesuffix('/health')}  pid {process.pid}  log {log_path}"
         )
@@ -219,7 +337,7 @@ class LocalStack:
         with httpx.Client(timeout=1.0) as client:
             while waiting:
                 self.check_children()
-                waiting = [c for c in waiting if not _healthy(client, c.health_url)]
+                waiting = [c for c in waiting if not _healthy(client, c.health_url or "")]
                 if waiting and time.monotonic() > deadline:
                     names = ", ".join(c.name for c in waiting)
                     raise RuntimeError(f"{names} not healthy after {HEALTH_TIMEOUT_S} s")
@@ -227,13 +345,10 @@ class LocalStack:
                     time.sleep(0.05)
 
     def check_children(self) -> None:
-        """Raise (with the log tail) when a control plane or worker has exited on its own."""
-        for child in self.children:
+        """Raise ChildExited when any process of the stack (a server, a plane) has exited."""
+        for child in self.watched:
             if child.process.poll() is not None:
-                raise RuntimeError(
-                    f"{child.name} exited with code {child.process.returncode}; "
-                    f"log tail ({child.log_path}):\n{child.log_tail()}"
-                )
+                raise ChildExited(child.exit_report())
 
 
 def _healthy(client: httpx.Client, url: str) -> bool:

@@ -32,16 +32,20 @@ S3_READY_TIMEOUT_S = 30.0
 # weed's embedded worker dials admin.port + 10000, whatever -admin.port.grpc says.
 WEED_ADMIN_GRPC_OFFSET = 10000
 _UNIX_SOCKET_MAX_CHARS = 100  # sun_path is 108 bytes; -filer/-s3.localSocket live in data_dir
+# ports kept across restarts come from here: above the well-known services, below Linux's
+# ephemeral range (32768-60999), which outgoing connections take from
+_STABLE_LOW, _STABLE_HIGH = 20000, 32768
 
 
 # --------------------------------------------------------------------------- ports
 
 
-def _reserve_ports(count: int, *, pair_offset: int | None = None) -> list[int]:
+def _reserve_ports(count: int, *, pair_offset: int | None = None, stable: bool = False) -> list[int]:
     """Return `count` distinct free ports (plus, if asked, a base port p with p+offset free, last).
 
-    All sockets are held open together until the end so the kernel cannot hand out the same
-    port twice; they are closed before returning, leaving a tiny race we accept.
+    `stable` picks them below the ephemeral range (see :func:`free_port`). All sockets are held
+    open together until the end so the kernel cannot hand out the same port twice; they are
+    closed before returning, leaving a tiny race we accept.
     """
     with contextlib.ExitStack() as stack:
 
@@ -50,15 +54,22 @@ def _reserve_ports(count: int, *, pair_offset: int | None = None) -> list[int]:
             sock.bind((LOOPBACK, port))
             return sock.getsockname()[1]
 
-        ports = [bind(0) for _ in range(count)]
+        ports = [_bind_below_ephemeral(bind) if stable else bind(0) for _ in range(count)]
         if pair_offset is not None:
             ports.append(_bind_pair(bind, pair_offset))
         return ports
 
 
+def _bind_below_ephemeral(bind: Callable[[int], int]) -> int:
+    for port in random.sample(range(_STABLE_LOW, _STABLE_HIGH), 500):
+        with contextlib.suppress(OSError):
+            return bind(port)
+    raise RuntimeError(f"no free port in [{_STABLE_LOW}, {_STABLE_HIGH})")
+
+
 def _bind_pair(bind: Callable[[int], int], offset: int) -> int:
     """Find p with p and p+offset bindable, below the ephemeral range so bind(0) cannot take them."""
-    low, high = 20000, min(32768, 65536 - offset)
+    low, high = _STABLE_LOW, min(_STABLE_HIGH, 65536 - offset)
     for port in random.sample(range(low, high), min(500, high - low)):
         try:
             bind(port)
@@ -72,9 +83,25 @@ def _bind_pair(bind: Callable[[int], int], offset: int) -> int:
     raise RuntimeError(f"no free port pair with offset {offset} in [{low}, {high})")
 
 
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    return _reserve_ports(1)[0]
+def free_port(*, stable: bool = False) -> int:
+    """A currently free TCP port on 127.0.0.1.
+
+    `stable`: one below the ephemeral range, for a port kept across restarts (the local
+    stack's): the kernel never gives such a port to an outgoing connection in between.
+    """
+    return _reserve_ports(1, stable=stable)[0]
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:`port` now. SO_REUSEADDR, as servers set it:
+    the closed connections of the last run (TIME_WAIT) do not make a kept port look taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port_pair(offset: int) -> int:
@@ -85,17 +112,32 @@ def free_port_pair(offset: int) -> int:
 # --------------------------------------------------------------------------- process helpers
 
 
-def terminate(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM, wait, then SIGKILL; always reaps the child so no zombie or orphan remains."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def terminate(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S, *, group: bool = False) -> None:
+    """SIGTERM, wait, then SIGKILL; always reaps the child so no zombie or orphan remains.
+
+    `group`: the child leads its own process group (it was started in its own session): the
+    signals go to the whole group, and whatever of the group outlives the child (a helper it
+    started, an ffmpeg) gets SIGKILL once the child has exited. The group id stays allocated
+    while any member lives, so that last SIGKILL cannot reach an unrelated process.
+    """
+    if process.poll() is None:
+        _send(process, signal.SIGTERM, group=group)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _send(process, signal.SIGKILL, group=group)
+            process.wait()
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _send(process: subprocess.Popen[bytes], sig: int, *, group: bool) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
 
 
 def _log_tail(path: Path, max_chars: int = 4000) -> str:
@@ -133,7 +175,7 @@ def _wait_until(
             f"{what} not ready after {timeout_s} s; log tail:\n{_log_tail(log_path)}"
         )
     except BaseException:
-        terminate(process)
+        terminate(process, group=True)
         raise
 
 
@@ -168,7 +210,7 @@ class RedisServer:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
     def stop(self) -> None:
-        terminate(self.process)
+        terminate(self.process, group=True)
 
     def __enter__(self) -> Self:
         return self
@@ -256,7 +298,7 @@ class S3Server:
         return f"http://{LOOPBACK}:{self.port}"
 
     def stop(self) -> None:
-        terminate(self.process)
+        terminate(self.process, group=True)
         _remove_sockets(self.stray_sockets)
 
     def __enter__(self) -> Self:
@@ -277,12 +319,21 @@ def _find_weed_binary() -> str:
     return found
 
 
-def _weed_ports() -> dict[str, int]:
-    """Every port `weed mini` would otherwise take from its fixed defaults, all free."""
-    names = ("s3", "s3_grpc", "master", "master_grpc",
-             "volume", "volume_grpc", "filer", "filer_grpc")  # fmt: skip
-    *ports, admin = _reserve_ports(len(names), pair_offset=WEED_ADMIN_GRPC_OFFSET)
-    return {**dict(zip(names, ports, strict=True)), "admin": admin}
+#: The names of every port `weed mini` takes (admin's gRPC port is admin + WEED_ADMIN_GRPC_OFFSET).
+S3_PORT_NAMES = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "admin")
+
+
+def s3_ports(*, stable: bool = False) -> dict[str, int]:
+    """Every port `weed mini` would otherwise take from its fixed defaults, all free (`stable`:
+    below the ephemeral range, see :func:`free_port`)."""
+    *ports, admin = _reserve_ports(len(S3_PORT_NAMES) - 1, pair_offset=WEED_ADMIN_GRPC_OFFSET, stable=stable)
+    return {**dict(zip(S3_PORT_NAMES[:-1], ports, strict=True)), "admin": admin}
+
+
+def s3_ports_taken(ports: dict[str, int]) -> list[int]:
+    """Those of an earlier :func:`s3_ports` (admin's gRPC twin included) that are in use now."""
+    wanted = [ports[name] for name in S3_PORT_NAMES] + [ports["admin"] + WEED_ADMIN_GRPC_OFFSET]
+    return [port for port in wanted if not port_is_free(port)]
 
 
 def _weed_args(weed: str, data_dir: Path, ports: dict[str, int]) -> list[str]:
@@ -355,7 +406,7 @@ def start_s3(
     tmp_dir.mkdir(parents=True, exist_ok=True)
     access_key = access_key or "dp" + secrets.token_hex(9)
     secret_key = secret_key or secrets.token_hex(20)
-    ports = dict(ports) if ports else _weed_ports()
+    ports = dict(ports) if ports else s3_ports()
     env = {
         **os.environ,  # passed through so weed sees PATH/HOME; not configuration
         "AWS_ACCESS_KEY_ID": access_key,

@@ -724,8 +724,10 @@ class ModelManager:
         return count
 
     def _load_now(self, entry: ModelEntry, loader: Loader, extra: Sequence[str]) -> _Warm:
+        from dualplane.common.quiet import quiet_model_libraries
         from dualplane.data_plane.device import select_dtype
 
+        quiet_model_libraries()  # no progress bar per file in the worker's log
         path = _run_blocking(self.store.ensure_local(entry.name))
         extra_paths = [_run_blocking(self.store.ensure_local(other)) for other in extra]
         device = self.device
