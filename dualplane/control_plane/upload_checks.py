@@ -14,21 +14,8 @@ import struct
 import wave
 from dataclasses import dataclass
 
-#: Accepted content types → kind. Browsers name some formats more than one way (``audio/x-wav``,
-#: ``audio/x-flac``, ``audio/mp3``), so each spelling is here.
-ALLOWED_TYPES = {
-    "audio/wav": "audio", "audio/x-wav": "audio", "audio/wave": "audio", "audio/vnd.wave": "audio",
-    "audio/mpeg": "audio", "audio/mp3": "audio", "audio/ogg": "audio", "audio/opus": "audio",
-    "audio/flac": "audio", "audio/x-flac": "audio", "audio/webm": "audio",
-    "image/png": "image", "image/jpeg": "image", "image/webp": "image",
-    "text/plain": "text",
-}
-#: The type a file name's extension stands for, when a client sends no usable Content-Type.
-EXTENSION_TYPES = {
-    ".wav": "audio/wav", ".wave": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".oga": "audio/ogg",
-    ".opus": "audio/opus", ".flac": "audio/flac", ".weba": "audio/webm", ".webm": "audio/webm",
-    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp", ".txt": "text/plain",
-}
+from dualplane.common.media_types import ALLOWED_TYPES, EXTENSION_TYPES
+
 #: Content types that say nothing about the file (curl's default, a browser's unknown).
 _UNDECLARED = frozenset({"", "application/octet-stream", "application/x-www-form-urlencoded"})
 #: Formats, by the family each declared type belongs to.
@@ -67,7 +54,7 @@ class Inspected:
 
 def declared_type(header: str | None, name: str) -> str:
     """The upload's type: the Content-Type without parameters, lower case; from the name's
-    extension when the header names no type (a bare ``curl --data-binary``)."""
+    extension (:data:`EXTENSION_TYPES`) when the header names no type (a bare ``curl --data-binary``)."""
     declared = (header or "").split(";", 1)[0].strip().lower()
     if declared in _UNDECLARED:
         dot = name.rfind(".")
