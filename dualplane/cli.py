@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     from dualplane.cli_client import add_commands  # submit, compose, jobs, cancel, token
 
     add_commands(sub)
+    from dualplane import cli_library  # uploads ls|rm, rename, rerun
+
+    cli_library.add_commands(sub)
     from dualplane import cli_users  # users add|list|disable|enable|reset-password, login
 
     cli_users.add_commands(sub)

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import httpx
 
 from dualplane.cli import EXIT_INTERRUPTED, format_event, progress_bar, say
+from dualplane.cli_inputs import InputError, bind_uploads, intent_with_inputs, placeholders
 from dualplane.client import JOB_TERMINAL, ApiError, Client
 from dualplane.common.settings import Settings
 
@@ -32,6 +33,8 @@ from dualplane.common.settings import Settings
 REDRAW_S = 0.05
 JOBS_LIMIT = 20
 NODE_TERMINAL = frozenset({"succeeded", "failed", "skipped", "cancelled"})
+#: How a dead-lettered job's error begins (bridge.dead_letter).
+DEAD_LETTERED = "dead-lettered: "
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,6 +44,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     submit.add_argument(
         "--idempotency-key", help="resubmitting with the same key returns the same job"
     )
+    submit.add_argument("--upload", action="append", default=[], metavar="NAME=PATH",
+                        help="upload PATH first and put its key wherever a param of the graph is \"@NAME\"")
+    _add_consent_option(submit)
     _add_follow_options(submit)
     submit.set_defaults(handler=partial(run, cmd_submit))
 
@@ -49,6 +55,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     compose.add_argument("--dry-run", action="store_true", help="print the plan (brief, notes, graph) only")
     compose.add_argument("--strict", action="store_true",
                          help="refuse a plan that substitutes a part or cannot make one")
+    compose.add_argument("--input", action="append", default=[], metavar="FILE",
+                         help="upload FILE as an input: audio as voice clips, images as images, a .txt as the "
+                              "lyrics (repeat for more)")
+    compose.add_argument("--name", help="what to call the job (default: from the intent)")
+    _add_consent_option(compose)
     _add_follow_options(compose)
     compose.set_defaults(handler=partial(run, cmd_compose))
 
@@ -71,6 +82,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     token.set_defaults(handler=partial(run, cmd_token))
 
 
+def _add_consent_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--consent", action="store_true",
+                        help="the voices recorded in the uploaded audio consent to being cloned")
+
+
 def _add_follow_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", action="store_true", help="follow the job live until it ends")
     parser.add_argument(
@@ -85,19 +101,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.graph == "-" else Path(args.graph).read_text()
     graph = json.loads(text)
     with _client() as client:
+        if args.upload or placeholders(graph):
+            graph = bind_uploads(client, graph, args.upload, consent=args.consent)
         job = client.submit(graph, wait_s=args.wait, idempotency_key=args.idempotency_key)
         return _follow(client, job, watch=args.watch, waited=args.wait is not None)
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
     with _client() as client:
+        intent = intent_with_inputs(client, args.intent, args.input, consent=args.consent) if args.input \
+            else args.intent
         if args.dry_run:
-            plan = client.compose(args.intent, dry_run=True, strict=args.strict)
+            plan = client.compose(intent, dry_run=True, strict=args.strict, name=args.name)
             for note in plan.get("notes", []):
                 say(f"note: {note['kind']}{' (' + note['part'] + ')' if note.get('part') else ''}: {note['message']}")
             say(json.dumps({"brief": plan["brief"], "graph": plan["graph"]}, indent=2))
             return 0
-        job = client.compose(args.intent, wait_s=args.wait, strict=args.strict)
+        job = client.compose(intent, wait_s=args.wait, strict=args.strict, name=args.name)
         return _follow(client, job, watch=args.watch, waited=args.wait is not None)
 
 
@@ -105,7 +125,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     with _client() as client:
         filters = {"status": args.status, "task": args.task, "limit": min(args.limit, 100)}
         rows = [summary for _, summary in zip(range(args.limit), client.iter_jobs(**filters), strict=False)]
+        failed = [client.get_job(row["id"]) for row in rows if row["status"] in ("failed", "partial")]
     say(format_table(rows))
+    for job in failed:  # why, without a second command
+        say(f"{job['id']} {job['status']}:")
+        for line in why_lines(job):
+            say(f"  {line}")
     return 0
 
 
@@ -142,7 +167,7 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (_Fail, ApiError) as exc:
+    except (_Fail, ApiError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     except httpx.TransportError as exc:
         print(
@@ -193,12 +218,15 @@ def _follow(client: Client, job: dict[str, Any], *, watch: bool, waited: bool) -
 
 
 def print_outcome(client: Client, job: dict[str, Any]) -> None:
-    """Final status, each node's status (with its error), and the artifacts' URLs."""
-    say(f"job {job['id']} {job['status']}" + (f": {job['error']}" if job.get("error") else ""))
+    """Final status with what failed, each node's status (with its error or reason), why the
+    job did not succeed, and the artifacts' URLs."""
+    say(f"job {job['id']} {job['status']}" + (f": {headline}" if (headline := _headline(job)) else ""))
     for node in job["graph"]["nodes"]:
-        error = node.get("error")
-        detail = f"  {error['type']}: {error['message']}" if error else ""
+        error, reason = node.get("error"), node.get("reason")
+        detail = f"  {error['type']}: {error['message']}" if error else (f"  {reason}" if reason else "")
         say(f"  {node['id']:<12} {node['status']:<10}{detail}".rstrip())
+    for line in why_lines(job) if job["status"] != "succeeded" else []:
+        say(f"why: {line}")
     try:
         artifacts = client.artifacts(job["id"])
     except ApiError as exc:
@@ -210,11 +238,44 @@ def print_outcome(client: Client, job: dict[str, Any]) -> None:
         say(f"  {artifact['node_id']}/{artifact['name']}  {artifact.get('url') or artifact['key']}")
 
 
+def why_lines(job: dict[str, Any]) -> list[str]:
+    """Why a job did not succeed: whether it was dead-lettered (or failed for a reason of its
+    own), then each failed node with its error type, message and reason, and each node skipped or
+    cancelled with its reason."""
+    lines = []
+    error = job.get("error") or ""
+    if error.startswith(DEAD_LETTERED):
+        lines.append(f"the job was dead-lettered: {error.removeprefix(DEAD_LETTERED)} (its message could not be "
+                     "processed and was parked; an admin can replay it)")
+    elif error:
+        lines.append(error)
+    for node in job["graph"]["nodes"]:
+        failure, reason = node.get("error"), node.get("reason")
+        if node["status"] == "failed":
+            what = f"{failure['type']}: {failure['message']}" if failure else "no error was recorded"
+            transient = " (transient; retries ran out)" if failure and failure.get("transient") else ""
+            lines.append(f"node {node['id']} ({node['task']}) failed: {what}{transient}"
+                         + (f"; {reason}" if reason else ""))
+        elif node["status"] in ("skipped", "cancelled") and reason:
+            lines.append(f"node {node['id']} ({node['task']}) {node['status']}: {reason}")
+    return lines
+
+
+def _headline(job: dict[str, Any]) -> str:
+    """What the job header says after the status: which node failed, or the job's own error."""
+    failed = [node["id"] for node in job["graph"]["nodes"] if node["status"] == "failed"]
+    if job.get("error"):
+        return job["error"]
+    if failed:
+        return f"node {failed[0]} failed" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else "")
+    return ""
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Job summaries as aligned columns."""
-    header = ("ID", "STATUS", "PROGRESS", "CREATED", "USER", "TASKS")
+    header = ("ID", "NAME", "STATUS", "PROGRESS", "CREATED", "USER", "TASKS")
     lines = [header] + [(
-        row["id"], row["status"], f"{(row.get('progress') or 0) * 100:.0f}%",
+        row["id"], _cut(row.get("name") or "-", 40), row["status"], f"{(row.get('progress') or 0) * 100:.0f}%",
         _local_time(row.get("created_at")), row.get("user") or "-",
         _cut(",".join(row.get("tasks") or []), 40),
     ) for row in rows]  # fmt: skip

@@ -149,14 +149,35 @@ def _submit_request(
 
 
 def _compose_request(
-    intent: str | dict[str, Any], dry_run: bool, wait_s: float | None, request_id: str | None, strict: bool
+    intent: str | dict[str, Any], dry_run: bool, wait_s: float | None, request_id: str | None, strict: bool,
+    name: str | None = None,
 ) -> dict[str, Any]:
     return {
-        "json": {"intent": intent, "dry_run": dry_run, "strict": strict},
+        "json": {"intent": intent, "dry_run": dry_run, "strict": strict, **_params(name=name)},
         "params": _params(wait=wait_s),
         "headers": _params(**{"X-Request-Id": request_id, "Idempotency-Key": uuid.uuid4().hex}),
         "timeout": _timeout(wait_s),
     }
+
+
+def _rerun_request(seed: str) -> dict[str, Any]:
+    # a key makes a retry after a lost answer return the re-run the first attempt made
+    return {"json": {"seed": seed}, "headers": {"Idempotency-Key": uuid.uuid4().hex}}
+
+
+def _upload_request(name: str, data: bytes, content_type: str, consent: bool) -> dict[str, Any]:
+    # uploads are content-addressed (the same bytes are the same object): repeating one is
+    # harmless, which the key tells the retry logic; the server does not read it
+    return {"params": {"name": name, "consent": "true" if consent else "false"}, "content": data,
+            "headers": {"Content-Type": content_type, "Idempotency-Key": uuid.uuid4().hex}}
+
+
+def _upload_path(key: str) -> str:
+    """``uploads/<user>/<sha256>/<name>`` → its DELETE path (the user is the caller)."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != "uploads" or not all(parts):
+        raise ValueError(f"{key!r} is not an upload key (uploads/<user>/<sha256>/<name>)")
+    return f"/uploads/{quote(parts[2], safe='')}/{quote(parts[3], safe='')}"
 
 
 class _Retries:
@@ -359,12 +380,14 @@ class Client:
         wait_s: float | None = None,
         request_id: str | None = None,
         strict: bool = False,
+        name: str | None = None,
     ) -> dict[str, Any]:
         """Plan a graph from an intent and submit it (the Job), or only plan it
         (``dry_run``: ``{"brief", "graph", "notes", "song", ...}``). ``strict``: refuse (422)
-        a plan that would substitute a part or cannot make one."""
+        a plan that would substitute a part or cannot make one. ``name``: the job's (default:
+        from the intent)."""
         return self._call(
-            "POST", "/compose", **_compose_request(intent, dry_run, wait_s, request_id, strict)
+            "POST", "/compose", **_compose_request(intent, dry_run, wait_s, request_id, strict, name)
         )
 
     def get_job(self, job_id: str) -> dict[str, Any]:
@@ -397,6 +420,30 @@ class Client:
     def artifacts(self, job_id: str) -> list[dict[str, Any]]:
         """The job's artifacts, each with a presigned ``url``."""
         return self._call("GET", f"/jobs/{quote(job_id, safe='')}/artifacts")["artifacts"]
+
+    # -- names, re-runs, uploads, outputs ----------------------------------------------
+
+    def rename(self, job_id: str, name: str) -> dict[str, Any]:
+        return self._call("PATCH", f"/jobs/{quote(job_id, safe='')}", json={"name": name})
+
+    def rerun(self, job_id: str, *, seed: str = "same") -> dict[str, Any]:
+        """A new job with the graph of ``job_id``; ``seed="new"``: fresh seeds."""
+        return self._call("POST", f"/jobs/{quote(job_id, safe='')}/rerun", **_rerun_request(seed))
+
+    def upload(self, name: str, data: bytes, content_type: str, *, consent: bool = False) -> dict[str, Any]:
+        """Store an input file; its record (``key`` for graph params and intents, ``url``...)."""
+        return self._call("POST", "/uploads", **_upload_request(name, data, content_type, consent))
+
+    def uploads(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return self._call("GET", "/uploads", params=_params(kind=kind))["uploads"]
+
+    def delete_upload(self, key: str) -> None:
+        """Delete one of your uploads by its key (``uploads/<you>/<sha256>/<name>``)."""
+        self._call("DELETE", _upload_path(key))
+
+    def outputs(self, **filters: Any) -> dict[str, Any]:
+        """One page of the gallery: ``{"outputs": [...], "next_cursor"}``. Filters: kind, limit, cursor."""
+        return self._call("GET", "/outputs", params=_params(**filters))
 
     # -- catalog and preferences -------------------------------------------------------
 
@@ -516,9 +563,10 @@ class AsyncClient:
         wait_s: float | None = None,
         request_id: str | None = None,
         strict: bool = False,
+        name: str | None = None,
     ) -> dict[str, Any]:
         return await self._call(
-            "POST", "/compose", **_compose_request(intent, dry_run, wait_s, request_id, strict)
+            "POST", "/compose", **_compose_request(intent, dry_run, wait_s, request_id, strict, name)
         )
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
@@ -549,6 +597,24 @@ class AsyncClient:
 
     async def artifacts(self, job_id: str) -> list[dict[str, Any]]:
         return (await self._call("GET", f"/jobs/{quote(job_id, safe='')}/artifacts"))["artifacts"]
+
+    async def rename(self, job_id: str, name: str) -> dict[str, Any]:
+        return await self._call("PATCH", f"/jobs/{quote(job_id, safe='')}", json={"name": name})
+
+    async def rerun(self, job_id: str, *, seed: str = "same") -> dict[str, Any]:
+        return await self._call("POST", f"/jobs/{quote(job_id, safe='')}/rerun", **_rerun_request(seed))
+
+    async def upload(self, name: str, data: bytes, content_type: str, *, consent: bool = False) -> dict[str, Any]:
+        return await self._call("POST", "/uploads", **_upload_request(name, data, content_type, consent))
+
+    async def uploads(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return (await self._call("GET", "/uploads", params=_params(kind=kind)))["uploads"]
+
+    async def delete_upload(self, key: str) -> None:
+        await self._call("DELETE", _upload_path(key))
+
+    async def outputs(self, **filters: Any) -> dict[str, Any]:
+        return await self._call("GET", "/outputs", params=_params(**filters))
 
     async def tasks(self) -> list[dict[str, Any]]:
         return (await self._call("GET", "/tasks"))["tasks"]
