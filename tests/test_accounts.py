@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import jwt
 import pytest
+import uvicorn
 
 from dualplane.cli import main
+from dualplane.common.services import free_port
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.accounts import AccountStore
@@ -308,3 +310,27 @@ async def test_the_users_commands_manage_accounts_the_api_honours(
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
     code, _, err = await cli("users", "list")
     assert code == 1 and "cannot use Redis" in err
+
+
+async def test_dualplane_login_prints_a_token_for_the_shell(
+        settings: Settings, control_plane: ControlPlane, authenticator: Authenticator, store: AccountStore,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    await store.add("carol", PASSWORD)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, plane=control_plane, authenticator=authenticator),
+                                           host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not serving.done()
+            await asyncio.sleep(0.01)
+        monkeypatch.setenv("DUALPLANE_URL", f"http://127.0.0.1:{port}")
+        code, out, _ = await asyncio.to_thread(run_cli, monkeypatch, capsys, "login", "carol", "--password-stdin",
+                                               stdin=PASSWORD + "\n")
+        assert code == 0 and (await authenticator.authenticate(out.strip())).user == "carol"
+        code, _, err = await asyncio.to_thread(run_cli, monkeypatch, capsys, "login", "carol", "--password-stdin",
+                                               stdin="wrong password\n")
+        assert code == 1 and err == "error: 401 invalid username or password\n"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 15)
