@@ -113,7 +113,11 @@ class ExternalNodes:
                                      message=message, plane=PLANE))
             return events, fields, False
 
-        job, node, token, deadline = await self._write(job_id, node_id, take, token=None, lease_s=lease_s)
+        try:
+            job, node, token, deadline = await self._write(job_id, node_id, take, token=None, lease_s=lease_s)
+        except ExternalConflict:
+            await self.advance(job_id)  # e.g. a cancel that came while the job was being parked
+            raise
         by_id = {n.id: n for n in job.graph.nodes}
         try:
             params = resolve_refs(node.params, by_id)
