@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     from dualplane import cli_library  # uploads ls|rm, rename, rerun
 
     cli_library.add_commands(sub)
+    from dualplane import cli_admin  # dead-letters ls|show|replay|rm
+
+    cli_admin.add_commands(sub)
     from dualplane import cli_users  # users add|list|disable|enable|reset-password, login
 
     cli_users.add_commands(sub)
@@ -99,10 +102,15 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dualplane.control_plane.app import create_app
+    from dualplane.control_plane.policy import PolicyError
 
     settings = Settings()
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except PolicyError as exc:  # a content policy that cannot be used: say what is wrong, do not serve
+        logging.getLogger("dualplane.control").critical("%s", exc)
+        return 2
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.control_host, port=settings.control_port,
         ws="websockets-sansio", ws_per_message_deflate=False, timeout_graceful_shutdown=10,
@@ -431,7 +439,7 @@ def format_event(event: dict[str, Any], started: float) -> str:
     if event["type"] == "status":
         attempt = f"  attempt {event['attempt']}" if event.get("attempt") else ""
         return f"{head} {event.get('status') or '':<10}{attempt}{message}".rstrip()
-    return f"{head} data       {describe_data(event.get('data'))}{message}".rstrip()
+    return f"{head} {event['type']:<10} {describe_data(event.get('data'))}{message}".rstrip()
 
 
 def describe_data(data: dict[str, Any] | None) -> str:

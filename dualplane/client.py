@@ -421,6 +421,23 @@ class Client:
         """The job's artifacts, each with a presigned ``url``."""
         return self._call("GET", f"/jobs/{quote(job_id, safe='')}/artifacts")["artifacts"]
 
+    # -- dead letters (admins) ---------------------------------------------------------
+
+    def dead_letters(self, *, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        """One page, newest first: ``{"dead_letters": [...], "next_cursor"}``."""
+        return self._call("GET", "/admin/dead-letters", params=_params(limit=limit, cursor=cursor))
+
+    def dead_letter(self, entry_id: str) -> dict[str, Any]:
+        """One dead letter with the message it parked."""
+        return self._call("GET", f"/admin/dead-letters/{quote(entry_id, safe='')}")
+
+    def replay_dead_letter(self, entry_id: str) -> dict[str, Any]:
+        """Put its message back on its stream and make its job runnable again."""
+        return self._call("POST", f"/admin/dead-letters/{quote(entry_id, safe='')}/replay")
+
+    def discard_dead_letter(self, entry_id: str) -> None:
+        self._call("DELETE", f"/admin/dead-letters/{quote(entry_id, safe='')}")
+
     # -- names, re-runs, uploads, outputs ----------------------------------------------
 
     def rename(self, job_id: str, name: str) -> dict[str, Any]:
@@ -597,6 +614,18 @@ class AsyncClient:
 
     async def artifacts(self, job_id: str) -> list[dict[str, Any]]:
         return (await self._call("GET", f"/jobs/{quote(job_id, safe='')}/artifacts"))["artifacts"]
+
+    async def dead_letters(self, *, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+        return await self._call("GET", "/admin/dead-letters", params=_params(limit=limit, cursor=cursor))
+
+    async def dead_letter(self, entry_id: str) -> dict[str, Any]:
+        return await self._call("GET", f"/admin/dead-letters/{quote(entry_id, safe='')}")
+
+    async def replay_dead_letter(self, entry_id: str) -> dict[str, Any]:
+        return await self._call("POST", f"/admin/dead-letters/{quote(entry_id, safe='')}/replay")
+
+    async def discard_dead_letter(self, entry_id: str) -> None:
+        await self._call("DELETE", f"/admin/dead-letters/{quote(entry_id, safe='')}")
 
     async def rename(self, job_id: str, name: str) -> dict[str, Any]:
         return await self._call("PATCH", f"/jobs/{quote(job_id, safe='')}", json={"name": name})

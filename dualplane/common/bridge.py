@@ -12,6 +12,7 @@ Key layout under the configurable prefix ``P`` (default ``dp:``):
 ``P stream:control``          control-plane stream, group ``control``
 ``P stream:data:<pool>``      data-plane stream of a worker pool, group ``workers``
 ``P stream:dead``             dead-letter stream (reason, source stream and id, fields)
+``P stream:audit``            requests the content policy refused (user, rule, node, detail; capped)
 ``P jobs:active``             sorted set of unfinished jobs (by created_at): the reconciler's list
 ``P instance``                a marker set at start-up: when it is gone, Redis lost its data
 ``P worker:<id>``             capability manifest of a live worker (TTL)
@@ -58,6 +59,8 @@ from dualplane.common.models import BridgeConfig, Event, Graph, Handoff, Job
 log = logging.getLogger("dualplane.bridge")
 
 CONTROL_GROUP = "control"
+#: Refusals the audit stream keeps (about: it is trimmed with MAXLEN ~).
+AUDIT_MAXLEN = 10_000
 #: Longest single blocking read: well under redis-py's default 5 s socket timeout.
 MAX_BLOCK_MS = 2000
 WORKER_GROUP = "workers"
@@ -67,7 +70,7 @@ _NODE_FIELD = "n:"
 RUNTIME_FIELDS = frozenset(
     {"status", "attempts", "progress", "started_at", "finished_at", "output", "artifacts", "error", "reason"}
 )
-_LUA_NAMES = ("create", "emit", "handoff", "claim", "dead_letter", "requeue", "external")
+_LUA_NAMES = ("create", "emit", "handoff", "claim", "dead_letter", "requeue", "replay", "external")
 
 
 def _dumps(value: Any) -> bytes:
@@ -182,6 +185,7 @@ class Keys:
         self.prefix = prefix
         self.control_stream = f"{prefix}stream:control"
         self.dead_stream = f"{prefix}stream:dead"
+        self.audit_stream = f"{prefix}stream:audit"
         self.jobs_index = f"{prefix}jobs"
         self.active_jobs = f"{prefix}jobs:active"
         self.instance = f"{prefix}instance"
@@ -517,6 +521,65 @@ class Bridge:
 
     async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         entries = await self.client.xrange(self.keys.dead_stream, count=count)
+        return [{_s(k): _s(v) for k, v in fields.items()} | {"entry": _s(mid)} for mid, fields in entries]
+
+    async def dead_letter_page(self, *, count: int, before: str | None = None) -> list[dict[str, str]]:
+        """Dead letters newest first, older than the entry id ``before`` when given."""
+        return await self._newest_first(self.keys.dead_stream, count=count, before=before)
+
+    async def dead_letter_entry(self, entry_id: str) -> dict[str, str] | None:
+        """One dead letter (its fields and ``entry``), None when there is none with that id."""
+        rows = await self.client.xrange(self.keys.dead_stream, entry_id, entry_id, count=1)
+        return {_s(k): _s(v) for k, v in rows[0][1].items()} | {"entry": _s(rows[0][0])} if rows else None
+
+    async def discard_dead_letter(self, entry_id: str) -> bool:
+        """Delete a dead letter; False when there was none with that id."""
+        return bool(await self.client.xdel(self.keys.dead_stream, entry_id))
+
+    async def replay_dead_letter(self, entry_id: str) -> tuple[str, str | None]:
+        """Put a dead letter's message back on its source stream and make its job runnable again,
+        undoing what dead-lettering did (``replay.lua``, one atomic step that also drops the dead
+        letter). Returns ``("replayed", new entry id)``, or why not and None: ``gone`` (no such
+        dead letter: replayed or discarded already), ``job-gone``, ``not-failed-by-it``, ``moved``.
+        A message whose job is known is replayed with the job's next handoff_seq; one that is
+        still poison is dead-lettered again by the consumer that reads it."""
+        entry = await self.dead_letter_entry(entry_id)
+        if entry is None:
+            return "gone", None
+        stream, job_id = entry.get("stream", ""), entry.get("job", "")
+        if not stream.startswith(f"{self.keys.prefix}stream:") or stream in (self.keys.dead_stream,
+                                                                            self.keys.audit_stream):
+            return "not-replayable", None
+        message = orjson.loads(entry.get("fields") or "{}")
+        handoff_seq = ""
+        if job_id:
+            (current,) = await self.client.hmget(self.keys.job(job_id), ["handoff_seq"])
+            if current is None:
+                return "job-gone", None
+            handoff_seq = _s(current)
+            message["m"] = _with_handoff_seq(message.get("m"), job_id, int(handoff_seq) + 1)
+        owner = "control" if stream == self.keys.control_stream else "python"
+        _, event = event_body("status", job_id, status="queued", message=f"replayed from dead letter {entry_id}",
+                              plane="control")
+        pairs = [part for item in message.items() for part in item]
+        code, value = await self._call(_Call(
+            "replay",
+            [self.keys.dead_stream, stream, self.keys.job(job_id), self.keys.events(job_id), self.keys.active_jobs],
+            [self.keys.prefix, job_id, time.time(), entry_id, handoff_seq, owner, event, len(message), *pairs],
+        ))
+        return ("replayed", _s(value)) if int(code) == 1 else (_s(value), None)
+
+    async def record_refusal(self, fields: dict[str, Any], *, maxlen: int = AUDIT_MAXLEN) -> str:
+        """Append a refused request to the audit stream (capped near ``maxlen``: the oldest go)."""
+        values = {k: str(v) for k, v in fields.items() if v is not None}
+        return _s(await self.client.xadd(self.keys.audit_stream, values, maxlen=maxlen, approximate=True))
+
+    async def audit_page(self, *, count: int, before: str | None = None) -> list[dict[str, str]]:
+        """Refusals newest first, older than the entry id ``before`` when given."""
+        return await self._newest_first(self.keys.audit_stream, count=count, before=before)
+
+    async def _newest_first(self, stream: str, *, count: int, before: str | None) -> list[dict[str, str]]:
+        entries = await self.client.xrevrange(stream, max=f"({before}" if before else "+", min="-", count=count)
         return [{_s(k): _s(v) for k, v in fields.items()} | {"entry": _s(mid)} for mid, fields in entries]
 
     async def pending_count(self, stream: str) -> int:
@@ -956,6 +1019,18 @@ def _flatten(events: Sequence[tuple[str, bytes]]) -> list[Any]:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _with_handoff_seq(raw: str | None, job_id: str, handoff_seq: int) -> str | None:
+    """A dead-lettered handoff message of ``job_id`` made current again; anything else unchanged
+    (a message that cannot be read stays what it was, and is dead-lettered again)."""
+    try:
+        message = orjson.loads(raw) if raw is not None else None
+    except orjson.JSONDecodeError:
+        return raw
+    if not isinstance(message, dict) or message.get("job_id") != job_id:
+        return raw
+    return orjson.dumps({**message, "handoff_seq": handoff_seq}).decode()
 
 
 def _lenient(value: Any) -> str:

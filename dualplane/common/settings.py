@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     max_waits_per_user: int = Field(32, ge=1)  # concurrent `?wait=` requests of one user (429 past it)
     max_upload_bytes: int = 64 * 1024 * 1024
     hub_buffer_messages: int = 1000  # per WebSocket connection before a slow client is closed
+    # the content policy (control_plane/policy.py): a YAML file; None: the packaged policy.default.yaml
+    policy_file: str | None = None
     ollama_url: str | None = Field(None, validation_alias="OLLAMA_URL")
     ollama_model: str = "llama3.1"
 

@@ -49,6 +49,7 @@ from dualplane.control_plane.limits import (
 )
 from dualplane.control_plane.listing import InvalidCursor, JobFilter, list_jobs
 from dualplane.control_plane.planner import NotUnderstood, Plan, StrictRefusal, StructuredIntent, Unplannable
+from dualplane.control_plane.policy import PolicyRefusal, intent_texts
 from dualplane.control_plane.service import FINISHED, ControlPlane, JobConflict
 from dualplane.control_plane.ui import mount_ui
 from dualplane.control_plane.waits import TooManyWaits
@@ -159,8 +160,10 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         document = await limits.read_graph(request)
         limits.check_graph(document)
         await limits.admit(control.bridge, who.user)
-        result = await control.submit(document, request_id=request.state.request_id, user=who.user,
-                                      idempotency_key=idempotency_key)
+        graph = control.validate(document)
+        decision = await control.screen(graph, user=who.user, stage="submit", request_id=request.state.request_id)
+        result = await control.submit(graph, request_id=request.state.request_id, user=who.user,
+                                      idempotency_key=idempotency_key, audit=decision)
         return await _job_response(result.job_id, created=result.created, wait=wait, user=who.user)
 
     @app.post("/jobs/batch", status_code=201, responses={422: {"description": "An invalid graph (by index)"}})
@@ -185,9 +188,16 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
             return problem(422, "Invalid graph in batch", f"{len(errors)} of {len(graphs)} graphs are invalid",
                            errors=errors)
         await limits.admit(control.bridge, who.user, amount=len(parsed))
+        decisions = []
+        for index, graph in enumerate(parsed):  # all judged before any is queued, like the validation
+            try:
+                decisions.append(await control.screen(graph, user=who.user, stage="submit",
+                                                      request_id=request.state.request_id))
+            except PolicyRefusal as exc:
+                return _refusal(exc, index=index)
         jobs = []
-        for graph in parsed:
-            result = await control.submit(graph, request_id=request.state.request_id, user=who.user)
+        for graph, decision in zip(parsed, decisions, strict=True):
+            result = await control.submit(graph, request_id=request.state.request_id, user=who.user, audit=decision)
             jobs.append((await control.get_job(result.job_id)).model_dump(mode="json"))
         return JSONResponse({"jobs": jobs}, status_code=201)
 
@@ -261,13 +271,16 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
         name = body.name or _planned_name(body, plan)
         if name is not None:  # else the submission names it after its tasks
             plan.graph["metadata"]["name"] = name
+        decision = await control.screen(control.validate(plan.graph), user=who.user, stage="compose", goal=plan.goal,
+                                        texts=intent_texts(body.intent, body.brief),
+                                        request_id=request.state.request_id)
         if body.dry_run:
             return JSONResponse(plan.model_dump(mode="json"))
         limits.check_graph(plan.graph)
         await limits.admit(control.bridge, who.user)
         # the key names the request, not the plan: a retry gets the job the first attempt made
         result = await control.submit(plan.graph, request_id=request.state.request_id, user=who.user,
-                                      idempotency_key=_compose_key(idempotency_key))
+                                      idempotency_key=_compose_key(idempotency_key), audit=decision)
         return await _job_response(result.job_id, created=result.created, wait=wait, user=who.user)
 
     @app.get("/tasks")
@@ -346,6 +359,7 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
 
 def _include_routers(app: FastAPI, control: ControlPlane, limits: Limits, settings: Settings) -> None:
     """Route groups that live in their own modules (they import this one: imported here)."""
+    from dualplane.control_plane.routes_admin import admin_router
     from dualplane.control_plane.routes_auth import install_accounts
     from dualplane.control_plane.routes_jobs import jobs_router
     from dualplane.control_plane.routes_seed import seed_router
@@ -354,6 +368,7 @@ def _include_routers(app: FastAPI, control: ControlPlane, limits: Limits, settin
     app.include_router(uploads_router(control, limits, settings))
     app.include_router(jobs_router(control, limits, app.state.owned_job))  # rename, rerun, /outputs
     app.include_router(seed_router(control, limits, settings, app.state.hub))  # /generate, /job, external nodes
+    app.include_router(admin_router(control))  # /admin/dead-letters, /admin/audit (admins only)
     install_accounts(app, control, app.state.authenticator, settings)  # /auth/*; revoked tokens refused
 
 
@@ -411,6 +426,11 @@ def _compose_request(document: Any) -> ComposeRequest:
         raise RequestValidationError(errors) from None
 
 
+def _refusal(exc: PolicyRefusal, **extra: Any) -> JSONResponse:
+    """A request the content policy refused: the rule that fired and the node (None: the intent)."""
+    return problem(422, "Refused by the content policy", exc.detail, rule=exc.rule, node=exc.node, **extra)
+
+
 def _deep_batch(exc: TooDeep) -> JSONResponse:
     """A batch nested too deep: by graph index (node-scoped) when the deep part is in a graph."""
     path = exc.spot.path if exc.spot else ()
@@ -454,6 +474,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GraphValidationError)
     async def _invalid_graph(request: Request, exc: GraphValidationError) -> JSONResponse:
         return problem(422, "Invalid graph", str(exc), node_errors=exc.node_errors)
+
+    @app.exception_handler(PolicyRefusal)
+    async def _refused(request: Request, exc: PolicyRefusal) -> JSONResponse:
+        return _refusal(exc)
 
     @app.exception_handler(UnknownJob)
     async def _unknown_job(request: Request, exc: UnknownJob) -> JSONResponse:

@@ -90,7 +90,7 @@ from dualplane.control_plane.waits import FinishWaits
 
 log = logging.getLogger("dualplane.hub")
 
-EVENT_KINDS = ("status", "progress", "data")
+EVENT_KINDS = ("status", "progress", "data", "audit")
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 4008
 CLOSE_RESTART = 1012

@@ -212,6 +212,11 @@ def brief_from_intent(intent: StructuredIntent) -> Brief:
                            mode=mode if isinstance(mode, str) else None, goal=intent.goal)
 
 
+#: Every label :func:`goal_of` gives (content policy rules are scoped by them).
+GOALS = ("lora_video", "music_video", "voice_track", "song", "music", "narration_over_music", "narration", "video",
+         "stills")
+
+
 def goal_of(brief: Brief) -> str:
     """A short label of the plan's parts (what the UI titles it with)."""
     if brief.style_training and brief.video:
@@ -289,6 +294,7 @@ def chat_model_from_settings(url: str | None, model: str) -> Any:
 
 
 __all__ = [
+    "GOALS",
     "STRICT_KINDS",
     "Goal",
     "Inputs",

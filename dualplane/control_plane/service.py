@@ -10,9 +10,11 @@ import asyncio
 import gc
 import hashlib
 import logging
+import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import redis
@@ -35,6 +37,17 @@ from dualplane.control_plane.composer import Capabilities
 from dualplane.control_plane.external import ExternalNodes
 from dualplane.control_plane.job_names import InvalidName, name_graph
 from dualplane.control_plane.planner import Planner, chat_model_from_settings
+from dualplane.control_plane.policy import (
+    Decision,
+    Policy,
+    PolicyContext,
+    PolicyRefusal,
+    PolicyText,
+    graph_texts,
+    planned_goal,
+    uploaded_texts,
+    voice_clips,
+)
 from dualplane.control_plane.reconciler import Reconciler
 from dualplane.control_plane.uploads import UploadIndex
 from dualplane.tasks import default_registry
@@ -75,6 +88,8 @@ class ControlPlane:
         self.artifacts: ArtifactStore | None = store_from_settings(settings)
         #: What each user uploaded (POST /uploads), with its kind and consent.
         self.uploads = UploadIndex(self.bridge)
+        #: The content policy (DUALPLANE_POLICY_FILE, else the packaged one): a bad file fails the start here.
+        self.policy = Policy.load(settings.policy_file, registry=self.registry)
         self.metrics = PlaneMetrics(metrics_registry, "control")
         #: Streams and worker pools read from Redis at scrape time (``await queues.refresh()``).
         self.queue_metrics = QueueCollector(self.bridge)
@@ -155,6 +170,7 @@ class ControlPlane:
         request_id: str | None = None,
         user: str | None = None,
         idempotency_key: str | None = None,
+        audit: Decision | None = None,
     ) -> Submitted:
         """Validate a graph and queue it on the lane of its first ready node.
 
@@ -162,6 +178,7 @@ class ControlPlane:
         else a fresh one; an id that exists returns that job (``created`` False) when it
         belongs to the same user with the same graph, and raises :class:`JobConflict` otherwise.
         Raises :class:`~dualplane.common.errors.GraphValidationError` with node-scoped errors.
+        ``audit``: the content policy's decision (:meth:`screen`), the new job's first event.
         """
         graph = self.validate(document)
         for node in graph.nodes:  # runtime state is ours to write, whatever the client sent
@@ -177,6 +194,9 @@ class ControlPlane:
         if lane == EXTERNAL_LANE:  # the control runner parks it for external workers (no stream carries that)
             lane = "control"
         events = [event_body("status", job_id, status="queued", plane="control")]
+        if audit is not None:  # first: the decision was made before the job was queued
+            events.insert(0, event_body("audit", job_id, message="allowed by the content policy",
+                                        data=audit.audit_data(), plane="control"))
         # pending nodes need no state field: absent means the spec's state
         fields: list[Any] = ["name", graph.metadata["name"]]
         for problem in unroutable:
@@ -198,6 +218,28 @@ class ControlPlane:
             with logs.bound(job_id=job_id, request_id=request_id, plane="control"):
                 log.info("job %s submitted by %s: %d nodes, first lane %s", job_id, user, len(graph.nodes), lane)
         return Submitted(job_id=job_id, created=created, status="queued" if created else str(value))
+
+    async def screen(self, graph: Graph, *, user: str, stage: Literal["submit", "compose"], goal: str | None = None,
+                     texts: Sequence[PolicyText] = (), request_id: str | None = None) -> Decision:
+        """Judge a validated graph, and the words of the /compose request it was planned from, by
+        the content policy: the decision to pass to :meth:`submit`, or :class:`PolicyRefusal`
+        (recorded in the audit stream first). Only the user's own uploads are read."""
+        goal = goal or planned_goal(graph)
+        context = PolicyContext(user=user, stage=stage, goal=goal, tasks=frozenset(n.task for n in graph.nodes))
+        try:
+            found = [*texts, *graph_texts(graph)]
+            if self.artifacts is not None:
+                found += await uploaded_texts(graph, self.registry, user, uploads=self.uploads.get,
+                                              read=self.artifacts.get)
+            return await self.policy.evaluate(found, voice_clips(graph), context, uploads=self.uploads.get)
+        except PolicyRefusal as refusal:
+            await self.bridge.record_refusal({
+                "ts": time.time(), "user": user, "stage": stage, "rule": refusal.rule, "node": refusal.node,
+                "detail": refusal.detail, "goal": goal, "tasks": ",".join(sorted(context.tasks)),
+                "graph_id": graph.id, "request_id": request_id, "policy": self.policy.name,
+                "digest": self.policy.digest})
+            log.info("content policy refused a %s of %s: rule %s: %s", stage, user, refusal.rule, refusal.detail)
+            raise
 
     async def _check_pools(self, graph: Graph) -> None:
         """A pool is a stream and a metric series: a graph may name only pools that exist

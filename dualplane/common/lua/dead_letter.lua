@@ -13,8 +13,9 @@ redis.call('XDEL', KEYS[2], ARGV[5])  -- its copy is in the dead-letter entry
 if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
   local status = redis.call('HGET', KEYS[3], 'status')
   if status ~= 'succeeded' and status ~= 'failed' and status ~= 'partial' and status ~= 'cancelled' then
+    -- 'dead_letter' names the entry that failed the job: only that entry's replay revives it
     redis.call('HSET', KEYS[3], 'status', 'failed', 'owner', 'none', 'error', 'dead-lettered: ' .. ARGV[6],
-      'finished_at', ARGV[3])
+      'finished_at', ARGV[3], 'dead_letter', id)
     redis.call('HDEL', KEYS[3], 'lane', 'msg')
     redis.call('HINCRBY', KEYS[3], 'handoff_seq', 1)
     redis.call('HINCRBY', KEYS[3], 'fence', 1)

@@ -11,17 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class EventType(StrEnum):
     """
-    status: a job or node status change; progress: a node's progress; data: a node's output, an artifact or a log line.
+    status: a job or node status change; progress: a node's progress; data: a node's output, an artifact or a log line; audit: a decision about the job (the content policy's, at submission: data.decision, data.rules).
     """
 
     status = 'status'
     progress = 'progress'
     data = 'data'
+    audit = 'audit'
 
 
 class Event(BaseModel):
     """
-    One entry of `job:<id>:events`, also PUBLISHed on `status:<id>`, `progress:<id>` or `data:<id>` by the same atomic step. `seq` is gap-free per job, starting at 1.
+    One entry of `job:<id>:events`, also PUBLISHed on `status:<id>`, `progress:<id>`, `data:<id>` or `audit:<id>` by the same atomic step. `seq` is gap-free per job, starting at 1.
     """
 
     model_config = ConfigDict(
@@ -32,7 +33,7 @@ class Event(BaseModel):
     type: Annotated[
         EventType,
         Field(
-            description="status: a job or node status change; progress: a node's progress; data: a node's output, an artifact or a log line.",
+            description="status: a job or node status change; progress: a node's progress; data: a node's output, an artifact or a log line; audit: a decision about the job (the content policy's, at submission: data.decision, data.rules).",
             title='EventType',
         ),
     ]
