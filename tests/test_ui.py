@@ -177,6 +177,8 @@ async def test_generate_music_in_the_background_live_with_player_download_and_pr
         == "succeeded"
     log = await page.locator("#job-log li").all_inner_texts()
     assert any("running" in line for line in log) and any("succeeded" in line for line in log)
+    # the seconds of music made so far, as the generator reported them (the last report: all of it)
+    assert any(re.search(r"data: audio 0\.5 s of 0\.5 s$", line) for line in log), log
     assert await page.evaluate("window.__marker") == "same-document" and not loads  # no reload
 
     # the audio artifact: a player with controls, and a download link with the object's bytes

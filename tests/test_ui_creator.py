@@ -95,7 +95,7 @@ async def test_upload_clips_train_a_voice_and_speak_with_it(
     picker = page.locator("[data-field='clips'] .upload-picker")
     files = picker.locator("input[type=file]")
     # the "object keys, one per line" textarea is gone: a labelled file picker takes its place
-    assert await page.get_by_label("Clips").get_attribute("type") == "file"
+    assert await page.get_by_label("Clips (required)").get_attribute("type") == "file"
 
     # checks before anything is sent: consent first, then the type by the file's first bytes
     await files.set_input_files([clip("a.wav", 120, 1.0, 1)])
@@ -347,8 +347,13 @@ async def test_planner_then_generator_then_submit_runs_the_generator(
     await sign_in(page, ui_url, authenticator.mint("yuri"))
     await page.get_by_label("a description (planner)").check()
     await page.locator("#intent").fill("a 2 second song about snow")
+    # the user's own lyrics, read from a text file into the intent's inputs
+    await page.locator("#intent-lyrics-file").set_input_files([{"name": "snow.txt", "mimeType": "text/plain",
+                                                                "buffer": b"White on the hill\nquiet and still\n"}])
+    await page.wait_for_function("document.querySelector('#intent-lyrics').value.startsWith('White on the hill')")
     await page.get_by_role("button", name="Plan (dry run)").click()
     await page.locator("#preview-graph .gnode[data-node='song']").wait_for()
+    assert "White on the hill" in await page.locator("#preview-song .lyrics").first.inner_text()
     await page.get_by_label("a generator", exact=True).check()
     await page.locator("#show-internal").check()
     await page.locator("#generator").select_option("sleep")
@@ -389,6 +394,7 @@ async def test_a_live_preview_frame_appears_during_a_video_render(
     assert await frame.evaluate("img => img.complete ? img.naturalWidth : new Promise(ok => img.onload = () => "
                                 "ok(img.naturalWidth))") > 0
     assert "Latest preview frame of render_video" in await frame.get_attribute("alt")
+    await screenshot(page, f"{SHOTS}/job-live-preview-1280.png")
     await finished(page, timeout=120_000)
     # the video plays with its poster; the poster is not shown twice
     video = page.locator("#job-artifacts video")

@@ -113,6 +113,15 @@ export async function login(username, password) {
   return body;
 }
 
+/** End a password session on the server too (its refresh token stops working). */
+export async function logout() {
+  const refresh = getRefresh();
+  if (!refresh) return;
+  try {
+    await request("POST", "/auth/logout", { body: { refresh_token: refresh }, token: "" });
+  } catch { /* signed out here either way */ }
+}
+
 /**
  * Upload one file as the raw request body (`POST /uploads?name=...`), reporting progress with
  * `onProgress(fraction)`. Resolves to the upload's record; rejects with an ApiError (413, 415...).

@@ -8,7 +8,7 @@
 // the public API (the same /jobs, /compose, /tasks, /uploads and /ws every other client uses),
 // so it needs no server-side session or template either.
 
-import { ApiError, clearToken, decodeJwt, get, getToken, login, setToken, setUnauthorizedHandler } from "./api.js";
+import { ApiError, clearToken, decodeJwt, get, getToken, login, logout, setToken, setUnauthorizedHandler } from "./api.js";
 import { $, banner, h } from "./dom.js";
 import { showCompare } from "./compare.js";
 import { loadGallery, wireGallery } from "./gallery.js";
@@ -170,7 +170,7 @@ function route() {
 function wire() {
   $("#signin-form").addEventListener("submit", onTokenSignIn);
   $("#login-form").addEventListener("submit", onPasswordSignIn);
-  $("#signout").addEventListener("click", () => signOut(""));
+  $("#signout").addEventListener("click", async () => { await logout(); signOut(""); });
   wireNewJob();
   wireJobs();
   wireJob();

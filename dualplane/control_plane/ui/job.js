@@ -26,6 +26,11 @@ const NEXT = {
     prompt: n.params?.instance_prompt }) },
 };
 
+/** What a music generator has made so far: "12.0 s of 30 s". */
+function audioText(a) {
+  return `${fmtSeconds(a.seconds)} of ${Math.round(a.of * 10) / 10} s`;
+}
+
 function fmtPct(n) {
   return `${Math.round((n.status === "succeeded" ? 1 : n.progress || 0) * 100)}%`;
 }
@@ -137,7 +142,7 @@ function logEvent(e) {
     : e.type === "status" ? e.status
       : e.data?.artifact ? `artifact ${e.data.artifact.name}`
         : e.data?.preview ? `preview frame ${e.data.preview.step ?? ""}/${e.data.preview.of ?? ""}`
-          : e.data?.audio_progress ? `audio ${fmtSeconds(e.data.audio_progress.seconds)}`
+          : e.data?.audio_progress ? `audio ${audioText(e.data.audio_progress)}`
             : (e.message || "data");
   const text = `${new Date(e.ts * 1000).toLocaleTimeString()}  ${e.node_id || "job"}  ${e.type}: ${what}`
     + (e.message && (e.type === "status" || e.type === "progress") ? ` — ${e.message}` : "");
@@ -251,7 +256,7 @@ function onMessage(m) {
     showPreview(node.id, e.data.preview);
   } else if (e.type === "data" && node && e.data?.audio_progress) {
     const a = e.data.audio_progress;
-    job.extra.set(node.id, `${fmtSeconds(a.seconds)} of ${Math.round(a.of * 10) / 10} s`);
+    job.extra.set(node.id, audioText(a));
     renderNode(node);
   } else if (e.type === "data" && e.data?.artifact) {
     refreshArtifacts();

@@ -9,9 +9,10 @@ import { drawGraph } from "./graph.js";
 import { renderArtifacts } from "./media.js";
 import { session } from "./session.js";
 import { songPlan } from "./song.js";
-import { uploadPicker } from "./uploads.js";
+import { checkFile, uploadPicker } from "./uploads.js";
 
 const MAX_SAVED_GENERATORS = 8;
+const MAX_LYRICS_BYTES = 10000; // the intent's lyrics limit (characters; bytes bound them from above)
 
 const state = {
   form: null,
@@ -392,6 +393,16 @@ export function wireNewJob() {
   for (const radio of document.querySelectorAll("input[name=source]")) radio.addEventListener("change", syncSource);
   for (const id of ["#intent", "#goal", "#duration", "#style", "#intent-lyrics"]) $(id).addEventListener("input", invalidatePlan);
   for (const radio of document.querySelectorAll("input[name=song_mode]")) radio.addEventListener("change", invalidatePlan);
+  $("#intent-lyrics-file").addEventListener("change", async (ev) => {
+    // lyrics are words in the intent, not an upload: the file is read here and never sent as is
+    const file = ev.target.files[0];
+    ev.target.value = "";
+    if (!file) return;
+    const check = await checkFile(file, ["text"], MAX_LYRICS_BYTES);
+    if (check.error) return intentError(check.error);
+    $("#intent-lyrics").value = await file.text();
+    invalidatePlan();
+  });
   $("#plan").addEventListener("click", onPlan);
   $("#new-form").addEventListener("submit", onSubmit);
   $("#new-errors").tabIndex = -1;
