@@ -324,7 +324,7 @@ async def test_cli_jobs_and_cancel(api: Served, client: AsyncClient) -> None:
     code, out, _ = await run_cli("jobs", "--limit", "5", env=env)
     assert code == 0
     header, row = out.splitlines()[:2]
-    assert header.split()[:3] == ["ID", "STATUS", "PROGRESS"] and row.startswith(job["id"])
+    assert header.split()[:4] == ["ID", "NAME", "STATUS", "PROGRESS"] and row.startswith(job["id"])
 
     code, out, _ = await run_cli("cancel", job["id"], env=env)
     assert code == 0 and out.startswith(f"job {job['id']} ")
