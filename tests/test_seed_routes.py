@@ -52,6 +52,11 @@ async def test_generate_answers_202_when_the_wait_runs_out_and_422_naming_a_bad_
         assert response.json()["errors"][0]["field"] == field, (body, response.json())
     bad_text = await alice.post("/generate", json={"text": "x", "loudness": 3})
     assert "loudness" in bad_text.json()["detail"] and "prompt" in bad_text.json()["detail"]
+    refused = await alice.post("/generate", json={"text": "a ballad in the voice of Jane Doe"})
+    assert refused.status_code == 422 and refused.json()["rule"] == "impersonation"  # the content policy, as /jobs
+    planned = await api("conductor", role="orchestrator").post(
+        "/job", json={"model": "compose", "payload": "a lullaby sung in the voice of Jane Doe"})
+    assert planned.status_code == 422 and planned.json()["rule"] == "impersonation"  # screened like /compose
     listed = (await alice.get("/jobs")).json()["jobs"]
     assert [j["id"] for j in listed] == [late.json()["id"]]  # the refused requests made no job
 

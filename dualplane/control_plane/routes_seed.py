@@ -4,12 +4,14 @@ async) and the external-worker protocol (``POST /jobs/{id}/nodes/{node}/claim``,
 ``POST /jobs/report``; see :mod:`.external`).
 
 Underneath they are the graph routes: a one-node graph (or the planner's graph) goes through the
-same limits, rate, :meth:`ControlPlane.submit` and ``?wait=`` as ``POST /jobs``. Their answers are
+same limits, rate, content policy (:meth:`ControlPlane.screen`, as ``submit`` or, for a goal, as
+``compose`` with the intent's words), :meth:`ControlPlane.submit` and ``?wait=`` as ``POST /jobs``. Their answers are
 the Job with the seeds' ``jobId`` beside ``id``, plus the artifacts' GET URLs once it finished.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -27,6 +29,7 @@ from dualplane.control_plane.external import ExternalConflict, InvalidReport, Un
 from dualplane.control_plane.hub import Hub
 from dualplane.control_plane.limits import Limits, valid_job_id
 from dualplane.control_plane.planner import NotUnderstood, StrictRefusal, Unplannable
+from dualplane.control_plane.policy import PolicyText, intent_texts
 from dualplane.control_plane.service import FINISHED, ControlPlane
 
 #: The seeds' generator names (``model``) and the task each one is; a task's own name works too.
@@ -113,7 +116,7 @@ def seed_router(control: ControlPlane, limits: Limits, settings: Settings, hub: 
         model = fields.pop("model", "music")
         spec = _generator(control, model, ("body", "model"), goals=False)
         graph = _one_node_graph(spec, fields, ("body",))
-        job_id, created = await _submit(request, who, graph, _scoped("generate", idempotency_key))
+        job_id, created = await _submit(request, who, graph, _scoped("generate", idempotency_key), stage="submit")
         return await _answer(job_id, created, wait if wait is not None else settings.max_wait_s, who.user)
 
     @router.post("/job", responses={
@@ -133,13 +136,14 @@ def seed_router(control: ControlPlane, limits: Limits, settings: Settings, hub: 
             planned = await _plan(body)
             if isinstance(planned, Response):
                 return planned
-            job_id, created = await _submit(request, who, planned, key)
+            graph, goal, texts = planned
+            job_id, created = await _submit(request, who, graph, key, stage="compose", goal=goal, texts=texts)
         else:
             if not isinstance(body.payload, dict):
                 raise _invalid(("body", "payload"), "a generator's payload is an object of its params")
             spec = _generator(control, body.model, ("body", "model"), goals=True)
             job_id, created = await _submit(request, who, _one_node_graph(spec, body.payload, ("body", "payload")),
-                                            key)
+                                            key, stage="submit")
         if body.mode == "async":
             return await _answer(job_id, created, None, who.user, status_code=202)
         return await _answer(job_id, created, wait if wait is not None else settings.max_wait_s, who.user)
@@ -194,16 +198,21 @@ def seed_router(control: ControlPlane, limits: Limits, settings: Settings, hub: 
         return JSONResponse({"jobId": body.job_id, "job_id": body.job_id, "node": body.node, "fence": body.fence,
                              **result})
 
-    async def _submit(request: Request, who: Principal, graph: dict[str, Any],
-                      idempotency_key: str | None) -> tuple[str, bool]:
+    async def _submit(request: Request, who: Principal, graph: dict[str, Any], idempotency_key: str | None, *,
+                      stage: Literal["submit", "compose"], goal: str | None = None,
+                      texts: Sequence[PolicyText] = ()) -> tuple[str, bool]:
         limits.check_graph(graph)
         await limits.admit(control.bridge, who.user)
-        result = await control.submit(graph, request_id=request.state.request_id, user=who.user,
-                                      idempotency_key=idempotency_key)
+        validated = control.validate(graph)  # judged by the content policy like any submission (422 when refused)
+        decision = await control.screen(validated, user=who.user, stage=stage, goal=goal, texts=texts,
+                                        request_id=request.state.request_id)
+        result = await control.submit(validated, request_id=request.state.request_id, user=who.user,
+                                      idempotency_key=idempotency_key, audit=decision)
         return result.job_id, result.created
 
-    async def _plan(body: JobRequest) -> dict[str, Any] | Response:
-        """The planner's graph for a goal, or the /compose problem that says why there is none."""
+    async def _plan(body: JobRequest) -> tuple[dict[str, Any], str, list[PolicyText]] | Response:
+        """The planner's graph for a goal (with its goal and the intent's words, for the content
+        policy as /compose screens them), or the /compose problem that says why there is none."""
         compose = _compose_body(body.model, body.payload)
         try:
             plan = await control.planner.plan(compose.brief or compose.intent, strict=compose.strict)
@@ -218,7 +227,7 @@ def seed_router(control: ControlPlane, limits: Limits, settings: Settings, hub: 
         name = compose.name or _planned_name(compose, plan)
         if name is not None:
             plan.graph["metadata"]["name"] = name
-        return plan.graph
+        return plan.graph, plan.goal, intent_texts(compose.intent, compose.brief)
 
     async def _answer(job_id: str, created: bool, wait: float | None, user: str, *,
                       status_code: int | None = None) -> Response:
