@@ -276,7 +276,7 @@ class LocalStack:
         to_build = missing + stale
         self.announce(f"models         building tiny random models for {', '.join(to_build)} "
                       "(SIMULATED quality: random weights, real classes and loading path)")
-        quiet_model_libraries()
+        quiet_model_libraries(load=True)  # the builders use both
         asyncio.run(make_and_upload(store, self.state_dir / "tiny-models", to_build))
         self.announce("models         built and uploaded")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 
 #: logger -> what it says that is expected in dualplane's use
 EXPECTED: dict[str, tuple[re.Pattern[str], ...]] = {
@@ -35,19 +36,27 @@ class DropExpected(logging.Filter):
         return not any(pattern.search(message) for pattern in self.patterns)
 
 
-def quiet_model_libraries() -> None:
+def quiet_model_libraries(*, load: bool = False) -> None:
     """Turn off transformers' and diffusers' progress bars and drop their expected warnings.
 
-    Idempotent. Call it where those libraries are about to be used (it imports them, which takes
-    seconds): transformers logs through its own handler, so the filter goes on that handler
-    (a filter on a parent logger never sees its children's records).
+    Only the libraries already imported are touched, since importing one takes seconds (a worker
+    that only speaks with Piper never needs them): call it where they are about to be used and
+    again right after. ``load``: import both first, for a caller that is about to use both.
+    Idempotent. transformers logs through its own handler, so the filter goes on that handler (a
+    filter on a parent logger never sees its children's records).
     """
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
+    if load:
+        import diffusers.utils.logging  # noqa: F401
+        import transformers.utils.logging  # noqa: F401
+    if "transformers" in sys.modules:
+        import transformers.utils.logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()  # huggingface_hub's too
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.get_logger()  # makes sure transformers has installed its handler
+        transformers_logging.disable_progress_bar()  # huggingface_hub's too
+        transformers_logging.get_logger()  # makes sure transformers has installed its handler
+    if "diffusers" in sys.modules:
+        import diffusers.utils.logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
     for name, patterns in EXPECTED.items():
         for handler in (*logging.getLogger(name).handlers, *logging.getLogger().handlers):
             if not any(isinstance(f, DropExpected) and f.patterns is patterns for f in handler.filters):

@@ -727,13 +727,16 @@ class ModelManager:
         from dualplane.common.quiet import quiet_model_libraries
         from dualplane.data_plane.device import select_dtype
 
-        quiet_model_libraries()  # no progress bar per file in the worker's log
         path = _run_blocking(self.store.ensure_local(entry.name))
         extra_paths = [_run_blocking(self.store.ensure_local(other)) for other in extra]
         device = self.device
         dtype = select_dtype(device, entry.dtype)
         with BUILD_LOCK:
+            # no progress bar per file in the worker's log: for the libraries imported so far, and
+            # from the next load on for the one this loader imports
+            quiet_model_libraries()
             model = loader(path, device, dtype, *extra_paths)
+            quiet_model_libraries()
         size = estimate_bytes(model) or _dir_bytes(path)
         self.loads += 1
         return _Warm(model=model, name=entry.name, path=path, device=device, dtype=dtype, size_bytes=size)
