@@ -114,7 +114,7 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.control_host, port=settings.control_port,
         ws="websockets-sansio", ws_per_message_deflate=False, timeout_graceful_shutdown=10,
-        log_level=settings.log_level.lower(),
+        log_level=settings.log_level.lower(), forwarded_allow_ips=settings.forwarded_allow_ips,
     ))  # fmt: skip
     control = app.state.control
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -247,3 +250,181 @@ def test_k8s_environment_matches_settings_and_secrets() -> None:
             assert container["readinessProbe"]["httpGet"]["path"] == "/health"
             assert container["livenessProbe"]["httpGet"]["path"] == "/livez"  # outages must not restart pods
             assert ports[container["readinessProbe"]["httpGet"]["port"]] == port
+
+
+# -- the reverse proxy (Traefik) and the Compose specification ---------------------------------
+
+TRAEFIK_DIR = ROOT / "deploy" / "traefik"
+#: Where a request lands: (path, router, compose service). Host is the default PUBLIC_HOST.
+ROUTES = [
+    ("/", "dualplane-ui", "control-plane"),
+    ("/ui/app.js", "dualplane-ui", "control-plane"),
+    ("/ws", "dualplane-ws", "control-plane"),
+    ("/jobs", "dualplane-api", "control-plane"),
+    ("/jobs/abc/events", "dualplane-api", "control-plane"),
+    ("/compose", "dualplane-api", "control-plane"),
+    ("/auth/login", "dualplane-api", "control-plane"),
+    ("/docs", "dualplane-api", "control-plane"),
+    ("/metrics", "dualplane-metrics", "control-plane"),
+    ("/grafana", "grafana", "grafana"),
+    ("/grafana/d/jobs", "grafana", "grafana"),
+]
+
+
+def compose_spec_schema() -> dict[str, Any]:
+    """The Compose specification's JSON Schema (compose-spec/compose-spec, Apache-2.0), as the
+    check-jsonschema package ships it (its `vendor.compose-spec` schema, with the license)."""
+    from importlib import resources
+
+    vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
+    return json.loads(vendor.joinpath("compose-spec.json").read_text())
+
+
+def interpolate(text: str) -> str:
+    """Compose's ${VAR:-default} with every variable unset (the file's defaults)."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+
+
+def labels_of(service: dict[str, Any]) -> dict[str, str]:
+    labels = service.get("labels", {})
+    if isinstance(labels, list):
+        labels = dict(item.split("=", 1) for item in labels)
+    return {k: interpolate(str(v)) for k, v in labels.items()}
+
+
+def traefik_config(compose: dict[str, Any]) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, int]], set[str]]:
+    """(routers: name -> settings plus the compose service carrying them, services: name ->
+    (compose service, port), middleware names) from every service's labels."""
+    routers: dict[str, dict[str, str]] = {}
+    services: dict[str, tuple[str, int]] = {}
+    middlewares: set[str] = set()
+    for owner, service in compose["services"].items():
+        labels = labels_of(service)
+        if labels.get("traefik.enable") != "true":
+            assert not any(k.startswith("traefik.") for k in labels), f"{owner}: traefik labels without traefik.enable"
+            continue
+        for key, value in labels.items():
+            if found := re.fullmatch(r"traefik\.http\.routers\.([\w-]+)\.(\w+)", key):
+                routers.setdefault(found.group(1), {"owner": owner})[found.group(2)] = value
+            elif found := re.fullmatch(r"traefik\.http\.services\.([\w-]+)\.loadbalancer\.server\.port", key):
+                services[found.group(1)] = (owner, int(value))
+            elif found := re.fullmatch(r"traefik\.http\.middlewares\.([\w-]+)\..+", key):
+                middlewares.add(found.group(1))
+    return routers, services, middlewares
+
+
+def rule_matches(rule: str, host: str, path: str) -> bool:
+    """Traefik's Host / Path / PathPrefix matchers joined by && || and parentheses."""
+    matchers = {"Host": lambda v: host == v, "Path": lambda v: path == v, "PathPrefix": lambda v: path.startswith(v)}
+    expression = re.sub(r"(Host|PathPrefix|Path)\(`([^`]*)`\)", lambda m: str(matchers[m.group(1)](m.group(2))), rule)
+    expression = expression.replace("&&", " and ").replace("||", " or ")
+    assert re.fullmatch(r"(\s|True|False|and|or|\(|\))*", expression), f"a matcher this test does not know: {rule}"
+    return bool(eval(expression, {"__builtins__": {}}))
+
+
+def route(routers: dict[str, dict[str, str]], host: str, path: str) -> str | None:
+    """The router Traefik picks for an HTTPS request: the matching one of highest priority."""
+    matching = [(int(r["priority"]), name) for name, r in routers.items()
+                if "websecure" in r["entrypoints"].split(",") and rule_matches(r["rule"], host, path)]
+    assert len({p for p, _ in matching}) == len(matching), f"routers of equal priority both match {path}: {matching}"
+    return max(matching)[1] if matching else None
+
+
+def test_compose_file_follows_the_compose_specification(compose: dict[str, Any]) -> None:
+    validator = jsonschema.Draft202012Validator(compose_spec_schema())
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, "\n".join(errors)
+    # the schema is strict enough to catch a mistyped key
+    assert not validator.is_valid({"services": {"web": {"imagee": "nginx"}}})
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    """`docker compose config -q` where Compose v2 is installed (it interpolates, merges and
+    checks references the schema cannot)."""
+    command = None
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True,
+                                                 check=False).returncode == 0:
+        command = ["docker", "compose"]
+    if command is None:
+        pytest.skip("no Docker Compose v2 here (`docker compose` missing): the schema test checks the file instead")
+    result = subprocess.run([*command, "-f", str(COMPOSE_FILE), "config", "-q"], capture_output=True, text=True,
+                            check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_traefik_routes_the_api_websocket_ui_and_grafana(compose: dict[str, Any]) -> None:
+    routers, services, middlewares = traefik_config(compose)
+    for path, router, owner in ROUTES:
+        assert route(routers, "localhost", path) == router, path
+        service, port = services[routers[router]["service"]]
+        assert service == owner and routers[router]["owner"] == owner, path
+        assert port in container_ports(compose["services"][owner]), f"{path}: port {port}"
+    assert route(routers, "elsewhere.example", "/jobs") is None, "routers match the public host only"
+    for name, router in routers.items():
+        assert router["entrypoints"] == "websecure" and router["tls"] == "true", f"{name}: TLS only"
+        for middleware in filter(None, router.get("middlewares", "").split(",")):
+            assert middleware in middlewares, f"{name}: no middleware {middleware}"
+    labels = labels_of(compose["services"]["control-plane"])
+    assert labels["traefik.http.middlewares.inside-only.ipallowlist.sourcerange"] == "127.0.0.1/32"  # /metrics
+    assert "compress" not in routers["dualplane-ws"].get("middlewares", ""), "the WebSocket is passed through"
+    for name in ("control-plane", "grafana"):
+        assert "ports" not in compose["services"][name], f"{name} is reached through Traefik only"
+    assert env_of(compose["services"]["control-plane"])["DUALPLANE_FORWARDED_ALLOW_IPS"], "client addresses"
+
+
+def test_traefik_serves_tls_with_the_generated_certificate(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    traefik, certs = services["traefik"], services["certs"]
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in traefik["command"])
+    assert flags["entrypoints.websecure.address"] == ":443" and flags["entrypoints.websecure.http.tls"] == "true"
+    assert flags["entrypoints.web.http.redirections.entrypoint.to"] == "websecure"  # http -> https
+    assert flags["providers.docker.exposedbydefault"] == "false"
+    assert {"80:80", "443:443"} <= set(traefik["ports"])
+    mounts = {target.split(":")[0]: source for source, target in (v.split(":", 1) for v in traefik["volumes"])}
+    dynamic_file = flags["providers.file.filename"]
+    assert (COMPOSE_FILE.parent / mounts[dynamic_file]).resolve() == TRAEFIK_DIR / "dynamic.yml"
+    store = yaml.safe_load((TRAEFIK_DIR / "dynamic.yml").read_text())["tls"]["stores"]["default"]["defaultCertificate"]
+    cert_dir = str(Path(store["certFile"]).parent)
+    assert Path(store["keyFile"]).parent == Path(cert_dir) and cert_dir in mounts
+    volume = mounts[cert_dir]
+    assert volume in compose["volumes"] and traefik["depends_on"]["certs"]["condition"] == \
+        "service_completed_successfully"
+    # the one-shot service writes that volume with the script, whose file names Traefik reads
+    cert_mounts = {source: target for source, target in (v.split(":", 1) for v in certs["volumes"])}
+    script_target = cert_mounts["./deploy/traefik/make-local-cert.sh"].removesuffix(":ro")
+    assert cert_mounts[volume] == cert_dir and f"sh {script_target} {cert_dir}" in " ".join(certs["command"])
+    script = (TRAEFIK_DIR / "make-local-cert.sh").read_text()
+    assert Path(store["certFile"]).name in script and Path(store["keyFile"]).name in script
+
+
+def test_grafana_is_served_under_its_sub_path(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    env = {k: interpolate(v) for k, v in env_of(grafana).items()}
+    assert re.fullmatch(r"https://localhost/grafana/", env["GF_SERVER_ROOT_URL"])
+    assert env["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"
+    routers, _, _ = traefik_config(compose)
+    assert "PathPrefix(`/grafana`)" in routers["grafana"]["rule"]
+    assert "/grafana/api/health" in " ".join(grafana["healthcheck"]["test"]), "the health check takes the sub-path"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the certificate script needs openssl")
+def test_local_certificate_script_makes_a_ca_and_a_server_certificate(tmp_path: Path) -> None:
+    def make(*args: str) -> str:
+        return subprocess.run(["sh", str(TRAEFIK_DIR / "make-local-cert.sh"), str(tmp_path), *args],
+                              capture_output=True, text=True, check=True, timeout=60).stdout
+
+    def openssl(*args: str) -> str:
+        return subprocess.run(["openssl", *args], capture_output=True, text=True, check=True).stdout
+
+    assert "made a certificate for localhost" in make()
+    assert "OK" in openssl("verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "local.crt"))
+    names = openssl("x509", "-in", str(tmp_path / "local.crt"), "-noout", "-ext", "subjectAltName,extendedKeyUsage")
+    assert "DNS:localhost" in names and "IP Address:127.0.0.1" in names and "TLS Web Server Authentication" in names
+    for key in ("ca.key", "local.key"):
+        assert (tmp_path / key).stat().st_mode & 0o077 == 0, key
+    first, ca = (tmp_path / "local.crt").read_bytes(), (tmp_path / "ca.crt").read_bytes()
+    assert "kept" in make() and (tmp_path / "local.crt").read_bytes() == first  # a restart keeps it
+    assert "made a certificate for dualplane.example.org" in make("dualplane.example.org")  # another name
+    assert "DNS:dualplane.example.org" in openssl("x509", "-in", str(tmp_path / "local.crt"), "-noout", "-ext",
+                                                  "subjectAltName")
+    assert (tmp_path / "ca.crt").read_bytes() == ca, "the same CA signs it: nothing new to trust"

@@ -113,6 +113,8 @@ class Settings(BaseSettings):
 
     control_host: str = "127.0.0.1"
     control_port: int = 8000
+    # peers whose X-Forwarded-For / -Proto the control plane believes (a reverse proxy); comma-separated, * for any
+    forwarded_allow_ips: str = "127.0.0.1,::1"
     worker_host: str = "127.0.0.1"
     worker_port: int = 8001
     log_level: str = "INFO"
