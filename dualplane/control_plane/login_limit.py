@@ -8,7 +8,7 @@ would all pass the check before the first one failed. Past a limit the answer is
 
 Anyone can make an account's logins wait by failing on purpose (the price of a per-name
 limit); the per-address limit is what holds a guesser back across names. The address is the
-one uvicorn reports: behind a reverse proxy, set ``FORWARDED_ALLOW_IPS`` to the proxy's so that
+one uvicorn reports: behind a reverse proxy, set ``DUALPLANE_FORWARDED_ALLOW_IPS`` to the proxy's so that
 it is the client's. An IPv6 client counts by its /64, which one host usually holds whole.
 """
 
