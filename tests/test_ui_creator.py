@@ -154,6 +154,22 @@ async def test_upload_clips_train_a_voice_and_speak_with_it(
     assert re.search(r"\d+(\.\d)? KB", caption) and re.search(r"\b0:0\d\b", caption), caption
     await check_page(page, "job-finished")
 
+    # the planner takes the same clips (from "add one of your uploads") into the intent's inputs
+    await page.get_by_role("link", name="New job", exact=True).click()
+    await page.get_by_label("a description (planner)").check()
+    await page.locator("#intent").fill("say 'the sea is calm tonight' in my voice")
+    existing = page.locator("#intent-clips-existing")
+    await existing.locator("option").nth(2).wait_for(state="attached")
+    await existing.select_option(index=1)
+    await existing.select_option(index=2)
+    await page.locator("#intent-clips-slot .picked-item[data-state='done']").nth(1).wait_for()
+    await page.get_by_role("button", name="Plan (dry run)").click()
+    trainer = page.locator("#preview-notes summary", has_text="train_voice")
+    await trainer.wait_for()
+    await trainer.click()
+    planned = await page.locator("#preview-notes details[open] pre").inner_text()
+    assert all(key in planned for key in trained["params"]["clips"])
+
     # the Uploads view lists both clips (size, duration, consent, a player) and deletes one
     await page.get_by_role("link", name="Uploads", exact=True).click()
     items = page.locator("#uploads-list .upload-item")
@@ -317,6 +333,18 @@ async def test_plan_a_song_then_rename_rerun_compare_gallery_duplicate_and_delet
     await page.wait_for_url("**/#/new")
     assert await page.locator("#intent").input_value() == "a 2 second song about rain on the window"
     assert await page.get_by_label("melody-only (instrumental)").is_checked()
+
+    # re-run with a new seed: compared with the first, the seed is the setting that differs
+    await page.goto(f"{ui_url}/#/jobs/{second}")
+    await finished(page)
+    await page.get_by_role("button", name="Re-run (new seed)").click()
+    await page.wait_for_function(f"!location.hash.endsWith('{second}')")
+    third = page.url.rsplit("/", 1)[1]
+    await finished(page)
+    await page.goto(f"{ui_url}/#/compare?a={first}&b={third}")
+    differs = page.locator("#compare-body .compare-side[data-side='A'] tr.differs th")
+    await differs.first.wait_for()
+    assert "Seed" in await differs.all_inner_texts()
 
     # delete from the job page, then from the list, each after a confirmation
     await page.goto(f"{ui_url}/#/jobs/{second}")

@@ -14,7 +14,7 @@ import { showCompare } from "./compare.js";
 import { loadGallery, wireGallery } from "./gallery.js";
 import { leaveJob, showJob, wireJob } from "./job.js";
 import { startJobs, stopJobs, wireJobs } from "./jobs.js";
-import { renderGeneratorSelect, restorePreferences, wireNewJob } from "./newjob.js";
+import { refreshPickers, renderGeneratorSelect, restorePreferences, wireNewJob } from "./newjob.js";
 import { live, session } from "./session.js";
 import { loadUploads, wireUploads } from "./uploadsview.js";
 
@@ -160,6 +160,7 @@ function route() {
   else if (view === "gallery") loadGallery();
   else if (view === "uploads") loadUploads();
   else if (view === "compare") showCompare(query);
+  else if (view === "new" && lastView && lastView !== "new") refreshPickers();
   // a new view: focus its heading, so keyboard and screen-reader users start at the top of it
   if (lastView && lastView !== view) document.querySelector(`#view-${view} h1`)?.focus();
   lastView = view;

@@ -4,6 +4,7 @@
 
 import { get } from "./api.js";
 import { $, h, jobTitle } from "./dom.js";
+import { humanLabel } from "./form.js";
 import { kindOf, mediaFigure } from "./media.js";
 
 const RANK = { video: 0, audio: 1, image: 2, text: 3, other: 4 };
@@ -35,7 +36,7 @@ function settingsOf(node) {
 function column(label, s, other) {
   const mine = settingsOf(s.node), theirs = settingsOf(other.node);
   const rows = Object.entries(mine).map(([k, v]) => h("tr", { class: theirs[k] !== v ? "differs" : "" },
-    h("th", { scope: "row", text: k }), h("td", { text: v })));
+    h("th", { scope: "row", text: humanLabel(k) }), h("td", { text: v })));
   return h("section", { class: "compare-side card", "data-side": label, "aria-label": `Output ${label}` },
     h("h2", {}, `${label}: `, h("a", { href: `#/jobs/${encodeURIComponent(s.job.id)}`, text: jobTitle(s.job) })),
     s.output

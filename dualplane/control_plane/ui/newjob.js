@@ -85,6 +85,12 @@ function fillIntent(intent) {
   if (radio) radio.checked = true;
 }
 
+/** Offer uploads made since the pickers were built (in the Uploads view, another form). */
+export function refreshPickers() {
+  state.clips?.refresh();
+  state.images?.refresh();
+}
+
 function mountPicker(slot, id, kind, help) {
   const picker = uploadPicker({ id, kind, consent: kind === "audio", describedBy: help, onChange: invalidatePlan });
   $(slot).replaceChildren(picker.element);
@@ -113,7 +119,10 @@ export function syncSource() {
   $("#gen-panel").hidden = intent;
   $("#intent-panel").hidden = !intent;
   $("#submit").textContent = intent ? "Submit this plan" : "Submit job";
-  if (intent) showPlan(state.plan);
+  if (intent) {
+    refreshPickers();
+    showPlan(state.plan);
+  }
   else {
     $("#submit").disabled = false; // the planner's "nothing planned yet" does not apply to a generator
     previewGenerator();

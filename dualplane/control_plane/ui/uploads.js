@@ -88,7 +88,7 @@ let pickerId = 0;
 /**
  * A picker of uploads for one param (or intent input): drop files or choose them, or pick from
  * earlier uploads. Keys fill in as uploads finish. `kind`: "audio" | "image" | "text".
- * Returns {element, input (what the label points at), keys(), setKeys(keys), busy(), onChange}.
+ * Returns {element, input (what the label points at), keys(), setKeys(keys), busy(), refresh()}.
  */
 export function uploadPicker({ id = `upload-${++pickerId}`, kind, multiple = true, keys = [], consent = false,
   describedBy = "", onChange = () => {} } = {}) {
@@ -199,19 +199,25 @@ export function uploadPicker({ id = `upload-${++pickerId}`, kind, multiple = tru
     }
   }
 
-  // earlier uploads of this kind, for the "add one of your uploads" list (and previews of keys)
-  get("/uploads", { query: { kind } }).then((page) => {
-    library = page.uploads || [];
-    existing.append(...library.map((u) => h("option", { value: u.key, text: `${u.name} (${uploadFacts(u)})` })));
-    existing.hidden = !library.length;
-    const known = keysOf();
-    if (known.some((k) => library.some((u) => u.key === k))) setKeys(known); // previews for prefilled keys
-  }).catch(() => { existing.hidden = true; });
+  // earlier uploads of this kind, for the "add one of your uploads" list (and previews of keys);
+  // read again whenever the picker is shown, so uploads made elsewhere since are offered too
+  function refresh() {
+    return get("/uploads", { query: { kind } }).then((page) => {
+      library = page.uploads || [];
+      existing.replaceChildren(existing.options[0],
+        ...library.map((u) => h("option", { value: u.key, text: `${u.name} (${uploadFacts(u)})` })));
+      existing.hidden = !library.length;
+      const known = keysOf();
+      const unnamed = entries.some((e) => !e.li.querySelector("audio, img") && library.some((u) => u.key === e.key));
+      if (unnamed) setKeys(known); // previews for keys that were prefilled
+    }).catch(() => { existing.hidden = true; });
+  }
   existing.hidden = true;
+  refresh();
 
   setKeys(keys);
   return {
-    element, input, keys: keysOf, setKeys,
+    element, input, keys: keysOf, setKeys, refresh,
     busy: () => entries.some((e) => e.state === "uploading"),
   };
 }
