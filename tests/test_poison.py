@@ -175,3 +175,26 @@ async def test_a_control_plane_whose_runner_died_says_so_on_health_and_asks_to_e
 
     assert healthy.status_code == 200
     assert health.status_code == 503 and "consume loop died" in health.json()["consumer"]
+
+
+async def test_a_node_whose_task_the_worker_lacks_fails_saying_so_instead_of_holding_the_job(
+    settings, worker_factory
+):
+    plane = ControlPlane(settings, registry=probe_registry(), metrics_registry=CollectorRegistry())
+    await plane.start()
+    await worker_factory()  # the default catalog: no `probe`
+    try:
+        job_id = (await plane.submit({"nodes": [
+            {"id": "a", "task": "noop", "plane": "python", "params": {"value": 1}},
+            {"id": "p", "task": "probe", "plane": "python", "needs": ["a"], "params": {"seconds": 0}},
+            {"id": "after", "task": "noop", "plane": "python", "needs": ["p"], "params": {"value": 2}},
+        ]})).job_id
+        job = await wait_for_job(plane, job_id, timeout_s=20)
+    finally:
+        await plane.stop(0.5)
+
+    assert job.status == "failed"
+    assert node(job, "a").status == "succeeded"
+    assert node(job, "p").status == "failed"
+    assert node(job, "p").error.type == "TaskNotAvailable" and "'probe'" in node(job, "p").error.message
+    assert node(job, "after").status == "skipped"

@@ -55,6 +55,8 @@ NodeFinished = Callable[[str, str, float, "dict[str, Any] | None"], None]
 #: Attempts a node gets when a service it needs is down (the object store), whatever its own
 #: retry policy: with the default backoff that rides out about a minute of outage.
 OUTAGE_ATTEMPTS = 8
+#: The graph node that fails a node whose task this process lacks (no task can have this name).
+MISSING_TASK_NODE = "dualplane.missing-task"
 
 
 def _outlasts(exc: BaseException, attempt: int) -> bool:
@@ -185,7 +187,10 @@ class Executor:
                 ),
             )
             builder.add_edge(spec.name, END)
-        builder.add_conditional_edges(START, self._route, [s.name for s in specs])
+        self._task_names = frozenset(spec.name for spec in specs)
+        builder.add_node(MISSING_TASK_NODE, self._make_node(None))
+        builder.add_edge(MISSING_TASK_NODE, END)
+        builder.add_conditional_edges(START, self._route, [s.name for s in specs] + [MISSING_TASK_NODE])
         return builder.compile()
 
     async def _route(self, state: _BatchState) -> list[Send]:
@@ -213,7 +218,9 @@ class Executor:
         for run in runs:
             self._runs[id(run)] = run
             for node_id in run.plan:
-                sends.append((run.by_id[node_id].task, (id(run), node_id)))
+                task = run.by_id[node_id].task
+                # LangGraph drops a Send to a node it does not have, and the run would wait forever
+                sends.append((task if task in self._task_names else MISSING_TASK_NODE, (id(run), node_id)))
         if not sends:
             return
         self._sends[id(sends)] = sends
@@ -225,15 +232,15 @@ class Executor:
             for run in runs:
                 self._runs.pop(id(run), None)
 
-    def _make_node(self, spec: TaskSpec) -> Callable[[tuple[int, str]], Any]:
+    def _make_node(self, spec: TaskSpec | None) -> Callable[[tuple[int, str]], Any]:
         async def node(key: tuple[int, str]) -> None:
             run = self._runs[key[0]]
             await self._run_node(run, run.by_id[key[1]], spec, get_stream_writer())
 
-        node.__name__ = f"task_{spec.name}"
+        node.__name__ = f"task_{spec.name}" if spec is not None else MISSING_TASK_NODE
         return node
 
-    async def _run_node(self, run: JobRun, node: Node, spec: TaskSpec, write: Callable[[Any], None]) -> None:
+    async def _run_node(self, run: JobRun, node: Node, spec: TaskSpec | None, write: Callable[[Any], None]) -> None:
         # this LangGraph task's own context: every line logged below carries the ids
         logs.bind(job_id=run.job_id, node_id=node.id, request_id=run.request_id, plane=self.plane,
                   worker=self.worker_id)
@@ -250,6 +257,12 @@ class Executor:
             return
         if run.cancel.is_set():
             write(_chunk(run, node, "finished", status="cancelled", reason="job cancelled"))
+            return
+        if spec is None:  # the control plane's catalog has the task, this process's does not
+            error = {"type": "TaskNotAvailable", "transient": False,
+                     "message": f"{self.worker_id} ({self.plane} plane) has no task {node.task!r}: "
+                                "its catalog differs from the control plane's"}
+            write(_chunk(run, node, "finished", status="failed", error=error))
             return
         unmet = self._unmet_requirements(node) if self._unmet_requirements else None
         if unmet is not None:  # sent to this pool by hand: fail loudly rather than run it on the wrong device
