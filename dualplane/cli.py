@@ -255,11 +255,15 @@ def run_stack(*, serve: bool, timeout_s: float | None, demo: bool = True) -> int
 
 def cmd_status(args: argparse.Namespace) -> int:
     """What runs here (0), or that nothing does (1)."""
-    from dualplane.local_stack import discover
+    from dualplane.local_stack import abandoned, discover
 
     stack = discover()
     if stack is None:
         say(f"no local stack is running in {Path.cwd()} (start one with `dualplane up`)")
+        if (left := abandoned()) is not None:
+            say(f"but processes of one whose launcher was killed still run: "
+                f"{', '.join(f'{n} (pid {p.pid})' for n, p in left.processes.items() if p.alive())}; "
+                "`dualplane down` or the next `dualplane up` stops them")
         return 1
     for line in describe_stack(stack, Settings()):
         say(line)
@@ -300,11 +304,14 @@ def _job_count(redis_url: str, keys: Any) -> str:
 
 def cmd_down(args: argparse.Namespace) -> int:
     """Stop the stack running here the way Ctrl-C in its terminal would; 0 once nothing runs."""
-    from dualplane.local_stack import discover, stop
+    from dualplane.local_stack import abandoned, discover, stop, stop_abandoned
 
     stack = discover()
     if stack is None:
-        say(f"no local stack is running in {Path.cwd()}")
+        left = abandoned()
+        stopped = stop_abandoned(left, args.timeout) if left is not None else []
+        say(f"stopped what a killed launcher left running: {', '.join(stopped)}" if stopped
+            else f"no local stack is running in {Path.cwd()}")
         return 0
     say(f"stopping the local stack at {stack.url} (launcher pid {stack.launcher.pid}) ...")
     if stop(stack, args.timeout):

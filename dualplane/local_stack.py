@@ -42,6 +42,8 @@ PORTS = "ports.json"
 JWT_SECRET = "jwt-secret"
 S3_CREDENTIALS = "s3-credentials.json"
 LOCK = "stack.lock"
+#: How long each process of a stack whose launcher had to be killed gets between SIGTERM and SIGKILL.
+KILLED_LAUNCHER_GRACE_S = 5.0
 #: The user whose token `dualplane up` prints, and whom the client commands act as on a
 #: discovered stack when no DUALPLANE_TOKEN is set (the owner of the demo job).
 LOCAL_USER = "demo"
@@ -131,12 +133,35 @@ class RunningStack:
 def discover(start: Path | None = None) -> RunningStack | None:
     """The local stack running in `start` (default: the current directory) or a directory above
     it, or None. A record whose launcher is gone (killed with SIGKILL, a reboot) is ignored."""
+    return next((stack for stack in _records(start) if stack.alive()), None)
+
+
+def abandoned(start: Path | None = None) -> RunningStack | None:
+    """A record here or above whose launcher is gone while some of its processes still run (the
+    launcher was killed with SIGKILL): :func:`stop_abandoned` stops them."""
+    return next((stack for stack in _records(start)
+                 if not stack.alive() and any(p.alive() for p in stack.processes.values())), None)
+
+
+def _records(start: Path | None) -> Iterator[RunningStack]:
     here = (start or Path.cwd()).resolve()
     for directory in (here, *here.parents):
         stack = StateDir(directory / STATE_DIR).record()
-        if stack is not None and stack.alive():
-            return stack
-    return None
+        if stack is not None:
+            yield stack
+
+
+def stop_abandoned(stack: RunningStack, timeout_s: float) -> list[str]:
+    """Stop the processes of a record whose launcher is gone, newest first as the launcher would
+    (a pid with its start time names exactly the process recorded); forget the record. Returns
+    `name (pid N)` for each one that was still running."""
+    stopped = []
+    for name, process in reversed(stack.processes.items()):
+        if process.alive():
+            process.stop(timeout_s)
+            stopped.append(f"{name} (pid {process.pid})")
+    StateDir(stack.state_dir).remove_record()
+    return stopped
 
 
 def client_settings(settings: Settings, start: Path | None = None) -> Settings:
@@ -273,7 +298,5 @@ def stop(stack: RunningStack, timeout_s: float, poll_s: float = 0.2) -> bool:
     if stack.alive():
         with contextlib.suppress(ProcessLookupError):
             os.kill(stack.launcher.pid, signal.SIGKILL)
-    for process in stack.processes.values():
-        process.stop(poll_s * 25)
-    StateDir(stack.state_dir).remove_record()
+    stop_abandoned(stack, KILLED_LAUNCHER_GRACE_S)
     return False

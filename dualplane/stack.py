@@ -43,7 +43,7 @@ from dualplane.common.services import (
     terminate,
 )
 from dualplane.common.settings import Settings
-from dualplane.local_stack import STATE_DIR, Process, RunningStack, StateDir, process_started
+from dualplane.local_stack import STATE_DIR, Process, RunningStack, StateDir, process_started, stop_abandoned
 
 HEALTH_TIMEOUT_S = 60.0
 #: Extra time over the children's own shutdown grace before they get SIGKILL.
@@ -161,19 +161,16 @@ class LocalStack:
     # -- kept state --------------------------------------------------------------------------
 
     def _stop_leftovers(self) -> None:
-        """Processes of an earlier stack here whose launcher died without stopping them (SIGKILL):
-        they hold its ports and data, so they go before anything starts (we hold the lock, so no
-        live launcher owns them; a pid and its start time name exactly the process recorded)."""
+        """Processes of an earlier stack here whose launcher died without stopping them (SIGKILL)
+        hold its ports and data, so they go before anything starts (we hold the lock: no live
+        launcher owns them)."""
         earlier = self.state.record()
-        if earlier is None:
+        if earlier is None or earlier.alive():
             return
-        alive = {name: p for name, p in earlier.processes.items() if p.alive()}
-        if alive:
-            self.announce("found processes of an earlier stack whose launcher is gone; stopping "
-                          + ", ".join(f"{name} (pid {p.pid})" for name, p in alive.items()))
-            for process in alive.values():
-                process.stop(STOP_LEFTOVER_S)
-        self.state.remove_record()
+        stopped = stop_abandoned(earlier, STOP_LEFTOVER_S)
+        if stopped:
+            self.announce("stopped what an earlier stack here left running (its launcher was killed): "
+                          + ", ".join(stopped))
 
     def _load_state(self) -> None:
         """The kept ports and secrets (chosen now on a first start)."""

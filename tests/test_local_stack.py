@@ -222,6 +222,26 @@ def test_a_child_that_dies_is_reported_and_the_stack_stops(root: Path) -> None:
     assert_all_gone(stack, root)
 
 
+def test_the_next_start_stops_what_a_killed_launcher_left(root: Path) -> None:
+    with up(root) as (process, seen):
+        stack = discover(root)
+        assert stack is not None, "".join(seen)
+        process.kill()  # SIGKILL: no clean-up at all; its children run on in their own sessions
+        process.wait()
+        assert all(p.alive() for p in stack.processes.values())
+        assert discover(root) is None
+        status = dualplane("status", cwd=root)
+        assert status.returncode == 1 and "processes of one whose launcher was killed still run" in status.stdout
+    with up(root) as (process, seen):
+        left = ", ".join(f"{name} (pid {p.pid})" for name, p in reversed(stack.processes.items()))
+        assert f"stopped what an earlier stack here left running (its launcher was killed): {left}" in "".join(seen)
+        assert not any(p.alive() for p in stack.processes.values())
+        again = discover(root)
+        assert again is not None and again.url == stack.url, "".join(seen)  # its ports were free again
+        process.send_signal(signal.SIGINT)
+    assert_all_gone(again, root)
+
+
 # -- pieces, without processes -----------------------------------------------------------------
 
 
@@ -284,3 +304,23 @@ def test_client_settings_take_the_stack_where_the_environment_is_silent(tmp_path
     assert explicit.api_url == "http://elsewhere:9" and explicit.token is None and explicit.jwt_secret == "x" * 32
     assert client_settings(Settings(token="mine"), tmp_path).token == "mine"
     assert client_settings(Settings(), tmp_path / "..").api_url == Settings().api_url  # nothing runs there
+
+
+def test_down_stops_what_a_killed_launcher_left(tmp_path: Path) -> None:
+    orphan = subprocess.Popen(["sleep", "300"], start_new_session=True)  # a worker whose launcher died
+    try:
+        state = StateDir(tmp_path / ".dualplane")
+        state.create()
+        state.write_record(RunningStack(
+            state_dir=state.path, url="http://127.0.0.1:1234", launcher=Process(os.getpid(), 1), started_at=0,
+            redis_url="", s3_endpoint="", processes={"worker": Process(orphan.pid, process_started(orphan.pid))},
+        ))  # fmt: skip
+        status = dualplane("status", cwd=tmp_path)
+        assert status.returncode == 1 and f"still run: worker (pid {orphan.pid})" in status.stdout, status.stdout
+        down = dualplane("down", cwd=tmp_path)
+        assert down.stdout.strip() == f"stopped what a killed launcher left running: worker (pid {orphan.pid})"
+        assert orphan.wait(timeout=10) == -signal.SIGTERM
+        assert state.record() is None
+    finally:
+        orphan.kill()
+        orphan.wait()
