@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import subprocess
 import sys
 import time
 import uuid
+import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -101,6 +103,18 @@ async def wait_for_node(plane: ControlPlane, job_id: str, node_id: str, status: 
         if time.monotonic() > deadline:
             raise AssertionError(f"node {node_id} still {node.status} after {timeout_s}s")
         await asyncio.sleep(0.02)
+
+
+def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
+    """A mono 16-bit WAV of a sawtooth-like tone: audio an upload check and a player accept."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(b"".join((i * 997 % 20000 - 10000).to_bytes(2, "little", signed=True)
+                                 for i in range(int(seconds * rate))))
+    return buf.getvalue()
 
 
 def node(job: Job, node_id: str) -> Node:

@@ -5,12 +5,10 @@ inputs (`compose --input`, `submit --upload`), why a job failed, uploads, rename
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import struct
 import sys
-import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -20,22 +18,11 @@ import uvicorn
 
 from dualplane.common.services import free_port
 from dualplane.control_plane import create_app
-from tests.helpers import wait_for_job
+from tests.helpers import wait_for_job, wav_bytes
 
 pytestmark = pytest.mark.integration
 
 Cli = Callable[..., Awaitable[tuple[int, str, str]]]
-
-
-def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(b"".join((i * 997 % 20000 - 10000).to_bytes(2, "little", signed=True)
-                                 for i in range(int(seconds * rate))))
-    return buf.getvalue()
 
 
 def jpeg_header(width: int, height: int) -> bytes:

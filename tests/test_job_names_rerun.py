@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
-import wave
 
 import httpx
 
@@ -14,20 +12,9 @@ from dualplane.common.models import Job
 from dualplane.control_plane.job_names import compose_name, intent_name
 from dualplane.control_plane.routes_jobs import rerun_graph
 from dualplane.tasks import default_registry
-from tests.helpers import wait_for_job
+from tests.helpers import wait_for_job, wav_bytes
 
 SONG = {"id": "song", "task": "plan_song", "plane": "control", "params": {"narrative": "rain on a tin roof"}}
-
-
-def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(b"".join((i * 997 % 20000 - 10000).to_bytes(2, "little", signed=True)
-                                 for i in range(int(seconds * rate))))
-    return buf.getvalue()
 
 
 async def finished(api_client: httpx.AsyncClient, control_plane, response: httpx.Response) -> dict:

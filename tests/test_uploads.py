@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import io
 import struct
-import wave
 import zlib
 
 import httpx
 import pytest
 
 from dualplane.control_plane.upload_checks import image_size, sniff
-from tests.helpers import wait_for_job
-
-
-def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(b"\0\1" * int(seconds * rate))
-    return buf.getvalue()
+from tests.helpers import wait_for_job, wav_bytes
 
 
 def png_bytes(width: int, height: int) -> bytes:

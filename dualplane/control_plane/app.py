@@ -14,19 +14,19 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
-import pydantic
 import redis
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dualplane.common import logs
 from dualplane.common.errors import GraphValidationError, StoreUnavailable, Unavailable, UnknownJob
-from dualplane.common.models import Brief, CapabilityManifest, Event, Graph, Job
+from dualplane.common.models import CapabilityManifest, Event, Graph, Job
 from dualplane.common.settings import Settings
+from dualplane.control_plane.api_common import Timestamp, User, WaitQuery, problem
 from dualplane.control_plane.api_docs import mount_api_docs
 from dualplane.control_plane.auth import (
     USER_ID_PATTERN,
@@ -34,13 +34,11 @@ from dualplane.control_plane.auth import (
     AuthError,
     Forbidden,
     Principal,
-    bearer_token,
 )
 from dualplane.control_plane.body_limit import BodyLimit
-from dualplane.control_plane.job_names import MAX_NAME, compose_name
+from dualplane.control_plane.compose_api import ComposeRequest, compose_request, plan_or_problem
 from dualplane.control_plane.limits import (
     MAX_SEQ,
-    MAX_TIMESTAMP,
     Limits,
     RateLimited,
     TooDeep,
@@ -48,15 +46,18 @@ from dualplane.control_plane.limits import (
     valid_job_id,
 )
 from dualplane.control_plane.listing import InvalidCursor, JobFilter, list_jobs
-from dualplane.control_plane.planner import NotUnderstood, Plan, StrictRefusal, StructuredIntent, Unplannable
 from dualplane.control_plane.policy import PolicyRefusal, intent_texts
+from dualplane.control_plane.routes_admin import admin_router
+from dualplane.control_plane.routes_auth import install_accounts
+from dualplane.control_plane.routes_jobs import jobs_router
+from dualplane.control_plane.routes_seed import seed_router
+from dualplane.control_plane.routes_uploads import uploads_router
 from dualplane.control_plane.service import FINISHED, ControlPlane, JobConflict
 from dualplane.control_plane.ui import mount_ui
 from dualplane.control_plane.waits import TooManyWaits
 
 log = logging.getLogger("dualplane.api")
 
-PROBLEM = "application/problem+json"
 REQUEST_ID_HEADER = "X-Request-Id"
 #: Largest preferences document kept per user.
 MAX_PREFERENCES_BYTES = 16 * 1024
@@ -65,50 +66,6 @@ _GRAPH_BODY = {"requestBody": {"required": True, "content": {"application/json":
     "schema": {"$ref": "#/components/schemas/Graph"}}}}}
 _COMPOSE_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/ComposeRequest"}}}}}
-#: ``?wait=`` is clamped to ``max_wait_s``; only a number no clock can reach is refused.
-WaitQuery = Annotated[float | None, Query(ge=0, le=7 * 24 * 3600, allow_inf_nan=False)]
-Timestamp = Annotated[float | None, Query(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)]
-
-
-class ComposeRequest(BaseModel):
-    """Body of ``POST /compose``: an intent (words, or the UI's form) or a brief built by the client."""
-
-    model_config = ConfigDict(extra="forbid")
-    intent: Annotated[str, Field(min_length=1, max_length=4000)] | StructuredIntent | None = Field(
-        None, examples=["a 30-second lo-fi track with a rainy-night video"])
-    brief: Brief | None = Field(None, description="A brief (brief.schema.json) to compose directly, instead of "
-                                                  "an intent.")
-    strict: bool = Field(False, description="Refuse (422, with the notes) a plan that substitutes a part or cannot "
-                                            "make one, instead of submitting a different job.")
-    dry_run: bool = Field(False, description="Only plan: return the brief, the graph and the notes without "
-                                             "submitting.")
-    name: str | None = Field(None, max_length=MAX_NAME, description="What to call the job (default: the intent's "
-                                                                    "first clause, or the planned song's title).")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ComposeRequest:
-        if (self.intent is None) == (self.brief is None):
-            raise ValueError("give exactly one of intent or brief")
-        return self
-
-
-async def current_principal(request: Request,
-                            authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """The caller, from its bearer token (401 when missing or invalid)."""
-    authenticator: Authenticator = request.app.state.authenticator
-    return await authenticator.authenticate(bearer_token(authorization))
-
-
-User = Annotated[Principal, Depends(current_principal)]
-
-
-def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None,
-            **extra: Any) -> JSONResponse:
-    """The one error shape of the API (RFC 9457)."""
-    return JSONResponse({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra},
-                        status_code=status, media_type=PROBLEM, headers=headers)
-
-
 def create_app(settings: Settings, *, plane: ControlPlane | None = None,
                authenticator: Authenticator | None = None) -> FastAPI:
     """Build the app; the control plane starts and stops with the app's lifespan (unless
@@ -257,20 +214,10 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
     async def compose(request: Request, who: User, wait: WaitQuery = None,
                       idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Response:
         """Plan a graph from intent (free text or structured) and submit it; `dry_run` only plans."""
-        body = _compose_request(await limits.read_json(request))
-        try:
-            plan = await control.planner.plan(body.brief or body.intent, strict=body.strict)
-        except pydantic.ValidationError as exc:
-            return problem(422, "Invalid intent", str(exc.errors(include_url=False)[0]["msg"]))
-        except NotUnderstood as exc:
-            return problem(422, "Nothing to make", str(exc))
-        except StrictRefusal as exc:
-            return problem(422, "Plan differs from the request", str(exc), notes=exc.notes)
-        except Unplannable as exc:
-            return problem(422, "Nothing can be made", str(exc), notes=exc.notes)
-        name = body.name or _planned_name(body, plan)
-        if name is not None:  # else the submission names it after its tasks
-            plan.graph["metadata"]["name"] = name
+        body = compose_request(await limits.read_json(request))
+        plan = await plan_or_problem(control.planner, body)
+        if isinstance(plan, Response):
+            return plan
         decision = await control.screen(control.validate(plan.graph), user=who.user, stage="compose", goal=plan.goal,
                                         texts=intent_texts(body.intent, body.brief),
                                         request_id=request.state.request_id)
@@ -358,25 +305,12 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
 
 
 def _include_routers(app: FastAPI, control: ControlPlane, limits: Limits, settings: Settings) -> None:
-    """Route groups that live in their own modules (they import this one: imported here)."""
-    from dualplane.control_plane.routes_admin import admin_router
-    from dualplane.control_plane.routes_auth import install_accounts
-    from dualplane.control_plane.routes_jobs import jobs_router
-    from dualplane.control_plane.routes_seed import seed_router
-    from dualplane.control_plane.routes_uploads import uploads_router
-
+    """Route groups that live in their own modules."""
     app.include_router(uploads_router(control, limits, settings))
     app.include_router(jobs_router(control, limits, app.state.owned_job))  # rename, rerun, /outputs
     app.include_router(seed_router(control, limits, settings, app.state.hub))  # /generate, /job, external nodes
     app.include_router(admin_router(control))  # /admin/dead-letters, /admin/audit (admins only)
     install_accounts(app, control, app.state.authenticator, settings)  # /auth/*; revoked tokens refused
-
-
-def _planned_name(body: ComposeRequest, plan: Plan) -> str | None:
-    """A planned job's name: the intent's first clause, the song's or brief's title, the brief's prompt."""
-    intent = body.intent.prompt if isinstance(body.intent, StructuredIntent) else body.intent
-    title = (plan.song or {}).get("title") or (body.brief.title if body.brief else None)
-    return compose_name(intent, title, body.brief.prompt if body.brief else None)
 
 
 def _compose_key(idempotency_key: str | None) -> str | None:
@@ -415,15 +349,6 @@ def _add_component(components: dict[str, Any], model: type[BaseModel]) -> None:
     for name, nested in definition.pop("$defs", {}).items():
         components.setdefault(name, nested)
     components[model.__name__] = definition
-
-
-def _compose_request(document: Any) -> ComposeRequest:
-    """The /compose body, with FastAPI's own 422 when it does not fit the model."""
-    try:
-        return ComposeRequest.model_validate(document)
-    except pydantic.ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
-        raise RequestValidationError(errors) from None
 
 
 def _refusal(exc: PolicyRefusal, **extra: Any) -> JSONResponse:

@@ -19,7 +19,7 @@ import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
-from dualplane.control_plane.app import User, problem
+from dualplane.control_plane.api_common import User, problem
 from dualplane.control_plane.auth import Forbidden, Principal
 from dualplane.control_plane.service import ControlPlane
 

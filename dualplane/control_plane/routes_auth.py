@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dualplane.common.settings import Settings
 from dualplane.control_plane.accounts import MAX_PASSWORD_LENGTH, Account, AccountStore, RevocationView
-from dualplane.control_plane.app import problem
+from dualplane.control_plane.api_common import problem
 from dualplane.control_plane.auth import Authenticator, AuthError
 from dualplane.control_plane.limits import Limits
 from dualplane.control_plane.login_limit import LoginLimiter, LoginThrottled

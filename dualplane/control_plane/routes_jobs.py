@@ -23,7 +23,7 @@ from dualplane.common.bridge import RUNTIME_FIELDS
 from dualplane.common.errors import UnknownJob
 from dualplane.common.models import Job
 from dualplane.common.registry import TaskRegistry
-from dualplane.control_plane.app import User, problem
+from dualplane.control_plane.api_common import User, problem
 from dualplane.control_plane.auth import Principal
 from dualplane.control_plane.gallery import OutputKind, list_outputs
 from dualplane.control_plane.job_names import MAX_NAME, InvalidName, RenameContention, check_name, rename

@@ -23,12 +23,12 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from dualplane.common.errors import UnknownJob
 from dualplane.common.registry import TaskSpec
 from dualplane.common.settings import Settings
-from dualplane.control_plane.app import ComposeRequest, User, WaitQuery, _planned_name, problem
+from dualplane.control_plane.api_common import User, WaitQuery, problem
 from dualplane.control_plane.auth import Forbidden, Principal
+from dualplane.control_plane.compose_api import ComposeRequest, plan_or_problem
 from dualplane.control_plane.external import ExternalConflict, InvalidReport, UnknownNode
 from dualplane.control_plane.hub import Hub
 from dualplane.control_plane.limits import Limits, valid_job_id
-from dualplane.control_plane.planner import NotUnderstood, StrictRefusal, Unplannable
 from dualplane.control_plane.policy import PolicyText, intent_texts
 from dualplane.control_plane.service import FINISHED, ControlPlane
 
@@ -214,19 +214,9 @@ def seed_router(control: ControlPlane, limits: Limits, settings: Settings, hub: 
         """The planner's graph for a goal (with its goal and the intent's words, for the content
         policy as /compose screens them), or the /compose problem that says why there is none."""
         compose = _compose_body(body.model, body.payload)
-        try:
-            plan = await control.planner.plan(compose.brief or compose.intent, strict=compose.strict)
-        except pydantic.ValidationError as exc:
-            return problem(422, "Invalid intent", str(exc.errors(include_url=False)[0]["msg"]))
-        except NotUnderstood as exc:
-            return problem(422, "Nothing to make", str(exc))
-        except StrictRefusal as exc:
-            return problem(422, "Plan differs from the request", str(exc), notes=exc.notes)
-        except Unplannable as exc:
-            return problem(422, "Nothing can be made", str(exc), notes=exc.notes)
-        name = compose.name or _planned_name(compose, plan)
-        if name is not None:
-            plan.graph["metadata"]["name"] = name
+        plan = await plan_or_problem(control.planner, compose)
+        if isinstance(plan, Response):
+            return plan
         return plan.graph, plan.goal, intent_texts(compose.intent, compose.brief)
 
     async def _answer(job_id: str, created: bool, wait: float | None, user: str, *,

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
 from dualplane.common.settings import Settings
-from dualplane.control_plane.app import User, problem
+from dualplane.control_plane.api_common import User, problem
 from dualplane.control_plane.limits import Limits
 from dualplane.control_plane.service import ControlPlane
 from dualplane.control_plane.upload_checks import UploadRefused, declared_type, inspect_upload

@@ -17,6 +17,8 @@ from fastapi import Depends
 from fastapi.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
+from dualplane.control_plane.api_common import current_principal
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
@@ -30,8 +32,6 @@ _NO_CACHE = {"Cache-Control": "no-cache"}
 
 def mount_ui(app: FastAPI, settings: Settings) -> None:
     """Serve the UI at ``/`` (and ``/ui/...``) and add ``GET /models``."""
-    from dualplane.control_plane.app import current_principal  # app imports this module
-
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(UI_DIR / "index.html", media_type="text/html", headers=_NO_CACHE)
