@@ -20,7 +20,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,6 +44,12 @@ from tests.test_cli import assert_nothing_left, clean_env, line_reader, read_unt
 SERVING = "Ctrl-C to stop"
 START_TIMEOUT_S = 120  # the first start builds the tiny models on a busy 2-core machine
 STOP_TIMEOUT_S = 90
+
+
+def starts_stacks(test: Callable[..., None]) -> Callable[..., None]:
+    """Marks a test that starts stacks: real processes, and up to two starts and a tiny-model build,
+    which fit in 300 s on a busy 2-core machine."""
+    return pytest.mark.integration(pytest.mark.slow(pytest.mark.timeout(300)(test)))
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +115,7 @@ def assert_all_gone(stack: RunningStack, root: Path) -> None:
 # -- the stack, end to end ---------------------------------------------------------------------
 
 
+@starts_stacks
 def test_restart_keeps_jobs_artifacts_tokens_and_ports(root: Path) -> None:
     with up(root) as (process, seen):
         stack = discover(root)
@@ -174,6 +181,7 @@ ON_A_TERMINAL = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCT
                  "os.execv(sys.executable, [sys.executable, '-m', 'dualplane', 'up', '--no-demo'])")
 
 
+@starts_stacks
 def test_closing_the_terminal_stops_every_process(root: Path) -> None:
     """The launcher is a session leader on a pty; closing the pty's master hangs the terminal up:
     the kernel sends it SIGHUP, and its writes to the terminal fail from then on."""
@@ -205,6 +213,7 @@ def test_closing_the_terminal_stops_every_process(root: Path) -> None:
     assert discover(root) is None
 
 
+@starts_stacks
 def test_a_child_that_dies_is_reported_and_the_stack_stops(root: Path) -> None:
     with up(root) as (process, seen):
         stack = discover(root)
@@ -222,6 +231,7 @@ def test_a_child_that_dies_is_reported_and_the_stack_stops(root: Path) -> None:
     assert_all_gone(stack, root)
 
 
+@starts_stacks
 def test_the_next_start_stops_what_a_killed_launcher_left(root: Path) -> None:
     with up(root) as (process, seen):
         stack = discover(root)
