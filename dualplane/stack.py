@@ -188,6 +188,8 @@ class LocalStack:
         if isinstance(kept, int) and port_is_free(kept):
             return kept
         port = free_port(stable=True)
+        while port in self._kept_port_numbers():  # free now, but another part of the stack's
+            port = free_port(stable=True)
         if kept is not None:
             self.announce(f"port {kept}, kept for the {name}, is taken by another process: "
                           f"using {port} from now on")
@@ -200,13 +202,22 @@ class LocalStack:
             taken = s3_ports_taken(kept)
             if not taken:
                 return kept
-            ports = s3_ports(stable=True)
+            ports = self._new_s3_ports()
             self.announce(f"port {', '.join(map(str, taken))}, kept for the object store, is taken by another "
                           f"process: using S3 port {ports['s3']} from now on (its objects stay)")
         else:
-            ports = s3_ports(stable=True)
+            ports = self._new_s3_ports()
         self._keep_port("s3", ports)
         return ports
+
+    def _new_s3_ports(self) -> dict[str, int]:
+        ports = s3_ports(stable=True)
+        while set(ports.values()) & self._kept_port_numbers():  # free now, but kept for another part
+            ports = s3_ports(stable=True)
+        return ports
+
+    def _kept_port_numbers(self) -> set[int]:
+        return {port for kept in self.ports.values() for port in (kept.values() if isinstance(kept, dict) else [kept])}
 
     def _keep_port(self, name: str, port: int | dict[str, int]) -> None:
         self.ports[name] = port
