@@ -113,7 +113,7 @@ def test_up_serves_until_sigint_then_stops_everything(tmp_path: Path) -> None:
     process = start("up", tmp_path)
     lines, seen = line_reader(process), []
     try:
-        read_until(lines, "Ctrl-C to stop", seen, timeout_s=60)
+        read_until(lines, "Ctrl-C to stop", seen, timeout_s=180)  # builds the tiny models, then runs the demo job
         started = descendants(process.pid)
         assert len(started) >= 4, "".join(seen)
         assert any("job" in line and "succeeded" in line for line in seen), "".join(seen)
