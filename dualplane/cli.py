@@ -136,8 +136,9 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     """`dualplane models make-tiny ...` (torch needed) and `dualplane models pull NAME ...`."""
     from dualplane.data_plane.models_cli import main_models
+    from dualplane.local_stack import client_settings
 
-    return int(main_models(args.rest) or 0)
+    return int(main_models(args.rest, client_settings(Settings())) or 0)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -159,8 +160,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     """One reconciler pass (the control plane runs one every DUALPLANE_RECONCILE_INTERVAL_S)."""
     from dualplane.common.bridge import Bridge
     from dualplane.control_plane.reconciler import Reconciler
+    from dualplane.local_stack import client_settings
 
-    settings = Settings()
+    settings = client_settings(Settings())
     configure_logging(settings.log_level)
 
     async def once() -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from dualplane.common.settings import Settings
+from dualplane.local_stack import client_settings
 
 #: The roles (auth.ROLES, spelled here: importing the control plane would slow every command).
 ROLES = ("user", "admin", "orchestrator")
@@ -95,7 +96,7 @@ def _run(command: Callable[..., Awaitable[str]], args: argparse.Namespace) -> in
     from dualplane.common.bridge import Bridge
     from dualplane.control_plane.accounts import AccountStore
 
-    settings = Settings()
+    settings = client_settings(Settings())
 
     async def run() -> str:
         async with Bridge(settings.bridge_config()) as bridge:
@@ -138,7 +139,7 @@ def _time(ts: float) -> str:
 
 def cmd_login(args: argparse.Namespace) -> int:
     """Print the access token (or the whole answer with --json) and nothing else."""
-    settings = Settings()
+    settings = client_settings(Settings())
     try:
         password = _stdin_password() if args.password_stdin else getpass.getpass("password: ")
         response = httpx.post(f"{settings.api_url.rstrip('/')}/auth/login", timeout=30,

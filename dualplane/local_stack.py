@@ -168,11 +168,18 @@ def client_settings(settings: Settings, start: Path | None = None) -> Settings:
     """`settings` for a command that talks to a control plane or mints tokens, completed from the
     local stack running here (:func:`discover`) where they say nothing: its URL when
     DUALPLANE_URL is unset; a token of :data:`LOCAL_USER` when DUALPLANE_TOKEN is unset too; its
-    signing key when neither DUALPLANE_JWT_SECRET nor a private key file is set."""
+    signing key when neither DUALPLANE_JWT_SECRET nor a private key file is set; its Redis and
+    object store (with the kept keys) when REDIS_URL / S3_ENDPOINT are unset, for the commands
+    that work on them directly (users, reconcile, models pull)."""
     stack = discover(start)
     if stack is None:
         return settings
     update: dict[str, Any] = {}
+    if settings.redis_url is None:
+        update["redis_url"] = stack.redis_url
+    if settings.s3_endpoint is None and "s3" in stack.processes:  # its own store, with the keys it keeps
+        access_key, secret_key = StateDir(stack.state_dir).s3_credentials()
+        update.update(s3_endpoint=stack.s3_endpoint, s3_access_key=access_key, s3_secret_key=secret_key)
     secret = stack.jwt_secret()
     if "api_url" not in settings.model_fields_set:
         update["api_url"] = stack.url

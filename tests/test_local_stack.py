@@ -57,10 +57,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stack")
 
 
-def dualplane(*args: str, cwd: Path, env: dict[str, str] | None = None,
+def dualplane(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None,
               timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "dualplane", *args], cwd=cwd, env={**clean_env(), **(env or {})},
-                          capture_output=True, text=True, timeout=timeout_s, check=False)
+                          input=stdin, capture_output=True, text=True, timeout=timeout_s, check=False)
 
 
 @contextmanager
@@ -134,6 +134,12 @@ def test_restart_keeps_jobs_artifacts_tokens_and_ports(root: Path) -> None:
         submitted = dualplane("submit", "graph.json", "--wait", "60", cwd=root, env={"DUALPLANE_TOKEN": token})
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         job_id = re.search(r"^job (\S+) succeeded", submitted.stdout, re.MULTILINE).group(1)
+
+        # so do the commands that work on its Redis directly: an account, then a login with it
+        added = dualplane("users", "add", "carol", "--password-stdin", cwd=root, stdin="a long secret\n")
+        assert added.returncode == 0, added.stderr
+        login = dualplane("login", "carol", "--password-stdin", cwd=root, stdin="a long secret\n")
+        assert login.returncode == 0 and login.stdout.count(".") == 2, login.stderr  # a JWT
 
         status = dualplane("status", cwd=root)
         assert status.returncode == 0, status.stdout
@@ -309,6 +315,8 @@ def test_client_settings_take_the_stack_where_the_environment_is_silent(tmp_path
 
     found = client_settings(Settings(), tmp_path)
     assert found.api_url == "http://127.0.0.1:1234" and found.jwt_secret == state.jwt_secret()
+    assert found.redis_url == "redis://127.0.0.1:1/0"
+    assert found.s3_endpoint is None  # the record names no store of its own: its keys are not ours to guess
     assert Authenticator(algorithm="HS256", secret=state.jwt_secret()).verify(found.token).user == LOCAL_USER
     explicit = client_settings(Settings(api_url="http://elsewhere:9", jwt_secret="x" * 32), tmp_path)
     assert explicit.api_url == "http://elsewhere:9" and explicit.token is None and explicit.jwt_secret == "x" * 32

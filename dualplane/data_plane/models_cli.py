@@ -14,10 +14,12 @@ import asyncio
 import sys
 from pathlib import Path
 
+from dualplane.common.settings import Settings
+
 EXIT_USAGE = 2
 
 
-def main_models(argv: list[str] | None = None) -> int:
+def main_models(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     from dualplane.data_plane.tiny import BUILDERS
 
     parser = argparse.ArgumentParser(prog="dualplane models", description="Manage model weights.")
@@ -40,6 +42,7 @@ def main_models(argv: list[str] | None = None) -> int:
     pull.add_argument("--kind", help="what the weights are; needed for a name the registry does not know")
     pull.set_defaults(handler=_pull)
     args = parser.parse_args(argv)
+    args.settings = settings or Settings()
     if args.command == "pull" and args.from_hub is None and (args.revision or args.include or args.exclude):
         parser.error("--revision, --include and --exclude go with --from-hub")
     return int(args.handler(parser, args))
@@ -49,10 +52,9 @@ def _make_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     import tempfile
 
     from dualplane.common.artifacts import store_from_settings
-    from dualplane.common.settings import Settings
     from dualplane.data_plane.tiny import make_and_upload, make_tiny
 
-    artifacts = None if args.no_upload else store_from_settings(Settings())
+    artifacts = None if args.no_upload else store_from_settings(args.settings)
     if args.out is None and artifacts is None:
         parser.error("nothing to do: give --out, or configure S3_ENDPOINT to upload")
     with tempfile.TemporaryDirectory(prefix="dualplane-tiny-") as tmp:
@@ -81,11 +83,10 @@ def _pull_or_raise(args: argparse.Namespace) -> int:
     import tempfile
 
     from dualplane.common.artifacts import store_from_settings
-    from dualplane.common.settings import Settings
     from dualplane.data_plane.model_store import ModelRegistry
     from dualplane.data_plane.pull import PullError, download_hub, hub_origin, pull_dir, resolve_target
 
-    settings = Settings()
+    settings = args.settings
     target = resolve_target(ModelRegistry.load(settings.models_config), args.name, args.kind)
     artifacts = store_from_settings(settings)
     if artifacts is None:
