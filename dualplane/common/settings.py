@@ -12,7 +12,7 @@ import socket
 import uuid
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dualplane.common.models import BridgeConfig
@@ -70,6 +70,10 @@ class Settings(BaseSettings):
 
     model_cache_dir: str = ".dualplane/model-cache"
     models_config: str | None = None  # a TOML registry; None for the packaged one
+    # where model weights live in the bucket: the packaged registry's entries, `models make-tiny`
+    # and `models pull` of unregistered names; MODEL_S3_PATH is the seeds' name ("weights" or
+    # "s3://<S3_BUCKET>/weights")
+    model_prefix: str = Field("models", validation_alias=AliasChoices("DUALPLANE_MODEL_PREFIX", "MODEL_S3_PATH"))
     model_cache_max_bytes: int = 8 * 1024**3
     # torch intra-op threads of each task thread; 0: on CPU the cores shared among the
     # concurrent tasks (at least 1), on CUDA torch's own default
@@ -126,6 +130,22 @@ class Settings(BaseSettings):
             text = value.strip()
             return json.loads(text) if text.startswith("[") else [e.strip() for e in text.split(",") if e.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _model_prefix_in_the_bucket(self) -> Settings:
+        """``s3://<bucket>/<prefix>`` (the seeds' form) to the prefix; the bucket must be ours."""
+        prefix = self.model_prefix.strip()
+        if prefix.startswith("s3://"):
+            bucket, _, prefix = prefix.removeprefix("s3://").partition("/")
+            if bucket != self.s3_bucket:
+                raise ValueError(f"MODEL_S3_PATH names the bucket {bucket!r}, but the object store's bucket "
+                                 f"(S3_BUCKET) is {self.s3_bucket!r}: models and artifacts share one bucket")
+        prefix = prefix.strip("/")
+        if not prefix or any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise ValueError(f"the model prefix (MODEL_S3_PATH) must be a key prefix such as 'models', "
+                             f"got {self.model_prefix!r}")
+        self.model_prefix = prefix
+        return self
 
     def bridge_config(self) -> BridgeConfig:
         """The Redis side of the settings, validated by the shared schema's model."""

@@ -48,7 +48,7 @@ def model_entries(settings: Settings) -> list[dict[str, str]]:
     """Name and kind of every registry entry (the file a worker reads by default)."""
     from dualplane.data_plane.model_store import ModelRegistry
 
-    registry = ModelRegistry.load(settings.models_config)
+    registry = ModelRegistry.from_settings(settings)
     return [{"name": name, "kind": registry.get(name).kind} for name in registry.names()]
 
 

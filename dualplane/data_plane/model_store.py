@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -136,8 +137,10 @@ class ModelRegistry:
         self.origin = origin
 
     @classmethod
-    def load(cls, path: Path | str | None = None) -> ModelRegistry:
-        """Read ``path``, or the packaged ``models.toml`` when None."""
+    def load(cls, path: Path | str | None = None, *, model_prefix: str = MODEL_PREFIX) -> ModelRegistry:
+        """Read ``path``, or the packaged ``models.toml`` when None. The packaged file is written
+        for weights under ``models/``; ``model_prefix`` moves its ``s3:`` entries (a file of
+        your own names its keys itself)."""
         if path is None:
             text = resources.files("dualplane.data_plane").joinpath("models.toml").read_text()
             origin = "dualplane/data_plane/models.toml"
@@ -147,7 +150,21 @@ class ModelRegistry:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ModelError(f"{origin}: not valid TOML: {exc}") from None
-        return cls.from_dict(data, origin=origin)
+        registry = cls.from_dict(data, origin=origin)
+        if path is None and model_prefix != MODEL_PREFIX:
+            registry = registry._rebased(model_prefix)
+        return registry
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
+        """The registry of ``models_config`` (or the packaged one under ``model_prefix``)."""
+        return cls.load(settings.models_config, model_prefix=settings.model_prefix)
+
+    def _rebased(self, model_prefix: str) -> ModelRegistry:
+        moved = {name: dataclasses.replace(entry, source=f"s3:{model_prefix}/{entry.location.split('/', 1)[1]}")
+                 if entry.scheme == "s3" and entry.location.startswith(f"{MODEL_PREFIX}/") else entry
+                 for name, entry in self._entries.items()}
+        return ModelRegistry(moved, origin=f"{self.origin} (under {model_prefix}/)")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, origin: str = "<memory>") -> ModelRegistry:
@@ -852,6 +869,6 @@ def _chain(*iterables: Any) -> Iterator[Any]:
 def manager_from_settings(settings: Settings, artifacts: ArtifactStore | None) -> ModelManager:
     """The worker's model manager: registry from ``models_config`` (or the packaged one), cache
     in ``model_cache_dir``, warm budget ``model_cache_max_bytes``. Imports no torch."""
-    registry = ModelRegistry.load(settings.models_config)
+    registry = ModelRegistry.from_settings(settings)
     store = ModelStore(registry, artifacts, Path(settings.model_cache_dir))
     return ModelManager(store, max_bytes=settings.model_cache_max_bytes)

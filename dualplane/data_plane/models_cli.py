@@ -62,9 +62,9 @@ def _make_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         if artifacts is None:
             built = make_tiny(out, args.only)
         else:
-            built = asyncio.run(make_and_upload(artifacts, out, args.only))
+            built = asyncio.run(make_and_upload(artifacts, out, args.only, model_prefix=args.settings.model_prefix))
         for name, path in built.items():
-            where = f"s3://{artifacts.bucket}/models/{name}/" if artifacts else str(path)
+            where = f"s3://{artifacts.bucket}/{args.settings.model_prefix}/{name}/" if artifacts else str(path)
             print(f"{name}\t{where}")
     return 0
 
@@ -87,7 +87,8 @@ def _pull_or_raise(args: argparse.Namespace) -> int:
     from dualplane.data_plane.pull import PullError, download_hub, hub_origin, pull_dir, resolve_target
 
     settings = args.settings
-    target = resolve_target(ModelRegistry.load(settings.models_config), args.name, args.kind)
+    target = resolve_target(ModelRegistry.from_settings(settings), args.name, args.kind,
+                            model_prefix=settings.model_prefix)
     artifacts = store_from_settings(settings)
     if artifacts is None:
         raise PullError("no object store configured: set S3_ENDPOINT, S3_ACCESS_KEY, S3_SECRET_KEY and "

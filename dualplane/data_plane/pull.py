@@ -47,8 +47,10 @@ class PullTarget:
         return f'[models.{self.name}]\nkind = "{self.kind}"\nsource = "s3:{self.prefix}"\n'
 
 
-def resolve_target(registry: ModelRegistry, name: str, kind: str | None) -> PullTarget:
-    """The registry entry's ``s3:`` prefix; a name not in the registry needs ``kind``."""
+def resolve_target(registry: ModelRegistry, name: str, kind: str | None, *,
+                   model_prefix: str = MODEL_PREFIX) -> PullTarget:
+    """The registry entry's ``s3:`` prefix; a name not in the registry needs ``kind`` and goes
+    under ``model_prefix``."""
     if name in registry:
         entry = registry.get(name)
         if kind is not None and kind != entry.kind:
@@ -60,9 +62,9 @@ def resolve_target(registry: ModelRegistry, name: str, kind: str | None) -> Pull
     if kind is None:
         known = ", ".join(registry.names()) or "none"
         raise PullError(f"unknown model {name!r} (registry {registry.origin}; known: {known}); give --kind "
-                        f"to upload it under {MODEL_PREFIX}/{name}/ and add it to a registry file")
+                        f"to upload it under {model_prefix}/{name}/ and add it to a registry file")
     _check_rel_path(name, "model name")
-    return PullTarget(name, kind, f"{MODEL_PREFIX}/{name}", registered=False)
+    return PullTarget(name, kind, f"{model_prefix}/{name}", registered=False)
 
 
 async def pull_dir(artifacts: ArtifactStore, target: PullTarget, directory: Path, *, origin: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -288,14 +288,17 @@ def make_tiny(out_dir: Path, names: list[str] | None = None) -> dict[str, Path]:
 
 
 async def make_and_upload(
-    artifacts: ArtifactStore, out_dir: Path, names: list[str] | None = None
+    artifacts: ArtifactStore, out_dir: Path, names: list[str] | None = None, *, model_prefix: str = "models",
+    prefixes: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Build the tiny models and upload each under ``models/<name>/`` with its manifest, which
-    says ``"weights": "random"`` (routing and the planner prefer real weights)."""
+    """Build the tiny models and upload each under ``prefixes[name]`` (default
+    ``<model_prefix>/<name>/``) with its manifest, which says ``"weights": "random"`` (routing
+    and the planner prefer real weights)."""
     from dualplane.data_plane.model_store import upload_model_dir
 
     built = await asyncio.to_thread(make_tiny, out_dir, names)
     await artifacts.ensure_bucket()
     for name, path in built.items():
-        await upload_model_dir(artifacts, name, path, weights="random", origin="tiny")
+        prefix = (prefixes or {}).get(name) or f"{model_prefix}/{name}"
+        await upload_model_dir(artifacts, name, path, prefix=prefix, weights="random", origin="tiny")
     return built
