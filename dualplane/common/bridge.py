@@ -55,6 +55,8 @@ from redis.exceptions import MaxConnectionsError, NoScriptError, ResponseError
 from dualplane.common.errors import BridgeClosed, UnknownJob
 from dualplane.common.graph import EXTERNAL_LANE
 from dualplane.common.models import BridgeConfig, Event, Graph, Handoff, Job
+from dualplane.common.statuses import FINISHED
+from dualplane.common.wire import EVENT_FIELD, event_body, is_final_event, stream_id
 
 log = logging.getLogger("dualplane.bridge")
 
@@ -75,13 +77,6 @@ _LUA_NAMES = ("create", "emit", "handoff", "claim", "dead_letter", "requeue", "r
 
 def _dumps(value: Any) -> bytes:
     return orjson.dumps(value)
-
-
-def event_body(kind: str, job_id: str, **fields: Any) -> tuple[str, bytes]:
-    """An event ready for the scripts: (channel kind, JSON object without ``seq``)."""
-    body = {"job_id": job_id, "type": kind, "ts": round(time.time(), 6)}
-    body.update({k: v for k, v in fields.items() if v is not None})
-    return kind, _dumps(body)
 
 
 @dataclass(frozen=True)
@@ -751,7 +746,7 @@ class Bridge:
         if status is None:
             raise UnknownJob(job_id)
         status = _s(status)
-        if status in ("succeeded", "failed", "partial", "cancelled"):
+        if status in FINISHED:
             return status
         await self.emit(
             job_id,
@@ -793,12 +788,12 @@ class Bridge:
 
     async def events(self, job_id: str, since: int = 0, count: int | None = None) -> list[Event]:
         """Events with ``seq > since``, in order, from the events stream (the truth)."""
-        entries = await self.client.xrange(self.keys.events(job_id), min=f"{since + 1}-0", count=count)
-        return [Event.model_validate_json(fields[b"e"]) for _, fields in entries]
+        entries = await self.client.xrange(self.keys.events(job_id), min=stream_id(since + 1), count=count)
+        return [Event.model_validate_json(fields[EVENT_FIELD]) for _, fields in entries]
 
     async def raw_events(self, job_id: str, since: int = 0) -> list[bytes]:
-        entries = await self.client.xrange(self.keys.events(job_id), min=f"{since + 1}-0")
-        return [fields[b"e"] for _, fields in entries]
+        entries = await self.client.xrange(self.keys.events(job_id), min=stream_id(since + 1))
+        return [fields[EVENT_FIELD] for _, fields in entries]
 
     async def job_fields(self, job_id: str, *names: str) -> list[str | bytes | None]:
         """A few raw fields of a job's hash ("user" and "tasks" come back as str)."""
@@ -818,9 +813,9 @@ class Bridge:
         status, seq = await self.client.hmget(self.keys.job(job_id), ["status", "seq"])
         if status is None:
             raise UnknownJob(job_id)
-        if _s(status) in FINISHED_STATUSES:
+        if _s(status) in FINISHED:
             return True
-        last = f"{int(seq or 0)}-0"
+        last = stream_id(int(seq or 0))
         deadline = time.monotonic() + timeout_s
         while (remaining_ms := int((deadline - time.monotonic()) * 1000)) > 0:
             # blocks in slices: the client's socket timeout (5 s by default) must not cut a read
@@ -829,7 +824,7 @@ class Bridge:
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     last = entry_id
-                    if is_final_event(fields[b"e"]):
+                    if is_final_event(fields[EVENT_FIELD]):
                         return True
         return False
 
@@ -992,16 +987,6 @@ def job_from_hash(raw: dict[str, bytes]) -> Job:
         "name": graph.get("metadata", {}).get("name"),
     }
     return Job.model_validate(job)
-
-
-FINISHED_STATUSES = frozenset({"succeeded", "failed", "partial", "cancelled"})
-
-
-def is_final_event(raw: bytes) -> bool:
-    """Whether an event (as stored) is its job's terminal job-level status change."""
-    if b'"node_id"' in raw:
-        return False
-    return orjson.loads(raw).get("status") in FINISHED_STATUSES
 
 
 def node_field(node_id: str) -> str:

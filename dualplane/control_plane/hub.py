@@ -84,6 +84,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from dualplane.common.bridge import Bridge, Keys
 from dualplane.common.errors import UnknownJob
+from dualplane.common.wire import seq_of
 from dualplane.control_plane.auth import Authenticator, AuthError, Principal, bearer_token
 from dualplane.control_plane.limits import MAX_SEQ, valid_job_id
 from dualplane.control_plane.waits import FinishWaits
@@ -108,13 +109,7 @@ _LIVE = 1  # delivering: seq == last + 1 goes straight to the connection
 _FILLING = 2  # a gap is being filled from the events stream; live events buffered
 
 
-def _seq_of(event: bytes) -> int:
-    """The seq of an event JSON as written by ``_events.lua``: it starts with ``{"seq":N,``."""
-    if event.startswith(b'{"seq":'):
-        end = event.find(b",", 7)
-        if end > 7:
-            return int(event[7:end])
-    return int(orjson.loads(event)["seq"])
+_seq_of = seq_of  # the wire format lives in common/wire.py
 
 
 def job_user_from_hash(bridge: Bridge) -> JobUser:

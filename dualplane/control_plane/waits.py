@@ -15,14 +15,15 @@ import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
-from dualplane.common.bridge import FINISHED_STATUSES, is_final_event
-from dualplane.common.errors import DualplaneError
+from dualplane.common.errors import TooManyRequests
+from dualplane.common.statuses import FINISHED as FINISHED_STATUSES
+from dualplane.common.wire import is_final_event
 
 
-class TooManyWaits(DualplaneError):
+class TooManyWaits(TooManyRequests):
     """A user already holds as many ``?wait=`` requests as allowed (HTTP 429)."""
 
-    retry_after_s = 1
+    title = "Too many waits"
 
 
 class FinishWaits:

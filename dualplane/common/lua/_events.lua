@@ -1,4 +1,6 @@
 -- Shared tail of every mirroring script (prepended by bridge.py, not a script on its own).
+-- The event byte layout written here is the other half of dualplane/common/wire.py (with_seq,
+-- seq_of, stream_id): change both together; tests/test_wire.py checks that they agree.
 -- append_events(hash, events_key, prefix, job_id, argv, start, now):
 --   ARGV[start..] holds (kind, body) pairs; body is an event JSON object without "seq".
 --   Each event gets the next per-job seq, is appended to the events stream under the
