@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 
+from dualplane.common.errors import DualplaneError
 from dualplane.control_plane.auth import Authenticator, Principal, bearer_token
 from dualplane.control_plane.limits import MAX_TIMESTAMP
 
@@ -33,3 +34,10 @@ def problem(status: int, title: str, detail: str, headers: dict[str, str] | None
     """The one error shape of the API (RFC 9457)."""
     return JSONResponse({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra},
                         status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def problem_of(exc: DualplaneError, **extra: Any) -> JSONResponse:
+    """The problem ``exc`` stands for (its class's status and title, its detail, fields and
+    headers); ``extra`` adds members where a route knows more (a batch's index)."""
+    return problem(exc.status, exc.title, exc.problem_detail(), headers=exc.problem_headers() or None,
+                   **exc.problem_fields(), **extra)

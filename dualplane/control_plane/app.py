@@ -23,38 +23,24 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dualplane.common import logs
-from dualplane.common.errors import GraphValidationError, StoreUnavailable, Unavailable, UnknownJob
+from dualplane.common.errors import DualplaneError, GraphValidationError, Unavailable, UnknownJob
 from dualplane.common.models import CapabilityManifest, Event, Graph, Job
 from dualplane.common.settings import Settings
-from dualplane.control_plane.api_common import Timestamp, User, WaitQuery, problem
+from dualplane.control_plane.api_common import Timestamp, User, WaitQuery, problem, problem_of
 from dualplane.control_plane.api_docs import mount_api_docs
-from dualplane.control_plane.auth import (
-    USER_ID_PATTERN,
-    Authenticator,
-    AuthError,
-    Forbidden,
-    Principal,
-)
+from dualplane.control_plane.auth import USER_ID_PATTERN, Authenticator, Forbidden, Principal
 from dualplane.control_plane.body_limit import BodyLimit
 from dualplane.control_plane.compose_api import ComposeRequest, compose_request, plan_or_problem
-from dualplane.control_plane.limits import (
-    MAX_SEQ,
-    Limits,
-    RateLimited,
-    TooDeep,
-    TooLarge,
-    valid_job_id,
-)
-from dualplane.control_plane.listing import InvalidCursor, JobFilter, list_jobs
+from dualplane.control_plane.limits import MAX_SEQ, Limits, TooDeep, valid_job_id
+from dualplane.control_plane.listing import JobFilter, list_jobs
 from dualplane.control_plane.policy import PolicyRefusal, intent_texts
 from dualplane.control_plane.routes_admin import admin_router
 from dualplane.control_plane.routes_auth import install_accounts
 from dualplane.control_plane.routes_jobs import jobs_router
 from dualplane.control_plane.routes_seed import seed_router
 from dualplane.control_plane.routes_uploads import uploads_router
-from dualplane.control_plane.service import FINISHED, ControlPlane, JobConflict
+from dualplane.control_plane.service import FINISHED, ControlPlane
 from dualplane.control_plane.ui import mount_ui
-from dualplane.control_plane.waits import TooManyWaits
 
 log = logging.getLogger("dualplane.api")
 
@@ -151,7 +137,7 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
                 decisions.append(await control.screen(graph, user=who.user, stage="submit",
                                                       request_id=request.state.request_id))
             except PolicyRefusal as exc:
-                return _refusal(exc, index=index)
+                return problem_of(exc, index=index)
         jobs = []
         for graph, decision in zip(parsed, decisions, strict=True):
             result = await control.submit(graph, request_id=request.state.request_id, user=who.user, audit=decision)
@@ -351,11 +337,6 @@ def _add_component(components: dict[str, Any], model: type[BaseModel]) -> None:
     components[model.__name__] = definition
 
 
-def _refusal(exc: PolicyRefusal, **extra: Any) -> JSONResponse:
-    """A request the content policy refused: the rule that fired and the node (None: the intent)."""
-    return problem(422, "Refused by the content policy", exc.detail, rule=exc.rule, node=exc.node, **extra)
-
-
 def _deep_batch(exc: TooDeep) -> JSONResponse:
     """A batch nested too deep: by graph index (node-scoped) when the deep part is in a graph."""
     path = exc.spot.path if exc.spot else ()
@@ -386,55 +367,17 @@ _REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.Timeout
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-        retry_after = getattr(exc, "retry_after_s", Unavailable.retry_after_s)
-        log.warning("%s %s: service unavailable: %s", request.method, request.url.path, exc)
-        return problem(503, "Service unavailable", f"{_unavailable_what(exc)} is unavailable; retry shortly",
-                       headers={"Retry-After": str(retry_after)})
+    async def _dualplane_error(request: Request, exc: Exception) -> JSONResponse:
+        error = exc if isinstance(exc, DualplaneError) else Unavailable(str(exc))  # a Redis error
+        if error.status == 500:  # a bug or an internal fault: the server answers and logs it
+            raise exc
+        if isinstance(error, Unavailable):
+            log.warning("%s %s: service unavailable: %s", request.method, request.url.path, exc)
+        return problem_of(error)
 
-    app.add_exception_handler(Unavailable, _unavailable)
-    for error_type in _REDIS_UNAVAILABLE:
-        app.add_exception_handler(error_type, _unavailable)
-
-    @app.exception_handler(GraphValidationError)
-    async def _invalid_graph(request: Request, exc: GraphValidationError) -> JSONResponse:
-        return problem(422, "Invalid graph", str(exc), node_errors=exc.node_errors)
-
-    @app.exception_handler(PolicyRefusal)
-    async def _refused(request: Request, exc: PolicyRefusal) -> JSONResponse:
-        return _refusal(exc)
-
-    @app.exception_handler(UnknownJob)
-    async def _unknown_job(request: Request, exc: UnknownJob) -> JSONResponse:
-        return problem(404, "Unknown job", f"no job {exc.args[0]!r}")
-
-    @app.exception_handler(AuthError)
-    async def _unauthorized(request: Request, exc: AuthError) -> JSONResponse:
-        return problem(401, "Unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(Forbidden)
-    async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
-        return problem(403, "Forbidden", str(exc))
-
-    @app.exception_handler(JobConflict)
-    async def _conflict(request: Request, exc: JobConflict) -> JSONResponse:
-        return problem(409, "Conflict", str(exc))
-
-    @app.exception_handler(TooLarge)
-    async def _too_large(request: Request, exc: TooLarge) -> JSONResponse:
-        return problem(exc.status, "Request too large", str(exc), **exc.extra)
-
-    @app.exception_handler(RateLimited)
-    async def _rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
-        return problem(429, "Too many submissions", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
-
-    @app.exception_handler(TooManyWaits)
-    async def _too_many_waits(request: Request, exc: TooManyWaits) -> JSONResponse:
-        return problem(429, "Too many waits", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
-
-    @app.exception_handler(InvalidCursor)
-    async def _bad_cursor(request: Request, exc: InvalidCursor) -> JSONResponse:
-        return problem(400, "Invalid cursor", str(exc))
+    app.add_exception_handler(DualplaneError, _dualplane_error)
+    for error_type in _REDIS_UNAVAILABLE:  # until the bridge translates them into Unavailable
+        app.add_exception_handler(error_type, _dualplane_error)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -445,10 +388,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=getattr(exc, "headers", None))
-
-
-def _unavailable_what(exc: Exception) -> str:
-    return "the object store" if isinstance(exc, StoreUnavailable) else "the job store (Redis)"
 
 
 def _install_request_id(app: FastAPI) -> None:

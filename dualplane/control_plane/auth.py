@@ -60,9 +60,18 @@ def valid_user_id(user: object) -> bool:
 class AuthError(DualplaneError):
     """A token is missing, malformed, expired or signed by someone else (HTTP 401)."""
 
+    status = 401
+    title = "Unauthorized"
+
+    def problem_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
 
 class Forbidden(DualplaneError):
     """The principal is known but its role does not allow this (HTTP 403)."""
+
+    status = 403
+    title = "Forbidden"
 
 
 @dataclass(frozen=True)

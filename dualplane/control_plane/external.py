@@ -26,7 +26,7 @@ from typing import Any
 
 from dualplane.common.artifacts import ArtifactStore
 from dualplane.common.bridge import Bridge, event_body, node_field, node_state
-from dualplane.common.errors import DualplaneError, ObjectNotFound, UnknownJob
+from dualplane.common.errors import Conflict, NotFound, ObjectNotFound, UnknownJob, Unprocessable
 from dualplane.common.graph import (
     EXTERNAL_LANE,
     is_terminal,
@@ -50,17 +50,21 @@ URL_EXPIRY_S = 3600
 WRITE_TRIES = 8
 
 
-class ExternalConflict(DualplaneError):
+class ExternalConflict(Conflict):
     """A claim or report that the node's state refuses: held by another claim, a stale token, a
     node that already ended (HTTP 409; nothing was changed)."""
 
 
-class UnknownNode(DualplaneError):
+class UnknownNode(NotFound):
     """The job has no external node of that id (HTTP 404)."""
 
+    title = "Unknown node"
 
-class InvalidReport(DualplaneError):
+
+class InvalidReport(Unprocessable):
     """A report that cannot be applied as sent, e.g. an artifact that was not uploaded (HTTP 422)."""
+
+    title = "Invalid report"
 
 
 def upload_key(job_id: str, node_id: str, token: int, name: str) -> str:

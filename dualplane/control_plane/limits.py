@@ -11,7 +11,7 @@ import orjson
 from fastapi import Request
 
 from dualplane.common.bridge import Bridge
-from dualplane.common.errors import DualplaneError, GraphValidationError
+from dualplane.common.errors import DualplaneError, GraphValidationError, TooManyRequests
 from dualplane.common.settings import Settings
 from dualplane.control_plane.json_depth import DeepSpot, locate, nesting_exceeds
 
@@ -35,10 +35,11 @@ def valid_job_id(job_id: str) -> bool:
 class TooLarge(DualplaneError):
     """A body larger than allowed (HTTP 413) or a body that is not JSON (HTTP 400)."""
 
-    def __init__(self, message: str, status: int = 413, **extra: Any) -> None:
+    title = "Request too large"
+
+    def __init__(self, message: str, status: int = 413) -> None:
         super().__init__(message)
         self.status = status
-        self.extra = extra
 
 
 class TooDeep(TooLarge):
@@ -63,8 +64,10 @@ class TooDeep(TooLarge):
         return {"_graph": [{"field": str(path[0]) if path else None, "message": message}]}
 
 
-class RateLimited(DualplaneError):
+class RateLimited(TooManyRequests):
     """The user submitted more than its rate allows (HTTP 429 with Retry-After)."""
+
+    title = "Too many submissions"
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)

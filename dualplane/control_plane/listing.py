@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dualplane.common.bridge import Bridge
+from dualplane.common.errors import DualplaneError
 from dualplane.control_plane.limits import MAX_TIMESTAMP, valid_job_id
 
 #: Index entries read per round trip while filling a page.
@@ -45,8 +46,11 @@ class Page:
     next_cursor: str | None = None
 
 
-class InvalidCursor(ValueError):
-    """The cursor was not produced by this API."""
+class InvalidCursor(DualplaneError, ValueError):
+    """The cursor was not produced by this API (HTTP 400)."""
+
+    status = 400
+    title = "Invalid cursor"
 
 
 def encode_cursor(created_at: float, job_id: str) -> str:

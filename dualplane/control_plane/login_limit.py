@@ -20,7 +20,7 @@ import secrets
 import time
 
 from dualplane.common.bridge import Bridge
-from dualplane.common.errors import DualplaneError
+from dualplane.common.errors import TooManyRequests
 from dualplane.control_plane.auth import valid_user_id
 
 #: KEYS: the failure sets to count in; ARGV: now, window, one limit per key, the attempt's
@@ -47,8 +47,10 @@ return '0'
 """
 
 
-class LoginThrottled(DualplaneError):
+class LoginThrottled(TooManyRequests):
     """Too many failed logins for this account or from this address (HTTP 429, Retry-After)."""
+
+    title = "Too many failed logins"
 
     def __init__(self, retry_after_s: int) -> None:
         super().__init__(f"too many failed logins; retry in {retry_after_s} s")

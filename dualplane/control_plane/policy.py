@@ -52,7 +52,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dualplane.common.access import literal_keys
-from dualplane.common.errors import DualplaneError
+from dualplane.common.errors import DualplaneError, Unprocessable
 from dualplane.common.models import Brief, Graph
 from dualplane.common.registry import TaskRegistry
 from dualplane.control_plane.intent_text import detect_language
@@ -96,12 +96,17 @@ class PolicyError(DualplaneError):
     """A policy file that cannot be used: the control plane does not start with it."""
 
 
-class PolicyRefusal(DualplaneError):
+class PolicyRefusal(Unprocessable):
     """A request the policy refuses (HTTP 422): ``rule`` fired, on ``node`` (None: the intent)."""
+
+    title = "Refused by the content policy"
 
     def __init__(self, rule: str, detail: str, node: str | None = None) -> None:
         super().__init__(detail)
         self.rule, self.detail, self.node = rule, detail, node
+
+    def problem_fields(self) -> dict[str, Any]:
+        return {"rule": self.rule, "node": self.node}
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dualplane.common.settings import Settings
 from dualplane.control_plane.accounts import MAX_PASSWORD_LENGTH, Account, AccountStore, RevocationView
-from dualplane.control_plane.api_common import problem
 from dualplane.control_plane.auth import Authenticator, AuthError
 from dualplane.control_plane.limits import Limits
-from dualplane.control_plane.login_limit import LoginLimiter, LoginThrottled
+from dualplane.control_plane.login_limit import LoginLimiter
 from dualplane.control_plane.service import ControlPlane
 
 #: Login bodies are small: a name, a password.
@@ -60,10 +59,6 @@ def install_accounts(app: FastAPI, control: ControlPlane, authenticator: Authent
     limiter = LoginLimiter(control.bridge, per_user=settings.login_failures_per_user,
                            per_ip=settings.login_failures_per_ip, window_s=settings.login_window_s)
     app.include_router(_router(store, authenticator, limiter, settings))
-
-    @app.exception_handler(LoginThrottled)
-    async def _throttled(request: Request, exc: LoginThrottled) -> JSONResponse:
-        return problem(429, "Too many failed logins", str(exc), headers={"Retry-After": str(exc.retry_after_s)})
 
 
 def _router(store: AccountStore, authenticator: Authenticator, limiter: LoginLimiter, settings: Settings

@@ -23,10 +23,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from dualplane.common.errors import UnknownJob
 from dualplane.common.registry import TaskSpec
 from dualplane.common.settings import Settings
-from dualplane.control_plane.api_common import User, WaitQuery, problem
+from dualplane.control_plane.api_common import User, WaitQuery
 from dualplane.control_plane.auth import Forbidden, Principal
 from dualplane.control_plane.compose_api import ComposeRequest, plan_or_problem
-from dualplane.control_plane.external import ExternalConflict, InvalidReport, UnknownNode
 from dualplane.control_plane.hub import Hub
 from dualplane.control_plane.limits import Limits, valid_job_id
 from dualplane.control_plane.policy import PolicyText, intent_texts
@@ -163,11 +162,8 @@ def seed_router(control: ControlPlane, limits: Limits, settings: Settings, hub: 
             body = ClaimRequest.model_validate(document)
         except pydantic.ValidationError as exc:
             raise _request_error(exc, ("body",)) from None
-        try:
-            taken = await control.external.claim(job_id, node_id, lease_s=body.lease_s or settings.lease_s,
-                                                 uploads=body.uploads, claimant=who.user)
-        except (ExternalConflict, UnknownNode, InvalidReport) as exc:
-            return _external_problem(exc)
+        taken = await control.external.claim(job_id, node_id, lease_s=body.lease_s or settings.lease_s,
+                                             uploads=body.uploads, claimant=who.user)
         token = taken.pop("token")
         return JSONResponse({"jobId": job_id, "job_id": job_id, "node": node_id, "fence": token, **taken})
 
@@ -188,13 +184,10 @@ def seed_router(control: ControlPlane, limits: Limits, settings: Settings, hub: 
         missing = {"progress": "progress", "data": "data", "fail": "error"}.get(body.kind)
         if missing and getattr(body, missing) is None:
             raise _invalid(("body", missing), f"a {body.kind} report needs {missing}")
-        try:
-            result = await control.external.report(
-                body.job_id, body.node, body.fence, kind=body.kind, attempt=body.attempt, progress=body.progress,
-                message=body.message, data=body.data, output=body.output, artifacts=body.artifacts,
-                error=body.error.model_dump() if body.error else None)
-        except (ExternalConflict, UnknownNode, InvalidReport) as exc:
-            return _external_problem(exc)
+        result = await control.external.report(
+            body.job_id, body.node, body.fence, kind=body.kind, attempt=body.attempt, progress=body.progress,
+            message=body.message, data=body.data, output=body.output, artifacts=body.artifacts,
+            error=body.error.model_dump() if body.error else None)
         return JSONResponse({"jobId": body.job_id, "job_id": body.job_id, "node": body.node, "fence": body.fence,
                              **result})
 
@@ -301,14 +294,6 @@ def _scoped(route: str, idempotency_key: str | None) -> str | None:
 def _orchestrator(who: Principal) -> None:
     if who.role != "orchestrator":
         raise Forbidden("claims and reports of external nodes need a token of role orchestrator")
-
-
-def _external_problem(exc: Exception) -> JSONResponse:
-    if isinstance(exc, UnknownNode):
-        return problem(404, "Unknown node", str(exc))
-    if isinstance(exc, InvalidReport):
-        return problem(422, "Invalid report", str(exc))
-    return problem(409, "Conflict", str(exc))
 
 
 def _invalid(loc: tuple[Any, ...], message: str) -> RequestValidationError:

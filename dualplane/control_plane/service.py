@@ -25,7 +25,7 @@ from dualplane.common.access import literal_keys, may_read
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
 from dualplane.common.bridge import RUNTIME_FIELDS, Bridge, event_body, node_field, node_state
 from dualplane.common.consumer import Consumer
-from dualplane.common.errors import DualplaneError, GraphValidationError, Unavailable
+from dualplane.common.errors import Conflict, GraphValidationError, Unavailable
 from dualplane.common.executor import Executor
 from dualplane.common.graph import EXTERNAL_LANE, GRAPH_FIELD, lane_of, next_lane, validate_graph
 from dualplane.common.models import Graph, Job, Node, NodeStatus
@@ -342,7 +342,7 @@ class ControlPlane:
 FINISHED = frozenset({"succeeded", "failed", "partial", "cancelled"})
 
 
-class JobConflict(DualplaneError):
+class JobConflict(Conflict):
     """An id is taken by another job, or the job is in a state that forbids the request (HTTP 409)."""
 
 
