@@ -193,9 +193,11 @@ def _free_port() -> int:
 async def drive(args: argparse.Namespace, redis_url: str) -> None:
     import uvloop  # noqa: F401  (the publisher loop is uvloop too: see main)
 
-    from dualplane.common.bridge import Bridge, event_body
+    from dualplane.common.bridge import Bridge
     from dualplane.common.graph import validate_graph
+    from dualplane.common.job_state import Mutation, submit
     from dualplane.common.settings import Settings
+    from dualplane.common.wire import event_body
     from dualplane.control_plane.auth import Authenticator
     from dualplane.tasks import default_registry
 
@@ -213,8 +215,9 @@ async def drive(args: argparse.Namespace, redis_url: str) -> None:
             for job_id in jobs:
                 graph = validate_graph({"id": job_id, "nodes": [
                     {"id": "n", "task": "sleep", "plane": "python"}]}, registry)
-                await bridge.create_job(job_id, graph, lane="python:bench", request_id=None, user="bench",
-                                        events=[event_body("status", job_id, status="queued")])
+                graph.metadata["name"] = job_id
+                created = submit(job_id, graph, "python:bench", request_id=None, user="bench")
+                await bridge.create_job(job_id, graph, created, lane="python:bench", request_id=None, user="bench")
             for _ in range(200):  # wait for the hub
                 try:
                     with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -253,7 +256,7 @@ async def drive(args: argparse.Namespace, redis_url: str) -> None:
                         batch.append(jobs[int(due) % len(jobs)])
                         due += 1
                     for job_id in batch:
-                        bridge.emit_nowait(job_id, [event_body("data", job_id, data={"i": sent})])
+                        bridge.emit_nowait(job_id, Mutation(events=[event_body("data", job_id, data={"i": sent})]))
                         sent += 1
                     await asyncio.sleep(tick)
 

@@ -27,10 +27,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.sync.client import connect as ws_connect_sync
 
 from dualplane.common.settings import Settings
+from dualplane.common.statuses import FINISHED
 
 __all__ = ["JOB_TERMINAL", "ApiError", "AsyncClient", "Client", "is_job_end"]
 
-JOB_TERMINAL = frozenset({"succeeded", "failed", "partial", "cancelled"})
+JOB_TERMINAL = FINISHED
 #: Seconds of HTTP timeout on top of a server-side ``wait``.
 DEFAULT_TIMEOUT_S = 30.0
 #: Close codes of the hub: the client read too slowly (resubscribe), the token was refused.

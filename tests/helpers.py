@@ -18,6 +18,7 @@ from typing import Any
 from dualplane.common.models import Job, Node
 from dualplane.common.registry import TaskRegistry
 from dualplane.common.settings import Settings
+from dualplane.common.statuses import FINISHED
 from dualplane.control_plane import ControlPlane
 from dualplane.data_plane import Worker
 
@@ -76,7 +77,7 @@ class RunningWorker:
             self._task = None
 
 
-TERMINAL_JOB = ("succeeded", "failed", "partial", "cancelled")
+TERMINAL_JOB = tuple(sorted(FINISHED))
 
 
 async def wait_for_job(plane: ControlPlane, job_id: str, *, timeout_s: float = 20.0,

@@ -17,8 +17,10 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from dualplane.common.bridge import Bridge, event_body
+from dualplane.common.bridge import Bridge
+from dualplane.common.job_state import Mutation
 from dualplane.common.settings import Settings
+from dualplane.common.wire import event_body
 from dualplane.control_plane import ControlPlane
 from dualplane.control_plane.auth import Authenticator
 from dualplane.control_plane.hub import Hub, add_websocket_route
@@ -286,7 +288,8 @@ async def test_a_slow_client_is_closed_with_4008_without_delaying_the_others(
         blob = "x" * 16000
         n_events = 300
         for i in range(n_events):  # ~4.8 MB: far more than the slow client's socket buffers
-            await control_plane.bridge.emit(job_id, [event_body("data", job_id, data={"i": i, "blob": blob})])
+            await control_plane.bridge.emit(job_id, Mutation(events=[event_body("data", job_id,
+                                                                                data={"i": i, "blob": blob})]))
         snapshot_seq = fast.snapshots[job_id]["seq"]
         # the fast client gets every event while the slow one has not read a byte yet: nothing
         # it does holds the others back (no wall-time bound: the timeout only ends a hang)
@@ -410,7 +413,8 @@ async def test_the_hub_resubscribes_and_fills_the_gap_after_its_redis_connection
 
     async def emit(n: int) -> None:
         for i in range(n):
-            await control_plane.bridge.emit(job_id, [event_body("progress", job_id, progress=i / 100)])
+            await control_plane.bridge.emit(job_id,
+                                            Mutation(events=[event_body("progress", job_id, progress=i / 100)]))
 
     await emit(5)
     killed = await control_plane.bridge.client.client_kill_filter(_type="pubsub")
@@ -448,7 +452,7 @@ async def test_ping_pong_and_bad_messages_get_errors_without_closing(
     await client.wait_for(lambda: job_id in client.snapshots)
     await client.send(type="unsubscribe", jobId=job_id)
     assert await client.next_other() == {"type": "unsubscribed", "jobId": job_id}
-    await control_plane.bridge.emit(job_id, [event_body("progress", job_id, progress=0.5)])
+    await control_plane.bridge.emit(job_id, Mutation(events=[event_body("progress", job_id, progress=0.5)]))
     await client.send(type="ping")
     assert await client.next_other() == {"type": "pong"}
     assert client.seqs[job_id] == []  # nothing after the unsubscribe
@@ -505,7 +509,7 @@ async def test_auth_with_a_fresh_token_keeps_the_connection_past_the_first_expir
     await asyncio.sleep(3)  # past the first token's exp
     await follower.send(type="ping")
     assert await follower.next_other() == {"type": "pong"}
-    await control_plane.bridge.emit(job_id, [event_body("progress", job_id, progress=0.5)])
+    await control_plane.bridge.emit(job_id, Mutation(events=[event_body("progress", job_id, progress=0.5)]))
     await follower.wait_for(lambda: len(follower.seqs[job_id]) == 1)  # still subscribed
     await follower.close()
 

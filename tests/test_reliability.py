@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dualplane.common.context import TaskContext
 from dualplane.common.errors import TransientError
+from dualplane.common.job_state import Mutation
 from dualplane.common.models import Handoff
 from dualplane.common.registry import task
 from dualplane.common.retry import Retry
@@ -57,7 +58,7 @@ async def test_a_cancel_whose_push_was_lost_is_found_by_the_flag_poll(control_pl
     job_id = (await control_plane.submit(SLEEP_20_S)).job_id
     await wait_for_node(control_plane, job_id, "long", "running")
     # what request_cancel does, minus the publish (as if the subscription was down then)
-    await control_plane.bridge.emit(job_id, [], fields=["cancel", "1"])
+    await control_plane.bridge.emit(job_id, Mutation(fields={"cancel": "1"}))
     job = await wait_for_job(control_plane, job_id, timeout_s=10)
 
     assert job.status == "cancelled" and node(job, "long").status == "cancelled"

@@ -8,6 +8,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from dualplane.common.bridge import Bridge
+from dualplane.common.job_state import Mutation
 from dualplane.common.models import Event
 from dualplane.common.settings import Settings
 from dualplane.common.wire import EVENT_FIELD, event_body, is_final_event, seq_of, stream_id, with_seq
@@ -37,7 +38,7 @@ async def test_round_trip_through_the_scripts(settings: Settings, redis: aioredi
         await pubsub.get_message(timeout=1.0)
         sent = [event_body("progress", "j1", node_id="a", progress=0.5),
                 event_body("status", "j1", status="succeeded", plane="python")]
-        assert await bridge.emit("j1", sent) == 2
+        assert await bridge.emit("j1", Mutation(events=sent)) == 2
         entries = await redis.xrange(bridge.keys.events("j1"))
         assert [entry_id.decode() for entry_id, _ in entries] == [stream_id(1), stream_id(2)]
         stored = [fields[EVENT_FIELD] for _, fields in entries]

@@ -54,6 +54,7 @@ from redis.exceptions import MaxConnectionsError, NoScriptError, ResponseError
 
 from dualplane.common.errors import BridgeClosed, UnknownJob
 from dualplane.common.graph import EXTERNAL_LANE
+from dualplane.common.job_state import Mutation, dead_lettered
 from dualplane.common.models import BridgeConfig, Event, Graph, Handoff, Job
 from dualplane.common.statuses import FINISHED
 from dualplane.common.wire import EVENT_FIELD, event_body, is_final_event, stream_id
@@ -66,12 +67,8 @@ AUDIT_MAXLEN = 10_000
 #: Longest single blocking read: well under redis-py's default 5 s socket timeout.
 MAX_BLOCK_MS = 2000
 WORKER_GROUP = "workers"
-#: Job fields that are plain strings/numbers in the hash (the rest are JSON or node states).
+#: Prefix of the job-hash field that holds a node's runtime state (``n:<id>``).
 _NODE_FIELD = "n:"
-#: Node fields that make up a node's runtime state (stored under ``n:<id>``).
-RUNTIME_FIELDS = frozenset(
-    {"status", "attempts", "progress", "started_at", "finished_at", "output", "artifacts", "error", "reason"}
-)
 _LUA_NAMES = ("create", "emit", "handoff", "claim", "dead_letter", "requeue", "replay", "external")
 
 
@@ -251,31 +248,36 @@ class Keys:
 
 @dataclass(eq=False)
 class _Call:
-    """One script call waiting for the next pipeline.
+    """One script call waiting for the next pipeline: its keys, the script's own leading
+    arguments (``head``) and, for the scripts that write a job, the :class:`Mutation`.
 
-    Mirroring scripts share an argument layout — ``head``, then the number of field
-    pairs, the pairs, then (kind, body) event pairs — which is what lets consecutive
-    calls for the same job and fence be merged into one.
+    :meth:`argv` is the one place a call becomes script arguments. Mirroring scripts share
+    the layout after ``head`` — the number of field pairs, the pairs (node states as
+    ``n:<id>``, then job fields), then (kind, body) event pairs: ``set_fields`` and
+    ``append_events`` in ``_events.lua`` read it — which is what lets consecutive calls for
+    the same job and fence merge into one.
     """
 
     script: str
     keys: Sequence[str]
     head: Sequence[Any]
-    fields: list[Any] | None = None
-    events: list[Any] | None = None
+    change: Mutation | None = None
     merge_key: tuple[str, Any] | None = None
     futures: list[asyncio.Future[Any]] = field(default_factory=list)
 
     def argv(self) -> list[Any]:
-        if self.fields is None:
+        change = self.change
+        if change is None:
             return [len(self.keys), *self.keys, *self.head]
-        return [len(self.keys), *self.keys, *self.head, len(self.fields) // 2, *self.fields, *(self.events or ())]
+        pairs = [part for node_id, state in change.nodes.items() for part in (_NODE_FIELD + node_id, state)]
+        pairs += [part for item in change.fields.items() for part in item]
+        return [len(self.keys), *self.keys, *self.head, len(pairs) // 2, *pairs,
+                *(part for event in change.events for part in event)]
 
     def absorb(self, earlier: _Call) -> None:
-        """Take over an earlier emit of the same job and fence: its fields and events go
-        first, and its callers get this call's result (the same atomic step)."""
-        self.fields = [*(earlier.fields or ()), *(self.fields or ())]
-        self.events = [*(earlier.events or ()), *(self.events or ())]
+        """Take over an earlier emit of the same job and fence: its change goes first, and
+        its callers get this call's result (the same atomic step)."""
+        self.change = earlier.change.then(self.change) if earlier.change and self.change else self.change
         self.futures = earlier.futures + self.futures
 
 
@@ -505,13 +507,13 @@ class Bridge:
         job_id = job_id or ""
         # a poison message may hold bytes that are not UTF-8: kept readable, never a crash
         fields = {_lenient(k): _lenient(v) for k, v in message.fields.items()}
-        _, body = event_body("status", job_id, status="failed", message=f"dead-lettered: {reason}")
         await self._call(_Call(
             "dead_letter",
             [self.keys.dead_stream, message.stream, self.keys.job(job_id), self.keys.events(job_id),
              self.keys.active_jobs],
             [self.keys.prefix, job_id, time.time(), self.keys.group_for_stream(message.stream), message.id,
-             reason, _dumps(fields), self.config.finished_job_ttl_s, body],
+             reason, _dumps(fields), self.config.finished_job_ttl_s],
+            dead_lettered(job_id, reason),
         ))
 
     async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
@@ -593,32 +595,24 @@ class Bridge:
         self,
         job_id: str,
         graph: Graph,
+        change: Mutation,
         *,
         lane: str,
         request_id: str | None,
-        events: Sequence[tuple[str, bytes]],
-        fields: Sequence[Any] = (),
         user: str | None = None,
     ) -> tuple[bool, str | int]:
-        """Store a new job and hand it to ``lane``. Returns ``(created, seq)`` or, for an id
-        that already exists, ``(False, its status)``."""
-        spec = graph.model_dump_json(exclude_defaults=True)
+        """Store a new job (``change``: what :func:`~dualplane.common.job_state.submit` made of it)
+        with its graph as ``spec``, and hand it to ``lane``. Returns ``(created, seq)`` or, for an
+        id that already exists, ``(False, its status)``."""
         message = Handoff(job_id=job_id, handoff_seq=1, graph=graph, request_id=request_id, sent_by="submit")
-        owner = "control" if lane == "control" else "python"
-        tasks = ",".join(dict.fromkeys(node.task for node in graph.nodes))
-        fields = ["id", job_id, "status", "queued", "owner", owner, "spec", spec, "cancel", "", "tasks", tasks,
-                  *fields]
-        if request_id:
-            fields += ["request_id", request_id]
-        if user:
-            fields += ["user", user]
+        change.fields["spec"] = graph.model_dump_json(exclude_defaults=True)
         index = self.keys.jobs_index
         reply = await self._call(_Call(
             "create",
             [self.keys.job(job_id), self.keys.events(job_id), self.keys.stream_for_lane(lane), index,
              self.keys.user_jobs(user) if user else index, self.keys.active_jobs],
             [self.keys.prefix, job_id, time.time(), message.model_dump_json(exclude_defaults=True)],
-            fields, _flatten(events),
+            change,
         ))
         created, value = int(reply[0]), reply[1]
         return created == 1, (int(value) if created else _s(value))
@@ -631,32 +625,18 @@ class Bridge:
         gathering these futures costs no task per message."""
         return self._call(_Call("claim", [self.keys.job(job_id)], [handoff_seq]))
 
-    async def emit(
-        self,
-        job_id: str,
-        events: Sequence[tuple[str, bytes]],
-        *,
-        fields: Sequence[Any] = (),
-        fence: int | None = None,
-    ) -> int:
-        """Update job fields and append/publish events in one atomic step. ``fence`` is the
-        caller's ownership token (from its claim); a stale owner gets -1 and changes nothing."""
-        return int(await self.emit_nowait(job_id, events, fields=fields, fence=fence))
+    async def emit(self, job_id: str, change: Mutation, *, fence: int | None = None) -> int:
+        """Write a change of a job (node states, fields, events) in one atomic step. ``fence``
+        is the caller's ownership token (from its claim); a stale owner gets -1 and changes nothing."""
+        return int(await self.emit_nowait(job_id, change, fence=fence))
 
-    def emit_nowait(
-        self,
-        job_id: str,
-        events: Sequence[tuple[str, bytes]],
-        *,
-        fields: Sequence[Any] = (),
-        fence: int | None = None,
-    ) -> asyncio.Future[Any]:
+    def emit_nowait(self, job_id: str, change: Mutation, *, fence: int | None = None) -> asyncio.Future[Any]:
         """:meth:`emit` without waiting: queued in this tick's pipeline, in call order."""
         return self._call(_Call(
             "emit",
             [self.keys.job(job_id), self.keys.events(job_id)],
             [self.keys.prefix, job_id, "" if fence is None else fence, time.time()],
-            list(fields), _flatten(events), merge_key=(job_id, fence),
+            change, merge_key=(job_id, fence),
         ))
 
     async def handoff(self, job_id: str, **kwargs: Any) -> int:
@@ -675,10 +655,10 @@ class Bridge:
         graph: Graph,
         request_id: str | None,
         sent_by: str,
-        fields: Sequence[Any] = (),
-        events: Sequence[tuple[str, bytes]] = (),
+        change: Mutation,
     ) -> asyncio.Future[Any]:
-        """:meth:`handoff` without waiting; merged with the job's last emit when adjacent."""
+        """:meth:`handoff` without waiting; merged with the job's last emit when adjacent.
+        ``change`` is what the hand-on writes (:meth:`~dualplane.common.job_state.JobState.hand_on`)."""
         message = b""
         target = ""
         if target_lane == EXTERNAL_LANE:  # no stream: the job waits for external workers' claims
@@ -696,7 +676,7 @@ class Bridge:
             [self.keys.prefix, job_id, expected_seq, time.time(), self.keys.group_for_stream(src_stream),
              source.id if source else "", message, self.config.finished_job_ttl_s,
              "" if fence is None else fence],
-            list(fields), _flatten(events), merge_key=(job_id, fence),
+            change, merge_key=(job_id, fence),
         ))
 
     async def job_and_raw_state(self, job_id: str, node_id: str) -> tuple[Job, bytes | None]:
@@ -715,8 +695,7 @@ class Bridge:
         token: int | None,
         lease_s: float | None,
         expected_state: bytes,
-        fields: Sequence[Any],
-        events: Sequence[tuple[str, bytes]],
+        change: Mutation,
     ) -> tuple[int, float | None]:
         """An external worker's claim (``token`` None; a lease of ``lease_s``) or report (with its
         ``token``; ``lease_s`` None ends the claim, anything else renews it) on a node of a job
@@ -732,29 +711,22 @@ class Bridge:
             [self.keys.job(job_id), self.keys.events(job_id)],
             [self.keys.prefix, job_id, node_id, op, "" if token is None else token, repr(time.time()), lease,
              expected_state],
-            list(fields), _flatten(events),
+            change,
         ))
         code = int(reply[0])
         return code, (float(reply[2]) if code > 0 and reply[2] else None)
 
-    async def request_cancel(self, job_id: str) -> str:
-        """Set the job's cancel flag and tell the planes (``cancels`` channel). Returns the job status.
-
-        The flag is the truth (an owner reads it when it claims the job and on a slow poll);
-        the published id is the fast path that stops a running node within a step."""
+    async def job_status(self, job_id: str) -> str:
+        """The job's status; :class:`UnknownJob` when there is no such job."""
         status = await self.client.hget(self.keys.job(job_id), "status")
         if status is None:
             raise UnknownJob(job_id)
-        status = _s(status)
-        if status in FINISHED:
-            return status
-        await self.emit(
-            job_id,
-            [event_body("status", job_id, status="cancelling", message="cancel requested")],
-            fields=["cancel", "1"],
-        )
+        return _s(status)
+
+    async def publish_cancel(self, job_id: str) -> None:
+        """Tell every plane that ``job_id``'s cancel was requested (the ``cancels`` channel): the
+        fast path that stops a running node within a step; the job's flag stays the truth."""
         await self.client.publish(self.keys.cancels_channel, job_id)
-        return status
 
     async def subscribe_cancels(self) -> Any:
         """A Pub/Sub subscription to cancel requests (messages carry job ids), confirmed by
@@ -991,15 +963,6 @@ def job_from_hash(raw: dict[str, bytes]) -> Job:
 
 def node_field(node_id: str) -> str:
     return _NODE_FIELD + node_id
-
-
-def node_state(node: Any) -> bytes:
-    """A node's runtime state as stored under ``n:<id>``."""
-    return node.model_dump_json(include=RUNTIME_FIELDS).encode()
-
-
-def _flatten(events: Sequence[tuple[str, bytes]]) -> list[Any]:
-    return [part for event in events for part in event]
 
 
 def _s(value: Any) -> str:

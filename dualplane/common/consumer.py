@@ -25,29 +25,11 @@ import pydantic
 import redis
 
 from dualplane.common import logs
-from dualplane.common.bridge import (
-    RUNTIME_FIELDS,
-    Bridge,
-    Claim,
-    LeaseKeeper,
-    Message,
-    event_body,
-    node_field,
-    node_state,
-    parse_claim,
-)
+from dualplane.common.bridge import Bridge, Claim, LeaseKeeper, Message, parse_claim
 from dualplane.common.errors import BridgeClosed
 from dualplane.common.executor import Executor, JobRun
-from dualplane.common.graph import (
-    is_terminal,
-    job_outcome,
-    lane_of,
-    next_lane,
-    owner_of,
-    plan_for_lane,
-    propagate_skips,
-    structure_problem,
-)
+from dualplane.common.graph import plan_for_lane, structure_problem
+from dualplane.common.job_state import RUNTIME_FIELDS
 from dualplane.common.models import Graph, Handoff, Node, NodeStatus
 from dualplane.common.telemetry import PlaneMetrics
 
@@ -243,7 +225,7 @@ class Consumer:
         for i, (message, handoff) in enumerate(valid):
             if delivery_counts.get(message.id, 1) == 1:
                 try:
-                    run = _speculative_run(message, handoff, self.lane)
+                    run = _speculative_run(message, handoff, self.lane, self.plane)
                 except Exception as exc:  # (try/except in the loop: a context manager per message costs)
                     self._reject(message, handoff.job_id, exc)
                     rejected.add(i)
@@ -298,7 +280,7 @@ class Consumer:
             task.add_done_callback(self._batches.discard)
 
     def _admit(self, run: JobRun, claim: Claim) -> None:
-        run.job_status, run.created_at = claim.status, claim.created_at
+        run.state.status, run.created_at = claim.status, claim.created_at
         run.fence, run.user = claim.fence, claim.user
         run.owned = self._still_owned
         if run.job_id in self._recent_cancels:
@@ -343,10 +325,11 @@ class Consumer:
         graph = _merge_states(handoff.graph, claim.node_states or {})
         plan = [n.id for n in plan_for_lane(graph, self.lane)] if not claim.cancel_requested else []
         run = JobRun(
-            job_id=handoff.job_id, graph=graph, plan=plan, handoff_seq=handoff.handoff_seq, fence=claim.fence,
-            user=claim.user, message=message, request_id=handoff.request_id, job_status=claim.status,
+            job_id=handoff.job_id, graph=graph, plan=plan, handoff_seq=handoff.handoff_seq, plane=self.plane,
+            fence=claim.fence, user=claim.user, message=message, request_id=handoff.request_id,
             created_at=claim.created_at,
         )
+        run.state.status = claim.status
         if claim.cancel_requested or run.job_id in self._recent_cancels:
             run.cancel.set()
         run.owned = self._still_owned
@@ -391,27 +374,11 @@ class Consumer:
                       self.name, run.job_id)
             self._forget(run)
             return
-        graph = run.graph
-        events: list[tuple[str, bytes]] = []
-        fields: list[Any] = []
-        if run.cancel.is_set() and not run.stale:
-            _cancel_rest(run, events, fields, self.plane)
-        for node in propagate_skips(graph):
-            events.append(event_body("status", run.job_id, node_id=node.id, status="skipped", message=node.reason,
-                                     plane=self.plane))
-            fields += [node_field(node.id), node_state(node)]
-        outcome = job_outcome(graph)
-        target = None if outcome else next_lane(graph)
-        if outcome:
-            fields += ["status", outcome, "owner", "none", "finished_at", time.time(), "progress", 1.0]
-            events.append(event_body("status", run.job_id, status=outcome, plane=self.plane))
-        else:
-            _queue_ready(run, target, events, fields, self.plane)
-            fields += ["owner", owner_of(target)]
+        decided = run.state.hand_on(cancel=run.cancel.is_set() and not run.stale)
+        outcome, target = decided.outcome, decided.target
         reply = self.bridge.handoff_nowait(
             run.job_id, expected_seq=run.handoff_seq, fence=run.fence, source=run.message, target_lane=target,
-            graph=graph,
-            request_id=run.request_id, sent_by=self.name, fields=fields, events=events,
+            graph=run.graph, request_id=run.request_id, sent_by=self.name, change=decided.mutation,
         )
         reply.add_done_callback(lambda f: self._handed_off(run, f, outcome, target))
 
@@ -585,12 +552,12 @@ class _TooManyDeliveries(ValueError):
     """The delivery limit was exceeded."""
 
 
-def _speculative_run(message: Message, handoff: Handoff, lane: str) -> JobRun:
+def _speculative_run(message: Message, handoff: Handoff, lane: str, plane: str) -> JobRun:
     """A run planned from the graph the message carries, not yet admitted (its fence and
     owner come with the claim)."""
     plan = [n.id for n in plan_for_lane(handoff.graph, lane)]
     run = JobRun(job_id=handoff.job_id, graph=handoff.graph, plan=plan, handoff_seq=handoff.handoff_seq,
-                 message=message, request_id=handoff.request_id)
+                 plane=plane, message=message, request_id=handoff.request_id)
     run.admitted = asyncio.get_running_loop().create_future()
     return run
 
@@ -637,28 +604,6 @@ def _merge_states(graph: Graph, states: dict[str, dict[str, Any]]) -> Graph:
         if state and (state.get("status") != node.status or state.get("attempts", 0) != node.attempts):
             graph.nodes[index] = Node.model_validate({**node.model_dump(exclude=RUNTIME_FIELDS), **state})
     return graph
-
-
-def _cancel_rest(run: JobRun, events: list[Any], fields: list[Any], plane: str) -> None:
-    for node in run.graph.nodes:
-        if not is_terminal(node):
-            node.status = NodeStatus.cancelled
-            node.reason = "job cancelled"
-            node.finished_at = time.time()
-            events.append(event_body("status", run.job_id, node_id=node.id, status="cancelled",
-                                     message=node.reason, plane=plane))
-            fields += [node_field(node.id), node_state(node)]
-
-
-def _queue_ready(run: JobRun, target: str | None, events: list[Any], fields: list[Any], plane: str) -> None:
-    by_id = {n.id: n for n in run.graph.nodes}
-    for node in run.graph.nodes:
-        if node.status == NodeStatus.pending and lane_of(node) == target and all(
-            is_terminal(by_id[n]) for n in node.needs
-        ):
-            node.status = NodeStatus.queued
-            events.append(event_body("status", run.job_id, node_id=node.id, status="queued", plane=plane))
-            fields += [node_field(node.id), node_state(node)]
 
 
 async def _close_quietly(pubsub: Any) -> None:

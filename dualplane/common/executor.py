@@ -34,11 +34,12 @@ from langgraph.types import RetryPolicy, Send
 
 from dualplane.common import logs
 from dualplane.common.access import check_read
-from dualplane.common.bridge import Bridge, Message, event_body, node_field, node_state
+from dualplane.common.bridge import Bridge, Message
 from dualplane.common.context import TaskContext
 from dualplane.common.errors import NodeTimeout, ObjectNotFound, TaskCancelled, Unavailable
-from dualplane.common.graph import blocked_reason, progress_of, resolve_refs
-from dualplane.common.models import ArtifactRef, Graph, Node, NodeError, NodeStatus
+from dualplane.common.graph import blocked_reason, resolve_refs
+from dualplane.common.job_state import JOB_CANCELLED, TAKEN_OVER, JobState, Mutation
+from dualplane.common.models import Graph, Node, NodeStatus
 from dualplane.common.retry import is_out_of_memory
 
 if TYPE_CHECKING:
@@ -84,12 +85,13 @@ class JobRun:
     graph: Graph
     plan: list[str]
     handoff_seq: int
+    #: The plane running it (every event it writes says so).
+    plane: str = "control"
     fence: int = 0
     #: The job's owner: every object key a task reads for the job must be theirs.
     user: str | None = None
     message: Message | None = None
     request_id: str | None = None
-    job_status: str = "queued"
     cancel: threading.Event = field(default_factory=threading.Event)
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     stale: bool = False
@@ -110,7 +112,9 @@ class JobRun:
     admitted: asyncio.Future[bool] | None = None
 
     def __post_init__(self) -> None:
-        self.by_id: dict[str, Node] = {node.id: node for node in self.graph.nodes}
+        #: The job's state machine: every change of the run goes through it.
+        self.state = JobState(self.job_id, self.graph, plane=self.plane)
+        self.by_id: dict[str, Node] = self.state.by_id
         # futures only where another planned node waits on them (most plans have one node)
         awaited = {need for nid in self.plan for need in self.by_id[nid].needs}.intersection(self.plan)
         loop = asyncio.get_running_loop()
@@ -256,7 +260,7 @@ class Executor:
             write(_chunk(run, node, "finished", status="skipped", reason=reason))
             return
         if run.cancel.is_set():
-            write(_chunk(run, node, "finished", status="cancelled", reason="job cancelled"))
+            write(_chunk(run, node, "finished", status="cancelled", reason=JOB_CANCELLED))
             return
         if spec is None:  # the control plane's catalog has the task, this process's does not
             error = {"type": "TaskNotAvailable", "transient": False,
@@ -273,7 +277,7 @@ class Executor:
             if run.owned is not None and not await run.owned(run):
                 run.stale = True
                 run.cancel.set()
-                write(_chunk(run, node, "finished", status="cancelled", reason="the job was taken over elsewhere"))
+                write(_chunk(run, node, "finished", status="cancelled", reason=TAKEN_OVER))
                 return
             await self._attempt(run, node, spec, write)
 
@@ -364,39 +368,14 @@ class Executor:
     # -- mirroring -------------------------------------------------------------------
 
     def _apply(self, chunk: dict[str, Any]) -> None:
-        """Apply one chunk to the in-memory graph and mirror it (one atomic Redis step)."""
+        """Apply one chunk to the job's state and mirror the change (one atomic Redis step)."""
         run = self._runs.get(chunk["run"])
         if run is None:
             return
         node = run.by_id[chunk["node"]]
         kind = chunk["kind"]
-        events: list[tuple[str, bytes]] = []
-        fields: list[Any] = []
-        if kind == "running":
-            _mark_running(run, node, chunk, events, self.plane)
-        elif kind == "progress":
-            node.progress = chunk["progress"]
-            events.append(event_body("progress", run.job_id, node_id=node.id, progress=node.progress,
-                                     message=chunk.get("message"), plane=self.plane))
-        elif kind == "data":
-            events.append(event_body("data", run.job_id, node_id=node.id, data=chunk["data"],
-                                     message=chunk.get("message"), plane=self.plane))
-        elif kind == "artifact":
-            _record_artifact(node, chunk["artifact"])
-            events.append(event_body("data", run.job_id, node_id=node.id, data={"artifact": chunk["artifact"]},
-                                     message="artifact", plane=self.plane))
-        elif kind == "retrying":
-            node.error = NodeError.model_validate(chunk["error"])
-            events.append(event_body("status", run.job_id, node_id=node.id, status="running", attempt=node.attempts,
-                                     message=f"retrying in {chunk['delay_s']:.2f}s", data={"error": chunk["error"]},
-                                     plane=self.plane))
-        elif kind == "finished":
-            _mark_finished(node, chunk, events, run, self.plane)
-        fields += [node_field(node.id), node_state(node), "progress", progress_of(run.graph)]
-        if kind == "running" and run.job_status != "running":
-            run.job_status = "running"
-            fields += ["status", "running"]
-        reply = self._bridge.emit_nowait(run.job_id, events, fields=fields, fence=run.fence)
+        change = _transition(run.state, node, kind, chunk)
+        reply = self._bridge.emit_nowait(run.job_id, change, fence=run.fence)
         reply.add_done_callback(lambda f, run=run: _check_fence(f, run))
         if kind == "finished":
             if node.id in run.finished:
@@ -445,41 +424,20 @@ def _error(exc: BaseException, *, transient: bool) -> dict[str, Any]:
     return {"type": kind, "message": str(exc) or kind, "transient": transient}
 
 
-def _mark_running(run: JobRun, node: Node, chunk: dict[str, Any], events: list[Any], plane: str) -> None:
-    node.status = NodeStatus.running
-    node.attempts = chunk["attempt"]
-    node.started_at = node.started_at or time.time()
-    if run.job_status != "running":
-        events.append(event_body("status", run.job_id, status="running", plane=plane))
-    events.append(event_body("status", run.job_id, node_id=node.id, status="running", attempt=node.attempts,
-                             plane=plane))
-
-
-def _mark_finished(node: Node, chunk: dict[str, Any], events: list[Any], run: JobRun, plane: str) -> None:
-    status = chunk["status"]
-    node.status = NodeStatus(status)
-    node.finished_at = time.time()
-    data: dict[str, Any] | None = None
-    if status == "succeeded":
-        node.output = chunk.get("output") or {}
-        node.progress = 1.0
-        node.error = None
-        data = {"output": node.output}
-        if node.artifacts:
-            data["artifacts"] = [a.model_dump() for a in node.artifacts]
-    elif status == "failed":
-        node.error = NodeError.model_validate(chunk["error"])
-        data = {"error": chunk["error"]}
-    else:
-        node.reason = chunk.get("reason")
-    events.append(event_body("status", run.job_id, node_id=node.id, status=status, attempt=node.attempts or None,
-                             message=node.reason, data=data, plane=plane))
-
-
-def _record_artifact(node: Node, ref: dict[str, Any]) -> None:
-    """Keys are deterministic, so a retried attempt replaces its earlier reference."""
-    artifact = ArtifactRef.model_validate(ref)
-    node.artifacts = [a for a in node.artifacts if a.key != artifact.key] + [artifact]
+def _transition(state: JobState, node: Node, kind: str, chunk: dict[str, Any]) -> Mutation:
+    """The state machine's transition for one chunk a node wrote."""
+    if kind == "running":
+        return state.running(node, chunk["attempt"])
+    if kind == "progress":
+        return state.progress(node, chunk["progress"], chunk.get("message"))
+    if kind == "data":
+        return state.data(node, chunk["data"], chunk.get("message"))
+    if kind == "artifact":
+        return state.artifact(node, chunk["artifact"])
+    if kind == "retrying":
+        return state.retrying(node, chunk["error"], chunk["delay_s"])
+    return state.finished(node, chunk["status"], output=chunk.get("output"), error=chunk.get("error"),
+                          reason=chunk.get("reason"))
 
 
 def _check_fence(future: asyncio.Future[Any], run: JobRun) -> None:

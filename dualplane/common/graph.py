@@ -14,14 +14,11 @@ import pydantic
 
 from dualplane.common.errors import GraphValidationError
 from dualplane.common.models import Graph, Node, NodeStatus
+from dualplane.common.statuses import SATISFIED, TERMINAL
 
 if TYPE_CHECKING:
     from dualplane.common.registry import TaskRegistry
 
-#: Node statuses after which a node never runs again.
-TERMINAL = frozenset({"succeeded", "failed", "skipped", "cancelled"})
-#: Statuses that let a dependent run.
-SATISFIED = frozenset({"succeeded"})
 
 GRAPH_FIELD = "_graph"
 REF_KEY = "$ref"

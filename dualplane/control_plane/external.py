@@ -25,21 +25,13 @@ from collections.abc import Callable
 from typing import Any
 
 from dualplane.common.artifacts import ArtifactStore
-from dualplane.common.bridge import Bridge, event_body, node_field, node_state
+from dualplane.common.bridge import Bridge
 from dualplane.common.errors import Conflict, NotFound, ObjectNotFound, UnknownJob, Unprocessable
-from dualplane.common.graph import (
-    EXTERNAL_LANE,
-    is_terminal,
-    job_outcome,
-    lane_of,
-    next_lane,
-    owner_of,
-    progress_of,
-    propagate_skips,
-    resolve_refs,
-)
+from dualplane.common.graph import EXTERNAL_LANE, is_terminal, lane_of, progress_of, resolve_refs
+from dualplane.common.job_state import JobState, Mutation
 from dualplane.common.models import ArtifactRef, Job, Node, NodeError, NodeStatus
 from dualplane.common.telemetry import PlaneMetrics
+from dualplane.common.wire import event_body
 
 log = logging.getLogger("dualplane.external")
 
@@ -98,7 +90,7 @@ class ExternalNodes:
         if uploads and self.artifacts is None:
             raise InvalidReport("this control plane has no object store: a claim cannot get upload URLs")
 
-        def take(job: Job, node: Node) -> tuple[list[tuple[str, bytes]], list[Any], bool]:
+        def take(job: Job, node: Node) -> tuple[Mutation, bool]:
             if job.cancel_requested:
                 raise ExternalConflict(f"job {job_id!r} is being cancelled")
             if node.status not in (NodeStatus.queued, NodeStatus.running):
@@ -107,15 +99,15 @@ class ExternalNodes:
             again = node.status == NodeStatus.running
             node.status, node.attempts = NodeStatus.running, node.attempts + 1
             node.started_at, node.progress, node.error = node.started_at or time.time(), 0.0, None
-            events, fields = [], []
+            change = Mutation()
             if job.status != "running":
-                events.append(event_body("status", job_id, status="running", plane=PLANE))
-                fields += ["status", "running"]
+                change.events.append(event_body("status", job_id, status="running", plane=PLANE))
+                change.fields["status"] = "running"
             message = (f"claimed again by {claimant}: the previous claim's lease ran out" if again
                        else f"claimed by {claimant}")
-            events.append(event_body("status", job_id, node_id=node_id, status="running", attempt=node.attempts,
-                                     message=message, plane=PLANE))
-            return events, fields, False
+            change.events.append(event_body("status", job_id, node_id=node_id, status="running",
+                                            attempt=node.attempts, message=message, plane=PLANE))
+            return change, False
 
         try:
             job, node, token, deadline = await self._write(job_id, node_id, take, token=None, lease_s=lease_s)
@@ -160,7 +152,7 @@ class ExternalNodes:
         the last two end it."""
         refs = [await self._artifact(job_id, node_id, token, name) for name in artifacts]
 
-        def apply(job: Job, node: Node) -> tuple[list[tuple[str, bytes]], list[Any], bool]:
+        def apply(job: Job, node: Node) -> tuple[Mutation, bool]:
             if node.status != NodeStatus.running:
                 raise ExternalConflict(f"node {node_id!r} is {node.status}: a late or duplicate report changes "
                                        "nothing")
@@ -184,7 +176,7 @@ class ExternalNodes:
                 node.error = NodeError.model_validate({"type": "ExternalError", **(error or {})})
                 event = event_body("status", job_id, node_id=node_id, status="failed", attempt=node.attempts,
                                    message=message, plane=PLANE, data={"error": node.error.model_dump(mode="json")})
-            return [event], [], is_terminal(node)
+            return Mutation(events=[event]), is_terminal(node)
 
         try:
             job, node, _, deadline = await self._write(job_id, node_id, apply, token=token, lease_s=None)
@@ -209,10 +201,10 @@ class ExternalNodes:
     # -- the write --------------------------------------------------------------------
 
     async def _write(self, job_id: str, node_id: str,
-                     change: Callable[[Job, Node], tuple[list[tuple[str, bytes]], list[Any], bool]],
+                     change: Callable[[Job, Node], tuple[Mutation, bool]],
                      *, token: int | None, lease_s: float | None) -> tuple[Job, Node, int, float | None]:
-        """Read the job, let ``change`` update the node (and say its events, extra job fields and
-        whether the claim ends), write it with external.lua; read again when someone else changed
+        """Read the job, let ``change`` update the node (and return its events and extra job fields,
+        and whether the claim ends), write it with external.lua; read again when someone else changed
         the node meanwhile. A claim of ``lease_s`` when ``token`` is None. Returns the job and
         node as written, the token and the lease's deadline (None once the claim ended)."""
         for _ in range(WRITE_TRIES):
@@ -223,12 +215,12 @@ class ExternalNodes:
             if job.owner != "external" and not is_terminal(node):
                 raise ExternalConflict(f"node {node_id!r} is not claimable yet: the job is not waiting on external "
                                        "workers (its nodes upstream have not finished)")
-            events, fields, ends = change(job, node)
-            fields = [node_field(node_id), node_state(node), "progress", progress_of(job.graph), *fields]
+            written, ends = change(job, node)
+            written.node(node)
+            written.fields.setdefault("progress", progress_of(job.graph))
             lease = lease_s if token is None else (None if ends else 1.0)
             code, deadline = await self.bridge.external_write(job_id, node_id, token=token, lease_s=lease,
-                                                              expected_state=raw or b"", fields=fields,
-                                                              events=events)
+                                                              expected_state=raw or b"", change=written)
             if code == -4:
                 continue
             if code == -2:
@@ -256,46 +248,17 @@ class ExternalNodes:
                 return
             if job.owner != "external":
                 return
-            graph, events, fields = job.graph, [], []
-            if job.cancel_requested:
-                for node in graph.nodes:
-                    if not is_terminal(node):
-                        node.status, node.reason, node.finished_at = NodeStatus.cancelled, "job cancelled", time.time()
-                        events.append(event_body("status", job_id, node_id=node.id, status="cancelled",
-                                                 message=node.reason, plane=PLANE))
-                        fields += [node_field(node.id), node_state(node)]
-            for node in propagate_skips(graph):
-                events.append(event_body("status", job_id, node_id=node.id, status="skipped", message=node.reason,
-                                         plane=PLANE))
-                fields += [node_field(node.id), node_state(node)]
-            outcome = job_outcome(graph)
-            waiting = any(lane_of(n) == EXTERNAL_LANE and n.status in (NodeStatus.queued, NodeStatus.running)
-                          for n in graph.nodes)
-            target = None if outcome else EXTERNAL_LANE if waiting else next_lane(graph)
-            if outcome:
-                fields += ["status", outcome, "owner", "none", "finished_at", time.time(), "progress", 1.0]
-                events.append(event_body("status", job_id, status=outcome, plane=PLANE))
-            else:
-                _queue_ready(job_id, graph.nodes, target, events, fields)
-                fields += ["owner", owner_of(target or EXTERNAL_LANE), "progress", progress_of(graph)]
-            if target == EXTERNAL_LANE and not events:
+            graph = job.graph
+            decided = JobState(job_id, graph, status=job.status, plane=PLANE).hand_on(cancel=job.cancel_requested)
+            outcome, target = decided.outcome, decided.target
+            if target == EXTERNAL_LANE and not decided.mutation.events:
                 return  # still waiting on its claims, and nothing new to claim
             seq = await self.bridge.handoff(job_id, expected_seq=job.handoff_seq, fence=None, source=None,
                                             target_lane=target, graph=graph, request_id=job.request_id,
-                                            sent_by=PLANE, fields=fields, events=events)
+                                            sent_by=PLANE, change=decided.mutation)
             if seq == -1:
                 continue  # another advance went first: look again
             if outcome and self._metrics is not None:
                 self._metrics.job_finished(graph, outcome, job.created_at)
             log.info("job %s %s", job_id, f"finished {outcome}" if outcome else f"handed to {target}")
             return
-
-
-def _queue_ready(job_id: str, nodes: list[Node], lane: str | None, events: list[Any], fields: list[Any]) -> None:
-    by_id = {n.id: n for n in nodes}
-    for node in nodes:
-        if node.status == NodeStatus.pending and lane_of(node) == lane and all(is_terminal(by_id[n])
-                                                                                 for n in node.needs):
-            node.status = NodeStatus.queued
-            events.append(event_body("status", job_id, node_id=node.id, status="queued", plane=PLANE))
-            fields += [node_field(node.id), node_state(node)]

@@ -20,15 +20,16 @@ import orjson
 import redis
 from prometheus_client import CollectorRegistry
 
-from dualplane.common import logs
+from dualplane.common import job_state, logs, statuses
 from dualplane.common.access import literal_keys, may_read
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
-from dualplane.common.bridge import RUNTIME_FIELDS, Bridge, event_body, node_field, node_state
+from dualplane.common.bridge import Bridge
 from dualplane.common.consumer import Consumer
 from dualplane.common.errors import Conflict, GraphValidationError, Unavailable
 from dualplane.common.executor import Executor
-from dualplane.common.graph import EXTERNAL_LANE, GRAPH_FIELD, lane_of, next_lane, validate_graph
-from dualplane.common.models import Graph, Job, Node, NodeStatus
+from dualplane.common.graph import EXTERNAL_LANE, GRAPH_FIELD, next_lane, validate_graph
+from dualplane.common.job_state import RUNTIME_FIELDS
+from dualplane.common.models import Graph, Job, Node
 from dualplane.common.registry import TaskRegistry
 from dualplane.common.routing import Router
 from dualplane.common.settings import Settings
@@ -193,23 +194,11 @@ class ControlPlane:
         lane = next_lane(graph) or "control"
         if lane == EXTERNAL_LANE:  # the control runner parks it for external workers (no stream carries that)
             lane = "control"
-        events = [event_body("status", job_id, status="queued", plane="control")]
-        if audit is not None:  # first: the decision was made before the job was queued
-            events.insert(0, event_body("audit", job_id, message="allowed by the content policy",
-                                        data=audit.audit_data(), plane="control"))
-        # pending nodes need no state field: absent means the spec's state
-        fields: list[Any] = ["name", graph.metadata["name"]]
-        for problem in unroutable:
-            events.append(event_body("data", job_id, node_id=problem.node_id, message=problem.reason,
-                                     data={"unroutable": problem.reason}, plane="control"))
-        for node in graph.nodes:
-            if lane_of(node) == lane and not node.needs:
-                node.status = NodeStatus.queued
-                events.append(event_body("status", job_id, node_id=node.id, status="queued", plane="control"))
-                fields += [node_field(node.id), node_state(node)]
-        created, value = await self.bridge.create_job(
-            job_id, graph, lane=lane, request_id=request_id, events=events, fields=fields, user=user
-        )
+        change = job_state.submit(job_id, graph, lane, request_id=request_id, user=user,
+                                  audit=audit.audit_data() if audit is not None else None,
+                                  unroutable=[(problem.node_id, problem.reason) for problem in unroutable])
+        created, value = await self.bridge.create_job(job_id, graph, change, lane=lane, request_id=request_id,
+                                                      user=user)
         if not created:
             await self._check_replay(job_id, graph, user)
             return Submitted(job_id=job_id, created=created, status=str(value))
@@ -308,7 +297,15 @@ class ControlPlane:
         return links
 
     async def cancel(self, job_id: str) -> str:
-        status = await self.bridge.request_cancel(job_id)
+        """Set the job's cancel flag and tell the planes; returns the job's status before.
+
+        The flag is the truth (an owner reads it when it claims the job and on a slow poll);
+        the published id is the fast path that stops a running node within a step."""
+        status = await self.bridge.job_status(job_id)
+        change = job_state.request_cancel(job_id, status)
+        if change is not None:
+            await self.bridge.emit(job_id, change)
+            await self.bridge.publish_cancel(job_id)
         await self.external.advance(job_id)  # a job waiting on external workers has no plane to stop it
         return status
 
@@ -338,8 +335,8 @@ class ControlPlane:
         ]
 
 
-#: Job statuses after which nothing changes any more.
-FINISHED = frozenset({"succeeded", "failed", "partial", "cancelled"})
+#: Job statuses after which nothing changes any more (routes import it from here).
+FINISHED = statuses.FINISHED
 
 
 class JobConflict(Conflict):

@@ -4,8 +4,12 @@
 -- KEYS[5] index of unfinished jobs
 -- ARGV[1] key prefix  ARGV[2] job id ('' = unknown)  ARGV[3] now  ARGV[4] source group
 -- ARGV[5] source message id  ARGV[6] reason  ARGV[7] original fields as JSON
--- ARGV[8] retention seconds  ARGV[9] job-failed event body
+-- ARGV[8] retention seconds
+-- ARGV[9] n, then n (field, value) pairs for a job that has not finished (job_state.dead_lettered: the
+--         job failed), then (kind, body) event pairs.
 -- Returns the dead-letter entry id.
+-- The finished statuses spelled below mirror dualplane.common.statuses.FINISHED (tests/test_job_state.py
+-- checks that they agree).
 local id = redis.call('XADD', KEYS[1], '*', 'stream', KEYS[2], 'id', ARGV[5], 'group', ARGV[4],
   'reason', ARGV[6], 'job', ARGV[2], 'fields', ARGV[7], 'ts', ARGV[3])
 redis.call('XACK', KEYS[2], ARGV[4], ARGV[5])
@@ -13,13 +17,13 @@ redis.call('XDEL', KEYS[2], ARGV[5])  -- its copy is in the dead-letter entry
 if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
   local status = redis.call('HGET', KEYS[3], 'status')
   if status ~= 'succeeded' and status ~= 'failed' and status ~= 'partial' and status ~= 'cancelled' then
+    local next_arg = set_fields(KEYS[3], ARGV, 9)
     -- 'dead_letter' names the entry that failed the job: only that entry's replay revives it
-    redis.call('HSET', KEYS[3], 'status', 'failed', 'owner', 'none', 'error', 'dead-lettered: ' .. ARGV[6],
-      'finished_at', ARGV[3], 'dead_letter', id)
+    redis.call('HSET', KEYS[3], 'dead_letter', id)
     redis.call('HDEL', KEYS[3], 'lane', 'msg')
     redis.call('HINCRBY', KEYS[3], 'handoff_seq', 1)
     redis.call('HINCRBY', KEYS[3], 'fence', 1)
-    append_events(KEYS[3], KEYS[4], ARGV[1], ARGV[2], {'status', ARGV[9]}, 1, ARGV[3])
+    append_events(KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV, next_arg, ARGV[3])
     redis.call('ZREM', KEYS[5], ARGV[2])
     redis.call('EXPIRE', KEYS[3], ARGV[8])
     redis.call('EXPIRE', KEYS[4], ARGV[8])

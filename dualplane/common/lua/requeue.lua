@@ -7,6 +7,8 @@
 -- ARGV[7] event body (a data event saying why)
 -- Returns the last seq when requeued, 0 when nothing had to be done (the job moved on, or its
 -- entry is there), -2 when the job is gone (it is dropped from the index).
+-- The finished statuses spelled below mirror dualplane.common.statuses.FINISHED (tests/test_job_state.py
+-- checks that they agree).
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[4], ARGV[2])
   return -2

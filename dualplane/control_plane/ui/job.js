@@ -13,6 +13,7 @@ import { duplicateJob, startWith } from "./newjob.js";
 import { live, taskTitle } from "./session.js";
 import { songPlan } from "./song.js";
 
+// mirrors dualplane.common.statuses.FINISHED (tests/test_job_state.py checks that they agree)
 const FINISHED = new Set(["succeeded", "failed", "partial", "cancelled"]);
 // how much a new progress sample moves the smoothed rate (the rest is the history)
 const RATE_WEIGHT = 0.3;
