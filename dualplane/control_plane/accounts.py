@@ -27,13 +27,15 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
+from redis.typing import EncodableT, FieldT
 
 from dualplane.common.bridge import Bridge
 from dualplane.common.errors import DualplaneError, Unavailable
@@ -93,7 +95,8 @@ class AccountStore:
             raise AccountError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         password_hash = await self._hash(_checked_password(password))
         now = time.time()
-        fields = {"role": role, "hash": password_hash, "disabled": 0, "gen": 0, "created_at": now, "updated_at": now}
+        fields: dict[str, EncodableT] = {"role": role, "hash": password_hash, "disabled": 0, "gen": 0,
+                                         "created_at": now, "updated_at": now}
         key = self.keys.account(name)
         async with self.bridge.client.pipeline(transaction=True) as pipe:
             try:
@@ -101,7 +104,7 @@ class AccountStore:
                 if await pipe.exists(key):
                     raise AccountError(f"account {name!r} exists already")
                 pipe.multi()
-                pipe.hset(key, mapping=fields)
+                pipe.hset(key, mapping=_mapping(fields))
                 pipe.sadd(self.keys.accounts, name)
                 await pipe.execute()
             except WatchError:  # another `add` of the same name won
@@ -114,7 +117,7 @@ class AccountStore:
 
     async def list(self) -> list[Account]:
         """Every account, by name."""
-        names = sorted(n.decode() for n in await self.bridge.client.smembers(self.keys.accounts))
+        names = sorted(_text(n) for n in await self.bridge.client.smembers(self.keys.accounts))
         async with self.bridge.client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(self.keys.account(name))
@@ -175,8 +178,8 @@ class AccountStore:
                     record = await pipe.hgetall(key)
                     if not record:
                         raise RefreshRefused("refresh token expired or revoked")
-                    name = record[b"user"].decode()
-                    if not hmac.compare_digest(record[b"current"].decode(), _digest(secret)):
+                    name = _text(record[b"user"])
+                    if not hmac.compare_digest(_text(record[b"current"]), _digest(secret)):
                         await pipe.reset()
                         log.warning("a spent refresh token of %r was presented again: revoking the account", name)
                         with contextlib.suppress(AccountError):  # an account removed by hand: nothing to revoke
@@ -207,10 +210,10 @@ class AccountStore:
         session_id, secret = match.groups()
         key = self.keys.refresh_session(session_id)
         record = await self.bridge.client.hgetall(key)
-        if record and hmac.compare_digest(record[b"current"].decode(), _digest(secret)):
+        if record and hmac.compare_digest(_text(record[b"current"]), _digest(secret)):
             async with self.bridge.client.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
-                pipe.zrem(self.keys.refresh_sessions(record[b"user"].decode()), session_id)
+                pipe.zrem(self.keys.refresh_sessions(_text(record[b"user"])), session_id)
                 await pipe.execute()
 
     # -- plumbing --------------------------------------------------------------------
@@ -228,7 +231,7 @@ class AccountStore:
         decoded = _decoded(fields)
         return _account(name, decoded), decoded["hash"]
 
-    async def _update(self, name: str, changes: dict[str, object], *, revoke: bool) -> Account:
+    async def _update(self, name: str, changes: Mapping[str, EncodableT], *, revoke: bool) -> Account:
         """Change the account's fields; with ``revoke``, raise its generation and end its sessions.
         The marker of the view is written in the same transaction."""
         key, sessions = self.keys.account(name), self.keys.refresh_sessions(name)
@@ -240,13 +243,13 @@ class AccountStore:
                     if b"hash" not in fields:
                         raise AccountError(f"no account {name!r}")
                     current = _decoded(fields)
-                    session_ids = [s.decode() for s in await pipe.zrange(sessions, 0, -1)] if revoke else []
-                    updated = {**current, **changes, "updated_at": time.time()}
+                    session_ids = [_text(s) for s in await pipe.zrange(sessions, 0, -1)] if revoke else []
+                    updated: dict[str, EncodableT] = {**current, **changes, "updated_at": time.time()}
                     if revoke:
                         updated["gen"] = int(current["gen"]) + 1
                     account = _account(name, updated)
                     pipe.multi()
-                    pipe.hset(key, mapping=updated)
+                    pipe.hset(key, mapping=_mapping(updated))
                     if revoke:
                         pipe.delete(sessions, *(self.keys.refresh_session(s) for s in session_ids))
                     if account.generation > 0:  # generation 0 revokes nothing: no marker needed
@@ -331,14 +334,25 @@ class RevocationView:
         self._fresh_until = started + self.check_s
 
 
-def _account(name: str, fields: dict[str, object]) -> Account:
+def _account(name: str, fields: Mapping[Any, object]) -> Account:
     return Account(name=name, role=str(fields["role"]), disabled=str(fields["disabled"]) == "1",
                    generation=int(str(fields["gen"])), created_at=float(str(fields["created_at"])),
                    updated_at=float(str(fields["updated_at"])))
 
 
-def _decoded(fields: dict[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in fields.items()}
+def _decoded(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in fields.items()}
+
+
+def _mapping(fields: Mapping[str, EncodableT]) -> dict[FieldT, EncodableT]:
+    """The same fields as redis-py's ``hset`` types them (a mapping's keys are invariant: ``dict[str, …]`` is
+    not a ``Mapping[FieldT, …]``)."""
+    return dict(fields.items())
+
+
+def _text(value: Any) -> str:
+    """A reply of our client (bytes: it never decodes) as text; redis-py types replies ``bytes | str``."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _checked_password(password: str) -> str:

@@ -51,7 +51,9 @@ async def plan_or_problem(planner: Planner, body: ComposeRequest) -> Plan | JSON
     """The named plan of ``body`` (its graph's ``metadata.name`` set), or the 422 saying why
     nothing was planned."""
     try:
-        plan = await planner.plan(body.brief or body.intent, strict=body.strict)
+        source = body.brief or body.intent
+        assert source is not None  # ComposeRequest._one_source
+        plan = await planner.plan(source, strict=body.strict)
     except pydantic.ValidationError as exc:
         return problem(422, "Invalid intent", str(exc.errors(include_url=False)[0]["msg"]))
     except NotUnderstood as exc:

@@ -362,13 +362,14 @@ class _Build:
                                               "(AnimateDiff) has no real weights here")
         if kind == "generated":
             return self._generated_video(suffix, seed, duration, song, lora)
+        assert sound is not None  # a visualizer without audio became "generated" above
         return self._visualizer(suffix, seed, duration, song, sound)
 
     def _size(self, task: str, models: Iterable[str], default_height: int, *, part: str) -> tuple[int, int]:
         video = self.brief.video
         aspect = video.aspect if video else "16:9"
         a, b = _ASPECTS.get(aspect, (16, 9))
-        height = (video.height if video and video.height else None) or default_height
+        height: float = (video.height if video and video.height else None) or default_height
         max_w = min([self.limit(m, "max_width") or 1e9 for m in models] + [self.bound(task, "width", "maximum") or 1e9])
         max_h = min([self.limit(m, "max_height") or 1e9 for m in models]
                     + [self.bound(task, "height", "maximum") or 1e9])

@@ -14,7 +14,7 @@ import asyncio
 import base64
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from dualplane.common.artifacts import ArtifactStore
 from dualplane.common.bridge import Bridge
@@ -80,7 +80,7 @@ async def list_outputs(bridge: Bridge, store: ArtifactStore, user: str, *, kind:
         read = await bridge.job_page(index, max_score=repr(max_score) if max_score is not None else "+inf",
                                      min_score="-inf", count=JOB_SLICE)
         # the last job looked at comes again (its outputs past `done`), then the older ones
-        rows = [(jid, sc) for jid, sc in read if at_id is None or sc < max_score or jid <= at_id]
+        rows = [(jid, sc) for jid, sc in read if at_id is None or max_score is None or sc < max_score or jid <= at_id]
         scanned += len(read)  # what was read, not kept: ties past a slice's size still end the scan
         jobs = await asyncio.gather(*(_job(bridge, jid) for jid, _ in rows))
         for (job_id, score), job in zip(rows, jobs, strict=True):
@@ -139,7 +139,7 @@ async def _served(store: ArtifactStore, job: Job, item: _Output) -> dict[str, An
     }
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -664,7 +664,8 @@ def _music(text: _Text, style: str, notes: list[dict[str, Any]]) -> dict[str, An
         if theme.name in ("rain", "night") and any(text.find(w) for w in theme.words) and \
                 ("rainy" if theme.name == "rain" else "night") not in moods:
             moods.append("rainy" if theme.name == "rain" else "night")
-    instruments, without = [], []
+    instruments: list[str] = []
+    without: list[str] = []
     for name in INSTRUMENTS:
         if text.find(name, negated=True):
             without.append(name)
@@ -772,9 +773,9 @@ def _video(text: _Text, video_s: float | None, theme: str | None) -> dict[str, A
         aspect = "21:9"
     elif text.has({"widescreen", "landscape", "horizontal", "youtube"}):
         aspect = "16:9"
-    match = _HEIGHT.search(text.lower)
-    if match:
-        height = int(match.group("h"))
+    height_match = _HEIGHT.search(text.lower)
+    if height_match:
+        height = int(height_match.group("h"))
     elif text.has({"4k", "uhd", "2160p"}):
         height = 2160
     elif text.has({"full hd", "fhd"}):

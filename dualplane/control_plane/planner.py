@@ -176,7 +176,7 @@ class Planner:
         else:
             from langchain_core.output_parsers import PydanticOutputParser
 
-            parser = PydanticOutputParser(pydantic_object=Brief)
+            parser: PydanticOutputParser[Brief] = PydanticOutputParser(pydantic_object=Brief)
             reply = await self._chat_model.ainvoke(
                 [messages[0], ("system", parser.get_format_instructions()), messages[1]])
             content = getattr(reply, "content", reply)

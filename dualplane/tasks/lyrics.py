@@ -12,6 +12,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,7 @@ def themes_in(text: str) -> list[str]:
 
 
 def write_lyrics(theme_text: str, section_names: Sequence[str], *, seed: int = 0,
-                 title: str | None = None, only: Sequence[str] = ()) -> dict[str, object]:
+                 title: str | None = None, only: Sequence[str] = ()) -> dict[str, Any]:
     """A song for ``theme_text``: ``{"title", "theme", "sections": [{"name", "lines"}]}``.
 
     ``section_names`` is the song's form (intro, verse, chorus, ...); instrumental sections

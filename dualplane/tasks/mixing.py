@@ -72,6 +72,7 @@ def mix(bed: Path, out: Path, *, voice: Path | None = None, voice_start_s: float
         run_ffmpeg(["-loglevel", "error", *inputs, "-filter_complex", graph, "-map", "[mix]", *_WAV, str(out)])
         return Mixed(path=out, duration_s=probe_duration_s(out), loudness_lufs=round(measure_lufs(out), 2),
                      normalization=normalization, speech=speech)
+    assert loudness_lufs is not None  # measured only with a target
     # a steady track measures LRA 0.00, which loudnorm reads as "not measured" and answers with
     # its dynamic mode: the smallest non-zero range keeps it linear
     lra = max(float(measured["input_lra"]), 0.01)
@@ -122,8 +123,11 @@ def duck_gain(speech: list[tuple[float, float]], duck_db: float) -> str:
 
 def speech_spans(voice: Path, start_s: float) -> list[tuple[float, float]]:
     """Where the voice speaks, in seconds on the mix's timeline (shifted by ``start_s``)."""
-    peak = float(re.search(r"max_volume: (-?[\d.]+|-inf) dB",
-                           run_ffmpeg(["-i", str(voice), "-af", "volumedetect", "-f", "null", "-"])).group(1))
+    summary = run_ffmpeg(["-i", str(voice), "-af", "volumedetect", "-f", "null", "-"])
+    found = re.search(r"max_volume: (-?[\d.]+|-inf) dB", summary)
+    if found is None:
+        raise RuntimeError(f"no peak from volumedetect: {summary[-300:]}")
+    peak = float(found.group(1))
     if peak <= SILENT_PEAK_DB:
         return []  # digital silence: nothing to duck under
     detected = run_ffmpeg(["-i", str(voice), "-af", f"silencedetect=noise={peak - SPEECH_BELOW_PEAK_DB:.1f}dB:d={HOLD_S}",

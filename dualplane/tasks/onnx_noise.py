@@ -69,7 +69,8 @@ def noise_as_inputs(model_bytes: bytes) -> tuple[bytes, list[str]]:
     model = classes["Model"].FromString(model_bytes)
     graph = model.graph
     taken = {n for node in graph.node for n in (*node.input, *node.output)} | {i.name for i in graph.input}
-    nodes, inputs = [], []
+    nodes: list[Any] = []
+    inputs: list[str] = []
     for node in graph.node:
         if node.op_type != "RandomNormalLike" or node.domain not in ("", "ai.onnx"):
             nodes.append(node)

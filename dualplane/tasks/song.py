@@ -218,7 +218,8 @@ def _sections(duration_s: float, bpm: int, *, instrumental: bool) -> list[dict[s
     weights = {"intro": 1, "outro": 1, "verse": 2, "theme": 2, "chorus": 2, "bridge": 1}
     total = sum(weights[n] for n in names)
     bar_s = 4 * 60.0 / bpm
-    sections, start = [], 0.0
+    sections: list[dict[str, Any]] = []
+    start = 0.0
     for index, name in enumerate(names):
         if index == len(names) - 1:
             length = duration_s - start  # the last section ends exactly on time

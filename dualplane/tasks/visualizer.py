@@ -427,11 +427,13 @@ class _Encoder:
     def __enter__(self) -> Self:
         self.stderr = self.log.open("wb")  # a file, not a pipe: a full pipe would stall ffmpeg mid-encode
         self.process = subprocess.Popen(self.args, stdin=subprocess.PIPE, stderr=self.stderr)
+        assert self.process.stdin is not None  # stdin=PIPE
+        self.stdin = self.process.stdin
         return self
 
     def write(self, frame: Any) -> None:
         try:
-            self.process.stdin.write(memoryview(frame).cast("B"))
+            self.stdin.write(memoryview(frame).cast("B"))
         except BrokenPipeError:
             self.process.wait(timeout=FFMPEG_TIMEOUT_S)
             raise RuntimeError(
@@ -443,7 +445,7 @@ class _Encoder:
                 self.process.kill()  # cancelled or failed: do not finish a video nobody keeps
                 self.process.wait(timeout=FFMPEG_TIMEOUT_S)
                 return
-            self.process.stdin.close()
+            self.stdin.close()
             code = self.process.wait(timeout=FFMPEG_TIMEOUT_S)
             if code != 0:
                 raise RuntimeError(f"ffmpeg failed ({code}): {self.log.read_text(errors='replace')[-800:]}")
