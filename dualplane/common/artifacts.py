@@ -56,18 +56,13 @@ ENSURE_BACKOFF_S = 0.5
 ENSURE_MAX_BACKOFF_S = 15.0
 
 
-def _pool(connect_s: float, read_s: float, retries: int | bool, maxsize: int,
-          status_retries: int = 0) -> urllib3.PoolManager:
-    """A urllib3 pool with bounded waits. Refused connections are retried ``retries`` times and
-    5xx answers ``status_retries`` times (0 s, then 0.4 s, 0.8 s, ... apart); a read that timed
-    out is not: that would double a frozen store's cost. A store that answers 5xx is up and
-    usually recovering (SeaweedFS growing a volume for a new bucket under load answers
-    InternalError for a second or two), so it gets more tries than one that refuses. Retry-After
-    is ignored, since a store could ask for minutes."""
+def _pool(connect_s: float, read_s: float, retries: int | bool, maxsize: int) -> urllib3.PoolManager:
+    """A urllib3 pool with bounded waits. Refused connections and 5xx answers are retried
+    (0 s, then 0.4 s apart), a read that timed out is not: that would double a frozen store's
+    cost. Retry-After is ignored, since a store could ask for minutes."""
     retry = retries if retries is False else urllib3.Retry(
-        total=None, connect=retries, read=0, status=max(retries, status_retries), other=0,
-        backoff_factor=0.2, backoff_max=3.2, status_forcelist=(500, 502, 503, 504),
-        raise_on_status=False, respect_retry_after_header=False)
+        total=retries, connect=retries, read=0, status=retries, other=0, backoff_factor=0.2,
+        status_forcelist=(500, 502, 503, 504), raise_on_status=False, respect_retry_after_header=False)
     return urllib3.PoolManager(timeout=urllib3.Timeout(connect=connect_s, read=read_s), retries=retry,
                                maxsize=maxsize, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where())
 
@@ -131,15 +126,13 @@ class ArtifactStore:
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 60.0,
         retries: int = 2,
-        status_retries: int = 5,
     ) -> None:
         # An explicit region spares the client a GetBucketLocation round trip per bucket.
         self.bucket = bucket
         self.endpoint = endpoint
         self._client = Minio(
             endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
-            http_client=_pool(connect_timeout_s, read_timeout_s, retries, maxsize=10,
-                              status_retries=status_retries),
+            http_client=_pool(connect_timeout_s, read_timeout_s, retries, maxsize=10),
         )
         self._probe_client = Minio(
             endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
@@ -415,5 +408,4 @@ def store_from_settings(settings: Settings) -> ArtifactStore | None:
         connect_timeout_s=settings.s3_connect_timeout_s,
         read_timeout_s=settings.s3_read_timeout_s,
         retries=settings.s3_retries,
-        status_retries=settings.s3_status_retries,
     )

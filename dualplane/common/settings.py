@@ -47,13 +47,11 @@ class Settings(BaseSettings):
     s3_bucket: str = Field(DEFAULT_BUCKET, validation_alias="S3_BUCKET")
     s3_secure: bool = Field(False, validation_alias="S3_SECURE")
     # every store call is bounded: a request waits at most connect + read timeout (read: between
-    # two chunks of the answer), a call at most 1 + s3_retries requests when refused and
-    # 1 + s3_status_retries when answered 5xx (about 6 s of backoff in all). A frozen store (it
+    # two chunks of the answer), a call at most 1 + s3_retries requests. A frozen store (it
     # accepts connections and never answers) costs one read timeout: timed-out reads are not retried
     s3_connect_timeout_s: float = Field(10.0, gt=0)
     s3_read_timeout_s: float = Field(60.0, gt=0)
-    s3_retries: int = Field(2, ge=0)  # refused connections, 0.4 s backoff at most
-    s3_status_retries: int = Field(5, ge=0)  # 5xx answers: 0.4, 0.8, 1.6, 3.2 s backoff
+    s3_retries: int = Field(2, ge=0)  # refused connections and 5xx answers, 0.4 s backoff at most
 
     pool: str = "default"
     gpu_pool: str = "gpu"  # where GPU nodes wait when no live worker can run them
