@@ -30,6 +30,7 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
+from dualplane.common.digest import HASH_CHUNK_BYTES, file_sha256
 from dualplane.common.errors import ObjectNotFound, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ log = logging.getLogger("dualplane.artifacts")
 T = TypeVar("T")
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-_HASH_CHUNK_BYTES = 1 << 20
 _MULTIPART_PART_BYTES = 16 << 20
 
 #: S3 answers that mean "not now" whatever their status says.
@@ -83,17 +83,6 @@ def _check_key(key: str) -> str:
     for segment in key.split("/"):
         _check_segment(segment, "key segment")
     return key
-
-
-def _file_sha256(path: Path) -> tuple[str, int]:
-    """Hash a file in chunks so large model files never sit in memory whole."""
-    digest = hashlib.sha256()
-    size_bytes = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-            size_bytes += len(chunk)
-    return digest.hexdigest(), size_bytes
 
 
 def _artifact_ref(
@@ -305,7 +294,7 @@ class ArtifactStore:
         use `key_for(...)` for node outputs. The reference's name is the key's last segment.
         """
         _check_key(key)
-        sha256, size_bytes = await asyncio.to_thread(_file_sha256, Path(path))
+        sha256, size_bytes = await asyncio.to_thread(file_sha256, Path(path))
         await self._run(
             self._client.fput_object,
             self.bucket,
@@ -357,7 +346,7 @@ class ArtifactStore:
         response = self._client.get_object(self.bucket, key)
         digest, size = hashlib.sha256(), 0
         try:
-            for chunk in response.stream(_HASH_CHUNK_BYTES):
+            for chunk in response.stream(HASH_CHUNK_BYTES):
                 digest.update(chunk)
                 size += len(chunk)
             content_type = response.headers.get("Content-Type") or DEFAULT_CONTENT_TYPE
