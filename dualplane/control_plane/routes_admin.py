@@ -19,9 +19,8 @@ import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
-from dualplane.control_plane.api_common import User, problem
+from dualplane.control_plane.api_common import Plane, User, problem
 from dualplane.control_plane.auth import Forbidden, Principal
-from dualplane.control_plane.service import ControlPlane
 
 #: A Redis stream entry id (what names a dead letter and an audit entry).
 ENTRY_ID = r"^\d{1,20}-\d{1,20}$"
@@ -65,68 +64,70 @@ def _page(rows: list[dict[str, Any]], limit: int) -> str | None:
     return rows[-1]["id"] if len(rows) == limit else None
 
 
-def admin_router(control: ControlPlane) -> APIRouter:
-    router = APIRouter(prefix="/admin", tags=["admin"])
-    bridge = control.bridge
+router = APIRouter(prefix="/admin", tags=["admin"])
 
-    def no_letter(entry_id: str) -> JSONResponse:
-        return problem(404, "Unknown dead letter", f"no dead letter {entry_id!r}")
 
-    @router.get("/dead-letters")
-    async def dead_letters(who: User, limit: Limit = 100, cursor: Cursor = None) -> dict[str, Any]:
-        """Dead letters, newest first: reason, job, source stream and message id, time. Follow `next_cursor`."""
-        _admin(who)
-        rows = [_summary(e) for e in await bridge.dead_letter_page(count=limit, before=cursor)]
-        return {"dead_letters": rows, "next_cursor": _page(rows, limit)}
+@router.get("/dead-letters")
+async def dead_letters(who: User, control: Plane, limit: Limit = 100, cursor: Cursor = None) -> dict[str, Any]:
+    """Dead letters, newest first: reason, job, source stream and message id, time. Follow `next_cursor`."""
+    _admin(who)
+    rows = [_summary(e) for e in await control.bridge.dead_letter_page(count=limit, before=cursor)]
+    return {"dead_letters": rows, "next_cursor": _page(rows, limit)}
 
-    @router.get("/dead-letters/{entry_id}", responses={404: {"description": "No such dead letter"}})
-    async def dead_letter(entry_id: str, who: User) -> Response:
-        """One dead letter with the message it parked."""
-        _admin(who)
-        entry = await bridge.dead_letter_entry(entry_id) if _ENTRY_ID.fullmatch(entry_id) else None
-        if entry is None:
-            return no_letter(entry_id)
-        return JSONResponse({**_summary(entry), "message": _message(entry)})
 
-    @router.post("/dead-letters/{entry_id}/replay", responses={
-        404: {"description": "No such dead letter (replayed or discarded already)"},
-        409: {"description": "It cannot be replayed (its job is gone or ended otherwise)"}})
-    async def replay(entry_id: str, who: User) -> Response:
-        """Put the message back on its source stream and make its job runnable again; the dead
-        letter is gone once it is replayed, so a second replay is a 404 and runs nothing."""
-        _admin(who)
-        entry = await bridge.dead_letter_entry(entry_id) if _ENTRY_ID.fullmatch(entry_id) else None
-        if entry is None:
-            return no_letter(entry_id)
-        outcome, message_id = await bridge.replay_dead_letter(entry_id)
-        if outcome == "gone":  # replayed or discarded by someone else just now
-            return no_letter(entry_id)
-        if outcome != "replayed":
-            return problem(409, "Cannot replay", f"dead letter {entry_id}: {_NOT_REPLAYED[outcome]}", why=outcome)
-        return JSONResponse({"replayed": entry_id, "job": entry.get("job") or None, "stream": entry.get("stream"),
-                             "message_id": message_id})
+@router.get("/dead-letters/{entry_id}", responses={404: {"description": "No such dead letter"}})
+async def dead_letter(entry_id: str, who: User, control: Plane) -> Response:
+    """One dead letter with the message it parked."""
+    _admin(who)
+    entry = await control.bridge.dead_letter_entry(entry_id) if _ENTRY_ID.fullmatch(entry_id) else None
+    if entry is None:
+        return _no_letter(entry_id)
+    return JSONResponse({**_summary(entry), "message": _message(entry)})
 
-    @router.delete("/dead-letters/{entry_id}", status_code=204, responses={
-        404: {"description": "No such dead letter"}})
-    async def discard(entry_id: str, who: User) -> Response:
-        """Delete a dead letter (its job stays as it is)."""
-        _admin(who)
-        if not _ENTRY_ID.fullmatch(entry_id) or not await bridge.discard_dead_letter(entry_id):
-            return no_letter(entry_id)
-        return Response(status_code=204)
 
-    @router.get("/audit")
-    async def audit(who: User, limit: Limit = 100, cursor: Cursor = None) -> dict[str, Any]:
-        """Requests the content policy refused, newest first: who, when, which rule on which node, why."""
-        _admin(who)
-        rows = []
-        for entry in await bridge.audit_page(count=limit, before=cursor):
-            rows.append({"id": entry["entry"], "ts": float(entry.get("ts") or 0), "user": entry.get("user"),
-                         "stage": entry.get("stage"), "rule": entry.get("rule"), "node": entry.get("node"),
-                         "detail": entry.get("detail"), "goal": entry.get("goal"),
-                         "tasks": entry["tasks"].split(",") if entry.get("tasks") else [],
-                         "graph_id": entry.get("graph_id"), "request_id": entry.get("request_id"),
-                         "policy": entry.get("policy"), "digest": entry.get("digest")})
-        return {"refusals": rows, "next_cursor": _page(rows, limit)}
+@router.post("/dead-letters/{entry_id}/replay", responses={
+    404: {"description": "No such dead letter (replayed or discarded already)"},
+    409: {"description": "It cannot be replayed (its job is gone or ended otherwise)"}})
+async def replay(entry_id: str, who: User, control: Plane) -> Response:
+    """Put the message back on its source stream and make its job runnable again; the dead
+    letter is gone once it is replayed, so a second replay is a 404 and runs nothing."""
+    _admin(who)
+    entry = await control.bridge.dead_letter_entry(entry_id) if _ENTRY_ID.fullmatch(entry_id) else None
+    if entry is None:
+        return _no_letter(entry_id)
+    outcome, message_id = await control.bridge.replay_dead_letter(entry_id)
+    if outcome == "gone":  # replayed or discarded by someone else just now
+        return _no_letter(entry_id)
+    if outcome != "replayed":
+        return problem(409, "Cannot replay", f"dead letter {entry_id}: {_NOT_REPLAYED[outcome]}", why=outcome)
+    return JSONResponse({"replayed": entry_id, "job": entry.get("job") or None, "stream": entry.get("stream"),
+                         "message_id": message_id})
 
-    return router
+
+@router.delete("/dead-letters/{entry_id}", status_code=204, responses={
+    404: {"description": "No such dead letter"}})
+async def discard(entry_id: str, who: User, control: Plane) -> Response:
+    """Delete a dead letter (its job stays as it is)."""
+    _admin(who)
+    if not _ENTRY_ID.fullmatch(entry_id) or not await control.bridge.discard_dead_letter(entry_id):
+        return _no_letter(entry_id)
+    return Response(status_code=204)
+
+
+@router.get("/audit")
+async def audit(who: User, control: Plane, limit: Limit = 100, cursor: Cursor = None) -> dict[str, Any]:
+    """Requests the content policy refused, newest first: who, when, which rule on which node, why."""
+    _admin(who)
+    rows = []
+    for entry in await control.bridge.audit_page(count=limit, before=cursor):
+        rows.append({"id": entry["entry"], "ts": float(entry.get("ts") or 0), "user": entry.get("user"),
+                     "stage": entry.get("stage"), "rule": entry.get("rule"), "node": entry.get("node"),
+                     "detail": entry.get("detail"), "goal": entry.get("goal"),
+                     "tasks": entry["tasks"].split(",") if entry.get("tasks") else [],
+                     "graph_id": entry.get("graph_id"), "request_id": entry.get("request_id"),
+                     "policy": entry.get("policy"), "digest": entry.get("digest")})
+    return {"refusals": rows, "next_cursor": _page(rows, limit)}
+
+
+def _no_letter(entry_id: str) -> JSONResponse:
+    return problem(404, "Unknown dead letter", f"no dead letter {entry_id!r}")

@@ -15,19 +15,28 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import pydantic
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from dualplane.common.errors import UnknownJob
 from dualplane.common.registry import TaskSpec
-from dualplane.common.settings import Settings
-from dualplane.control_plane.api_common import User, WaitQuery
+from dualplane.control_plane.api_common import (
+    AppSettings,
+    IdempotencyKey,
+    Plane,
+    RequestLimits,
+    User,
+    WaitQuery,
+    hub_of,
+    limits_of,
+    plane_of,
+    settings_of,
+)
 from dualplane.control_plane.auth import Forbidden, Principal
 from dualplane.control_plane.compose_api import ComposeRequest, plan_or_problem
-from dualplane.control_plane.hub import Hub
-from dualplane.control_plane.limits import Limits, valid_job_id
+from dualplane.control_plane.limits import valid_job_id
 from dualplane.control_plane.policy import PolicyText, intent_texts
 from dualplane.control_plane.service import FINISHED, ControlPlane
 
@@ -98,134 +107,142 @@ class Report(BaseModel):
     error: ErrorReport | None = None
 
 
-def seed_router(control: ControlPlane, limits: Limits, settings: Settings, hub: Hub) -> APIRouter:
-    router = APIRouter(tags=["seeds"])
+router = APIRouter(tags=["seeds"])
 
-    @router.post("/generate", responses={
-        200: {"description": "The finished job, `jobId` and its `artifacts` with GET URLs"},
-        202: {"description": "The wait ran out first: the job as it is"}, 422: {"description": "Invalid field"}})
-    async def generate(request: Request, who: User, wait: WaitQuery = None,
-                       idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Response:
-        """Run one generator and wait for it (at most `?wait=`, `DUALPLANE_MAX_WAIT_S`): e.g.
-        `{"text": "solo piano melody"}` makes music; `model` picks another generator."""
-        body = await limits.read_json(request)
-        if not isinstance(body, dict):
-            raise _invalid(("body",), "the body must be a JSON object of fields")
-        fields = dict(body)
-        model = fields.pop("model", "music")
-        spec = _generator(control, model, ("body", "model"), goals=False)
-        graph = _one_node_graph(spec, fields, ("body",))
-        job_id, created = await _submit(request, who, graph, _scoped("generate", idempotency_key), stage="submit")
-        return await _answer(job_id, created, wait if wait is not None else settings.max_wait_s, who.user)
 
-    @router.post("/job", responses={
-        200: {"description": "sync: the finished job"}, 202: {"description": "async, or the wait ran out"},
-        422: {"description": "Invalid model or payload"}})
-    async def job(request: Request, who: User, wait: WaitQuery = None,
-                  idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Response:
-        """An orchestrator's entry point: `model` is a generator or a planned goal, `payload` its
-        params or intent; `async` answers 202 + `jobId` at once, `sync` waits like `?wait=`."""
-        document = await limits.read_json(request)
-        try:
-            body = JobRequest.model_validate(document)
-        except pydantic.ValidationError as exc:
-            raise _request_error(exc, ("body",)) from None
-        key = _scoped("job", idempotency_key)
-        if body.model in GOALS:
-            planned = await _plan(body)
-            if isinstance(planned, Response):
-                return planned
-            graph, goal, texts = planned
-            job_id, created = await _submit(request, who, graph, key, stage="compose", goal=goal, texts=texts)
-        else:
-            if not isinstance(body.payload, dict):
-                raise _invalid(("body", "payload"), "a generator's payload is an object of its params")
-            spec = _generator(control, body.model, ("body", "model"), goals=True)
-            job_id, created = await _submit(request, who, _one_node_graph(spec, body.payload, ("body", "payload")),
-                                            key, stage="submit")
-        if body.mode == "async":
-            return await _answer(job_id, created, None, who.user, status_code=202)
-        return await _answer(job_id, created, wait if wait is not None else settings.max_wait_s, who.user)
+@router.post("/generate", responses={
+    200: {"description": "The finished job, `jobId` and its `artifacts` with GET URLs"},
+    202: {"description": "The wait ran out first: the job as it is"}, 422: {"description": "Invalid field"}})
+async def generate(request: Request, who: User, control: Plane, limits: RequestLimits, settings: AppSettings,
+                   wait: WaitQuery = None, idempotency_key: IdempotencyKey = None) -> Response:
+    """Run one generator and wait for it (at most `?wait=`, `DUALPLANE_MAX_WAIT_S`): e.g.
+    `{"text": "solo piano melody"}` makes music; `model` picks another generator."""
+    body = await limits.read_json(request)
+    if not isinstance(body, dict):
+        raise _invalid(("body",), "the body must be a JSON object of fields")
+    fields = dict(body)
+    model = fields.pop("model", "music")
+    spec = _generator(control, model, ("body", "model"), goals=False)
+    graph = _one_node_graph(spec, fields, ("body",))
+    job_id, created = await _submit(request, who, graph, _scoped("generate", idempotency_key),
+                                    stage="submit")
+    return await _answer(request, job_id, created, wait if wait is not None else settings.max_wait_s, who.user)
 
-    @router.post("/jobs/{job_id}/nodes/{node_id}/claim", responses={
-        200: {"description": "The claim: `fence` (its token), params, inputs, upload URLs"},
-        403: {"description": "Not an orchestrator"}, 404: {"description": "No such job or external node"},
-        409: {"description": "Not claimable now (held by a live claim, ended, upstream not done)"}})
-    async def claim(request: Request, job_id: str, node_id: str, who: User) -> Response:
-        """An external worker takes an external node (orchestrator role). Report on it with
-        `POST /jobs/report` before the lease runs out, or another claimant may take it."""
-        _orchestrator(who)
-        if not valid_job_id(job_id):
-            raise UnknownJob(job_id)
-        document = await limits.read_json(request) if await request.body() else {}
-        try:
-            body = ClaimRequest.model_validate(document)
-        except pydantic.ValidationError as exc:
-            raise _request_error(exc, ("body",)) from None
-        taken = await control.external.claim(job_id, node_id, lease_s=body.lease_s or settings.lease_s,
-                                             uploads=body.uploads, claimant=who.user)
-        token = taken.pop("token")
-        return JSONResponse({"jobId": job_id, "job_id": job_id, "node": node_id, "fence": token, **taken})
 
-    @router.post("/jobs/report", responses={
-        403: {"description": "Not an orchestrator"}, 404: {"description": "No such job or external node"},
-        409: {"description": "A stale fence, a late or duplicate report: nothing was changed"},
-        422: {"description": "Invalid report (e.g. an artifact that was not uploaded)"}})
-    async def report(request: Request, who: User) -> Response:
-        """Progress, data, completion or failure of a claimed external node (orchestrator role),
-        checked against the claim's fence: a late or duplicate report is a 409 and changes nothing."""
-        _orchestrator(who)
-        try:
-            body = Report.model_validate(await limits.read_json(request))
-        except pydantic.ValidationError as exc:
-            raise _request_error(exc, ("body",)) from None
-        if not valid_job_id(body.job_id):
-            raise UnknownJob(body.job_id)
-        missing = {"progress": "progress", "data": "data", "fail": "error"}.get(body.kind)
-        if missing and getattr(body, missing) is None:
-            raise _invalid(("body", missing), f"a {body.kind} report needs {missing}")
-        result = await control.external.report(
-            body.job_id, body.node, body.fence, kind=body.kind, attempt=body.attempt, progress=body.progress,
-            message=body.message, data=body.data, output=body.output, artifacts=body.artifacts,
-            error=body.error.model_dump() if body.error else None)
-        return JSONResponse({"jobId": body.job_id, "job_id": body.job_id, "node": body.node, "fence": body.fence,
-                             **result})
+@router.post("/job", responses={
+    200: {"description": "sync: the finished job"}, 202: {"description": "async, or the wait ran out"},
+    422: {"description": "Invalid model or payload"}})
+async def job(request: Request, who: User, control: Plane, limits: RequestLimits, settings: AppSettings,
+              wait: WaitQuery = None, idempotency_key: IdempotencyKey = None) -> Response:
+    """An orchestrator's entry point: `model` is a generator or a planned goal, `payload` its
+    params or intent; `async` answers 202 + `jobId` at once, `sync` waits like `?wait=`."""
+    document = await limits.read_json(request)
+    try:
+        body = JobRequest.model_validate(document)
+    except pydantic.ValidationError as exc:
+        raise _request_error(exc, ("body",)) from None
+    key = _scoped("job", idempotency_key)
+    if body.model in GOALS:
+        planned = await _plan(control, body)
+        if isinstance(planned, Response):
+            return planned
+        graph, goal, texts = planned
+        job_id, created = await _submit(request, who, graph, key, stage="compose", goal=goal, texts=texts)
+    else:
+        if not isinstance(body.payload, dict):
+            raise _invalid(("body", "payload"), "a generator's payload is an object of its params")
+        spec = _generator(control, body.model, ("body", "model"), goals=True)
+        job_id, created = await _submit(request, who, _one_node_graph(spec, body.payload, ("body", "payload")),
+                                        key, stage="submit")
+    if body.mode == "async":
+        return await _answer(request, job_id, created, None, who.user, status_code=202)
+    return await _answer(request, job_id, created, wait if wait is not None else settings.max_wait_s, who.user)
 
-    async def _submit(request: Request, who: Principal, graph: dict[str, Any], idempotency_key: str | None, *,
-                      stage: Literal["submit", "compose"], goal: str | None = None,
-                      texts: Sequence[PolicyText] = ()) -> tuple[str, bool]:
-        limits.check_graph(graph)
-        await limits.admit(control.bridge, who.user)
-        validated = control.validate(graph)  # judged by the content policy like any submission (422 when refused)
-        decision = await control.screen(validated, user=who.user, stage=stage, goal=goal, texts=texts,
-                                        request_id=request.state.request_id)
-        result = await control.submit(validated, request_id=request.state.request_id, user=who.user,
-                                      idempotency_key=idempotency_key, audit=decision)
-        return result.job_id, result.created
 
-    async def _plan(body: JobRequest) -> tuple[dict[str, Any], str, list[PolicyText]] | Response:
-        """The planner's graph for a goal (with its goal and the intent's words, for the content
-        policy as /compose screens them), or the /compose problem that says why there is none."""
-        compose = _compose_body(body.model, body.payload)
-        plan = await plan_or_problem(control.planner, compose)
-        if isinstance(plan, Response):
-            return plan
-        return plan.graph, plan.goal, intent_texts(compose.intent, compose.brief)
+@router.post("/jobs/{job_id}/nodes/{node_id}/claim", responses={
+    200: {"description": "The claim: `fence` (its token), params, inputs, upload URLs"},
+    403: {"description": "Not an orchestrator"}, 404: {"description": "No such job or external node"},
+    409: {"description": "Not claimable now (held by a live claim, ended, upstream not done)"}})
+async def claim(request: Request, job_id: str, node_id: str, who: User, control: Plane, limits: RequestLimits,
+                settings: AppSettings) -> Response:
+    """An external worker takes an external node (orchestrator role). Report on it with
+    `POST /jobs/report` before the lease runs out, or another claimant may take it."""
+    _orchestrator(who)
+    if not valid_job_id(job_id):
+        raise UnknownJob(job_id)
+    document = await limits.read_json(request) if await request.body() else {}
+    try:
+        body = ClaimRequest.model_validate(document)
+    except pydantic.ValidationError as exc:
+        raise _request_error(exc, ("body",)) from None
+    taken = await control.external.claim(job_id, node_id, lease_s=body.lease_s or settings.lease_s,
+                                         uploads=body.uploads, claimant=who.user)
+    token = taken.pop("token")
+    return JSONResponse({"jobId": job_id, "job_id": job_id, "node": node_id, "fence": token, **taken})
 
-    async def _answer(job_id: str, created: bool, wait: float | None, user: str, *,
-                      status_code: int | None = None) -> Response:
-        """The job (as `POST /jobs?wait=` answers it) with `jobId`, and its artifact URLs once finished."""
-        if wait:
-            await hub.waits.wait(job_id, user, min(wait, settings.max_wait_s))
-        job = await control.get_job(job_id)
-        finished = job.status in FINISHED
-        body = {"jobId": job_id, **job.model_dump(mode="json")}
-        if finished:
-            body["artifacts"] = await control.artifact_links(job)
-        code = status_code or (200 if finished else 202)
-        return JSONResponse(body, status_code=code, headers={"Location": f"/jobs/{job_id}"})
 
-    return router
+@router.post("/jobs/report", responses={
+    403: {"description": "Not an orchestrator"}, 404: {"description": "No such job or external node"},
+    409: {"description": "A stale fence, a late or duplicate report: nothing was changed"},
+    422: {"description": "Invalid report (e.g. an artifact that was not uploaded)"}})
+async def report(request: Request, who: User, control: Plane, limits: RequestLimits) -> Response:
+    """Progress, data, completion or failure of a claimed external node (orchestrator role),
+    checked against the claim's fence: a late or duplicate report is a 409 and changes nothing."""
+    _orchestrator(who)
+    try:
+        body = Report.model_validate(await limits.read_json(request))
+    except pydantic.ValidationError as exc:
+        raise _request_error(exc, ("body",)) from None
+    if not valid_job_id(body.job_id):
+        raise UnknownJob(body.job_id)
+    missing = {"progress": "progress", "data": "data", "fail": "error"}.get(body.kind)
+    if missing and getattr(body, missing) is None:
+        raise _invalid(("body", missing), f"a {body.kind} report needs {missing}")
+    result = await control.external.report(
+        body.job_id, body.node, body.fence, kind=body.kind, attempt=body.attempt, progress=body.progress,
+        message=body.message, data=body.data, output=body.output, artifacts=body.artifacts,
+        error=body.error.model_dump() if body.error else None)
+    return JSONResponse({"jobId": body.job_id, "job_id": body.job_id, "node": body.node, "fence": body.fence,
+                         **result})
+
+
+async def _submit(request: Request, who: Principal, graph: dict[str, Any], idempotency_key: str | None, *,
+                  stage: Literal["submit", "compose"], goal: str | None = None,
+                  texts: Sequence[PolicyText] = ()) -> tuple[str, bool]:
+    control, limits = plane_of(request), limits_of(request)
+    limits.check_graph(graph)
+    await limits.admit(control.bridge, who.user)
+    validated = control.validate(graph)  # judged by the content policy like any submission (422 when refused)
+    decision = await control.screen(validated, user=who.user, stage=stage, goal=goal, texts=texts,
+                                    request_id=request.state.request_id)
+    result = await control.submit(validated, request_id=request.state.request_id, user=who.user,
+                                  idempotency_key=idempotency_key, audit=decision)
+    return result.job_id, result.created
+
+
+async def _plan(control: ControlPlane, body: JobRequest) -> tuple[dict[str, Any], str, list[PolicyText]] | Response:
+    """The planner's graph for a goal (with its goal and the intent's words, for the content
+    policy as /compose screens them), or the /compose problem that says why there is none."""
+    compose = _compose_body(body.model, body.payload)
+    plan = await plan_or_problem(control.planner, compose)
+    if isinstance(plan, Response):
+        return plan
+    return plan.graph, plan.goal, intent_texts(compose.intent, compose.brief)
+
+
+async def _answer(request: Request, job_id: str, created: bool, wait: float | None, user: str, *,
+                  status_code: int | None = None) -> Response:
+    """The job (as `POST /jobs?wait=` answers it) with `jobId`, and its artifact URLs once finished."""
+    control = plane_of(request)
+    if wait:
+        await hub_of(request).waits.wait(job_id, user, min(wait, settings_of(request).max_wait_s))
+    job = await control.get_job(job_id)
+    finished = job.status in FINISHED
+    body = {"jobId": job_id, **job.model_dump(mode="json")}
+    if finished:
+        body["artifacts"] = await control.artifact_links(job)
+    code = status_code or (200 if finished else 202)
+    return JSONResponse(body, status_code=code, headers={"Location": f"/jobs/{job_id}"})
 
 
 def _generator(control: ControlPlane, model: Any, loc: tuple[Any, ...], *, goals: bool) -> TaskSpec:

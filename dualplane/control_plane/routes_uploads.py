@@ -15,9 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
-from dualplane.common.settings import Settings
-from dualplane.control_plane.api_common import User, problem
-from dualplane.control_plane.limits import Limits
+from dualplane.control_plane.api_common import AppSettings, Plane, RequestLimits, User, problem
 from dualplane.control_plane.service import ControlPlane
 from dualplane.control_plane.upload_checks import UploadRefused, declared_type, inspect_upload
 from dualplane.control_plane.uploads import UploadKind, UploadRecord
@@ -33,63 +31,64 @@ class Upload(UploadRecord):
     url: str = Field(description="Presigned GET URL of the bytes, valid for an hour.")
 
 
-def uploads_router(control: ControlPlane, limits: Limits, settings: Settings) -> APIRouter:
-    router = APIRouter(tags=["uploads"])
+router = APIRouter(tags=["uploads"])
 
-    async def served(record: UploadRecord) -> dict[str, Any]:
-        assert control.artifacts is not None
-        return {**record.model_dump(mode="json"), "url": await control.artifacts.presigned_url(record.key,
-                                                                                              PREVIEW_URL_S)}
 
-    @router.post("/uploads", status_code=201, response_model=Upload, responses={
-        413: {"description": "Upload too large"}, 415: {"description": "Type not accepted, or the bytes are not "
-                                                                        "what the Content-Type says"},
-        422: {"description": "Invalid name or an empty body"}, 503: {"description": "No object store"}})
-    async def upload(request: Request, who: User, name: Annotated[str, Query(pattern=UPLOAD_NAME)],
-                     consent: Annotated[bool, Query(description="You consent to this recording being used to "
-                                                                "clone its voice.")] = False) -> Response:
-        """Store an input file (voice clips, images, lyrics); the body is the file, the
-        Content-Type its type (from the name's extension when absent). Returns its object key for
-        graph params and intents."""
-        if control.artifacts is None:
-            return problem(503, "No object store", "this control plane has no S3 endpoint configured")
-        if not name.strip("."):
-            return problem(422, "Invalid upload", f"{name!r} is not a file name")
-        data = await limits.read_bytes(request, max_bytes=settings.max_upload_bytes)
-        if not data:
-            return problem(422, "Invalid upload", "the upload is empty")
-        try:
-            facts = inspect_upload(data, declared_type(request.headers.get("content-type"), name))
-        except UploadRefused as exc:
-            return problem(415, "Unsupported upload", str(exc))
-        try:
-            ref = await control.artifacts.put_upload(who.user, name, data, facts.content_type)
-        except ValueError as exc:
-            return problem(422, "Invalid upload", str(exc))
-        record = UploadRecord(key=ref["key"], name=name, size=ref["size"], content_type=facts.content_type,
-                              sha256=ref["sha256"], kind=facts.kind, created_at=time.time(), consent=consent,
-                              duration_s=facts.duration_s, width=facts.width, height=facts.height)
-        await control.uploads.put(who.user, record)
-        return JSONResponse(await served(record), status_code=201)
+@router.post("/uploads", status_code=201, response_model=Upload, responses={
+    413: {"description": "Upload too large"}, 415: {"description": "Type not accepted, or the bytes are not "
+                                                                    "what the Content-Type says"},
+    422: {"description": "Invalid name or an empty body"}, 503: {"description": "No object store"}})
+async def upload(request: Request, who: User, control: Plane, limits: RequestLimits, settings: AppSettings,
+                 name: Annotated[str, Query(pattern=UPLOAD_NAME)],
+                 consent: Annotated[bool, Query(description="You consent to this recording being used to "
+                                                            "clone its voice.")] = False) -> Response:
+    """Store an input file (voice clips, images, lyrics); the body is the file, the
+    Content-Type its type (from the name's extension when absent). Returns its object key for
+    graph params and intents."""
+    if control.artifacts is None:
+        return problem(503, "No object store", "this control plane has no S3 endpoint configured")
+    if not name.strip("."):
+        return problem(422, "Invalid upload", f"{name!r} is not a file name")
+    data = await limits.read_bytes(request, max_bytes=settings.max_upload_bytes)
+    if not data:
+        return problem(422, "Invalid upload", "the upload is empty")
+    try:
+        facts = inspect_upload(data, declared_type(request.headers.get("content-type"), name))
+    except UploadRefused as exc:
+        return problem(415, "Unsupported upload", str(exc))
+    try:
+        ref = await control.artifacts.put_upload(who.user, name, data, facts.content_type)
+    except ValueError as exc:
+        return problem(422, "Invalid upload", str(exc))
+    record = UploadRecord(key=ref["key"], name=name, size=ref["size"], content_type=facts.content_type,
+                          sha256=ref["sha256"], kind=facts.kind, created_at=time.time(), consent=consent,
+                          duration_s=facts.duration_s, width=facts.width, height=facts.height)
+    await control.uploads.put(who.user, record)
+    return JSONResponse(await _served(control, record), status_code=201)
 
-    @router.get("/uploads", responses={503: {"description": "No object store"}})
-    async def list_uploads(who: User, kind: UploadKind | None = None) -> Response:
-        """Your uploads, newest first (``kind``: only audio, image or text)."""
-        if control.artifacts is None:
-            return problem(503, "No object store", "this control plane has no S3 endpoint configured")
-        records = await control.uploads.list(who.user, kind)
-        return JSONResponse({"uploads": [await served(record) for record in records]})
 
-    @router.delete("/uploads/{sha256}/{name}", status_code=204, responses={404: {"description": "No such upload "
-                                                                                              "of yours"}})
-    async def delete_upload(sha256: str, name: str, who: User) -> Response:
-        """Delete one of your uploads: its bytes and its record. Jobs that name it fail to read it
-        from then on."""
-        key = f"uploads/{who.user}/{sha256}/{name}"
-        if control.artifacts is None or await control.uploads.get(who.user, key) is None:
-            return problem(404, "Unknown upload", f"you have no upload {sha256}/{name}")
-        await control.artifacts.delete(key)  # the bytes first: a store outage (503) leaves both as they were
-        await control.uploads.remove(who.user, key)
-        return Response(status_code=204)
+@router.get("/uploads", responses={503: {"description": "No object store"}})
+async def list_uploads(who: User, control: Plane, kind: UploadKind | None = None) -> Response:
+    """Your uploads, newest first (``kind``: only audio, image or text)."""
+    if control.artifacts is None:
+        return problem(503, "No object store", "this control plane has no S3 endpoint configured")
+    records = await control.uploads.list(who.user, kind)
+    return JSONResponse({"uploads": [await _served(control, record) for record in records]})
 
-    return router
+
+@router.delete("/uploads/{sha256}/{name}", status_code=204, responses={404: {"description": "No such upload "
+                                                                                          "of yours"}})
+async def delete_upload(sha256: str, name: str, who: User, control: Plane) -> Response:
+    """Delete one of your uploads: its bytes and its record. Jobs that name it fail to read it
+    from then on."""
+    key = f"uploads/{who.user}/{sha256}/{name}"
+    if control.artifacts is None or await control.uploads.get(who.user, key) is None:
+        return problem(404, "Unknown upload", f"you have no upload {sha256}/{name}")
+    await control.artifacts.delete(key)  # the bytes first: a store outage (503) leaves both as they were
+    await control.uploads.remove(who.user, key)
+    return Response(status_code=204)
+
+
+async def _served(control: ControlPlane, record: UploadRecord) -> dict[str, Any]:
+    assert control.artifacts is not None
+    return {**record.model_dump(mode="json"), "url": await control.artifacts.presigned_url(record.key, PREVIEW_URL_S)}

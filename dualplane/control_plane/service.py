@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import orjson
 import redis
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from dualplane.common import job_state, logs, statuses
 from dualplane.common.access import literal_keys, may_read
@@ -29,7 +29,7 @@ from dualplane.common.errors import Conflict, GraphValidationError, Unavailable
 from dualplane.common.executor import Executor
 from dualplane.common.graph import EXTERNAL_LANE, GRAPH_FIELD, next_lane, validate_graph
 from dualplane.common.job_state import RUNTIME_FIELDS
-from dualplane.common.models import Graph, Job, Node
+from dualplane.common.models import CapabilityManifest, Event, Graph, Job, Node
 from dualplane.common.registry import TaskRegistry
 from dualplane.common.routing import Router
 from dualplane.common.settings import Settings
@@ -37,6 +37,7 @@ from dualplane.common.telemetry import HubCollector, PlaneMetrics, QueueCollecto
 from dualplane.control_plane.composer import Capabilities
 from dualplane.control_plane.external import ExternalNodes
 from dualplane.control_plane.job_names import InvalidName, name_graph
+from dualplane.control_plane.listing import JobFilter, Page, list_jobs
 from dualplane.control_plane.planner import Planner, chat_model_from_settings
 from dualplane.control_plane.policy import (
     Decision,
@@ -333,6 +334,49 @@ class ControlPlane:
             for spec in sorted(self.registry.for_plane("control") + self.registry.for_plane("python"),
                                key=lambda spec: spec.name)
         ]
+
+    # -- what the API reads: the routes go through the plane, not around it to the bridge --
+
+    async def events(self, job_id: str, since: int = 0, count: int | None = None) -> list[Event]:
+        """The job's events with seq > ``since``, in order (at most ``count``)."""
+        return await self.bridge.events(job_id, since, count=count)
+
+    async def list_jobs(self, flt: JobFilter, *, limit: int, cursor: str | None) -> Page:
+        """A page of the jobs ``flt`` selects, newest first (see :mod:`.listing`)."""
+        return await list_jobs(self.bridge, flt, limit=limit, cursor=cursor)
+
+    async def workers(self) -> list[CapabilityManifest]:
+        """The live workers' manifests (capability key not expired), by worker id."""
+        manifests = [CapabilityManifest.model_validate_json(raw) for raw in await self.bridge.live_workers()]
+        return sorted(manifests, key=lambda m: m.worker_id)
+
+    async def preferences(self, user: str) -> dict[str, Any]:
+        return await self.bridge.get_preferences(user)
+
+    async def put_preferences(self, user: str, document: dict[str, Any]) -> None:
+        await self.bridge.put_preferences(user, document)
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the plane can take and run jobs, and the report: Redis, the control runner's
+        consume loop, and the object store, whose outage alone is "degraded" (still ok)."""
+        ok = await self.bridge.ping()
+        body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "redis": ok}
+        runner = self.runner.health()
+        if not runner["ok"]:  # connected, yet control nodes are not being run
+            ok = False
+            body.update(status="unavailable", consumer=runner["error"])
+        if self.artifacts is not None:
+            body["object_store"] = await self.artifacts.available()
+            if ok and not body["object_store"]:
+                body["status"] = "degraded"
+        return ok, body
+
+    async def scrape(self) -> bytes:
+        """The plane's metrics in the Prometheus text format."""
+        await self.queue_metrics.refresh()  # Redis reads are async; collect() only reads the snapshot
+        self.metrics.busy.set(self.runner.busy)
+        self.metrics.running_nodes.set(self.executor.running_nodes)
+        return generate_latest(self.metrics.registry)
 
 
 #: Job statuses after which nothing changes any more (routes import it from here).
