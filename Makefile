@@ -50,6 +50,7 @@ codegen: venv
 test: deps venv-ml
 	$(VPY) -m codegen --check
 	$(VPY) -m ruff check dualplane tests bench codegen
+	$(VPY) -m mypy
 	$(VPY) -m pytest -q
 
 run: deps venv-ml
@@ -59,7 +60,7 @@ bench: venv
 	$(VPY) bench/dispatch.py
 
 clean:
-	rm -rf build/ test-output/ .pytest_cache/ *.egg-info/ .dualplane/
+	rm -rf build/ test-output/ .pytest_cache/ .mypy_cache/ *.egg-info/ .dualplane/
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean
