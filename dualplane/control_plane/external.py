@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dualplane.common.artifacts import ArtifactStore
@@ -145,7 +145,7 @@ class ExternalNodes:
     async def report(self, job_id: str, node_id: str, token: int, *, kind: str, attempt: int | None = None,
                      progress: float | None = None, message: str | None = None,
                      data: dict[str, Any] | None = None, output: dict[str, Any] | None = None,
-                     artifacts: list[str] = (), error: dict[str, Any] | None = None) -> dict[str, Any]:
+                     artifacts: Sequence[str] = (), error: dict[str, Any] | None = None) -> dict[str, Any]:
         """Apply one report of the claim holding ``token``: ``progress`` (and ``message``),
         ``data``, ``complete`` (``output``, the names of the ``artifacts`` it uploaded) or
         ``fail`` (``error``). Each renews the claim's lease (by the length the claim asked for);

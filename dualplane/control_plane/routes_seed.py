@@ -265,7 +265,7 @@ def _one_node_graph(spec: TaskSpec, fields: dict[str, Any], loc: tuple[Any, ...]
         errors = []
         for error in exc.errors(include_url=False, include_input=False):
             where = error["loc"]
-            field = sent_as.get(where[0], where[0]) if where else None
+            field = sent_as.get(str(where[0]), where[0]) if where else None
             errors.append({**error, "loc": (*loc, *([field, *where[1:]] if field is not None else []))})
         raise RequestValidationError(errors) from None
     return {"nodes": [{"id": spec.name, "task": spec.name, "plane": spec.plane, "params": params}]}
