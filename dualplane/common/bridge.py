@@ -204,9 +204,6 @@ class Keys:
     def events(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}:events"
 
-    def channel(self, kind: str, job_id: str) -> str:
-        return f"{self.prefix}{kind}:{job_id}"
-
     def channel_pattern(self, kind: str) -> str:
         """PSUBSCRIBE pattern for one kind of event of every job (one subscription per hub)."""
         return f"{self.prefix}{kind}:*"

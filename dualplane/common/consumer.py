@@ -1,9 +1,10 @@
 """The loop both planes run: read handoffs from a lane's stream, run the lane's nodes,
 hand the graph on (or finish the job) and acknowledge — in one atomic step.
 
-``run`` → ``_poll`` → ``_start`` → (executor) → ``_finish``. ``_poll`` also reclaims
-abandoned messages, before new ones, when a reclaim is due; the cancel watch and the lease
-heartbeat run beside it.
+``run`` → ``_poll`` → ``_start`` → ``_run_batch`` (the executor yields each run whose plan is
+done) → ``_finish``, the arq way: the consumer finishes its runs itself. ``_poll`` also reclaims
+abandoned messages, before new ones, when a reclaim is due; the cancel watch
+(:class:`~dualplane.common.cancel_watch.CancelWatch`) and the lease heartbeat run beside it.
 
 Whatever goes wrong with one message — it does not parse, its graph cannot be run, a bug
 meets it — that message is dead-lettered with the reason and the loop goes on. Should the
@@ -14,10 +15,9 @@ consumers reclaim them) and the plane reports itself unhealthy and exits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import orjson
@@ -26,21 +26,16 @@ import redis
 
 from dualplane.common import logs
 from dualplane.common.bridge import Bridge, Claim, LeaseKeeper, Message, parse_claim
+from dualplane.common.cancel_watch import DEFAULT_CANCEL_POLL_S, CancelWatch
 from dualplane.common.errors import BridgeClosed
 from dualplane.common.executor import Executor, JobRun
 from dualplane.common.graph import plan_for_lane, structure_problem
+from dualplane.common.hooks import HookChain, Hooks
 from dualplane.common.job_state import RUNTIME_FIELDS
-from dualplane.common.models import Graph, Handoff, Node, NodeStatus
-from dualplane.common.telemetry import PlaneMetrics
+from dualplane.common.models import Graph, Handoff, Node
 
 log = logging.getLogger("dualplane.consumer")
 
-#: Cancel requests are pushed (the ``cancels`` channel); the flags of in-flight jobs are also
-#: read this often, for a request published while the subscription was down.
-DEFAULT_CANCEL_POLL_S = 2.0
-#: A pushed cancel for a job not in flight here is kept this long: its claim may be on the
-#: way, having read the flag just before the request set it.
-RECENT_CANCEL_S = 30.0
 #: A consumer whose reads have failed for longer than this is reported unhealthy.
 UNHEALTHY_AFTER_S = 10.0
 #: Longest reason kept with a dead letter (an exception text can be huge).
@@ -55,7 +50,8 @@ class Consumer:
     :param lane: which stream to read.
     :param name: consumer name in the group (unique per process).
     :param concurrency: most jobs held at once (messages read but not yet handed on).
-    :param metrics: counters and histograms of this plane.
+    :param hooks: this plane's hooks (its metrics): reclaims, dead letters, hand-ons.
+    :param cancel_poll_s: how often the held jobs' cancel flags are read (pushes are the fast path).
     """
 
     def __init__(
@@ -66,7 +62,7 @@ class Consumer:
         lane: str,
         name: str,
         concurrency: int,
-        metrics: PlaneMetrics | None = None,
+        hooks: Sequence[Hooks] = (),
         cancel_poll_s: float = DEFAULT_CANCEL_POLL_S,
     ) -> None:
         self.bridge = bridge
@@ -76,10 +72,9 @@ class Consumer:
         self.stream = bridge.keys.stream_for_lane(lane)
         self.plane = "control" if lane == "control" else "python"
         self._concurrency = concurrency
-        self._metrics = metrics or PlaneMetrics(None, self.plane)
-        self._cancel_poll_s = cancel_poll_s
+        self._hooks = HookChain(hooks)
         self._inflight: dict[str, JobRun] = {}  # message id -> run
-        self._recent_cancels: dict[str, float] = {}  # job id -> when its cancel was pushed
+        self._cancels = CancelWatch(bridge, self._inflight.values, name=name, poll_s=cancel_poll_s)
         self._batches: set[asyncio.Task[None]] = set()
         self._finishers: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
@@ -112,7 +107,7 @@ class Consumer:
         self._loop = asyncio.get_running_loop()
         await self._ensure_group()
         self._lease.start()
-        self._side_tasks = [asyncio.create_task(self._cancel_loop())]
+        self._side_tasks = [asyncio.create_task(self._cancels.run(self._stopping))]
         self.started.set()
         try:
             while not self._stopping.is_set():
@@ -190,7 +185,7 @@ class Consumer:
         messages, counts = await self.bridge.reclaim(self.stream, self.name, count=count)
         if not messages:
             return False
-        self._metrics.reclaimed.inc(len(messages))
+        self._hooks.emit("after_reclaim", len(messages))
         log.warning("%s: reclaimed %d abandoned messages", self.name, len(messages))
         await self._start(messages, counts)
         return True
@@ -205,72 +200,42 @@ class Consumer:
     # -- starting work ---------------------------------------------------------------
 
     async def _start(self, messages: list[Message], delivery_counts: dict[str, int]) -> None:
-        """Parse, fence-check and plan a batch of messages, then run their plans together.
-
-        A first delivery is planned from the graph it carries and handed to the executor
-        while its claim is still on the way (the claim's round trip overlaps LangGraph's
-        start-up); its nodes wait for the claim to confirm the plan before doing anything.
-        A re-delivery, or a claim that disagrees, goes the careful way: claim, merge, plan.
-        Each message is handled on its own: one that breaks anything is dead-lettered.
-        """
+        """Parse and fence-check a batch of messages (one pipeline of claims), then run their
+        plans together. Each message is handled on its own: one that breaks anything is
+        dead-lettered."""
         valid: list[tuple[Message, Handoff]] = []
         for message in messages:
             handoff = self._parse(message, delivery_counts.get(message.id, 1))
             if handoff is not None:
                 valid.append((message, handoff))
                 self._lease.hold(message.stream, message.id)
-        pending_claims = [self.bridge.claim_nowait(h.job_id, h.handoff_seq) for _, h in valid]
-        early: dict[int, JobRun] = {}
-        rejected: set[int] = set()
-        for i, (message, handoff) in enumerate(valid):
-            if delivery_counts.get(message.id, 1) == 1:
-                try:
-                    run = _speculative_run(message, handoff, self.lane, self.plane)
-                except Exception as exc:  # (try/except in the loop: a context manager per message costs)
-                    self._reject(message, handoff.job_id, exc)
-                    rejected.add(i)
-                    continue
-                if run.plan:
-                    early[i] = run
-        self._launch(list(early.values()))
-        replies = await asyncio.gather(*pending_claims, return_exceptions=True)
+        replies = await asyncio.gather(*(self.bridge.claim_nowait(h.job_id, h.handoff_seq) for _, h in valid),
+                                       return_exceptions=True)
         runs: list[JobRun] = []
-        for i, ((message, handoff), reply) in enumerate(zip(valid, replies, strict=True)):
-            if i in rejected:
-                continue
-            run = early.get(i)
+        for (message, handoff), reply in zip(valid, replies, strict=True):
             if isinstance(reply, BaseException):  # Redis went away: the lease lapses, it is reclaimed
                 log.error("%s: claim of job %s failed: %s", self.name, handoff.job_id, reply)
                 self._lease.drop(message.stream, message.id)
-                if run is not None:
-                    run.admitted.set_result(False)
                 continue
             try:
-                claim = parse_claim(reply)
-                if run is not None and _confirms(run, claim):
-                    self._admit(run, claim)
-                    continue
-                if run is not None:
-                    run.admitted.set_result(False)  # its nodes return without a trace
-                accepted = await self._accept(message, handoff, claim)
-                if accepted is not None:
-                    runs.append(accepted)
+                run = await self._accept(message, handoff, parse_claim(reply))
             except Exception as exc:
-                self._reject(message, handoff.job_id, exc, run)
+                self._reject(message, handoff.job_id, exc)
+                continue
+            if run is not None and run.plan:
+                runs.append(run)
         self._launch(runs)
 
-    def _reject(self, message: Message, job_id: str | None, exc: Exception, run: JobRun | None = None) -> None:
+    def _reject(self, message: Message, job_id: str | None, exc: Exception) -> None:
         """Dead-letter a message whose handling raised: a message this plane cannot handle
         must not take the loop down, nor come back for ever."""
         log.error("%s: cannot handle message %s (job %s)", self.name, message.id, job_id, exc_info=exc)
-        if run is not None and run.admitted is not None and not run.admitted.done():
-            run.admitted.set_result(False)
         self._inflight.pop(message.id, None)
         self._poison(message, job_id, f"cannot be processed: {type(exc).__name__}: {exc}")
 
     def _poison(self, message: Message, job_id: str | None, reason: str) -> None:
         self._lease.drop(message.stream, message.id)
-        self._metrics.dead_letters.labels(stream=self.lane).inc()
+        self._hooks.emit("after_dead_letter", self.lane)
         self._spawn(self.bridge.dead_letter(message, reason[:MAX_REASON_CHARS], job_id))
 
     def _launch(self, runs: list[JobRun]) -> None:
@@ -278,17 +243,6 @@ class Consumer:
             task = asyncio.create_task(self._run_batch(runs))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
-
-    def _admit(self, run: JobRun, claim: Claim) -> None:
-        run.state.status, run.created_at = claim.status, claim.created_at
-        run.fence, run.user = claim.fence, claim.user
-        run.owned = self._still_owned
-        if run.job_id in self._recent_cancels:
-            run.cancel.set()
-        if run.message is not None:
-            self._inflight[run.message.id] = run
-        run.on_done = self._finish
-        run.admitted.set_result(True)
 
     def _parse(self, message: Message, deliveries: int) -> Handoff | None:
         """The handoff in a message, or None after dead-lettering what cannot be processed."""
@@ -318,7 +272,7 @@ class Consumer:
             if claim.gone:
                 await self.bridge.dead_letter(message, "job no longer exists (expired or purged)", handoff.job_id)
             else:
-                self._metrics.stale_handoffs.inc()
+                self._hooks.emit("after_stale_handoff")
                 log.warning("%s: rejected stale handoff %s of job %s", self.name, handoff.handoff_seq, handoff.job_id)
                 await self.bridge.ack(message.stream, [message.id])
             return None
@@ -330,24 +284,23 @@ class Consumer:
             created_at=claim.created_at,
         )
         run.state.status = claim.status
-        if claim.cancel_requested or run.job_id in self._recent_cancels:
+        if claim.cancel_requested or self._cancels.recently_cancelled(run.job_id):
             run.cancel.set()
         run.owned = self._still_owned
         self._inflight[message.id] = run
-        if plan:
-            run.on_done = self._finish
-        else:  # nothing to run here (cancelled, or all skipped): hand on at once
+        if not plan:  # nothing to run here (cancelled, or all skipped): hand on at once
             self._finish(run)
         return run
 
     async def _run_batch(self, runs: list[JobRun]) -> None:
         try:
-            await self.executor.run(runs)
+            async for run in self.executor.run(runs):
+                self._finish(run)  # no await before it: the handoff joins the last node's pipeline
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug in the executor must not strand the messages
             log.exception("%s: executor failed; releasing %d jobs for another attempt", self.name, len(runs))
-            stranded = [r for r in runs if not r.done.done()]
+            stranded = [r for r in runs if not r.done]
             for run in stranded:
                 self._forget(run)
             await self.bridge.release(self.stream, self.name, [r.message.id for r in stranded if r.message])
@@ -357,8 +310,8 @@ class Consumer:
     def _finish(self, run: JobRun) -> None:
         """Hand the graph to the next lane, or finish the job; ack the message atomically.
 
-        Synchronous on purpose: called from the executor as the last node's end is
-        mirrored, the handoff is merged into that same script call.
+        Synchronous on purpose: called in the tick the executor yields the run, right after
+        its last node's end was mirrored, the handoff is merged into that same script call.
         """
         try:
             self._hand_on(run)
@@ -400,11 +353,11 @@ class Consumer:
 
     def _count_finish(self, run: JobRun, outcome: str | None, target: str | None, seq: int) -> None:
         if seq == -1:
-            self._metrics.stale_handoffs.inc()
+            self._hooks.emit("after_stale_handoff")
         elif outcome:
-            self._metrics.job_finished(run.graph, outcome, run.created_at)
+            self._hooks.emit("after_job_finished", run.graph, outcome, run.created_at)
         else:
-            self._metrics.handoffs.labels(to=target or "").inc()
+            self._hooks.emit("after_handoff", target or "")
 
     def _forget(self, run: JobRun) -> None:
         if run.message is not None:
@@ -462,66 +415,12 @@ class Consumer:
         jobs now (their fence moved on, so nothing written from here would land). Stop."""
         for message_id in ids:
             run = self._inflight.get(message_id)
-            if run is None or run.done.done():
+            if run is None or run.done:
                 continue
             log.warning("%s: job %s was reclaimed by another consumer; stopping its nodes here",
                         self.name, run.job_id)
             run.stale = True
             run.cancel.set()
-
-    async def _cancel_loop(self) -> None:
-        """Propagate cancel requests into running jobs (tasks see ``ctx.cancelled``).
-
-        Requests are pushed on the ``cancels`` channel, so a running node stops within a step
-        while the event loop sleeps: a loop woken on a timer takes the GIL from a Python-bound
-        task thread every time (a 0.1 s flag poll cost generate_music several % in
-        bench/gpu_tasks.py). The flags are also read every ``cancel_poll_s`` and right after
-        each (re)subscription, for a request published while the subscription was down.
-        """
-        pubsub: Any = None
-        next_poll = 0.0
-        try:
-            while not self._stopping.is_set():
-                try:
-                    if pubsub is None:
-                        pubsub = await self.bridge.subscribe_cancels()
-                        next_poll = 0.0
-                    wait_s = next_poll - time.monotonic()
-                    if wait_s > 0:
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait_s)
-                        if message is not None and message["type"] == "message":
-                            self._cancel_pushed(message["data"].decode())
-                        continue
-                    next_poll = time.monotonic() + self._cancel_poll_s
-                    await self._poll_cancel_flags()
-                except Exception as exc:  # keep listening after a Redis hiccup
-                    log.error("%s: cancel subscription failed: %s", self.name, exc)
-                    await _close_quietly(pubsub)
-                    pubsub = None
-                    if not await self._every(1.0):
-                        break
-        finally:
-            await _close_quietly(pubsub)
-
-    def _cancel_pushed(self, job_id: str) -> None:
-        now = time.monotonic()
-        self._recent_cancels[job_id] = now
-        while self._recent_cancels:  # oldest first (insertion order)
-            oldest, at = next(iter(self._recent_cancels.items()))
-            if now - at < RECENT_CANCEL_S:
-                break
-            del self._recent_cancels[oldest]
-        for run in self._inflight.values():
-            if run.job_id == job_id:
-                run.cancel.set()
-
-    async def _poll_cancel_flags(self) -> None:
-        runs = [r for r in self._inflight.values() if not r.cancel.is_set()]
-        if runs:
-            flagged = await self.bridge.cancel_flags([r.job_id for r in runs])
-            for run in runs:
-                if run.job_id in flagged:
-                    run.cancel.set()
 
     # -- shutdown --------------------------------------------------------------------
 
@@ -552,32 +451,6 @@ class _TooManyDeliveries(ValueError):
     """The delivery limit was exceeded."""
 
 
-def _speculative_run(message: Message, handoff: Handoff, lane: str, plane: str) -> JobRun:
-    """A run planned from the graph the message carries, not yet admitted (its fence and
-    owner come with the claim)."""
-    plan = [n.id for n in plan_for_lane(handoff.graph, lane)]
-    run = JobRun(job_id=handoff.job_id, graph=handoff.graph, plan=plan, handoff_seq=handoff.handoff_seq,
-                 plane=plane, message=message, request_id=handoff.request_id)
-    run.admitted = asyncio.get_running_loop().create_future()
-    return run
-
-
-def _confirms(run: JobRun, claim: Claim) -> bool:
-    """The claim agrees with the graph the run was planned from: same owner, no cancel, and
-    every node in the state the message said (a node with no state field is pending)."""
-    if not claim.ok or claim.cancel_requested:
-        return False
-    states = claim.node_states or {}
-    for node in run.graph.nodes:
-        state = states.get(node.id)
-        if state is None:
-            if node.status != NodeStatus.pending:
-                return False
-        elif state.get("status") != node.status or state.get("attempts", 0) != node.attempts:
-            return False
-    return True
-
-
 def _peek_job_id(raw: bytes) -> str | None:
     try:
         value = orjson.loads(raw).get("job_id")
@@ -604,10 +477,3 @@ def _merge_states(graph: Graph, states: dict[str, dict[str, Any]]) -> Graph:
         if state and (state.get("status") != node.status or state.get("attempts", 0) != node.attempts):
             graph.nodes[index] = Node.model_validate({**node.model_dump(exclude=RUNTIME_FIELDS), **state})
     return graph
-
-
-async def _close_quietly(pubsub: Any) -> None:
-    """Close a subscription whose connection may already be gone."""
-    if pubsub is not None:
-        with contextlib.suppress(Exception):
-            await pubsub.aclose()

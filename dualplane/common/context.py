@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 
@@ -37,6 +37,20 @@ CANCEL_CHECK_S = 0.1
 T = TypeVar("T")
 
 Write = Callable[[dict[str, Any]], None]
+
+
+class ModelProvider(Protocol):
+    """The models a worker offers its tasks (``ctx.models``: the data plane's ``ModelManager``)."""
+
+    def load(self, name: str, loader: Callable[..., Any], *, key: str | None = None,
+             extra: Sequence[str] = ()) -> Any:
+        """The warm copy of model ``name``, loaded with ``loader(path, device, dtype)`` if need be (blocking)."""
+
+    def entry(self, name: str) -> Any:
+        """The registry entry of model ``name`` (its source, kind and limits)."""
+
+    def free_memory(self) -> int:
+        """Drop every warm model and cached device memory (after an out-of-memory error); how many."""
 
 
 class TaskContext:
@@ -68,7 +82,7 @@ class TaskContext:
         artifacts: ArtifactStore | None,
         loop: asyncio.AbstractEventLoop,
         logger: logging.Logger,
-        models: Any = None,
+        models: ModelProvider | None = None,
         describe_worker: Callable[[], dict[str, Any]] | None = None,
         url_policy: UrlPolicy | None = None,
         may_read: Callable[[str], Awaitable[None]] | None = None,
@@ -92,7 +106,6 @@ class TaskContext:
         self.describe_worker = describe_worker
         self._last_progress = -1.0
         self._last_progress_at = float("-inf")
-        self.artifacts_written: list[dict[str, Any]] = []
 
     # -- progress and data ------------------------------------------------------------
 
@@ -160,7 +173,6 @@ class TaskContext:
             raise TaskCancelled(f"job {self.job_id} was taken over elsewhere")
         ref = await self._unless_cancelled(self._store.put(self.job_id, self.node_id, name, data, content_type))
         if record:
-            self.artifacts_written.append(ref)
             self._write({"kind": "artifact", "artifact": ref})
         return ref
 

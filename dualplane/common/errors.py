@@ -38,7 +38,7 @@ raises it (module in brackets) and derives from a family::
     ├── TransientError                    500   a failure worth retrying (tasks)
     │   ├── StoreUnavailable              (above)
     │   └── ModelIntegrityError           [ml.model_store]
-    ├── TaskCancelled, NodeTimeout, DataEventTooLarge, ObjectNotFound, SkipNode   (the runtime)
+    ├── TaskCancelled, NodeTimeout, DataEventTooLarge, ObjectNotFound   (the runtime)
     ├── PlaneFailed                       a plane's consume loop died
     ├── ModelError                        [ml.model_store]: UnknownModel, ModelUnavailable, ModelIntegrityError,
     │                                     PullError [ml.pull]
@@ -197,7 +197,3 @@ class StoreUnavailable(TransientError, Unavailable):
 
 class NodeTimeout(DualplaneError):
     """One attempt of a node ran past its ``timeout_s``."""
-
-
-class SkipNode(DualplaneError):
-    """Raised by a hook to skip a node without running it."""

@@ -1,16 +1,16 @@
-"""Runs the nodes of one plane with LangGraph, many jobs per invocation, without lockstep.
+"""Runs the nodes of one plane, many jobs per LangGraph invocation, without lockstep.
 
-The executor compiles **one** ``StateGraph`` per plane at start-up: one LangGraph node
-per registered task of the plane, each with that task's retry policy. A batch of jobs
-becomes one invocation in which every node of every job's plan is a ``Send`` to its
-task's node. All of them start in the first superstep and each awaits its *own* needs
-(asyncio futures), so a node starts the moment its needs are done: LangGraph's lockstep
-supersteps never hold a fast branch behind a slow one, a skipped parent never stalls a
-join, and there is no per-job compile (0.2–0.5 ms) or per-job invocation (0.4 ms) cost.
+A batch of runs becomes one invocation of the plane's :class:`~dualplane.common.langgraph_batch.BatchGraph`
+(the only module that knows LangGraph) in which every planned node is started at once and
+awaits its *own* needs (asyncio futures): a node starts the moment its needs are done, a
+skipped parent never stalls a join. Everything a node reports (running, progress, data,
+artifacts, its end) travels through LangGraph's stream writer; :meth:`Executor.run` applies
+each chunk to the job's state machine (:mod:`dualplane.common.job_state`), mirrors the change
+through the bridge, in order, and yields each run as soon as its plan is done — the consumer
+hands it on in that same tick, so the last write and the handoff share one script call.
 
-Everything a node reports (running, progress, data, artifacts, its end) travels through
-LangGraph's stream writer; :meth:`Executor.run` consumes the ``custom`` stream and
-mirrors each chunk into Redis through the bridge, in order.
+Attempts and their backoff are the executor's own (:meth:`_attempts`, with the task's
+:class:`~dualplane.common.retry.Retry`): LangGraph runs each node once.
 """
 
 from __future__ import annotations
@@ -22,24 +22,23 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 import pydantic
-from langgraph.config import get_stream_writer
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import RetryPolicy, Send
 
 from dualplane.common import logs
 from dualplane.common.access import check_read
 from dualplane.common.bridge import Bridge, Message
-from dualplane.common.context import TaskContext
+from dualplane.common.context import ModelProvider, TaskContext
 from dualplane.common.errors import NodeTimeout, ObjectNotFound, TaskCancelled, Unavailable
 from dualplane.common.graph import blocked_reason, resolve_refs
+from dualplane.common.hooks import HookChain, Hooks, NodeRefused
 from dualplane.common.job_state import JOB_CANCELLED, TAKEN_OVER, JobState, Mutation
-from dualplane.common.models import Graph, Node, NodeStatus
+from dualplane.common.langgraph_batch import BatchGraph, Write
+from dualplane.common.models import Graph, Node
 from dualplane.common.retry import is_out_of_memory
 
 if TYPE_CHECKING:
@@ -49,15 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dualplane.executor")
 
-NodeFinished = Callable[[str, str, float, "dict[str, Any] | None"], None]
-"""Hook called with (task, final status, seconds, output of a succeeded node) when a node ends."""
-
-
 #: Attempts a node gets when a service it needs is down (the object store), whatever its own
 #: retry policy: with the default backoff that rides out about a minute of outage.
 OUTAGE_ATTEMPTS = 8
-#: The graph node that fails a node whose task this process lacks (no task can have this name).
-MISSING_TASK_NODE = "dualplane.missing-task"
 
 
 def _outlasts(exc: BaseException, attempt: int) -> bool:
@@ -65,21 +58,25 @@ def _outlasts(exc: BaseException, attempt: int) -> bool:
     return isinstance(exc, Unavailable) and attempt < OUTAGE_ATTEMPTS
 
 
-class _RetryAttempt(Exception):
-    """Raised out of a LangGraph node to have LangGraph back off and call it again."""
+class _Retry(Exception):
+    """An attempt failed and earns another one after ``delay_s``."""
 
-
-class _BatchState(TypedDict, total=False):
-    batch: int  # key of the batch's sends, kept by the executor (LangGraph copies state)
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(delay_s)
+        self.delay_s = delay_s
 
 
 @dataclass(eq=False)
 class JobRun:
-    """One job being run on this plane: its graph, the plan and the ownership fence.
+    """One job being run on this plane: its state, the plan and the ownership fence.
+
+    Made by the consumer once its claim came back (:meth:`Consumer._accept`), run by
+    :meth:`Executor.run` (which yields it when its plan is done), handed on and forgotten by
+    the consumer (``Consumer._finish``).
 
     ``handoff_seq`` says which handoff brought the job here; ``fence`` is the token this
-    plane's claim took (0 until the claim returns): every write of the run is checked
-    against it, so a plane that lost the job to a reclaim cannot write any more."""
+    plane's claim took: every write of the run is checked against it, so a plane that lost
+    the job to a reclaim cannot write any more."""
 
     job_id: str
     graph: Graph
@@ -93,7 +90,6 @@ class JobRun:
     message: Message | None = None
     request_id: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     stale: bool = False
     #: A write of this run did not reach Redis (an outage): the job hash may lack what the
     #: run did, so it must not hand on from here; its message is reclaimed and re-run instead.
@@ -103,13 +99,8 @@ class JobRun:
     #: succeeded there.) A bound method of the consumer, not a partial of the run: a run that
     #: refers to itself lives until a full collection, and the dispatch loop makes thousands.
     owned: Callable[[JobRun], Awaitable[bool]] | None = None
-    #: Called synchronously when the plan is done, so the handoff joins the same pipeline
-    #: as the last node's events.
-    on_done: Callable[[JobRun], None] | None = None
     #: When the job was submitted (unix s, from the job hash), for the job duration metric.
     created_at: float | None = None
-    #: Set for a run started before its claim returned: nodes wait for True; False drops the run.
-    admitted: asyncio.Future[bool] | None = None
 
     def __post_init__(self) -> None:
         #: The job's state machine: every change of the run goes through it.
@@ -120,8 +111,11 @@ class JobRun:
         loop = asyncio.get_running_loop()
         self.finished: dict[str, asyncio.Future[None]] = {nid: loop.create_future() for nid in awaited}
         self.remaining = len(self.plan)
-        if not self.plan and not self.done.done():
-            self.done.set_result(None)
+
+    @property
+    def done(self) -> bool:
+        """Every planned node has ended (and its end was sent to the bridge)."""
+        return self.remaining == 0
 
 
 class Executor:
@@ -132,11 +126,9 @@ class Executor:
     :param bridge: where state changes are mirrored.
     :param concurrency: nodes running at once (waiting for needs does not count).
     :param artifacts: artifact store offered to tasks.
-    :param on_node_finished: metrics hook ``(task, outcome, seconds, output or None)``.
-    :param models: model manager offered to tasks as ``ctx.models`` (data plane).
+    :param hooks: metrics, the requirements check, task-thread set-up (see :class:`Hooks`).
+    :param models: the models offered to tasks as ``ctx.models`` (data plane).
     :param describe_worker: the worker's capability manifest, as ``ctx.describe_worker``.
-    :param unmet_requirements: why this worker cannot meet a node's ``requires`` (None: it can).
-    :param thread_initializer: run once in each thread that runs sync tasks.
     :param url_policy: where tasks may fetch URL inputs from (None: public addresses only).
     """
 
@@ -148,58 +140,27 @@ class Executor:
         bridge: Bridge,
         concurrency: int = 4,
         artifacts: ArtifactStore | None = None,
-        on_node_finished: NodeFinished | None = None,
+        hooks: Sequence[Hooks] = (),
         worker_id: str | None = None,
-        models: Any = None,
+        models: ModelProvider | None = None,
         describe_worker: Callable[[], dict[str, Any]] | None = None,
-        unmet_requirements: Callable[[Node], str | None] | None = None,
-        thread_initializer: Callable[[], None] | None = None,
         url_policy: UrlPolicy | None = None,
     ) -> None:
         self.plane = plane
         self._url_policy = url_policy
-        self._unmet_requirements = unmet_requirements
         self.worker_id = worker_id or plane
-        self._registry = registry
         self._bridge = bridge
+        self._hooks = HookChain(hooks)
         self._slots = asyncio.Semaphore(concurrency)
+        initializer = functools.partial(self._hooks.emit, "init_thread") if self._hooks.has("init_thread") else None
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"{plane}-task",
-                                           initializer=thread_initializer)
+                                           initializer=initializer)
         self._artifacts = artifacts
         self._models = models
         self._describe_worker = describe_worker
-        self._on_node_finished = on_node_finished
-        self._runs: dict[int, JobRun] = {}
-        self._sends: dict[int, list[tuple[str, tuple[int, str]]]] = {}
-        self._graph = self._compile()
+        self._specs = {spec.name: spec for spec in registry.for_plane(plane)}
+        self._graph = BatchGraph(self._specs, self._run_node)
         self.running_nodes = 0
-
-    def _compile(self) -> Any:
-        specs = self._registry.for_plane(self.plane)
-        builder = StateGraph(_BatchState)
-        for spec in specs:
-            builder.add_node(
-                spec.name,
-                self._make_node(spec),
-                retry_policy=RetryPolicy(
-                    initial_interval=spec.retry.backoff_s,
-                    backoff_factor=spec.retry.backoff_factor,
-                    max_interval=spec.retry.max_backoff_s,
-                    max_attempts=max(spec.retry.max_attempts, OUTAGE_ATTEMPTS),
-                    jitter=False,  # LangGraph's jitter adds up to a whole second
-                    retry_on=lambda exc: isinstance(exc, _RetryAttempt),
-                ),
-            )
-            builder.add_edge(spec.name, END)
-        self._task_names = frozenset(spec.name for spec in specs)
-        builder.add_node(MISSING_TASK_NODE, self._make_node(None))
-        builder.add_edge(MISSING_TASK_NODE, END)
-        builder.add_conditional_edges(START, self._route, [s.name for s in specs] + [MISSING_TASK_NODE])
-        return builder.compile()
-
-    async def _route(self, state: _BatchState) -> list[Send]:
-        # async, so LangGraph does not hop to a thread to call it
-        return [Send(task, key) for task, key in self._sends.pop(state["batch"])]
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -215,73 +176,68 @@ class Executor:
 
     # -- running a batch -------------------------------------------------------------
 
-    async def run(self, runs: list[JobRun]) -> None:
-        """Run the plans of ``runs`` in one LangGraph invocation; each run's ``done``
-        resolves as soon as its own nodes are terminal and mirrored."""
-        sends = []
-        for run in runs:
-            self._runs[id(run)] = run
-            for node_id in run.plan:
-                task = run.by_id[node_id].task
-                # LangGraph drops a Send to a node it does not have, and the run would wait forever
-                sends.append((task if task in self._task_names else MISSING_TASK_NODE, (id(run), node_id)))
-        if not sends:
-            return
-        self._sends[id(sends)] = sends
-        try:
-            async for chunk in self._graph.astream({"batch": id(sends)}, stream_mode="custom"):
-                self._apply(chunk)
-        finally:
-            self._sends.pop(id(sends), None)
-            for run in runs:
-                self._runs.pop(id(run), None)
+    async def run(self, runs: list[JobRun]) -> AsyncIterator[JobRun]:
+        """Run the plans of ``runs`` in one LangGraph invocation; yield each run as soon as its
+        own nodes have ended and their ends were sent to the bridge. The caller hands it on
+        before asking for the next one: its handoff joins the pipeline of the last node's end."""
+        work = [(run.by_id[node_id].task, run, node_id) for run in runs for node_id in run.plan]
+        async for chunk in self._graph.stream(work):
+            run = chunk["run"]
+            self._apply(run, chunk)
+            if chunk["kind"] == "finished" and run.done:
+                yield run
 
-    def _make_node(self, spec: TaskSpec | None) -> Callable[[tuple[int, str]], Any]:
-        async def node(key: tuple[int, str]) -> None:
-            run = self._runs[key[0]]
-            await self._run_node(run, run.by_id[key[1]], spec, get_stream_writer())
-
-        node.__name__ = f"task_{spec.name}" if spec is not None else MISSING_TASK_NODE
-        return node
-
-    async def _run_node(self, run: JobRun, node: Node, spec: TaskSpec | None, write: Callable[[Any], None]) -> None:
+    async def _run_node(self, task: str | None, run: JobRun, node_id: str, write: Write) -> None:
+        node = run.by_id[node_id]
         # this LangGraph task's own context: every line logged below carries the ids
         logs.bind(job_id=run.job_id, node_id=node.id, request_id=run.request_id, plane=self.plane,
                   worker=self.worker_id)
-        if run.admitted is not None and not await asyncio.shield(run.admitted):
-            return
         for need in node.needs:
             if need in run.finished:
                 await asyncio.shield(run.finished[need])
-        if node.status in (NodeStatus.succeeded, NodeStatus.failed, NodeStatus.skipped, NodeStatus.cancelled):
-            return  # a LangGraph retry after the end was already written
+        spec = self._specs.get(task) if task is not None else None
+        ended = self._refusal(run, node, spec)
+        if ended is not None:
+            write(_chunk(run, node, "finished", **ended))
+            return
+        assert spec is not None
+        while True:
+            async with self._slots:
+                if run.owned is not None and not await run.owned(run):
+                    run.stale = True
+                    run.cancel.set()
+                    write(_chunk(run, node, "finished", status="cancelled", reason=TAKEN_OVER))
+                    return
+                try:
+                    await self._attempt(run, node, spec, write)
+                    return
+                except _Retry as retry:
+                    delay_s = retry.delay_s
+            await asyncio.sleep(delay_s)  # a backoff holds no slot
+            if run.cancel.is_set():
+                write(_chunk(run, node, "finished", status="cancelled", reason=JOB_CANCELLED))
+                return
+
+    def _refusal(self, run: JobRun, node: Node, spec: TaskSpec | None) -> dict[str, Any] | None:
+        """How a node ends without running (its chunk's fields), or None when it may run."""
         reason = blocked_reason(node, run.by_id)
         if reason is not None:
-            write(_chunk(run, node, "finished", status="skipped", reason=reason))
-            return
+            return {"status": "skipped", "reason": reason}
         if run.cancel.is_set():
-            write(_chunk(run, node, "finished", status="cancelled", reason=JOB_CANCELLED))
-            return
+            return {"status": "cancelled", "reason": JOB_CANCELLED}
         if spec is None:  # the control plane's catalog has the task, this process's does not
-            error = {"type": "TaskNotAvailable", "transient": False,
-                     "message": f"{self.worker_id} ({self.plane} plane) has no task {node.task!r}: "
-                                "its catalog differs from the control plane's"}
-            write(_chunk(run, node, "finished", status="failed", error=error))
-            return
-        unmet = self._unmet_requirements(node) if self._unmet_requirements else None
-        if unmet is not None:  # sent to this pool by hand: fail loudly rather than run it on the wrong device
-            error = {"type": "RequirementsNotMet", "message": unmet, "transient": False}
-            write(_chunk(run, node, "finished", status="failed", error=error))
-            return
-        async with self._slots:
-            if run.owned is not None and not await run.owned(run):
-                run.stale = True
-                run.cancel.set()
-                write(_chunk(run, node, "finished", status="cancelled", reason=TAKEN_OVER))
-                return
-            await self._attempt(run, node, spec, write)
+            return {"status": "failed", "error": {
+                "type": "TaskNotAvailable", "transient": False,
+                "message": f"{self.worker_id} ({self.plane} plane) has no task {node.task!r}: "
+                           "its catalog differs from the control plane's"}}
+        try:
+            self._hooks.before_node(node, spec)
+        except NodeRefused as refused:  # sent to this pool by hand: fail loudly rather than run it wrongly
+            return {"status": "failed", "error": {"type": refused.kind, "message": str(refused), "transient": False}}
+        return None
 
-    async def _attempt(self, run: JobRun, node: Node, spec: TaskSpec, write: Callable[[Any], None]) -> None:
+    async def _attempt(self, run: JobRun, node: Node, spec: TaskSpec, write: Write) -> None:
+        """One attempt; raises :class:`_Retry` when it failed and earns another."""
         attempt = node.attempts + 1
         write(_chunk(run, node, "running", attempt=attempt))
         started = time.perf_counter()
@@ -302,12 +258,12 @@ class Executor:
                 dropped = await asyncio.to_thread(self._models.free_memory)
                 log.warning("node %s (%s) ran out of memory: %d warm models dropped, cached memory freed",
                             node.id, spec.name, dropped)
-            if retrying:  # LangGraph logs the retry with its traceback
-                log.warning("node %s (%s) attempt %d raised %s: %s; retrying", node.id, spec.name, attempt,
-                            type(exc).__name__, exc)
-                write(_chunk(run, node, "retrying", error=_error(exc, transient=True),
-                             delay_s=spec.retry.delay_s(attempt)))
-                raise _RetryAttempt from exc
+            if retrying:
+                delay_s = spec.retry.delay_s(attempt)
+                log.warning("node %s (%s) attempt %d raised %s: %s; retrying in %.2fs", node.id, spec.name, attempt,
+                            type(exc).__name__, exc, delay_s)
+                write(_chunk(run, node, "retrying", error=_error(exc, transient=True), delay_s=delay_s))
+                raise _Retry(delay_s) from None
             if not isinstance(exc, _InvalidParams):  # the node's error says all of a params error
                 log.error("node %s (%s) attempt %d raised %s", node.id, spec.name, attempt, type(exc).__name__,
                           exc_info=exc)
@@ -319,19 +275,12 @@ class Executor:
             write(_chunk(run, node, "finished", status=outcome, output=output))
         finally:
             self.running_nodes -= 1
-            self._attempt_ended(node, spec, attempt, outcome, time.perf_counter() - started,
-                                output if outcome == "succeeded" else None)
+            elapsed_s = time.perf_counter() - started
+            self._hooks.emit("after_attempt", spec, outcome, elapsed_s, output if outcome == "succeeded" else None)
+            if log.isEnabledFor(logging.INFO):
+                log.info("node %s (%s) attempt %d %s in %.3fs", node.id, spec.name, attempt, outcome, elapsed_s)
 
-    def _attempt_ended(self, node: Node, spec: TaskSpec, attempt: int, outcome: str, elapsed_s: float,
-                       output: dict[str, Any] | None = None) -> None:
-        if self._on_node_finished is not None:
-            self._on_node_finished(spec.name, outcome, elapsed_s, output)
-        if log.isEnabledFor(logging.INFO):
-            log.info("node %s (%s) attempt %d %s in %.3fs", node.id, spec.name, attempt, outcome, elapsed_s)
-
-    async def _call_task(
-        self, run: JobRun, node: Node, spec: TaskSpec, attempt: int, write: Callable[[Any], None]
-    ) -> dict[str, Any]:
+    async def _call_task(self, run: JobRun, node: Node, spec: TaskSpec, attempt: int, write: Write) -> dict[str, Any]:
         try:
             params = spec.params.model_validate(resolve_refs(node.params, run.by_id))
         except (pydantic.ValidationError, KeyError) as exc:
@@ -354,8 +303,7 @@ class Executor:
         try:
             result = await asyncio.wait_for(call, timeout_s) if timeout_s else await call
         except TimeoutError:
-            run_cancel_thread = not spec.is_async
-            if run_cancel_thread:
+            if not spec.is_async:
                 ctx._cancelled = threading.Event()  # the thread keeps its own flag: stop it
                 ctx._cancelled.set()
             raise NodeTimeout(f"attempt {attempt} ran past {timeout_s} s") from None
@@ -367,11 +315,8 @@ class Executor:
 
     # -- mirroring -------------------------------------------------------------------
 
-    def _apply(self, chunk: dict[str, Any]) -> None:
+    def _apply(self, run: JobRun, chunk: dict[str, Any]) -> None:
         """Apply one chunk to the job's state and mirror the change (one atomic Redis step)."""
-        run = self._runs.get(chunk["run"])
-        if run is None:
-            return
         node = run.by_id[chunk["node"]]
         kind = chunk["kind"]
         change = _transition(run.state, node, kind, chunk)
@@ -381,10 +326,6 @@ class Executor:
             if node.id in run.finished:
                 run.finished[node.id].set_result(None)
             run.remaining -= 1
-            if run.remaining == 0 and not run.done.done():
-                run.done.set_result(None)
-                if run.on_done is not None:
-                    run.on_done(run)
 
 
 class _InvalidParams(ValueError):
@@ -392,11 +333,12 @@ class _InvalidParams(ValueError):
 
 
 def _chunk(run: JobRun, node: Node, kind: str, **data: Any) -> dict[str, Any]:
-    return {"run": id(run), "node": node.id, "kind": kind, **data}
+    # the run itself, not a key to it: chunks stay in this process (LangGraph's stream queue)
+    return {"run": run, "node": node.id, "kind": kind, **data}
 
 
 def _node_writer(
-    run: JobRun, node: Node, write: Callable[[Any], None], *, threaded: bool, loop: asyncio.AbstractEventLoop
+    run: JobRun, node: Node, write: Write, *, threaded: bool, loop: asyncio.AbstractEventLoop
 ) -> Callable[[dict[str, Any]], None]:
     def send(payload: dict[str, Any]) -> None:
         write(_chunk(run, node, **payload))

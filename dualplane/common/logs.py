@@ -32,10 +32,6 @@ def bind(**fields: str | None) -> contextvars.Token[dict[str, str]]:
     return _context.set(merged)
 
 
-def reset(token: contextvars.Token[dict[str, str]]) -> None:
-    _context.reset(token)
-
-
 @contextmanager
 def bound(**fields: str | None) -> Iterator[None]:
     token = bind(**fields)
@@ -43,10 +39,6 @@ def bound(**fields: str | None) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
-
-
-def current() -> dict[str, str]:
-    return dict(_context.get(_EMPTY))
 
 
 class ContextFilter(logging.Filter):

@@ -50,7 +50,8 @@ class Retry:
         return attempt < self.max_attempts and self.is_transient(exc)
 
     def delay_s(self, attempt: int) -> float:
-        """Wait after attempt number ``attempt`` failed."""
+        """Wait after attempt number ``attempt`` failed: the one backoff formula (the executor
+        sleeps this long between attempts; LangGraph retries nothing)."""
         return min(self.max_backoff_s, self.backoff_s * self.backoff_factor ** max(0, attempt - 1))
 
 

@@ -34,8 +34,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from dualplane.common.hooks import Hooks
+
 if TYPE_CHECKING:
     from dualplane.common.bridge import Bridge
+    from dualplane.common.registry import TaskSpec
 
 log = logging.getLogger("dualplane.telemetry")
 
@@ -66,8 +69,9 @@ def job_task(graph: Any) -> str:
     return str(sinks.pop()) if len(sinks) == 1 else "multi"
 
 
-class PlaneMetrics:
-    """Counters and histograms one plane exports on ``/metrics``.
+class PlaneMetrics(Hooks):
+    """Counters and histograms one plane exports on ``/metrics``; the plane's executor and
+    consumer update them as hooks (the ``after_*`` methods).
 
     :param registry: where to register; None builds a private registry (tests, benchmarks).
     :param plane: ``control`` or ``python``, added as a constant label.
@@ -135,6 +139,26 @@ class PlaneMetrics:
                 value = output.get(name)
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
                     histogram.labels(task=task).observe(value)
+
+    # -- as hooks ------------------------------------------------------------------------
+
+    def after_attempt(self, spec: TaskSpec, outcome: str, elapsed_s: float, output: dict[str, Any] | None) -> None:
+        self.node_finished(spec.name, outcome, elapsed_s, output)
+
+    def after_reclaim(self, count: int) -> None:
+        self.reclaimed.inc(count)
+
+    def after_dead_letter(self, lane: str) -> None:
+        self.dead_letters.labels(stream=lane).inc()
+
+    def after_stale_handoff(self) -> None:
+        self.stale_handoffs.inc()
+
+    def after_handoff(self, target: str) -> None:
+        self.handoffs.labels(to=target).inc()
+
+    def after_job_finished(self, graph: Any, outcome: str, created_at: float | None) -> None:
+        self.job_finished(graph, outcome, created_at)
 
     def job_submitted(self, graph: Any) -> None:
         self.jobs_submitted.labels(task=job_task(graph)).inc()

@@ -101,11 +101,11 @@ class ControlPlane:
         self.metrics.registry.register(self.hub_metrics)
         self.executor = Executor(
             self.registry, "control", bridge=self.bridge, concurrency=max(64, settings.concurrency),
-            artifacts=self.artifacts, on_node_finished=self.metrics.node_finished,
+            artifacts=self.artifacts, hooks=[self.metrics],
         )
         self.runner = Consumer(
             self.bridge, self.executor, lane="control", name=f"control-{settings.worker_id}",
-            concurrency=max(256, settings.concurrency), metrics=self.metrics,
+            concurrency=max(256, settings.concurrency), hooks=[self.metrics],
             cancel_poll_s=settings.cancel_poll_s,
         )
         self.metrics.concurrency.set(self.runner._concurrency)

@@ -29,8 +29,9 @@ from dualplane.common.bridge import Bridge
 from dualplane.common.consumer import Consumer
 from dualplane.common.errors import PlaneFailed
 from dualplane.common.executor import Executor
+from dualplane.common.hooks import Hooks, NodeRefused
 from dualplane.common.models import CapabilityManifest, Node, WorkerModel
-from dualplane.common.registry import TaskRegistry
+from dualplane.common.registry import TaskRegistry, TaskSpec
 from dualplane.common.routing import satisfies
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import GpuCollector, ModelMetrics, PlaneMetrics
@@ -69,14 +70,13 @@ class Worker:
         self.metrics.concurrency.set(settings.concurrency)
         self.executor = Executor(
             self.registry, "python", bridge=self.bridge, concurrency=settings.concurrency,
-            artifacts=self.artifacts, on_node_finished=self.metrics.node_finished, worker_id=self.worker_id,
+            artifacts=self.artifacts, hooks=[self.metrics, _DeviceHooks(self)], worker_id=self.worker_id,
             models=self.models, describe_worker=lambda: self.manifest().model_dump(mode="json"),
-            unmet_requirements=self._unmet_requirements, thread_initializer=self._init_task_thread,
             url_policy=UrlPolicy(settings.url_fetch_allow, deadline_s=settings.url_fetch_timeout_s),
         )
         self.consumer = Consumer(
             self.bridge, self.executor, lane=f"python:{settings.pool}", name=self.worker_id,
-            concurrency=settings.concurrency, metrics=self.metrics, cancel_poll_s=settings.cancel_poll_s,
+            concurrency=settings.concurrency, hooks=[self.metrics], cancel_poll_s=settings.cancel_poll_s,
         )
         self.started_at = time.time()
         self._device: dict[str, Any] | None = None
@@ -246,6 +246,23 @@ class Worker:
             return JSONResponse(body)
 
         return app
+
+
+class _DeviceHooks(Hooks):
+    """What a worker's device asks of its nodes: a node whose ``requires`` this worker cannot meet
+    (sent to its pool by hand) fails rather than run on the wrong device, and each task thread
+    gets the worker's torch thread count."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def before_node(self, node: Node, spec: TaskSpec) -> None:
+        unmet = self._worker._unmet_requirements(node)
+        if unmet is not None:
+            raise NodeRefused("RequirementsNotMet", unmet)
+
+    def init_thread(self) -> None:
+        self._worker._init_task_thread()
 
 
 def _signal_event() -> asyncio.Event:
