@@ -23,10 +23,10 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from dualplane.cli import run_async
-from dualplane.common.services import start_redis
+from dualplane.cli.planes import run_async
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
+from dualplane.devstack.services import start_redis
 
 SINGLE = {"nodes": [{"id": "a", "task": "noop", "plane": "python"}]}
 THREE = {"nodes": [

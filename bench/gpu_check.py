@@ -49,14 +49,15 @@ from pathlib import Path
 from typing import Any
 
 import gpu_check_worker  # bench/ is this script's directory
+import gpu_direct
 import gpu_tasks
 
-from dualplane.cli import run_async
+from dualplane.cli.planes import run_async
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
-from dualplane.common.services import start_redis, start_s3
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
-from dualplane.data_plane.model_store import MANIFEST, ModelRegistry, upload_model_dir, weights_of
+from dualplane.devstack.services import start_redis, start_s3
+from dualplane.ml.model_store import MANIFEST, ModelRegistry, upload_model_dir, weights_of
 
 #: Job sizes. "full": what the issue names (AnimateDiff 16 frames at 512x512) at step counts that
 #: keep the whole check, both dtypes, under 8 minutes on one data-centre GPU. "tiny": the tiny
@@ -115,7 +116,7 @@ async def provide_models(store: ArtifactStore, names: list[str], size: str, real
                          build_root: Path) -> dict[str, tuple[str, str]]:
     """name → (object-store prefix, "real" | "random"): real weights where there are some, random
     ones of the real sizes built and uploaded for the rest."""
-    from dualplane.data_plane.tiny import BUILDERS
+    from dualplane.ml.tiny import BUILDERS
 
     builders = BUILDERS if size == "tiny" else gpu_tasks.FULL_BUILDERS
     await store.ensure_bucket()
@@ -222,7 +223,7 @@ async def check_task(name: str, size: str, dtype: str, weights: str, plane: Cont
         row.cold_e2e_s, _, out = await job(bench, params)
         row.cold_load_s = out.get("model_load_s")
         row.peak_cold = (await job(vram, {"action": "read"}))[2]["peak_bytes"]
-        measured = gpu_tasks.Direct(**(await job(direct, {"bench": name, "params": params,
+        measured = gpu_direct.Direct(**(await job(direct, {"bench": name, "params": params,
                                                           "inputs": sorted(blobs)}))[2])
         row.direct_s = measured.core_s + measured.encode_s
         await job(vram, {"action": "reset"})

@@ -51,7 +51,7 @@ def registry() -> TaskRegistry:
 
 
 def main() -> None:
-    from dualplane.cli import configure_logging, run_async
+    from dualplane.cli.planes import configure_logging, run_async
     from dualplane.common.settings import Settings
     from dualplane.data_plane.worker import Worker
 

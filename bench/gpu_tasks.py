@@ -3,7 +3,7 @@
     .venv/bin/python bench/gpu_tasks.py [--size tiny|full-cpu|full] [--tasks music,video,lora,voice,speak] [--runs 9]
 
 Starts its own redis-server and SeaweedFS (``weed mini``) in a temporary directory, builds the
-models (``--size tiny``: the tiny random-weight models of ``dualplane/data_plane/tiny.py``;
+models (``--size tiny``: the tiny random-weight models of ``dualplane/ml/tiny.py``;
 ``--size full``: random weights in the *full-size* configurations of the real checkpoints, built
 below: musicgen-small, Stable Diffusion 1.5, the AnimateDiff v1.5 motion adapter, SpeechT5 TTS and
 its HiFi-GAN), uploads them under the registry names (``models/<name>/``, where the packaged
@@ -96,21 +96,20 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gpu_worker  # bench/ is this script's directory
+from gpu_direct import DIRECT, Direct
 
-from dualplane.cli import run_async
+from dualplane.cli.planes import run_async
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
-from dualplane.common.services import start_redis, start_s3
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
-from dualplane.data_plane.model_store import ModelManager, ModelRegistry, ModelStore, upload_model_dir
+from dualplane.devstack.services import start_redis, start_s3
+from dualplane.ml.model_store import ModelManager, ModelRegistry, ModelStore, upload_model_dir
 
 log = logging.getLogger("bench.gpu_tasks")
 
@@ -161,16 +160,6 @@ ALL_TASKS = ("music", "video", "lora", "voice", "speak")
 
 
 @dataclass
-class Direct:
-    """One direct run: seconds of the core call, seconds of the output encoding, units of work."""
-
-    core_s: float
-    encode_s: float
-    work: float
-    audio_s: float | None = None
-
-
-@dataclass
 class Result:
     name: str
     task: str
@@ -184,54 +173,6 @@ class Result:
     reported_s: list[float] = field(default_factory=list)  # the task's own compute time, if it says
     work: list[float] = field(default_factory=list)  # units of work per worker run
     audio_s: list[float] = field(default_factory=list)
-
-
-# -- a TaskContext stand-in for the direct runs --------------------------------------------------
-
-
-class DirectContext:
-    """What a task (or its training loop) reads of a TaskContext, without the framework:
-    artifacts in memory, progress and cancellation as no-ops."""
-
-    def __init__(self, models: ModelManager, blobs: dict[str, bytes]) -> None:
-        self.job_id, self.node_id, self.attempt = "direct", "bench", 1
-        self.models = models
-        self.log = log
-        self._blobs = blobs
-        self.outputs: dict[str, bytes] = {}
-
-    def progress(self, fraction: float, message: str | None = None) -> None:
-        pass
-
-    def on_step(self, step: int, total: int, state: Any = None) -> None:
-        pass
-
-    def check_cancelled(self) -> None:
-        pass
-
-    @contextmanager
-    def holding(self, lock: Any) -> Iterator[None]:
-        with lock:
-            yield
-
-    def emit_data(self, data: dict[str, Any], message: str | None = None) -> None:
-        pass
-
-    def get_artifact(self, key: str) -> bytes:
-        return self._blobs[key]
-
-    def fetch_inputs(self, refs: list[str], *, max_bytes: int, what: str = "input") -> list[bytes]:
-        return [self._blobs[ref] for ref in refs]
-
-    def put_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
-        self.outputs[name] = data
-        return {"key": f"jobs/{self.job_id}/{self.node_id}/{name}", "size": len(data)}
-
-    def put_artifact_nowait(self, name: str, data: bytes, content_type: str, *,
-                            record: bool = True) -> Future[dict[str, Any]]:
-        done: Future[dict[str, Any]] = Future()
-        done.set_result(self.put_artifact(name, data, content_type))
-        return done
 
 
 class CpuClock:
@@ -253,156 +194,6 @@ class CpuClock:
             fields = stat.rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
         return total / self._tick
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-
-
-# -- the tasks, direct -----------------------------------------------------------------------------
-
-
-def direct_music(models: ModelManager, params: dict[str, Any], blobs: dict[str, bytes]) -> Direct:
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    from dualplane.tasks.music import MusicParams, load_musicgen, wav_bytes
-
-    p = MusicParams(**params)
-    loaded = models.load(p.model, load_musicgen)
-    processor, model = loaded.model
-    audio_cfg = model.config.audio_encoder
-    max_new_tokens = max(1, round(p.duration_s * audio_cfg.frame_rate)) + model.decoder.num_codebooks - 1
-    tokens = 0
-
-    class _Count(StoppingCriteria):  # what the task's progress criterion does, minus the progress
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            nonlocal tokens
-            tokens += 1
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-    started = time.perf_counter()
-    inputs = processor(text=[p.prompt], padding=True, return_tensors="pt").to(loaded.device)
-    torch.manual_seed(p.seed or 0)
-    with torch.inference_mode():
-        audio = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=True, guidance_scale=p.guidance_scale,
-            temperature=p.temperature, stopping_criteria=StoppingCriteriaList([_Count()]),
-        )
-    samples = audio[0].float().cpu().numpy()
-    core = time.perf_counter() - started
-    rate = int(audio_cfg.sampling_rate)
-    wav_bytes(samples, rate)
-    return Direct(core, time.perf_counter() - started - core, tokens, samples.shape[-1] / rate)
-
-
-def direct_video(models: ModelManager, params: dict[str, Any], blobs: dict[str, bytes]) -> Direct:
-    import torch
-
-    from dualplane.tasks.video import VideoParams, load_video_pipeline, mp4_bytes, png_bytes
-
-    p = VideoParams(**params)
-    loaded = load_video_pipeline(models, p)
-    pipe = loaded.model.pipe
-    steps = 0
-
-    def on_step(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        nonlocal steps
-        steps = i + 1
-        return {}
-
-    started = time.perf_counter()
-    with torch.inference_mode():
-        latents = pipe(
-            prompt=p.prompt, negative_prompt=p.negative_prompt, num_frames=p.num_frames,
-            num_inference_steps=p.steps, guidance_scale=p.guidance_scale, width=p.width, height=p.height,
-            generator=torch.Generator("cpu").manual_seed(p.seed or 0), output_type="latent",
-            callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"],
-        ).frames
-        video = pipe.decode_latents(latents, decode_chunk_size=16)
-        frames = pipe.video_processor.postprocess_video(video=video, output_type="np")[0]
-    frames = (frames.clip(0, 1) * 255).round().astype("uint8")
-    core = time.perf_counter() - started
-    mp4_bytes(frames, p.fps)
-    png_bytes(frames[0])
-    return Direct(core, time.perf_counter() - started - core, steps)
-
-
-def direct_lora(models: ModelManager, params: dict[str, Any], blobs: dict[str, bytes]) -> Direct:
-    import numpy as np
-    import torch
-
-    from dualplane.tasks.lora import LoraParams, _Trainer, image_array, load_sd_frozen
-
-    p = LoraParams(**params)
-    loaded = models.load(p.model, load_sd_frozen)
-    ctx = DirectContext(models, blobs)
-    started = time.perf_counter()
-    pixels = torch.from_numpy(np.stack([image_array(blobs[key], p.resolution) for key in p.images]))
-    trainer = _Trainer(ctx, p, loaded.model, loaded.path, loaded.device, loaded.dtype)  # type: ignore[arg-type]
-    trainer.encode(pixels.permute(0, 3, 1, 2).contiguous())
-    trainer.train()
-    _sync(loaded.device)
-    core = time.perf_counter() - started
-    trainer.lora_bytes()
-    return Direct(core, time.perf_counter() - started - core, trainer.step)
-
-
-def direct_voice(models: ModelManager, params: dict[str, Any], blobs: dict[str, bytes]) -> Direct:
-    from dualplane.tasks.voice import TrainVoiceParams, train_voice
-
-    p = TrainVoiceParams(**params)
-    ctx = DirectContext(models, blobs)
-    started = time.perf_counter()
-    out = train_voice(ctx, p)  # type: ignore[arg-type]
-    return Direct(time.perf_counter() - started, 0.0, out["steps"])
-
-
-def direct_speak(models: ModelManager, params: dict[str, Any], blobs: dict[str, bytes]) -> Direct:
-    import numpy as np
-    import torch
-
-    from dualplane.tasks.music import wav_bytes
-    from dualplane.tasks.voice import (
-        SynthesizeVoiceParams,
-        dropout_rng,
-        load_speecht5_tts,
-        load_speecht5_vocoder,
-        split_text,
-    )
-
-    p = SynthesizeVoiceParams(**params)
-    tts = models.load(p.model, load_speecht5_tts)
-    processor, model = tts.model
-    vocoder = models.load(p.vocoder, load_speecht5_vocoder).model
-    device, config = tts.device, model.config
-    dtype = next(model.parameters()).dtype
-    speaker = torch.zeros(1, config.speaker_embedding_dim, device=device, dtype=dtype)
-    sample_rate = int(vocoder.config.sampling_rate)
-    hop = int(np.prod(vocoder.config.upsample_rates))
-    gap = np.zeros(round(p.pause_s * sample_rate), dtype=np.float32)
-    started = time.perf_counter()
-    pieces: list[Any] = []
-    for i, chunk in enumerate(split_text(p.text, p.max_chunk_chars)):
-        ids = processor(text=chunk, return_tensors="pt")["input_ids"][:, : config.max_text_positions - 1]
-        with dropout_rng(device, p.seed * 1_000_003 + i), torch.inference_mode():
-            mel = model.generate_speech(ids.to(device), speaker, threshold=p.threshold,
-                                        minlenratio=p.minlenratio, maxlenratio=p.maxlenratio)
-            audio = vocoder(mel.to(next(vocoder.parameters()).dtype))
-        if pieces and gap.size:
-            pieces.append(gap)
-        pieces.append(audio.float().cpu().numpy().reshape(-1))
-    samples = np.concatenate(pieces)[None, :]
-    core = time.perf_counter() - started
-    wav_bytes(samples, sample_rate)
-    return Direct(core, time.perf_counter() - started - core, samples.shape[-1] // hop,
-                  samples.shape[-1] / sample_rate)
-
-
-# -- the tasks, as the worker reports them -----------------------------------------------------
 
 
 def reported_music(out: dict[str, Any]) -> tuple[float, float | None, float | None]:
@@ -430,13 +221,13 @@ class Bench:
 
 
 BENCHES = {
-    "music": Bench("music", "generate_music", "tokens", ("musicgen-small",), direct_music, reported_music),
+    "music": Bench("music", "generate_music", "tokens", ("musicgen-small",), DIRECT["music"], reported_music),
     "video": Bench("video", "render_video", "steps", ("sd15", "animatediff-motion-adapter"),
-                   direct_video, reported_steps),
-    "lora": Bench("lora", "train_lora", "steps", ("sd15",), direct_lora, reported_steps),
-    "voice": Bench("voice", "train_voice", "steps", ("speecht5-tts",), direct_voice, reported_steps),
+                   DIRECT["video"], reported_steps),
+    "lora": Bench("lora", "train_lora", "steps", ("sd15",), DIRECT["lora"], reported_steps),
+    "voice": Bench("voice", "train_voice", "steps", ("speecht5-tts",), DIRECT["voice"], reported_steps),
     "speak": Bench("speak", "synthesize_voice", "frames", ("speecht5-tts", "speecht5-hifigan"),
-                   direct_speak, reported_speak),
+                   DIRECT["speak"], reported_speak),
 }
 
 
@@ -534,7 +325,7 @@ def build_full_musicgen(out: Path) -> Path:
         T5Config,
     )
 
-    from dualplane.data_plane.tiny import build_musicgen
+    from dualplane.ml.tiny import build_musicgen
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = MusicgenProcessor.from_pretrained(_tiny_dir(build_musicgen, tmp)).tokenizer
@@ -571,7 +362,7 @@ def build_full_sd15(out: Path) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from dualplane.data_plane.tiny import build_sd15
+    from dualplane.ml.tiny import build_sd15
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(_tiny_dir(build_sd15, tmp) / "tokenizer", model_max_length=77)
@@ -617,7 +408,7 @@ def build_full_speecht5_tts(out: Path) -> Path:
         SpeechT5Processor,
     )
 
-    from dualplane.data_plane.tiny import build_speecht5_tts
+    from dualplane.ml.tiny import build_speecht5_tts
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = SpeechT5Processor.from_pretrained(_tiny_dir(build_speecht5_tts, tmp)).tokenizer
@@ -651,7 +442,7 @@ FULL_BUILDERS: dict[str, Callable[[Path], Path]] = {
 
 async def build_and_upload(size: str, names: list[str], store: ArtifactStore, root: Path) -> None:
     """Build each model, upload it under ``models/<name>/``, and drop the local copy."""
-    from dualplane.data_plane.tiny import BUILDERS
+    from dualplane.ml.tiny import BUILDERS
 
     builders = BUILDERS if size == "tiny" else FULL_BUILDERS
     await store.ensure_bucket()
@@ -839,7 +630,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
 
 
 def _device() -> str:
-    from dualplane.data_plane.device import select_device
+    from dualplane.ml.device import select_device
 
     return select_device()
 

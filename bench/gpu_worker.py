@@ -24,7 +24,7 @@ from dualplane.common.registry import TaskRegistry, task
 
 
 class BenchDirectParams(BaseModel):
-    bench: str = Field(description="A key of gpu_tasks.BENCHES.")
+    bench: str = Field(description="A key of gpu_direct.DIRECT (and of gpu_tasks.BENCHES).")
     params: dict[str, Any] = Field(description="The job params the task gets.")
     inputs: list[str] = Field(default_factory=list,
                               description="Object keys the direct call reads, fetched before the timing.")
@@ -34,10 +34,10 @@ class BenchDirectParams(BaseModel):
 def bench_direct(ctx: TaskContext, p: BenchDirectParams) -> dict[str, Any]:
     """Time a benchmark's direct pipeline call in this worker process (bench/gpu_tasks.py only)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import gpu_tasks
+    import gpu_direct
 
     blobs = {key: ctx.get_artifact(key) for key in p.inputs}
-    return dataclasses.asdict(gpu_tasks.BENCHES[p.bench].direct(ctx.models, p.params, blobs))
+    return dataclasses.asdict(gpu_direct.DIRECT[p.bench](ctx.models, p.params, blobs))
 
 
 def registry() -> TaskRegistry:
@@ -50,7 +50,7 @@ def registry() -> TaskRegistry:
 
 
 def main() -> None:
-    from dualplane.cli import configure_logging, run_async
+    from dualplane.cli.planes import configure_logging, run_async
     from dualplane.common.settings import Settings
     from dualplane.data_plane.worker import Worker
 

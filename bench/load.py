@@ -39,9 +39,9 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from dualplane.common.services import free_port, start_redis, start_s3, terminate
 from dualplane.common.statuses import FINISHED
 from dualplane.control_plane.auth import Authenticator
+from dualplane.devstack.services import free_port, start_redis, start_s3, terminate
 
 JWT_SECRET = "load-run-secret-of-at-least-thirty-two-bytes"
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from dualplane.common.services import start_redis
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
+from dualplane.devstack.services import start_redis
 
 JOB = {"nodes": [{"id": "s", "task": "sleep", "plane": "python", "params": {"seconds": 1.0, "steps": 2}}]}
 CONCURRENCY = 4

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dualplane.tasks.music import wav_bytes
+from dualplane.ml.audio import wav_bytes
 from dualplane.tasks.visualizer import VisualizerParams, render
 
 RATE = 44100

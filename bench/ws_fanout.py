@@ -329,7 +329,7 @@ def main() -> None:
 
     import uvloop
 
-    from dualplane.common.services import start_redis
+    from dualplane.devstack.services import start_redis
 
     if args.redis_url:
         uvloop.run(drive(args, args.redis_url))

@@ -10,11 +10,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from dualplane.common.artifacts import ArtifactStore
-from dualplane.common.services import RedisServer, S3Server, start_redis, start_s3
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.auth import Authenticator
 from dualplane.data_plane import Worker
+from dualplane.devstack.services import RedisServer, S3Server, start_redis, start_s3
 from tests.helpers import RunningWorker, unique_name
 
 
@@ -149,7 +149,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Tiny random-weight models of the real classes (MusicGen, SD 1.5, motion adapter,
     SpeechT5 + HiFi-GAN), built once per session into a tmp dir: name → directory."""
     pytest.importorskip("torch")
-    from dualplane.data_plane.tiny import make_tiny
+    from dualplane.ml.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny-models"))
 
@@ -160,7 +160,7 @@ async def upload_models(settings: Settings, tiny_models: dict[str, Any]
     """Upload tiny models under ``models/<name>/`` of this test's bucket, where the packaged
     registry sends workers: ``store = await upload_models("sd15", "animatediff-motion-adapter")``."""
     from dualplane.common.artifacts import store_from_settings
-    from dualplane.data_plane.model_store import upload_model_dir
+    from dualplane.ml.model_store import upload_model_dir
 
     store = store_from_settings(settings)
     assert store is not None

@@ -96,7 +96,7 @@ class BrokenLoop:
 
 
 def main() -> int:
-    from dualplane.cli import configure_logging, run_async
+    from dualplane.cli.planes import configure_logging, run_async
     from dualplane.common.errors import PlaneFailed
     from dualplane.common.settings import Settings
     from dualplane.data_plane.worker import Worker

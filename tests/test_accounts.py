@@ -15,11 +15,11 @@ import pytest
 import uvicorn
 
 from dualplane.cli import main
-from dualplane.common.services import free_port
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.accounts import AccountStore
 from dualplane.control_plane.auth import Authenticator
+from dualplane.devstack.services import free_port
 from tests.conftest import TEST_JWT_SECRET
 
 PASSWORD = "correct horse battery staple"

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect as ws_connect
 
-from dualplane.common.services import free_port
 from dualplane.common.settings import Settings
 from dualplane.control_plane import create_app
 from dualplane.control_plane.auth import Authenticator
+from dualplane.devstack.services import free_port
 from tests.conftest import TEST_JWT_SECRET
 from tests.helpers import unique_name
 

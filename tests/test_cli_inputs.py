@@ -16,8 +16,8 @@ import orjson
 import pytest
 import uvicorn
 
-from dualplane.common.services import free_port
 from dualplane.control_plane import create_app
+from dualplane.devstack.services import free_port
 from tests.helpers import wait_for_job, wav_bytes
 
 pytestmark = pytest.mark.integration

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import uvicorn
 
-from dualplane.cli_client import LiveView, format_table
+from dualplane.cli.client import LiveView, format_table
 from dualplane.client import ApiError, AsyncClient, Client
-from dualplane.common.services import LOOPBACK, free_port
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.auth import Authenticator
+from dualplane.devstack.services import LOOPBACK, free_port
 from tests.helpers import RunningWorker, unique_name
 
 pytestmark = pytest.mark.integration
@@ -356,7 +356,7 @@ UPDATES = [
 
 
 def test_live_view_redraws_in_place_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("dualplane.cli_client.REDRAW_S", 0.0)
+    monkeypatch.setattr("dualplane.cli.client.REDRAW_S", 0.0)
     out = io.StringIO()
     LiveView(out, tty=True, started=100.0).run(iter([_snapshot(), *UPDATES]))
 

@@ -20,8 +20,8 @@ from dualplane.common.context import TaskContext
 from dualplane.common.errors import TransientError
 from dualplane.common.inputs import fetch_inputs
 from dualplane.common.registry import task
-from dualplane.common.services import S3Server, free_port
 from dualplane.common.settings import Settings
+from dualplane.devstack.services import S3Server, free_port
 from dualplane.tasks import default_registry
 from tests.helpers import node, planes_with, wait_for_job
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dualplane.cli import EXIT_INTERRUPTED
+from dualplane.cli.output import EXIT_INTERRUPTED
 from dualplane.common.settings import Settings
-from dualplane.local_stack import (
+from dualplane.devstack.local_stack import (
     LOCAL_USER,
     Process,
     RunningStack,
@@ -38,7 +38,7 @@ from dualplane.local_stack import (
     discover,
     process_started,
 )
-from dualplane.stack import Child
+from dualplane.devstack.stack import Child
 from tests.test_cli import assert_nothing_left, clean_env, line_reader, read_until
 
 SERVING = "Ctrl-C to stop"

@@ -18,17 +18,17 @@ import pytest
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
 from dualplane.common.bridge import Bridge
 from dualplane.common.models import CapabilityManifest
-from dualplane.common.services import free_port
 from dualplane.common.settings import Settings
-from dualplane.data_plane.model_store import (
+from dualplane.devstack.services import free_port
+from dualplane.ml.model_store import (
     MANIFEST,
+    TINY_MARKER,
     ModelError,
     ModelRegistry,
     ModelStore,
     build_manifest,
     upload_model_dir,
 )
-from dualplane.data_plane.tiny import TINY_MARKER
 from tests.helpers import unique_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ async def test_pull_from_dir_uploads_real_weights_and_a_worker_publishes_them(
     settings: Settings, worker_factory, tmp_path: Path
 ):
     pytest.importorskip("torch")
-    from dualplane.data_plane.tiny import make_tiny
+    from dualplane.ml.tiny import make_tiny
 
     store = store_from_settings(settings)
     await store.ensure_bucket()
@@ -214,7 +214,7 @@ async def test_a_worker_whose_store_is_down_publishes_unknown_and_keeps_running(
 @pytest.mark.ml
 async def test_make_tiny_uploads_say_random(artifact_store: ArtifactStore, tmp_path: Path):
     pytest.importorskip("torch")
-    from dualplane.data_plane.tiny import make_and_upload
+    from dualplane.ml.tiny import make_and_upload
 
     await make_and_upload(artifact_store, tmp_path / "tiny", ["speecht5-hifigan"])
 
@@ -229,8 +229,8 @@ def test_a_manifest_takes_only_the_three_weights_values(tmp_path: Path):
 
 def test_the_model_prefix_moves_the_packaged_registry_and_unregistered_pulls(monkeypatch: pytest.MonkeyPatch):
     from dualplane.common.settings import Settings
-    from dualplane.data_plane.model_store import ModelRegistry
-    from dualplane.data_plane.pull import resolve_target
+    from dualplane.ml.model_store import ModelRegistry
+    from dualplane.ml.pull import resolve_target
 
     monkeypatch.setenv("MODEL_S3_PATH", "s3://dualplane/weights/")  # the seeds' name and form
     settings = Settings()

@@ -1,6 +1,6 @@
 """Model weights end to end: registry, object-store cache, warm cache, and MusicGen on a worker.
 
-Everything runs on tiny random-initialised models of the real classes (``data_plane/tiny.py``),
+Everything runs on tiny random-initialised models of the real classes (``ml/tiny.py``),
 loaded through the same ``from_pretrained`` path a full-size checkpoint takes.
 """
 
@@ -27,7 +27,7 @@ from dualplane.common.registry import task
 from dualplane.common.retry import Retry
 from dualplane.control_plane import ControlPlane
 from dualplane.data_plane import Worker
-from dualplane.data_plane.model_store import (
+from dualplane.ml.model_store import (
     MANIFEST,
     ModelError,
     ModelManager,
@@ -438,8 +438,9 @@ async def test_up_rebuilds_tiny_models_of_an_older_builder_but_never_real_weight
     settings, tiny_models, tmp_path: Path
 ):
     from dualplane.common.artifacts import store_from_settings
-    from dualplane.data_plane.tiny import TINY_MARKER, TINY_VERSION
-    from dualplane.stack import _models_to_build
+    from dualplane.devstack.stack import _models_to_build
+    from dualplane.ml.model_store import TINY_MARKER
+    from dualplane.ml.tiny import TINY_VERSION
 
     assert all(json.loads((path / TINY_MARKER).read_text())["tiny_version"] == TINY_VERSION
                for path in tiny_models.values())

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from dualplane.cli.demo import DEMO_DURATION_S, DEMO_TEXT
 from dualplane.control_plane import ControlPlane
-from dualplane.demo import DEMO_DURATION_S, DEMO_TEXT
 from tests.helpers import node, wait_for_job
 
 pytestmark = pytest.mark.ml

@@ -28,12 +28,12 @@ from dualplane.common import telemetry
 from dualplane.common.context import TaskContext
 from dualplane.common.registry import task
 from dualplane.common.retry import NO_RETRY
-from dualplane.common.services import free_port
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import GpuCollector, PlaneMetrics, job_task
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.auth import Authenticator
 from dualplane.data_plane import Worker
+from dualplane.devstack.services import free_port
 from dualplane.tasks import default_registry
 from tests.helpers import local_model_registry, unique_name
 
@@ -169,7 +169,7 @@ def test_job_finished_observes_submit_to_finish_time() -> None:
 
 def test_model_loads_are_counted_with_their_seconds(tmp_path: Path) -> None:
     from dualplane.common.telemetry import ModelMetrics
-    from dualplane.data_plane.model_store import ModelManager, ModelRegistry, ModelStore
+    from dualplane.ml.model_store import ModelManager, ModelRegistry, ModelStore
 
     weights = tmp_path / "weights"
     weights.mkdir()

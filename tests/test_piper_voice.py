@@ -51,7 +51,7 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 
 def transcribe(wav: bytes) -> str:
     """pocketsphinx's default en-US acoustic model, language model and dictionary; 16 kHz mono."""
-    from dualplane.tasks.voice import decode_wav, resample
+    from dualplane.ml.audio import decode_wav, resample
 
     samples, rate = decode_wav(wav)
     pcm = (np.clip(resample(samples, rate, 16000), -1, 1) * 32767).astype("<i2").tobytes()
@@ -142,7 +142,7 @@ async def test_a_piper_voice_refuses_what_only_speecht5_reads(control_plane: Con
 
 
 def test_the_model_defaults_to_piper_unless_the_request_is_for_speecht5():
-    from dualplane.tasks.voice import SynthesizeVoiceParams
+    from dualplane.tasks.synthesize_voice import SynthesizeVoiceParams
 
     assert SynthesizeVoiceParams(text="hi").model == "piper-joe"
     assert SynthesizeVoiceParams(text="hi", voice="jobs/j/v/voice.safetensors").model == "speecht5-tts"
@@ -166,7 +166,7 @@ def test_phonemes_and_ids_follow_piper():
 
 
 def test_the_control_plane_does_not_import_onnxruntime():
-    code = ("import sys, dualplane.control_plane, dualplane.tasks.voice, dualplane.tasks.piper_voice; "
+    code = ("import sys, dualplane.control_plane, dualplane.tasks.synthesize_voice, dualplane.tasks.piper_voice; "
             "print(sorted(m for m in ('onnxruntime', 'numpy', 'torch') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"

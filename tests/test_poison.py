@@ -133,7 +133,7 @@ async def test_a_dead_consume_loop_lets_its_leases_lapse_and_says_why(control_pl
 async def test_a_worker_process_whose_loop_died_says_so_exits_non_zero_and_its_job_is_taken_over(
     settings, worker_factory
 ):
-    from dualplane.common.services import free_port
+    from dualplane.devstack.services import free_port
 
     port = free_port()
     registry = probe_registry()

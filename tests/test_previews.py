@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from dualplane.cli import describe_data
+from dualplane.cli.output import describe_data
 from dualplane.common.context import MAX_DATA_EVENT_BYTES, TaskContext
 from dualplane.common.errors import DataEventTooLarge
 from dualplane.control_plane import ControlPlane

@@ -10,11 +10,11 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from dualplane.common.services import RedisServer, start_redis
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
 from dualplane.data_plane import Worker
-from dualplane.stack import LocalStack
+from dualplane.devstack.services import RedisServer, start_redis
+from dualplane.devstack.stack import LocalStack
 from tests.helpers import RunningWorker, node, unique_name, wait_for_job
 
 NOOP = {"nodes": [{"id": "a", "task": "noop", "plane": "python", "params": {"value": "x"}}]}

@@ -13,11 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from dualplane.client import AsyncClient
-from dualplane.common.services import RedisServer, start_redis
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.auth import Authenticator
 from dualplane.data_plane import Worker
+from dualplane.devstack.services import RedisServer, start_redis
 from tests.helpers import RunningWorker, unique_name, wait_for_job
 
 NOOP = {"nodes": [{"id": "a", "task": "noop", "plane": "python"}]}

@@ -261,7 +261,7 @@ async def test_sigterm_on_a_worker_process_hands_its_work_on_and_exits(control_p
                                                                         worker_factory):
     import httpx
 
-    from dualplane.common.services import free_port
+    from dualplane.devstack.services import free_port
 
     port = free_port()
     proc = spawn_worker(settings, "terminated", extra={"DUALPLANE_WORKER_PORT": str(port),

@@ -11,7 +11,7 @@ import redis as redis_sync
 from minio import Minio
 from minio.error import S3Error
 
-from dualplane.common.services import S3Server, free_port, free_port_pair, start_redis, start_s3
+from dualplane.devstack.services import S3Server, free_port, free_port_pair, start_redis, start_s3
 from tests.helpers import descendants, pid_alive
 
 

@@ -21,11 +21,11 @@ from dualplane.common.artifacts import ArtifactStore, store_from_settings
 from dualplane.common.context import TaskContext
 from dualplane.common.registry import TaskRegistry, task
 from dualplane.common.retry import Retry
-from dualplane.common.services import S3Server, start_s3
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.auth import Authenticator
 from dualplane.data_plane import Worker
+from dualplane.devstack.services import S3Server, start_s3
 from dualplane.tasks import default_registry
 from tests.helpers import RunningWorker, node, planes_with, unique_name, wait_for_job, wait_for_node
 

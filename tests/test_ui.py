@@ -20,10 +20,10 @@ import playwright.async_api as playwright_api  # a dev dependency: missing is an
 import pytest
 import uvicorn
 
-from dualplane.common.services import LOOPBACK, free_port
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.auth import Authenticator
+from dualplane.devstack.services import LOOPBACK, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ np = pytest.importorskip("numpy")
 
 from dualplane.common.artifacts import store_from_settings
 from dualplane.control_plane import ControlPlane
-from dualplane.tasks.music import wav_bytes
+from dualplane.ml.audio import wav_bytes
 from tests.helpers import node, wait_for_job
 
 RATE = 44100

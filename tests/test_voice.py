@@ -30,7 +30,7 @@ LENGTH = {"minlenratio": 2.0, "maxlenratio": 2.0}
 async def speech_models(settings, tiny_models) -> ArtifactStore:
     """The tiny SpeechT5 TTS model and HiFi-GAN vocoder under ``models/<name>/`` of this test's bucket."""
     from dualplane.common.artifacts import store_from_settings
-    from dualplane.data_plane.model_store import upload_model_dir
+    from dualplane.ml.model_store import upload_model_dir
 
     store = store_from_settings(settings)
     assert store is not None
@@ -123,7 +123,7 @@ async def test_trained_voice_changes_the_synthesized_audio_deterministically(
     assert trained["clips"] == 2 and trained["clip_seconds"] == pytest.approx(2.1, abs=0.01)
     assert node(job, "voice").progress == 1.0
 
-    from dualplane.tasks.voice import read_voice
+    from dualplane.tasks.voice_file import read_voice
 
     tensors, meta = read_voice(await speech_models.get(trained["voice"]))
     assert tensors["speaker_embedding"].shape == (16,)  # the tiny model's speaker_embedding_dim
@@ -175,7 +175,8 @@ async def test_cancelling_training_stops_between_steps(
 def test_params_are_checked_at_the_boundary():
     from pydantic import ValidationError
 
-    from dualplane.tasks.voice import SynthesizeVoiceParams, TrainVoiceParams, split_text
+    from dualplane.tasks.synthesize_voice import SynthesizeVoiceParams, split_text
+    from dualplane.tasks.train_voice import TrainVoiceParams
 
     with pytest.raises(ValidationError, match="transcripts has 1 entries for 2 clips"):
         TrainVoiceParams(clips=["a.wav", "b.wav"], transcripts=["x"])
@@ -191,7 +192,7 @@ def test_params_are_checked_at_the_boundary():
 
 
 def test_wav_formats_decode_to_the_same_mono_signal():
-    from dualplane.tasks.voice import decode_wav
+    from dualplane.ml.audio import decode_wav
 
     x = voiced(200, 0.2, 16000, 4) * 0.5
     for body, tolerance in ((pcm_wav(x, 16000), 1e-4), (pcm_wav(x, 16000, channels=2, width=3), 1e-6),
@@ -204,7 +205,7 @@ def test_wav_formats_decode_to_the_same_mono_signal():
 
 
 def test_resampling_keeps_the_band_and_removes_what_is_above_the_new_nyquist():
-    from dualplane.tasks.voice import resample
+    from dualplane.ml.audio import resample
 
     rate = 44100
     t = np.arange(rate) / rate

@@ -174,7 +174,7 @@ class PlaneMetrics(Hooks):
 
 
 class ModelMetrics:
-    """Model loads of a worker's :class:`~dualplane.data_plane.model_store.ModelManager`.
+    """Model loads of a worker's :class:`~dualplane.ml.model_store.ModelManager`.
 
     Install with :meth:`attach`: the manager calls :meth:`on_load` after every load it
     performs (not for warm hits, which are read from its counters at scrape time).

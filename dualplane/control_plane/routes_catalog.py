@@ -33,7 +33,7 @@ async def models(settings: AppSettings) -> dict[str, Any]:
 
 def model_entries(settings: Settings) -> list[dict[str, str]]:
     """Name and kind of every registry entry (the file a worker reads by default)."""
-    from dualplane.data_plane.model_store import ModelRegistry
+    from dualplane.ml.model_store import ModelRegistry
 
     registry = ModelRegistry.from_settings(settings)
     return [{"name": name, "kind": registry.get(name).kind} for name in registry.names()]

@@ -416,7 +416,7 @@ def _same_spec(stored: bytes, graph: Graph) -> bool:
 
 def _model_limits(models_config: str | None) -> dict[str, dict[str, float]]:
     """Per-model bounds of the registry (max frames, sizes, windows) the composer keeps inside."""
-    from dualplane.data_plane.model_store import ModelRegistry
+    from dualplane.ml.model_store import ModelRegistry
 
     registry = ModelRegistry.load(models_config)
     return {name: dict(registry.get(name).limits) for name in registry.names()}

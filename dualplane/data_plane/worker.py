@@ -36,7 +36,7 @@ from dualplane.common.routing import satisfies
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import GpuCollector, ModelMetrics, PlaneMetrics
 from dualplane.common.url_policy import UrlPolicy
-from dualplane.data_plane.model_store import manager_from_settings
+from dualplane.ml.model_store import manager_from_settings
 from dualplane.tasks import default_registry
 
 log = logging.getLogger("dualplane.worker")
@@ -109,7 +109,7 @@ class Worker:
     def _device_facts(self) -> dict[str, Any]:
         """Device, name and VRAM for routing; computed once (torch is imported here, on the data plane)."""
         if self._device is None:
-            from dualplane.data_plane.device import describe_torch
+            from dualplane.ml.device import describe_torch
 
             info = describe_torch()
             first = info["devices"][0] if info.get("devices") else {}
@@ -238,7 +238,7 @@ class Worker:
 
         @app.get("/debug/torch")
         async def debug_torch() -> JSONResponse:
-            from dualplane.data_plane.device import describe_torch
+            from dualplane.ml.device import describe_torch
 
             # in a task thread: its torch thread count is the one tasks get
             body = await self.executor.in_task_thread(describe_torch)

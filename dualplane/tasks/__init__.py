@@ -16,13 +16,15 @@ def default_registry() -> TaskRegistry:
         media,
         music,
         song,
+        synthesize_voice,
+        train_voice,
         video,
         visualizer,
-        voice,
     )
 
     return TaskRegistry.from_modules(
-        [arrangement, basic, capabilities, control, lora, media, music, song, video, visualizer, voice])
+        [arrangement, basic, capabilities, control, lora, media, music, song, video, visualizer, train_voice,
+         synthesize_voice])
 
 
 __all__ = ["default_registry"]

@@ -593,8 +593,8 @@ def midi_bytes(midi: Any) -> bytes:
       title="Compose and render an arrangement (FluidSynth)")
 def arrange_music(ctx: TaskContext, p: ArrangeParams) -> dict[str, Any]:
     """Arrange a song plan (key, tempo, chords, sections, lyrics, instruments) and render it with FluidSynth."""
+    from dualplane.ml.audio import wav_bytes
     from dualplane.tasks.audio_files import put_audio
-    from dualplane.tasks.music import wav_bytes
     from dualplane.tasks.soundfont_render import finish, fluidsynth_exe, render, resolve_soundfont
 
     soundfont = resolve_soundfont(p.soundfont)

@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from dualplane.common.context import TaskContext
-from dualplane.data_plane.model_store import BUILD_LOCK
-from dualplane.data_plane.rng import GLOBAL_RNG
+from dualplane.ml.model_store import BUILD_LOCK
+from dualplane.ml.rng import GLOBAL_RNG
 
 #: Frames between the starts of two context windows (diffusers' default: each frame is in 4 windows
 #: of 16, which is what FreeNoise was evaluated with).

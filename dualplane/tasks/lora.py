@@ -36,8 +36,8 @@ from dualplane.common.context import TaskContext
 from dualplane.common.errors import ObjectNotFound
 from dualplane.common.inputs import shown
 from dualplane.common.registry import task
-from dualplane.data_plane.model_store import BUILD_LOCK
-from dualplane.data_plane.rng import GLOBAL_RNG, seeded
+from dualplane.ml.model_store import BUILD_LOCK
+from dualplane.ml.rng import GLOBAL_RNG, seeded
 
 #: Name of the resumable state under the node's prefix.
 CHECKPOINT = "checkpoint.safetensors"

@@ -16,9 +16,7 @@ throttled like progress) and progress as their fraction of the track, so the two
 
 from __future__ import annotations
 
-import io
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dualplane.common.context import PROGRESS_INTERVAL_S, PROGRESS_STEP, TaskContext
 from dualplane.common.registry import task
-from dualplane.data_plane.rng import GLOBAL_RNG, seeded
+from dualplane.ml.audio import wav_bytes
+from dualplane.ml.rng import GLOBAL_RNG, seeded
 from dualplane.tasks.audio_files import put_audio
 from dualplane.tasks.continuation import Window, join, plan_windows
 
@@ -190,17 +189,3 @@ class _TokenProgress:
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
         return StoppingCriteriaList([_Step()])
-
-
-def wav_bytes(samples: Any, sample_rate: int) -> bytes:
-    """16-bit PCM WAV of float samples in [-1, 1] shaped (channels, n) (clipped outside)."""
-    import numpy as np
-
-    pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0).round().astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(pcm.shape[0])
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(np.ascontiguousarray(pcm.T).tobytes())  # interleaved frames
-    return buf.getvalue()

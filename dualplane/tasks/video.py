@@ -41,8 +41,8 @@ from dualplane.common.access import ObjectKey
 from dualplane.common.context import TaskContext
 from dualplane.common.errors import TaskCancelled
 from dualplane.common.registry import task
-from dualplane.data_plane.model_store import BUILD_LOCK
-from dualplane.data_plane.rng import GLOBAL_RNG
+from dualplane.ml.model_store import BUILD_LOCK
+from dualplane.ml.rng import GLOBAL_RNG
 from dualplane.tasks.free_noise import context_windows, free_noise, split_inference
 from dualplane.tasks.latent_preview import LatentPreviews, preview_size
 

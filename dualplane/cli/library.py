@@ -1,6 +1,6 @@
 """The `dualplane` commands for what a user keeps: `uploads ls|rm`, `rename`, `rerun`.
 
-Like the other client commands (:mod:`dualplane.cli_client`) they talk to the control plane at
+Like the other client commands (:mod:`dualplane.cli.client`) they talk to the control plane at
 ``DUALPLANE_URL`` with ``DUALPLANE_TOKEN``, and exit 1 with the API's problem on stderr.
 """
 
@@ -10,8 +10,8 @@ import argparse
 from datetime import datetime
 from functools import partial
 
-from dualplane.cli import say
-from dualplane.cli_client import _client, _Fail, _follow, run
+from dualplane.cli.client import _client, _Fail, _follow, run
+from dualplane.cli.output import say
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dualplane.data_plane.model_store import MODEL_PREFIX, ModelError, ModelRegistry, _check_rel_path, upload_model_dir
+from dualplane.ml.model_store import MODEL_PREFIX, ModelError, ModelRegistry, upload_model_dir
+from dualplane.ml.model_store.registry import check_rel_path
 
 if TYPE_CHECKING:
     from dualplane.common.artifacts import ArtifactStore
@@ -63,7 +64,7 @@ def resolve_target(registry: ModelRegistry, name: str, kind: str | None, *,
         known = ", ".join(registry.names()) or "none"
         raise PullError(f"unknown model {name!r} (registry {registry.origin}; known: {known}); give --kind "
                         f"to upload it under {model_prefix}/{name}/ and add it to a registry file")
-    _check_rel_path(name, "model name")
+    check_rel_path(name, "model name")
     return PullTarget(name, kind, f"{model_prefix}/{name}", registered=False)
 
 

@@ -13,8 +13,8 @@ import argparse
 import json
 from functools import partial
 
-from dualplane.cli import say
-from dualplane.cli_client import _client, _cut, _local_time, run
+from dualplane.cli.client import _client, _cut, _local_time, run
+from dualplane.cli.output import say
 
 LS_LIMIT = 50
 

@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 
 
 def main_models(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    from dualplane.data_plane.tiny import BUILDERS
+    from dualplane.ml.tiny import BUILDERS
 
     parser = argparse.ArgumentParser(prog="dualplane models", description="Manage model weights.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,7 +52,7 @@ def _make_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     import tempfile
 
     from dualplane.common.artifacts import store_from_settings
-    from dualplane.data_plane.tiny import make_and_upload, make_tiny
+    from dualplane.ml.tiny import make_and_upload, make_tiny
 
     artifacts = None if args.no_upload else store_from_settings(args.settings)
     if args.out is None and artifacts is None:
@@ -83,8 +83,8 @@ def _pull_or_raise(args: argparse.Namespace) -> int:
     import tempfile
 
     from dualplane.common.artifacts import store_from_settings
-    from dualplane.data_plane.model_store import ModelRegistry
-    from dualplane.data_plane.pull import PullError, download_hub, hub_origin, pull_dir, resolve_target
+    from dualplane.ml.model_store import ModelRegistry
+    from dualplane.ml.pull import PullError, download_hub, hub_origin, pull_dir, resolve_target
 
     settings = args.settings
     target = resolve_target(ModelRegistry.from_settings(settings), args.name, args.kind,
@@ -107,6 +107,6 @@ def _pull_or_raise(args: argparse.Namespace) -> int:
           f"{size / 1e6:,.1f} MB\tweights real ({origin})")
     if not target.registered:
         print(f"\n{target.name} is in no registry yet: add this to a registry file and point "
-              f"DUALPLANE_MODELS_CONFIG at it (start from dualplane/data_plane/models.toml):\n\n"
+              f"DUALPLANE_MODELS_CONFIG at it (start from dualplane/ml/model_store/models.toml):\n\n"
               f"{target.registry_snippet()}")
     return 0

@@ -3,7 +3,7 @@
 Starts what the settings do not point at (a local Redis with an AOF when REDIS_URL is unset, a
 local SeaweedFS S3 with enforced credentials when S3_ENDPOINT is unset), then one control plane
 and one worker as child processes. Their data, ports, credentials and JWT secret live in
-`.dualplane/` and are kept from one start to the next (:mod:`dualplane.local_stack`), so a
+`.dualplane/` and are kept from one start to the next (:mod:`dualplane.devstack.local_stack`), so a
 restart finds its jobs, artifacts and tokens. Everything started is registered in one ExitStack
 the moment it exists, so `stop()` (and any failure or Ctrl-C during `start()`) stops it in
 reverse order: worker, control plane, S3, Redis; each as a process group.
@@ -31,7 +31,9 @@ from typing import Any, Self
 import httpx
 
 from dualplane.common.quiet import quiet_model_libraries
-from dualplane.common.services import (
+from dualplane.common.settings import Settings
+from dualplane.devstack.local_stack import STATE_DIR, Process, RunningStack, StateDir, process_started, stop_abandoned
+from dualplane.devstack.services import (
     LOOPBACK,
     S3_PORT_NAMES,
     free_port,
@@ -42,8 +44,6 @@ from dualplane.common.services import (
     start_s3,
     terminate,
 )
-from dualplane.common.settings import Settings
-from dualplane.local_stack import STATE_DIR, Process, RunningStack, StateDir, process_started, stop_abandoned
 
 HEALTH_TIMEOUT_S = 60.0
 #: Extra time over the children's own shutdown grace before they get SIGKILL.
@@ -267,8 +267,8 @@ class LocalStack:
         builder), build the tiny random model of that class and upload it (the same loading path
         then serves it)."""
         from dualplane.common.artifacts import ArtifactStore
-        from dualplane.data_plane.model_store import MANIFEST, ModelRegistry
-        from dualplane.data_plane.tiny import TINY_MARKER, TINY_VERSION, make_and_upload
+        from dualplane.ml.model_store import MANIFEST, TINY_MARKER, ModelRegistry
+        from dualplane.ml.tiny import TINY_VERSION, make_and_upload
 
         store = ArtifactStore(endpoint=self.s3_endpoint or "", access_key=self.s3_access_key or "",
                               secret_key=self.s3_secret_key or "", bucket=self.settings.s3_bucket)

@@ -26,6 +26,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dualplane.ml.model_store import TINY_MARKER, upload_model_dir
+
 if TYPE_CHECKING:
     from dualplane.common.artifacts import ArtifactStore
 
@@ -33,9 +35,6 @@ log = logging.getLogger(__name__)
 
 #: Seed of every builder (each reseeds, so building one model alone gives the same weights).
 TINY_SEED = 1234
-#: File each tiny model carries, naming the builders' version: ``dualplane up`` rebuilds tiny
-#: models of an older version (never weights without the file: those are real).
-TINY_MARKER = "dualplane-tiny.json"
 #: Bump when a builder changes what it builds. 2: random EnCodec codebooks in the MusicGen.
 #: 3: its EnCodec quantizes to exactly the decoder's 2 codebooks (audio prompts work).
 TINY_VERSION = 3
@@ -294,8 +293,6 @@ async def make_and_upload(
     """Build the tiny models and upload each under ``prefixes[name]`` (default
     ``<model_prefix>/<name>/``) with its manifest, which says ``"weights": "random"`` (routing
     and the planner prefer real weights)."""
-    from dualplane.data_plane.model_store import upload_model_dir
-
     built = await asyncio.to_thread(make_tiny, out_dir, names)
     await artifacts.ensure_bucket()
     for name, path in built.items():

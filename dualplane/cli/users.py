@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from dualplane.common.settings import Settings
-from dualplane.local_stack import client_settings
+from dualplane.devstack.local_stack import client_settings
 
 #: The roles (auth.ROLES, spelled here: importing the control plane would slow every command).
 ROLES = ("user", "admin", "orchestrator")

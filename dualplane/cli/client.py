@@ -3,7 +3,7 @@ cancel, and `token` (mints a JWT locally from the configured key).
 
 The server is ``DUALPLANE_URL``, the credentials ``DUALPLANE_TOKEN`` (both through
 :class:`Settings`); where they are unset, those of the local stack running in this directory
-or one above (:func:`dualplane.local_stack.client_settings`: its URL, a token of its user
+or one above (:func:`dualplane.devstack.local_stack.client_settings`: its URL, a token of its user
 ``demo``, its signing key for `token`). ``--watch`` follows the job over the WebSocket hub: one live progress bar
 per node on a terminal, one plain line per event when stdout is a pipe or a file (logs, CI).
 Exit codes: 0 when the job succeeded (or the command did what it was asked), 1 otherwise.
@@ -24,8 +24,8 @@ from typing import Any, TextIO
 
 import httpx
 
-from dualplane.cli import EXIT_INTERRUPTED, format_event, progress_bar, say
-from dualplane.cli_inputs import InputError, bind_uploads, intent_with_inputs, placeholders
+from dualplane.cli.inputs import InputError, bind_uploads, intent_with_inputs, placeholders
+from dualplane.cli.output import EXIT_INTERRUPTED, format_event, progress_bar, say
 from dualplane.client import JOB_TERMINAL, ApiError, Client
 from dualplane.common.settings import Settings
 
@@ -180,7 +180,7 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
 
 def resolved_settings() -> Settings:
     """The environment's settings, completed from the local stack running here."""
-    from dualplane.local_stack import client_settings
+    from dualplane.devstack.local_stack import client_settings
 
     return client_settings(Settings())
 
