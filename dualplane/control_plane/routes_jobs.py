@@ -1,5 +1,10 @@
-"""Keep and redo: rename a job (``PATCH /jobs/{id}``), run its graph again
-(``POST /jobs/{id}/rerun``), and the gallery of every output (``GET /outputs``).
+"""The job API: submit a graph (``POST /jobs``, ``/jobs/batch``), list, read, follow, cancel and
+purge jobs and fetch their artifacts; rename a job (``PATCH /jobs/{id}``) and run its graph again
+(``POST /jobs/{id}/rerun``).
+
+Graph bodies are read by the routes themselves (``limits.read_graph``: size and depth caps), so
+validation errors stay node-scoped; the OpenAPI document still carries the Graph schema
+(``api_docs.document_bodies``).
 
 A re-run is a new job of the caller's with the same graph and ``metadata.rerun_of`` naming the
 first; ``seed: "new"`` gives every node with a seed param a fresh one, ``"same"`` keeps the graph's
@@ -10,30 +15,44 @@ same result even where the graph left the seed to chance).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import pydantic
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from dualplane.common.errors import UnknownJob
+from dualplane.common.errors import GraphValidationError, UnknownJob
 from dualplane.common.job_state import RUNTIME_FIELDS
-from dualplane.common.models import Job
+from dualplane.common.models import Event, Job
 from dualplane.common.registry import TaskRegistry
-from dualplane.control_plane.api_common import User, problem
-from dualplane.control_plane.auth import Principal
-from dualplane.control_plane.gallery import OutputKind, list_outputs
+from dualplane.control_plane.api_common import (
+    IdempotencyKey,
+    Plane,
+    RequestLimits,
+    Timestamp,
+    User,
+    WaitQuery,
+    job_response,
+    owned_job,
+    problem,
+    problem_of,
+)
+from dualplane.control_plane.auth import USER_ID_PATTERN, Forbidden
 from dualplane.control_plane.job_names import MAX_NAME, InvalidName, RenameContention, check_name, rename
-from dualplane.control_plane.limits import Limits
-from dualplane.control_plane.service import ControlPlane, JobConflict
+from dualplane.control_plane.limits import MAX_SEQ, Limits, TooDeep
+from dualplane.control_plane.listing import JobFilter
+from dualplane.control_plane.policy import PolicyRefusal
+from dualplane.control_plane.service import JobConflict
 
 #: Fresh seeds are drawn below this: every task's seed field takes it (the smallest bound is 2^32 - 1).
 SEED_LIMIT = 2**32
 
-OwnedJob = Callable[[str, Principal], Awaitable[Job]]
+GRAPH_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/Graph"}}}}}
+
+router = APIRouter()
 
 
 class RenameRequest(BaseModel):
@@ -56,66 +75,170 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-def jobs_router(control: ControlPlane, limits: Limits, owned_job: OwnedJob) -> APIRouter:
-    router = APIRouter(tags=["jobs"])
+@router.post("/jobs", status_code=201, response_model=Job, openapi_extra=GRAPH_BODY, responses={
+    200: {"description": "Same id or Idempotency-Key as an existing job of yours, or finished within `wait`"},
+    202: {"description": "`wait` elapsed first; the job as it is now"}, 409: {"description": "Id taken"},
+    413: {"description": "Body too large"}, 422: {"description": "Invalid graph (`node_errors`)"},
+    429: {"description": "Submission rate limit"}})
+async def submit_job(request: Request, who: User, control: Plane, limits: RequestLimits, wait: WaitQuery = None,
+                     idempotency_key: IdempotencyKey = None) -> Response:
+    """Submit a graph. `?wait=<seconds>` returns the finished job when it ends in time."""
+    document = await limits.read_graph(request)
+    limits.check_graph(document)
+    await limits.admit(control.bridge, who.user)
+    graph = control.validate(document)
+    decision = await control.screen(graph, user=who.user, stage="submit", request_id=request.state.request_id)
+    result = await control.submit(graph, request_id=request.state.request_id, user=who.user,
+                                  idempotency_key=idempotency_key, audit=decision)
+    return await job_response(request, result.job_id, created=result.created, wait=wait, user=who.user)
 
-    async def read(request: Request, model: type[BaseModel], *, optional: bool = False) -> Any:
-        """The body as ``model`` (read through the size and depth caps); FastAPI's own 422 otherwise."""
-        document = await limits.read_json(request) if not optional or await request.body() else {}
+
+@router.post("/jobs/batch", status_code=201, responses={422: {"description": "An invalid graph (by index)"}})
+async def submit_batch(request: Request, who: User, control: Plane, limits: RequestLimits) -> JSONResponse:
+    """Submit many graphs at once; all are validated before any is queued."""
+    try:
+        body = await limits.read_json(request)
+    except TooDeep as exc:
+        return _deep_batch(exc)
+    graphs = body.get("graphs") if isinstance(body, dict) else None
+    if not isinstance(graphs, list) or not graphs:
+        return problem(422, "Invalid batch", "body must be {\"graphs\": [graph, ...]} with at least one graph")
+    errors: dict[str, Any] = {}
+    parsed = []
+    for index, document in enumerate(graphs):
         try:
-            return model.model_validate(document)
-        except pydantic.ValidationError as exc:
-            errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
-            raise RequestValidationError(errors) from None
-
-    @router.patch("/jobs/{job_id}", response_model=Job, openapi_extra=_body(RenameRequest),
-                  responses={422: {"description": "Invalid name"}})
-    async def rename_job(job_id: str, request: Request, who: User) -> Response:
-        """Rename one of your jobs (admins: anyone's)."""
-        await owned_job(job_id, who)
-        body = await read(request, RenameRequest)
+            limits.check_graph(document)
+            parsed.append(control.validate(document))
+        except GraphValidationError as exc:
+            errors[str(index)] = exc.node_errors
+    if errors:
+        return problem(422, "Invalid graph in batch", f"{len(errors)} of {len(graphs)} graphs are invalid",
+                       errors=errors)
+    await limits.admit(control.bridge, who.user, amount=len(parsed))
+    decisions = []
+    for index, graph in enumerate(parsed):  # all judged before any is queued, like the validation
         try:
-            name = check_name(body.name)
-        except InvalidName as exc:
-            return problem(422, "Invalid name", str(exc))
-        try:
-            renamed = await rename(control.bridge, job_id, name)
-        except RenameContention as exc:
-            raise JobConflict(str(exc)) from None
-        if not renamed:
-            raise UnknownJob(job_id)
-        return Response((await control.get_job(job_id)).model_dump_json(), media_type="application/json")
+            decisions.append(await control.screen(graph, user=who.user, stage="submit",
+                                                  request_id=request.state.request_id))
+        except PolicyRefusal as exc:
+            return problem_of(exc, index=index)
+    jobs = []
+    for graph, decision in zip(parsed, decisions, strict=True):
+        result = await control.submit(graph, request_id=request.state.request_id, user=who.user, audit=decision)
+        jobs.append((await control.get_job(result.job_id)).model_dump(mode="json"))
+    return JSONResponse({"jobs": jobs}, status_code=201)
 
-    @router.post("/jobs/{job_id}/rerun", status_code=201, response_model=Job, openapi_extra=_body(RerunRequest),
-                 responses={422: {"description": "The graph no longer validates (e.g. an input is gone)"},
-                            429: {"description": "Submission rate limit"}})
-    async def rerun_job(job_id: str, request: Request, who: User,
-                        idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Response:
-        """Run one of your jobs' graph again as a new job of yours (``metadata.rerun_of``: this one)."""
-        job = await owned_job(job_id, who)
-        body = await read(request, RerunRequest, optional=True)
-        graph = rerun_graph(job, new_seeds=body.seed == "new", registry=control.registry)
-        limits.check_graph(graph)
-        validated = control.validate(graph)
-        decision = await control.screen(validated, user=who.user, stage="submit", request_id=request.state.request_id)
-        await limits.admit(control.bridge, who.user)
-        result = await control.submit(validated, request_id=request.state.request_id, user=who.user, audit=decision,
-                                      idempotency_key=f"rerun:{job_id}:{idempotency_key}" if idempotency_key else None)
-        new = await control.get_job(result.job_id)
-        return Response(new.model_dump_json(), status_code=201 if result.created else 200,
-                        media_type="application/json", headers={"Location": f"/jobs/{new.id}"})
 
-    @router.get("/outputs", tags=["outputs"], responses={503: {"description": "No object store"}})
-    async def outputs(who: User, kind: OutputKind | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                      cursor: Annotated[str | None, Query(max_length=256)] = None) -> Response:
-        """Every output of your jobs (audio, video, images, text), newest first, with presigned
-        URLs (a video's poster too). Follow ``next_cursor``."""
-        if control.artifacts is None:
-            return problem(503, "No object store", "this control plane has no S3 endpoint configured")
-        page = await list_outputs(control.bridge, control.artifacts, who.user, kind=kind, limit=limit, cursor=cursor)
-        return JSONResponse({"outputs": page.outputs, "next_cursor": page.next_cursor})
+@router.get("/jobs")
+async def jobs(who: User, control: Plane, status: Annotated[list[str] | None, Query()] = None,
+               task: Annotated[str | None, Query(max_length=128)] = None,
+               user: Annotated[str | None, Query(pattern=USER_ID_PATTERN)] = None,
+               created_after: Timestamp = None, created_before: Timestamp = None,
+               limit: Annotated[int, Query(ge=1, le=500)] = 50,
+               cursor: Annotated[str | None, Query(max_length=256)] = None) -> dict[str, Any]:
+    """Your jobs, newest first (admins: anyone's, `user=` to narrow). Follow `next_cursor`."""
+    if user is not None and user != who.user and not who.privileged:
+        raise Forbidden("only admins and orchestrators can list other users' jobs")
+    owner = user if (user is not None or not who.privileged) else None
+    flt = JobFilter(user=owner or (None if who.privileged else who.user), statuses=frozenset(status or ()),
+                    task=task, created_after=created_after, created_before=created_before)
+    page = await control.list_jobs(flt, limit=limit, cursor=cursor)
+    return {"jobs": page.jobs, "next_cursor": page.next_cursor}
 
-    return router
+
+@router.get("/jobs/{job_id}", response_model=Job)
+async def get_job(job_id: str, who: User, control: Plane) -> Job:
+    """Job status, progress and every node's state."""
+    return await owned_job(control, job_id, who)
+
+
+@router.get("/jobs/{job_id}/events", response_model=list[Event])
+async def job_events(job_id: str, who: User, control: Plane, since: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+                     limit: Annotated[int | None, Query(ge=1, le=10_000)] = None) -> list[Event]:
+    """Events with seq > since, in order (the durable event stream)."""
+    await owned_job(control, job_id, who)
+    return await control.events(job_id, since, count=limit)
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202)
+async def cancel_job(job_id: str, who: User, control: Plane) -> dict[str, str]:
+    """Ask the owning plane to cancel; running tasks stop at their next step."""
+    await owned_job(control, job_id, who)
+    return {"id": job_id, "status": await control.cancel(job_id)}
+
+
+@router.delete("/jobs/{job_id}", status_code=204, responses={409: {"description": "Job not finished"}})
+async def purge_job(job_id: str, who: User, control: Plane) -> Response:
+    """Delete a finished job, its events and its artifacts."""
+    await owned_job(control, job_id, who)
+    await control.purge(job_id)
+    return Response(status_code=204)
+
+
+@router.get("/jobs/{job_id}/artifacts")
+async def job_artifacts(job_id: str, who: User, control: Plane,
+                        expires_s: Annotated[int, Query(ge=60, le=7 * 24 * 3600)] = 3600) -> dict[str, Any]:
+    """Every artifact of the job with a presigned GET URL."""
+    job = await owned_job(control, job_id, who)
+    return {"artifacts": await control.artifact_links(job, expires_s)}
+
+
+@router.patch("/jobs/{job_id}", tags=["jobs"], response_model=Job, openapi_extra=_body(RenameRequest),
+              responses={422: {"description": "Invalid name"}})
+async def rename_job(job_id: str, request: Request, who: User, control: Plane, limits: RequestLimits) -> Response:
+    """Rename one of your jobs (admins: anyone's)."""
+    await owned_job(control, job_id, who)
+    body = await _read(request, limits, RenameRequest)
+    try:
+        name = check_name(body.name)
+    except InvalidName as exc:
+        return problem(422, "Invalid name", str(exc))
+    try:
+        renamed = await rename(control.bridge, job_id, name)
+    except RenameContention as exc:
+        raise JobConflict(str(exc)) from None
+    if not renamed:
+        raise UnknownJob(job_id)
+    return Response((await control.get_job(job_id)).model_dump_json(), media_type="application/json")
+
+
+@router.post("/jobs/{job_id}/rerun", tags=["jobs"], status_code=201, response_model=Job,
+             openapi_extra=_body(RerunRequest), responses={422: {"description": "The graph no longer validates (e.g. an input is gone)"},
+                        429: {"description": "Submission rate limit"}})
+async def rerun_job(job_id: str, request: Request, who: User, control: Plane, limits: RequestLimits,
+                    idempotency_key: IdempotencyKey = None) -> Response:
+    """Run one of your jobs' graph again as a new job of yours (``metadata.rerun_of``: this one)."""
+    job = await owned_job(control, job_id, who)
+    body = await _read(request, limits, RerunRequest, optional=True)
+    graph = rerun_graph(job, new_seeds=body.seed == "new", registry=control.registry)
+    limits.check_graph(graph)
+    validated = control.validate(graph)
+    decision = await control.screen(validated, user=who.user, stage="submit", request_id=request.state.request_id)
+    await limits.admit(control.bridge, who.user)
+    result = await control.submit(validated, request_id=request.state.request_id, user=who.user, audit=decision,
+                                  idempotency_key=f"rerun:{job_id}:{idempotency_key}" if idempotency_key else None)
+    new = await control.get_job(result.job_id)
+    return Response(new.model_dump_json(), status_code=201 if result.created else 200,
+                    media_type="application/json", headers={"Location": f"/jobs/{new.id}"})
+
+
+async def _read(request: Request, limits: Limits, model: type[BaseModel], *, optional: bool = False) -> Any:
+    """The body as ``model`` (read through the size and depth caps); FastAPI's own 422 otherwise."""
+    document = await limits.read_json(request) if not optional or await request.body() else {}
+    try:
+        return model.model_validate(document)
+    except pydantic.ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
+        raise RequestValidationError(errors) from None
+
+
+def _deep_batch(exc: TooDeep) -> JSONResponse:
+    """A batch nested too deep: by graph index (node-scoped) when the deep part is in a graph."""
+    path = exc.spot.path if exc.spot else ()
+    if len(path) >= 2 and path[0] == "graphs" and isinstance(path[1], int):
+        return problem(422, "Invalid graph in batch", f"graph {path[1]} is invalid",
+                       errors={str(path[1]): exc.node_errors(skip=2)})
+    return problem(422, "Invalid batch", str(exc))
 
 
 def rerun_graph(job: Job, *, new_seeds: bool, registry: TaskRegistry) -> dict[str, Any]:
