@@ -475,5 +475,5 @@ def _merge_states(graph: Graph, states: dict[str, dict[str, Any]]) -> Graph:
     for index, node in enumerate(graph.nodes):
         state = states.get(node.id)
         if state and (state.get("status") != node.status or state.get("attempts", 0) != node.attempts):
-            graph.nodes[index] = Node.model_validate({**node.model_dump(exclude=RUNTIME_FIELDS), **state})
+            graph.nodes[index] = Node.model_validate({**node.model_dump(exclude=set(RUNTIME_FIELDS)), **state})
     return graph

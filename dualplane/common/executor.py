@@ -321,7 +321,7 @@ class Executor:
         kind = chunk["kind"]
         change = _transition(run.state, node, kind, chunk)
         reply = self._bridge.emit_nowait(run.job_id, change, fence=run.fence)
-        reply.add_done_callback(lambda f, run=run: _check_fence(f, run))
+        reply.add_done_callback(functools.partial(_check_fence, run=run))
         if kind == "finished":
             if node.id in run.finished:
                 run.finished[node.id].set_result(None)

@@ -44,6 +44,7 @@ from dualplane.common.wire import event_body
 RUNTIME_FIELDS = frozenset(
     {"status", "attempts", "progress", "started_at", "finished_at", "output", "artifacts", "error", "reason"}
 )
+_RUNTIME_INCLUDE = set(RUNTIME_FIELDS)  # pydantic's include/exclude take a set
 #: Why nodes end when their job is cancelled.
 JOB_CANCELLED = "job cancelled"
 #: Why a node ends when another consumer took its job over (this one was paused past its lease).
@@ -55,7 +56,7 @@ Event = tuple[str, bytes]
 
 def node_state(node: Node) -> bytes:
     """A node's runtime state as stored under ``n:<id>``."""
-    return node.model_dump_json(include=RUNTIME_FIELDS).encode()
+    return node.model_dump_json(include=_RUNTIME_INCLUDE).encode()
 
 
 @dataclass(slots=True, eq=False)

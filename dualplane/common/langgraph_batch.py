@@ -53,7 +53,9 @@ class BatchGraph:
         builder.add_conditional_edges(START, self._route, [*sorted(self._tasks), MISSING_TASK])
         self._graph = builder.compile()
 
-    def _node(self, task: str | None) -> Callable[[tuple[Any, str]], Awaitable[None]]:
+    def _node(self, task: str | None) -> Any:
+        """The LangGraph node of ``task``: its input is a ``Send``'s argument, (run, node id), not
+        the graph's state, which LangGraph's types do not foresee (hence Any)."""
         run_node = self._run_node
 
         async def node(item: tuple[Any, str]) -> None:

@@ -94,6 +94,7 @@ def _speak_piper(ctx: TaskContext, p: SynthesizeVoiceParams, model: str, chunks:
                          f"model such as {DEFAULT_SPEECHT5_MODEL!r}")
     if p.speecht5_settings():
         raise ValueError(f"model {model!r} is a Piper voice; {', '.join(p.speecht5_settings())} apply to SpeechT5 only")
+    assert ctx.models is not None  # synthesize_voice made sure of it
     ctx.progress(0.0, f"loading {model}")
     loaded = ctx.models.load(model, load_piper_voice)
     voice = loaded.model
