@@ -403,7 +403,7 @@ def _idempotent_id(user: str | None, key: str | None) -> str | None:
     return "idem-" + hashlib.sha256(f"{user or ''}\0{key}".encode()).hexdigest()[:40]
 
 
-def _same_spec(stored: bytes, graph: Graph) -> bool:
+def _same_spec(stored: bytes | str, graph: Graph) -> bool:
     """Same graph, runtime state and name aside (a job renamed since is still the same job)."""
 
     def spec_only(document: dict[str, Any]) -> dict[str, Any]:

@@ -414,6 +414,7 @@ def _bass(w: _Writer, inst: Any, rng: random.Random, key: Key, style: str, secti
         root, fifth = _bass_pitch(chord.bass), _bass_pitch(chord.root) + 7
         if density == 0:  # intro and outro hold a tonic pedal under the chords: they set out the key
             root = fifth = _bass_pitch(key.tonic)
+        pattern: list[tuple[float, float, int]]  # (beat, beats, pitch)
         if program == 47:  # timpani: a roll of roots on the strong beats
             pattern = [(0, 1, root), (2, 1, root)] if density else [(0, 2, root)]
         elif density == 0 or style == "ambient":

@@ -38,6 +38,7 @@ from dualplane.common.inputs import shown
 from dualplane.common.registry import task
 from dualplane.ml.model_store import BUILD_LOCK
 from dualplane.ml.rng import GLOBAL_RNG, seeded
+from dualplane.ml.safetensors_meta import safetensors_metadata
 
 #: Name of the resumable state under the node's prefix.
 CHECKPOINT = "checkpoint.safetensors"
@@ -156,7 +157,7 @@ def image_array(data: bytes, resolution: int, *, what: str = "image") -> Any:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         image = ImageOps.exif_transpose(image).convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{what}: not a readable image ({exc})") from None
@@ -331,8 +332,9 @@ class _Trainer:
         tensors = load_safetensors(data)
         lora = {k[len(_LORA_PREFIX):]: v for k, v in tensors.items() if k.startswith(_LORA_PREFIX)}
         result = set_peft_model_state_dict(self.unet, lora)
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"checkpoint {self.checkpoint_key}: unexpected LoRA keys {result.unexpected_keys[:3]}")
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"checkpoint {self.checkpoint_key}: unexpected LoRA keys {unexpected[:3]}")
         for param in self.params:
             param.data = param.data.float()
         _load_optimizer(self.optimizer, tensors, json.loads(metadata["optimizer"]), self.device)
@@ -349,14 +351,6 @@ class _Trainer:
         with tempfile.TemporaryDirectory(prefix="dp-lora-") as tmp:
             StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
             return Path(tmp, LORA_WEIGHTS).read_bytes()
-
-
-def safetensors_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file (8-byte little-endian header length, JSON header)."""
-    size = int.from_bytes(data[:8], "little")
-    if len(data) < 8 + size:
-        raise ValueError("truncated safetensors header")
-    return dict(json.loads(data[8:8 + size]).get("__metadata__") or {})
 
 
 def _lora_state(unet: Any) -> dict[str, Any]:

@@ -86,7 +86,8 @@ def generate_music(ctx: TaskContext, p: MusicParams) -> dict[str, Any]:
 
     # generate samples from the process-wide generator (it takes no generator=): jobs running
     # at once take turns, so a seed reproduces its audio whatever else the worker runs
-    track, joins_s = None, []
+    track: torch.Tensor | None = None
+    joins_s: list[float] = []
     with ctx.holding(GLOBAL_RNG):
         started = time.perf_counter()
         with seeded(p.seed, loaded.device), torch.inference_mode():
@@ -97,13 +98,14 @@ def generate_music(ctx: TaskContext, p: MusicParams) -> dict[str, Any]:
                 chunk = _generate(processor, model, loaded.device, p, window, delay, prompt, sample_rate,
                                   progress)
                 progress.window_done(window)
-                if track is None:
+                if track is None or prompt is None:  # the first window (the only one without a prompt)
                     track = chunk
                 else:
                     joins_s.append(round((track.shape[-1] - prompt.shape[-1]) / sample_rate, 4))
                     track, _ = join(track, chunk, prompt.shape[-1])
         generate_s = time.perf_counter() - started
     ctx.check_cancelled()
+    assert track is not None  # plan_windows plans at least one window
 
     track = track[:, :samples]
     out = put_audio(ctx, "music", wav_bytes(track, sample_rate), sample_rate=sample_rate,
@@ -184,7 +186,7 @@ class _TokenProgress:
         outer = self
 
         class _Step(StoppingCriteria):
-            def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+            def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
                 outer.step()  # raises TaskCancelled when cancelled
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 

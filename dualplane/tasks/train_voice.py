@@ -215,9 +215,9 @@ def train_voice(ctx: TaskContext, p: TrainVoiceParams) -> dict[str, Any]:
             tensors[f"lora.{name}"] = value.detach().float().cpu().contiguous()
         metadata.update({"lora_rank": str(lora_config.r), "lora_alpha": str(lora_config.lora_alpha),
                          "lora_target_modules": LORA_TARGETS, "lora_learning_rate": repr(p.lora_learning_rate)})
-    ref = ctx.put_artifact("voice.safetensors", write_voice(tensors, metadata), "application/octet-stream")
+    artifact = ctx.put_artifact("voice.safetensors", write_voice(tensors, metadata), "application/octet-stream")
     return {
-        "voice": ref["key"],
+        "voice": artifact["key"],
         "steps": p.steps,
         "initial_loss": round(initial_loss, 6),
         "final_loss": round(final_loss, 6),

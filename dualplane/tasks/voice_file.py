@@ -3,9 +3,9 @@ speaker embedding (and LoRA tensors) with string metadata tagged :data:`VOICE_FO
 
 from __future__ import annotations
 
-import json
-import struct
 from typing import Any
+
+from dualplane.ml.safetensors_meta import safetensors_metadata
 
 #: Format tag in the metadata of a voice file.
 VOICE_FORMAT = "dualplane-voice"
@@ -23,14 +23,10 @@ def read_voice(data: bytes) -> tuple[dict[str, Any], dict[str, str]]:
     """(tensors, metadata) of a ``voice.safetensors``; rejects anything else."""
     from safetensors.torch import load
 
-    if len(data) < 8:
-        raise ValueError("not a voice file (too short)")
-    (header_len,) = struct.unpack("<Q", data[:8])
     try:
-        header = json.loads(data[8 : 8 + header_len])
-    except ValueError:
-        raise ValueError("not a voice file (no safetensors header)") from None
-    metadata = header.get("__metadata__") or {}
+        metadata = safetensors_metadata(data)
+    except ValueError as exc:
+        raise ValueError(f"not a voice file ({exc})") from None
     if metadata.get("format") != VOICE_FORMAT:
         raise ValueError(f"not a voice file (format {metadata.get('format')!r}, expected {VOICE_FORMAT!r})")
     tensors = load(data)

@@ -188,14 +188,6 @@ class ModelManager:
         """:meth:`load` for async tasks (runs it in a thread)."""
         return await asyncio.to_thread(self.load, name, loader, key=key, extra=extra)
 
-    def evict(self, name: str) -> int:
-        """Drop every warm copy of ``name``; returns how many."""
-        with self._lock:
-            keys = [k for k in self._warm if k[0] == name]
-            dropped = [self._warm.pop(k) for k in keys]
-        self._release(dropped)
-        return len(dropped)
-
     def clear(self) -> None:
         with self._lock:
             dropped = list(self._warm.values())

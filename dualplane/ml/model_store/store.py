@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from dualplane.common.digest import file_sha256
 from dualplane.common.errors import ObjectNotFound, TransientError
 from dualplane.ml.model_store.registry import MODEL_PREFIX, ModelError, ModelRegistry, check_rel_path
 
@@ -48,7 +48,6 @@ TINY_MARKER = "dualplane-tiny.json"
 #: Written into a cache directory after a full hash check: (size, mtime_ns) of each file, so the
 #: next check is a stat per file; a file changed since (corrupted, truncated) is hashed again.
 _VERIFIED = ".verified.json"
-_HASH_CHUNK_BYTES = 1 << 20
 
 #: What a model's weights are: trained ones ("real"), random-initialised ones of the real classes
 #: ("random": the tiny models, benchmark builds), or not known (no manifest yet, no store).
@@ -70,15 +69,6 @@ class ModelIntegrityError(TransientError, ModelError):
 # -- manifests -----------------------------------------------------------------------------
 
 
-def _file_digest(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def build_manifest(name: str, local_dir: Path, *, weights: Weights, origin: str) -> dict[str, Any]:
     """sha256 and size of every file under ``local_dir`` (the manifest itself excluded), and
     where the weights came from (``origin``: ``hub:<id>[@rev]``, ``dir:<path>``, ``tiny``...)."""
@@ -90,7 +80,7 @@ def build_manifest(name: str, local_dir: Path, *, weights: Weights, origin: str)
         rel = path.relative_to(local_dir).as_posix()
         if rel in (MANIFEST, _VERIFIED) or rel.startswith("."):
             continue
-        sha256, size = _file_digest(path)
+        sha256, size = file_sha256(path)
         files[rel] = {"sha256": sha256, "size": size}
     if not files:
         raise ModelError(f"{local_dir}: no files to upload for model {name!r}")
@@ -102,7 +92,7 @@ def weights_of(manifest: Mapping[str, Any]) -> Weights:
     (its marker file is listed) is random, anything else unknown."""
     declared = manifest.get("weights")
     if declared in WEIGHTS:
-        return declared  # type: ignore[no-any-return]
+        return declared
     return "random" if TINY_MARKER in manifest.get("files", {}) else "unknown"
 
 
@@ -317,7 +307,7 @@ def _mismatched(root: Path, manifest: dict[str, Any]) -> list[str]:
     bad = []
     for rel, meta in manifest["files"].items():
         path = root / rel
-        if not path.is_file() or path.stat().st_size != meta["size"] or _file_digest(path)[0] != meta["sha256"]:
+        if not path.is_file() or path.stat().st_size != meta["size"] or file_sha256(path)[0] != meta["sha256"]:
             bad.append(rel)
     return bad
 
