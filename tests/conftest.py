@@ -24,9 +24,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
 
 
+#: Every test writes to a bucket of its own, and weed gives each bucket a volume: its automatic
+#: limit (free disk / 1 GiB, 30-70 here) ran out late in the suite, failing every write after.
+S3_VOLUMES = 2000
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with start_s3(tmp_path_factory.mktemp("s3")) as server:
+    with start_s3(tmp_path_factory.mktemp("s3"), volumes=S3_VOLUMES) as server:
         yield server
 
 

@@ -336,8 +336,9 @@ def s3_ports_taken(ports: dict[str, int]) -> list[int]:
     return [port for port in wanted if not port_is_free(port)]
 
 
-def _weed_args(weed: str, data_dir: Path, ports: dict[str, int]) -> list[str]:
-    """`weed mini` flags: loopback only, no telemetry, every port explicit, sockets in data_dir."""
+def _weed_args(weed: str, data_dir: Path, ports: dict[str, int], volumes: int | None = None) -> list[str]:
+    """`weed mini` flags: loopback only, no telemetry, every port explicit, sockets in data_dir;
+    ``volumes`` caps the volume count instead of weed's automatic free disk / volume size."""
     return [
         weed, "mini",
         f"-dir={data_dir}",
@@ -352,6 +353,7 @@ def _weed_args(weed: str, data_dir: Path, ports: dict[str, int]) -> list[str]:
         "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-webdav=false",
         "-admin.ui=false", f"-admin.port={ports['admin']}",
+        *([f"-volume.max={volumes}"] if volumes is not None else []),
     ]  # fmt: skip
 
 
@@ -388,12 +390,17 @@ def _s3_answers(url: str) -> bool:
 
 def start_s3(
     data_dir: Path, *, access_key: str | None = None, secret_key: str | None = None,
-    ports: dict[str, int] | None = None,
+    ports: dict[str, int] | None = None, volumes: int | None = None,
 ) -> S3Server:
     """Start `weed mini` with S3 on a free port; return once S3 answers HTTP.
 
     ``ports`` (an earlier server's ``ports``), with the same ``data_dir`` and keys, restarts
     that store where its clients expect it, with its objects.
+
+    Weed gives every bucket a volume of its own and, by default, allows free disk / 1 GiB of
+    them; past that, every write to a new bucket fails with InternalError. ``volumes`` sets the
+    limit for a store of many buckets (the tests: one per test). Volumes are sparse files, so a
+    high limit costs no disk.
 
     The keys (generated when not given) reach weed as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
     which makes it create an admin identity and enforce signatures; without them it accepts
@@ -416,7 +423,7 @@ def start_s3(
     log_path = data_dir / "weed.log"
     server = S3Server(
         port=ports["s3"],
-        process=_spawn(_weed_args(_find_weed_binary(), data_dir, ports), log_path, env),
+        process=_spawn(_weed_args(_find_weed_binary(), data_dir, ports, volumes), log_path, env),
         data_dir=data_dir,
         access_key=access_key,
         secret_key=secret_key,
