@@ -56,11 +56,13 @@ def test_the_lua_scripts_spell_the_finished_statuses_as_python_does() -> None:
 
 
 def test_the_web_ui_spells_the_finished_statuses_as_python_does() -> None:
-    text = (PACKAGE / "control_plane" / "ui" / "job.js").read_text()
-    found = re.search(r"const FINISHED = new Set\(\[([^\]]*)\]\);", text)
-    assert found is not None
-    assert set(re.findall(r'"(\w+)"', found.group(1))) == FINISHED
-    assert "dualplane.common.statuses.FINISHED" in text
+    for script, pattern in (("job.js", r"const FINISHED = new Set\(\[([^\]]*)\]\);"),
+                            ("jobs.js", r"const finished = \[([^\]]*)\]\.includes")):
+        text = (PACKAGE / "control_plane" / "ui" / script).read_text()
+        found = re.search(pattern, text)
+        assert found is not None, script
+        assert set(re.findall(r'"(\w+)"', found.group(1))) == FINISHED, script
+        assert "dualplane.common.statuses.FINISHED" in text, f"{script} says which constant it mirrors"
 
 
 # -- transitions ---------------------------------------------------------------------------

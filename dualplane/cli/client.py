@@ -28,11 +28,11 @@ from dualplane.cli.inputs import InputError, bind_uploads, intent_with_inputs, p
 from dualplane.cli.output import EXIT_INTERRUPTED, format_event, progress_bar, say
 from dualplane.client import JOB_TERMINAL, ApiError, Client
 from dualplane.common.settings import Settings
+from dualplane.common.statuses import TERMINAL as NODE_TERMINAL
 
 #: Seconds between two redraws of the live view (events can come much faster).
 REDRAW_S = 0.05
 JOBS_LIMIT = 20
-NODE_TERMINAL = frozenset({"succeeded", "failed", "skipped", "cancelled"})
 #: How a dead-lettered job's error begins (bridge.dead_letter).
 DEAD_LETTERED = "dead-lettered: "
 

@@ -12,9 +12,9 @@ import httpx
 
 from dualplane.cli.output import format_event, say
 from dualplane.common.settings import Settings
+from dualplane.common.statuses import FINISHED as JOB_TERMINAL
 
 POLL_S = 0.1
-JOB_TERMINAL = frozenset({"succeeded", "failed", "partial", "cancelled"})
 
 
 def run_demo_job(stack: Any, settings: Settings, timeout_s: float | None) -> bool:

@@ -4,7 +4,7 @@ Plain strings (the members' values): a StrEnum member and its value find each ot
 
 Code that cannot import this module mirrors it and says so next to its copy; tests compare
 each copy with these sets (``tests/test_job_state.py``): ``lua/dead_letter.lua`` and
-``lua/requeue.lua`` (:data:`FINISHED`), ``control_plane/ui/job.js`` (:data:`FINISHED`).
+``lua/requeue.lua`` (:data:`FINISHED`), ``control_plane/ui/job.js`` and ``jobs.js`` (:data:`FINISHED`).
 """
 
 from __future__ import annotations

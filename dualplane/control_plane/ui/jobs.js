@@ -23,6 +23,7 @@ function renderCompareBar(list) {
 function row(j) {
   const href = `#/jobs/${encodeURIComponent(j.id)}`;
   const title = jobTitle(j);
+  // mirrors dualplane.common.statuses.FINISHED (tests/test_job_state.py checks that they agree)
   const finished = ["succeeded", "failed", "partial", "cancelled"].includes(j.status);
   const display = h("span", { class: "name-display" }, h("a", { href, text: title, class: "job-link" }),
     h("button", { type: "button", class: "link rename", text: "Rename", "aria-label": `Rename ${title}`,
