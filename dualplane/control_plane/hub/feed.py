@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -42,7 +42,9 @@ def job_user_from_hash(bridge: Bridge) -> JobUser:
         job_key_id, user = await bridge.client.hmget(bridge.keys.job(job_id), ["id", "user"])
         if job_key_id is None:
             raise UnknownJob(job_id)
-        return user.decode() if user else None
+        if not user:
+            return None
+        return user.decode() if isinstance(user, bytes) else user
 
     return job_user
 
@@ -187,7 +189,8 @@ class Feed:
         async with self._reads:
             entries = await self.bridge.client.xrange(self.bridge.keys.events(job_id), min=stream_id(after + 1),
                                                       max=stream_id(upto), count=count)
-        return [fields[EVENT_FIELD] for _, fields in entries]
+        # the bridge's client does not decode replies: ids and fields are bytes
+        return [fields[EVENT_FIELD] for _, fields in cast("list[tuple[bytes, dict[bytes, bytes]]]", entries)]
 
     async def status(self, job_id: str) -> str | None:
         """The job's status (None: the job is gone)."""

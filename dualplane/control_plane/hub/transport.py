@@ -10,17 +10,13 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from fastapi import FastAPI
 from starlette.websockets import WebSocket, WebSocketState
 
 from dualplane.control_plane.auth import Authenticator, AuthError, Principal, bearer_token
-
-if TYPE_CHECKING:
-    from dualplane.control_plane.hub.hub import Hub
-    from dualplane.control_plane.hub.sequence import Sub
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 4008
@@ -29,6 +25,12 @@ TOKEN_EXPIRED = "token expired"
 PONG = '{"type":"pong"}'
 
 Verify = Callable[[str], Principal]
+
+
+class Serving(Protocol):
+    """What the ``/ws`` route hands an authenticated WebSocket to (the hub)."""
+
+    async def serve(self, websocket: WebSocket, principal: Principal, *, verify: Verify | None = None) -> None: ...
 
 
 def error(message: str, job_id: str | None = None) -> str:
@@ -68,7 +70,8 @@ class Connection:
         self.principal = principal
         self.limit = limit
         self.queue: deque[str] = deque()
-        self.subs: dict[str, Sub] = {}  # job id -> its subscription on this connection
+        #: job id -> the hub's subscription on this connection (opaque here: the transport knows no seqs)
+        self.subs: dict[str, object] = {}
         self.closing = False
         self.close_code = 0
         self.close_reason = ""
@@ -205,7 +208,7 @@ def clip_reason(text: str) -> str:
     return data.decode("utf-8", "ignore")
 
 
-def add_websocket_route(app: FastAPI, hub: Hub, authenticator: Authenticator, path: str = "/ws") -> None:
+def add_websocket_route(app: FastAPI, hub: Serving, authenticator: Authenticator, path: str = "/ws") -> None:
     """Mount the hub at ``path``. Authentication: ``?token=<jwt>`` (browsers cannot set
     headers on a WebSocket) or ``Authorization: Bearer <jwt>``. A missing, invalid or expired
     token is accepted and then closed with 4401 and a reason naming the problem."""
