@@ -133,7 +133,7 @@ class _WaitingPool(aioredis.ConnectionPool):
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await super().get_connection(*args, **kwargs)
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except MaxConnectionsError:
             pass
         loop = asyncio.get_running_loop()
@@ -149,7 +149,7 @@ class _WaitingPool(aioredis.ConnectionPool):
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
             try:
-                return await super().get_connection(*args, **kwargs)
+                return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
             except MaxConnectionsError:
                 continue
         raise redis.ConnectionError(f"no Redis connection free within {self._wait_timeout_s} s "
@@ -406,7 +406,10 @@ class Bridge:
         await self.close()
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Any:
+        """The raw redis-py client. Typed ``Any`` on purpose: redis-py 8 types every reply as
+        ``bytes | str`` (and some as ``Awaitable | value``) whatever ``decode_responses`` says;
+        this client never decodes, and the bridge's own methods give the typed answers."""
         if self._state is not _State.OPEN or self._client is None:
             raise BridgeClosed(f"bridge is {self._state.value}")
         return self._client
