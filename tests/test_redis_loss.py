@@ -106,6 +106,7 @@ async def test_jobs_survive_a_restart_of_a_redis_that_keeps_an_aof(settings: Set
 async def test_the_local_stack_runs_its_redis_with_an_aof_under_the_state_dir(tmp_path: Path):
     stack = LocalStack(Settings(redis_url=None), tmp_path, announce=lambda _line: None)
     try:
+        stack.state.create()  # what start() does first
         stack._start_redis()
         client = aioredis.Redis.from_url(stack.redis_url)
         config = await client.config_get("appendonly")
