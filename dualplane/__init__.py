@@ -16,7 +16,7 @@ import importlib
 #: typing's flag without importing typing (type checkers read any TYPE_CHECKING as true)
 TYPE_CHECKING = False
 
-__version__ = "0.1.0"
+from dualplane.common.version import __version__ as __version__
 
 #: Where each public name lives.
 _SOURCES = {

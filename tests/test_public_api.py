@@ -52,3 +52,13 @@ assert (spec.name, spec.plane, spec.retry.max_attempts) == ("shout", "python", 2
 assert NO_RETRY.max_attempts == 1
 """
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_version_is_the_one_pyproject_declares():
+    import tomllib
+    from pathlib import Path
+
+    import dualplane
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert dualplane.__version__ == pyproject["project"]["version"]

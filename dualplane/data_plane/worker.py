@@ -23,7 +23,6 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from dualplane import __version__
 from dualplane.common.artifacts import store_from_settings
 from dualplane.common.bridge import Bridge
 from dualplane.common.consumer import Consumer
@@ -36,6 +35,7 @@ from dualplane.common.routing import satisfies
 from dualplane.common.settings import Settings
 from dualplane.common.telemetry import GpuCollector, ModelMetrics, PlaneMetrics
 from dualplane.common.url_policy import UrlPolicy
+from dualplane.common.version import __version__
 from dualplane.ml.model_store import manager_from_settings
 from dualplane.tasks import default_registry
 
