@@ -315,7 +315,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
                       "s3_secret_key": server.secret_key, "s3_bucket": "dp-gpucheck"}
             print(f"redis {redis_url}; object store {s3['s3_endpoint']} bucket {s3['s3_bucket']}", flush=True)
             settings = Settings(redis_url=redis_url, key_prefix=f"gpucheck-{os.getpid()}:", **s3)
-            store = store_from_settings(settings)
+            store = store_from_settings(settings.store)
             assert store is not None
             needed = list(dict.fromkeys(m for name in args.tasks for m in gpu_tasks.BENCHES[name].models))
             models = await provide_models(store, needed, args.size, args.real_dir, tmp / "build")

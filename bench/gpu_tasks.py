@@ -645,7 +645,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
                 redis_url=redis_server.url, s3_endpoint=s3_server.endpoint, s3_access_key=s3_server.access_key,
                 s3_secret_key=s3_server.secret_key, s3_bucket="dp-gpubench", model_cache_dir=str(tmp / "cache-direct"),
             )
-            store = store_from_settings(settings)
+            store = store_from_settings(settings.store)
             assert store is not None
             models_needed = list(dict.fromkeys(m for name in names for m in BENCHES[name].models))
             print(f"building and uploading {len(models_needed)} {args.size} models ...", flush=True)

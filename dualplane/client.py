@@ -26,7 +26,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.sync.client import connect as ws_connect_sync
 
-from dualplane.common.settings import Settings
+from dualplane.common.settings import ClientSettings
 from dualplane.common.statuses import FINISHED
 
 __all__ = ["JOB_TERMINAL", "ApiError", "AsyncClient", "Client", "is_job_end"]
@@ -328,9 +328,9 @@ class Client:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
-        """``DUALPLANE_URL`` and ``DUALPLANE_TOKEN`` (through :class:`Settings`)."""
-        return cls(settings.api_url, settings.token, **kwargs)
+    def from_settings(cls, client: ClientSettings, **kwargs: Any) -> Self:
+        """``DUALPLANE_URL`` and ``DUALPLANE_TOKEN`` (``Settings().client``)."""
+        return cls(client.api_url, client.token, **kwargs)
 
     def close(self) -> None:
         self._http.close()
@@ -528,8 +528,8 @@ class AsyncClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
-        return cls(settings.api_url, settings.token, **kwargs)
+    def from_settings(cls, client: ClientSettings, **kwargs: Any) -> Self:
+        return cls(client.api_url, client.token, **kwargs)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -117,7 +117,7 @@ async def worker(worker_factory: Callable[..., Awaitable[RunningWorker]]) -> Run
 
 @pytest.fixture
 def authenticator(settings: Settings) -> Authenticator:
-    return Authenticator.from_settings(settings)
+    return Authenticator.from_settings(settings.auth)
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ async def upload_models(settings: Settings, tiny_models: dict[str, Any]
     from dualplane.common.artifacts import store_from_settings
     from dualplane.ml.model_store import upload_model_dir
 
-    store = store_from_settings(settings)
+    store = store_from_settings(settings.store)
     assert store is not None
 
     async def upload(*names: str) -> ArtifactStore:

@@ -51,7 +51,7 @@ def served(redis_server, s3_server) -> Iterator[tuple[str, str]]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "control plane did not start"
         time.sleep(0.05)
-    token = Authenticator.from_settings(app_settings).mint("fuzzer", "user")
+    token = Authenticator.from_settings(app_settings.auth).mint("fuzzer", "user")
     try:
         yield f"http://127.0.0.1:{port}", token
     finally:

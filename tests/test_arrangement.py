@@ -133,7 +133,7 @@ def arrangement_node(node_id: str, plan, **params) -> dict:
 async def test_rendered_arrangements_have_the_plans_tempo_and_key_and_the_seed_fixes_the_audio(
     control_plane: ControlPlane, worker_factory, settings
 ):
-    store = store_from_settings(settings)
+    store = store_from_settings(settings.store)
     assert store is not None
     await store.ensure_bucket()
     await worker_factory(concurrency=2)

@@ -18,7 +18,7 @@ import pytest
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
 from dualplane.common.bridge import Bridge
 from dualplane.common.models import CapabilityManifest
-from dualplane.common.settings import Settings
+from dualplane.common.settings import ModelSettings, Settings
 from dualplane.devstack.services import free_port
 from dualplane.ml.model_store import (
     MANIFEST,
@@ -79,7 +79,7 @@ async def test_pull_from_dir_uploads_real_weights_and_a_worker_publishes_them(
     pytest.importorskip("torch")
     from dualplane.ml.tiny import make_tiny
 
-    store = store_from_settings(settings)
+    store = store_from_settings(settings.store)
     await store.ensure_bucket()
     # speecht5-tts: tiny (random); musicgen-small: random first, then real weights are pulled over it
     await upload_model_dir(store, "speecht5-tts", model_dir(tmp_path, "tts", tiny=True))
@@ -117,7 +117,7 @@ async def test_pull_from_the_hub_without_a_hub_is_one_line_and_exit_code_2(setti
     errors = done.stderr.strip().splitlines()
     assert errors[-1].startswith("dualplane models pull: error: cannot download 'facebook/musicgen-small'")
     assert "Traceback" not in done.stderr
-    store = store_from_settings(settings)
+    store = store_from_settings(settings.store)
     await store.ensure_bucket()
     assert await store.keys("models/") == []  # nothing uploaded
 
@@ -140,7 +140,7 @@ async def test_a_name_outside_the_registry_needs_a_kind_and_is_told_how_to_regis
     snippet = done.stdout[done.stdout.index("[models.my-musicgen]"):]
     registry = ModelRegistry.from_dict(tomllib.loads(snippet))
     assert registry.get("my-musicgen").source == "s3:models/my-musicgen"
-    store = store_from_settings(settings)
+    store = store_from_settings(settings.store)
     assert (await remote_manifest(store, "my-musicgen"))["weights"] == "real"
 
 
@@ -235,12 +235,12 @@ def test_the_model_prefix_moves_the_packaged_registry_and_unregistered_pulls(mon
     monkeypatch.setenv("MODEL_S3_PATH", "s3://dualplane/weights/")  # the seeds' name and form
     settings = Settings()
     assert settings.model_prefix == "weights"
-    moved = ModelRegistry.from_settings(settings)
+    moved = ModelRegistry.from_settings(settings.models)
     assert moved.get("musicgen-small").source == "s3:weights/musicgen-small"
     assert moved.get("piper-joe").scheme == "package"  # not in the store: untouched
     assert resolve_target(moved, "musicgen-small", None, model_prefix="weights").prefix == "weights/musicgen-small"
     assert resolve_target(moved, "mine", "sd15", model_prefix="weights").prefix == "weights/mine"
-    assert ModelRegistry.from_settings(Settings(models_config=None, model_prefix="models")).get(
+    assert ModelRegistry.from_settings(ModelSettings(model_prefix="models")).get(
         "musicgen-small").source == "s3:models/musicgen-small"
     for bad in ("s3://another-bucket/weights", "..", "a//b", "/"):
         monkeypatch.setenv("MODEL_S3_PATH", bad)

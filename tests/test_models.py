@@ -444,7 +444,7 @@ async def test_up_rebuilds_tiny_models_of_an_older_builder_but_never_real_weight
 
     assert all(json.loads((path / TINY_MARKER).read_text())["tiny_version"] == TINY_VERSION
                for path in tiny_models.values())
-    store = store_from_settings(settings)
+    store = store_from_settings(settings.store)
     await store.ensure_bucket()
 
     def model_dir(name: str, tiny_version: int | None) -> Path:

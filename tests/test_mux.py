@@ -105,7 +105,7 @@ def frames_of(mp4: bytes) -> tuple[dict, np.ndarray]:
 
 @pytest.fixture
 async def inputs(settings):
-    store = store_from_settings(settings)
+    store = store_from_settings(settings.store)
     await store.ensure_bucket()
 
     async def put(name: str, data: bytes, content_type: str) -> str:

@@ -338,7 +338,7 @@ async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
     stop = asyncio.Event()
     worker_task = asyncio.create_task(worker.run(serve_http=True, stop=stop))
     await asyncio.wait_for(worker.consumer.started.wait(), 10)
-    token = Authenticator.from_settings(settings).mint("alice", "user")
+    token = Authenticator.from_settings(settings.auth).mint("alice", "user")
     stack = Stack(f"http://127.0.0.1:{control_port}", f"http://127.0.0.1:{worker_port}", control, worker, token)
     async with httpx.AsyncClient() as client:
         for _ in range(200):

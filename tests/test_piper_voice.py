@@ -64,7 +64,7 @@ def transcribe(wav: bytes) -> str:
 
 @pytest.fixture
 async def store(settings: Settings) -> ArtifactStore:
-    artifacts = store_from_settings(settings)
+    artifacts = store_from_settings(settings.store)
     assert artifacts is not None
     await artifacts.ensure_bucket()
     return artifacts

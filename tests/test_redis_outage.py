@@ -51,7 +51,7 @@ async def served_factory(settings: Settings, tmp_path: Path) -> AsyncIterator[Ca
         app = create_app(local, plane=plane)
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
-        served = Served(redis, plane, app, Authenticator.from_settings(local))
+        served = Served(redis, plane, app, Authenticator.from_settings(local.auth))
         started.append((served, lifespan))
         return served
 

@@ -84,7 +84,7 @@ def settings(settings: Settings, s3: Store) -> Settings:
 
 @pytest.fixture
 async def store(settings: Settings) -> ArtifactStore:
-    artifacts = store_from_settings(settings)
+    artifacts = store_from_settings(settings.store)
     assert artifacts is not None
     await artifacts.ensure_bucket()
     return artifacts
@@ -145,7 +145,7 @@ async def test_store_errors_say_missing_or_unavailable(store: ArtifactStore, s3:
 
 
 async def test_a_frozen_store_costs_a_call_its_read_timeout_and_no_more(settings: Settings, s3: Store):
-    quick = store_from_settings(settings.model_copy(update={"s3_read_timeout_s": 1.0}))
+    quick = store_from_settings(settings.store.model_copy(update={"s3_read_timeout_s": 1.0}))
     assert quick is not None
     await quick.ensure_bucket()
     s3.freeze()
@@ -217,7 +217,7 @@ async def test_planes_start_while_the_store_is_down_and_say_so_until_it_is_back(
     worker = RunningWorker(Worker(settings.model_copy(update={"worker_id": unique_name("w")})))
     try:
         await worker.start()
-        async with _client(create_app(settings, plane=plane, authenticator=Authenticator.from_settings(settings))
+        async with _client(create_app(settings, plane=plane, authenticator=Authenticator.from_settings(settings.auth))
                            ) as control, _client(worker.worker.http_app()) as data:
             control_health, worker_health = await control.get("/health"), await data.get("/health")
             degraded = {"status": "degraded", "redis": True, "object_store": False}
@@ -243,7 +243,7 @@ async def test_planes_start_while_the_store_is_down_and_say_so_until_it_is_back(
         await worker.stop()
         await plane.stop(grace_s=0.5)
     # the bucket was made by the planes once the store was back
-    store = store_from_settings(settings)
+    store = store_from_settings(settings.store)
     assert store is not None and await store.available()
 
 
@@ -251,7 +251,7 @@ async def test_planes_start_while_the_store_is_down_and_say_so_until_it_is_back(
 
 
 async def test_the_api_answers_503_with_retry_after_while_the_store_is_down(settings: Settings, s3: Store):
-    authenticator = Authenticator.from_settings(settings)
+    authenticator = Authenticator.from_settings(settings.auth)
     headers = {"Authorization": f"Bearer {authenticator.mint('alice', 'user')}"}
     async with planes_with(settings, _registry()) as plane, _client(
             create_app(settings, plane=plane, authenticator=authenticator), headers) as api:

@@ -66,7 +66,7 @@ def vtt_cues(text: str) -> list[tuple[float, float, str]]:
 
 async def test_the_video_follows_the_audio_loudness_for_every_style(control_plane: ControlPlane, worker_factory,
                                                                     settings):
-    store = store_from_settings(settings)
+    store = store_from_settings(settings.store)
     await store.ensure_bucket()
     audio = bursts()
     key = (await store.put("inputs", "src", "bursts.wav", wav_bytes(audio[None, :], RATE), "audio/wav"))["key"]

@@ -32,7 +32,7 @@ async def speech_models(settings, tiny_models) -> ArtifactStore:
     from dualplane.common.artifacts import store_from_settings
     from dualplane.ml.model_store import upload_model_dir
 
-    store = store_from_settings(settings)
+    store = store_from_settings(settings.store)
     assert store is not None
     await store.ensure_bucket()
     for name in ("speecht5-tts", "speecht5-hifigan"):

@@ -146,7 +146,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     from dualplane.control_plane.auth import Authenticator
 
     try:
-        token = Authenticator.from_settings(resolved_settings()).mint(args.user, args.role, ttl_s=args.ttl_s)
+        token = Authenticator.from_settings(resolved_settings().auth).mint(args.user, args.role, ttl_s=args.ttl_s)
     except (ValueError, OSError) as exc:
         raise _Fail(f"cannot mint a token: {exc}") from None
     print(token, flush=True)
@@ -194,7 +194,7 @@ def _client() -> Iterator[Client]:
             "(e.g. export DUALPLANE_TOKEN=$(dualplane token --user alice)), or start a local stack here "
             "with `dualplane up`"
         )
-    with Client.from_settings(resolved) as client:
+    with Client.from_settings(resolved.client) as client:
         yield client
 
 

@@ -54,7 +54,7 @@ def _make_tiny(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     from dualplane.common.artifacts import store_from_settings
     from dualplane.ml.tiny import make_and_upload, make_tiny
 
-    artifacts = None if args.no_upload else store_from_settings(args.settings)
+    artifacts = None if args.no_upload else store_from_settings(args.settings.store)
     if args.out is None and artifacts is None:
         parser.error("nothing to do: give --out, or configure S3_ENDPOINT to upload")
     with tempfile.TemporaryDirectory(prefix="dualplane-tiny-") as tmp:
@@ -87,9 +87,9 @@ def _pull_or_raise(args: argparse.Namespace) -> int:
     from dualplane.ml.pull import PullError, download_hub, hub_origin, pull_dir, resolve_target
 
     settings = args.settings
-    target = resolve_target(ModelRegistry.from_settings(settings), args.name, args.kind,
+    target = resolve_target(ModelRegistry.from_settings(settings.models), args.name, args.kind,
                             model_prefix=settings.model_prefix)
-    artifacts = store_from_settings(settings)
+    artifacts = store_from_settings(settings.store)
     if artifacts is None:
         raise PullError("no object store configured: set S3_ENDPOINT, S3_ACCESS_KEY, S3_SECRET_KEY and "
                         "S3_BUCKET to the store the workers use")

@@ -34,7 +34,7 @@ from dualplane.common.digest import HASH_CHUNK_BYTES, file_sha256
 from dualplane.common.errors import ObjectNotFound, StoreUnavailable
 
 if TYPE_CHECKING:
-    from dualplane.common.settings import Settings
+    from dualplane.common.settings import StoreSettings
 
 log = logging.getLogger("dualplane.artifacts")
 
@@ -384,17 +384,17 @@ class ArtifactStore:
         return len(names)
 
 
-def store_from_settings(settings: Settings) -> ArtifactStore | None:
-    """The artifact store the settings describe, or None when no S3 endpoint is configured."""
-    if not settings.s3_endpoint:
+def store_from_settings(store: StoreSettings) -> ArtifactStore | None:
+    """The artifact store the settings' store group describes, or None when no S3 endpoint is configured."""
+    if not store.s3_endpoint:
         return None
     return ArtifactStore(
-        endpoint=settings.s3_endpoint,
-        access_key=settings.s3_access_key or "",
-        secret_key=settings.s3_secret_key or "",
-        bucket=settings.s3_bucket,
-        secure=settings.s3_secure,
-        connect_timeout_s=settings.s3_connect_timeout_s,
-        read_timeout_s=settings.s3_read_timeout_s,
-        retries=settings.s3_retries,
+        endpoint=store.s3_endpoint,
+        access_key=store.s3_access_key or "",
+        secret_key=store.s3_secret_key or "",
+        bucket=store.s3_bucket,
+        secure=store.s3_secure,
+        connect_timeout_s=store.s3_connect_timeout_s,
+        read_timeout_s=store.s3_read_timeout_s,
+        retries=store.s3_retries,
     )

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 import httpcore
 import httpx
 
+if typing.TYPE_CHECKING:
+    from dualplane.common.settings import UrlFetchSettings
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -148,6 +151,10 @@ class UrlPolicy:
         self.allow = tuple(AllowEntry.parse(entry) for entry in allow)
         self.deadline_s = deadline_s
         self.max_redirects = max_redirects
+
+    @classmethod
+    def from_settings(cls, url_fetch: UrlFetchSettings) -> UrlPolicy:
+        return cls(url_fetch.url_fetch_allow, deadline_s=url_fetch.url_fetch_timeout_s)
 
     def _allowed(self, host: str, port: int, address: Address | None) -> bool:
         return any(entry.matches(host, port, address) for entry in self.allow)

@@ -84,8 +84,8 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
     # what api_common's dependencies hand the routes
     app.state.settings = settings
     app.state.control = control
-    app.state.authenticator = authenticator or Authenticator.from_settings(settings)
-    app.state.limits = Limits.from_settings(settings)
+    app.state.authenticator = authenticator or Authenticator.from_settings(settings.auth)
+    app.state.limits = Limits.from_settings(settings.limits)
     # before the request-id middleware, so that it is inside it and its 413s carry the id
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        route_caps={("POST", "/uploads"): settings.max_upload_bytes})
@@ -94,7 +94,7 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
     _install_hub(app, control, settings)
     for module in ROUTERS:
         app.include_router(module.router)
-    install_accounts(app, control, app.state.authenticator, settings)  # /auth/*; revoked tokens refused
+    install_accounts(app, control, app.state.authenticator, settings.auth)  # /auth/*; revoked tokens refused
     mount_ui(app)
     document_bodies(app)
     return app

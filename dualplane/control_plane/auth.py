@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import jwt
 
 from dualplane.common.errors import DualplaneError
-from dualplane.common.settings import Settings
+from dualplane.common.settings import AuthSettings
 
 ROLES = ("user", "admin", "orchestrator")
 #: Roles that may act on any user's jobs.
@@ -138,14 +138,14 @@ class Authenticator:
         self.revocations: Revocations | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Authenticator:
+    def from_settings(cls, auth: AuthSettings) -> Authenticator:
         def read(path: str | None) -> str | None:
             return Path(path).read_text() if path else None
 
         return cls(
-            algorithm=settings.jwt_algorithm, secret=settings.jwt_secret,
-            private_key=read(settings.jwt_private_key_file), public_key=read(settings.jwt_public_key_file),
-            issuer=settings.jwt_issuer, ttl_s=settings.token_ttl_s,
+            algorithm=auth.jwt_algorithm, secret=auth.jwt_secret,
+            private_key=read(auth.jwt_private_key_file), public_key=read(auth.jwt_public_key_file),
+            issuer=auth.jwt_issuer, ttl_s=auth.token_ttl_s,
         )
 
     def mint(self, user: str, role: str = "user", *, ttl_s: int | None = None,

@@ -12,7 +12,7 @@ from fastapi import Request
 
 from dualplane.common.bridge import Bridge
 from dualplane.common.errors import DualplaneError, GraphValidationError, TooManyRequests
-from dualplane.common.settings import Settings
+from dualplane.common.settings import LimitSettings
 from dualplane.control_plane.json_depth import DeepSpot, locate, nesting_exceeds
 
 #: Deepest nesting of arrays and objects in a JSON body. The parsers downstream stop at 200
@@ -88,9 +88,9 @@ class Limits:
     _window_s: int = field(default=60, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
-        return cls(max_body_bytes=settings.max_body_bytes, max_nodes=settings.max_nodes,
-                   max_params_bytes=settings.max_params_bytes, submit_rate_per_min=settings.submit_rate_per_min)
+    def from_settings(cls, limits: LimitSettings) -> Limits:
+        return cls(max_body_bytes=limits.max_body_bytes, max_nodes=limits.max_nodes,
+                   max_params_bytes=limits.max_params_bytes, submit_rate_per_min=limits.submit_rate_per_min)
 
     async def read_bytes(self, request: Request, *, max_bytes: int | None = None) -> bytes:
         """The body, read no further than the limit (a lying Content-Length changes nothing)."""

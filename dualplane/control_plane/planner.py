@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dualplane.common.models.brief import Brief
 from dualplane.common.registry import TaskRegistry
+from dualplane.common.settings import PlannerSettings
 from dualplane.control_plane.composer import Capabilities, Composer, Unplannable
 from dualplane.control_plane.intent_text import NotUnderstood, brief_from_text
 from dualplane.tasks.song import SongParams, make_plan
@@ -282,15 +283,15 @@ def _json_text(content: Any) -> str:
     return match.group(0)
 
 
-def chat_model_from_settings(url: str | None, model: str) -> Any:
+def chat_model_from_settings(planner: PlannerSettings) -> Any:
     """An Ollama chat model when ``OLLAMA_URL`` is set and the ``llm`` extra is installed, else None."""
-    if not url:
+    if not planner.ollama_url:
         return None
     try:
         from langchain_ollama import ChatOllama
     except ImportError:
         return None
-    return ChatOllama(base_url=url, model=model, temperature=0)
+    return ChatOllama(base_url=planner.ollama_url, model=planner.ollama_model, temperature=0)
 
 
 __all__ = [

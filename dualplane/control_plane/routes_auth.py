@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from dualplane.common.settings import Settings
+from dualplane.common.settings import AuthSettings
 from dualplane.control_plane.accounts import MAX_PASSWORD_LENGTH, Account, AccountStore, RevocationView
 from dualplane.control_plane.auth import Authenticator, AuthError
 from dualplane.control_plane.limits import Limits
@@ -52,25 +52,25 @@ class TokenResponse(BaseModel):
     role: str
 
 
-def install_accounts(app: FastAPI, control: ControlPlane, authenticator: Authenticator, settings: Settings) -> None:
+def install_accounts(app: FastAPI, control: ControlPlane, authenticator: Authenticator, auth: AuthSettings) -> None:
     """Mount the /auth routes and make ``authenticator`` consult the accounts' revocations."""
-    store = AccountStore(control.bridge, refresh_ttl_s=settings.refresh_token_ttl_s)
-    authenticator.revocations = RevocationView(control.bridge, check_s=settings.revocation_check_s)
-    limiter = LoginLimiter(control.bridge, per_user=settings.login_failures_per_user,
-                           per_ip=settings.login_failures_per_ip, window_s=settings.login_window_s)
-    app.include_router(_router(store, authenticator, limiter, settings))
+    store = AccountStore(control.bridge, refresh_ttl_s=auth.refresh_token_ttl_s)
+    authenticator.revocations = RevocationView(control.bridge, check_s=auth.revocation_check_s)
+    limiter = LoginLimiter(control.bridge, per_user=auth.login_failures_per_user,
+                           per_ip=auth.login_failures_per_ip, window_s=auth.login_window_s)
+    app.include_router(_router(store, authenticator, limiter, auth))
 
 
-def _router(store: AccountStore, authenticator: Authenticator, limiter: LoginLimiter, settings: Settings
+def _router(store: AccountStore, authenticator: Authenticator, limiter: LoginLimiter, auth: AuthSettings
             ) -> APIRouter:
     router = APIRouter(prefix="/auth", tags=["auth"])
     limits = Limits(max_body_bytes=MAX_AUTH_BODY_BYTES)
 
     def tokens(account: Account, refresh_token: str) -> JSONResponse:
-        access = authenticator.mint(account.name, account.role, ttl_s=settings.access_token_ttl_s,
+        access = authenticator.mint(account.name, account.role, ttl_s=auth.access_token_ttl_s,
                                     generation=account.generation)
         body = TokenResponse(access_token=access, refresh_token=refresh_token,
-                             expires_in=settings.access_token_ttl_s, user=account.name, role=account.role)
+                             expires_in=auth.access_token_ttl_s, user=account.name, role=account.role)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})  # RFC 6749 5.1
 
     @router.post("/login", response_model=TokenResponse, openapi_extra=_body(LoginRequest), responses={

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from dualplane.common.settings import Settings
+from dualplane.common.settings import ModelSettings
 from dualplane.control_plane.api_common import AppSettings, Plane, User, current_principal
 
 router = APIRouter()
@@ -28,12 +28,12 @@ async def workers(who: User, control: Plane) -> dict[str, Any]:
 @router.get("/models", dependencies=[Depends(current_principal)])
 async def models(settings: AppSettings) -> dict[str, Any]:
     """The model registry (names tasks accept for `model`-like params, and their kind)."""
-    return {"models": model_entries(settings)}
+    return {"models": model_entries(settings.models)}
 
 
-def model_entries(settings: Settings) -> list[dict[str, str]]:
+def model_entries(models: ModelSettings) -> list[dict[str, str]]:
     """Name and kind of every registry entry (the file a worker reads by default)."""
     from dualplane.ml.model_store import ModelRegistry
 
-    registry = ModelRegistry.from_settings(settings)
+    registry = ModelRegistry.from_settings(models)
     return [{"name": name, "kind": registry.get(name).kind} for name in registry.names()]

@@ -87,7 +87,7 @@ class ControlPlane:
         self.settings = settings
         self.registry = registry or default_registry()
         self.bridge = Bridge(settings.bridge_config())
-        self.artifacts: ArtifactStore | None = store_from_settings(settings)
+        self.artifacts: ArtifactStore | None = store_from_settings(settings.store)
         #: What each user uploaded (POST /uploads), with its kind and consent.
         self.uploads = UploadIndex(self.bridge)
         #: The content policy (DUALPLANE_POLICY_FILE, else the packaged one): a bad file fails the start here.
@@ -121,7 +121,7 @@ class ControlPlane:
         #: Pools a graph may name without a live worker serving them.
         self.known_pools = frozenset({"default", settings.pool, settings.gpu_pool, *settings.pools})
         self.planner = Planner(self.registry,
-                               chat_model=chat_model_from_settings(settings.ollama_url, settings.ollama_model),
+                               chat_model=chat_model_from_settings(settings.planner),
                                capabilities=self.capabilities)
         self._model_limits = _model_limits(settings.models_config)
 

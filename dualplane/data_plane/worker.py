@@ -61,9 +61,9 @@ class Worker:
         self.worker_id = settings.worker_id
         self.registry = registry or default_registry()
         self.bridge = Bridge(settings.bridge_config())
-        self.artifacts = store_from_settings(settings)
+        self.artifacts = store_from_settings(settings.store)
         self.metrics = PlaneMetrics(CollectorRegistry(), "python")
-        self.models = manager_from_settings(settings, self.artifacts)
+        self.models = manager_from_settings(settings.models, self.artifacts)
         self.model_metrics = ModelMetrics(self.metrics.registry)
         self.model_metrics.attach(self.models)
         self.metrics.registry.register(GpuCollector())
@@ -72,7 +72,7 @@ class Worker:
             self.registry, "python", bridge=self.bridge, concurrency=settings.concurrency,
             artifacts=self.artifacts, hooks=[self.metrics, _DeviceHooks(self)], worker_id=self.worker_id,
             models=self.models, describe_worker=lambda: self.manifest().model_dump(mode="json"),
-            url_policy=UrlPolicy(settings.url_fetch_allow, deadline_s=settings.url_fetch_timeout_s),
+            url_policy=UrlPolicy.from_settings(settings.url_fetch),
         )
         self.consumer = Consumer(
             self.bridge, self.executor, lane=f"python:{settings.pool}", name=self.worker_id,

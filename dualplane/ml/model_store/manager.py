@@ -25,7 +25,7 @@ from dualplane.ml.model_store.store import ModelStore, Weights
 
 if TYPE_CHECKING:
     from dualplane.common.artifacts import ArtifactStore
-    from dualplane.common.settings import Settings
+    from dualplane.common.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -336,9 +336,9 @@ def _chain(*iterables: Any) -> Iterator[Any]:
         yield from iterable
 
 
-def manager_from_settings(settings: Settings, artifacts: ArtifactStore | None) -> ModelManager:
+def manager_from_settings(models: ModelSettings, artifacts: ArtifactStore | None) -> ModelManager:
     """The worker's model manager: registry from ``models_config`` (or the packaged one), cache
     in ``model_cache_dir``, warm budget ``model_cache_max_bytes``. Imports no torch."""
-    registry = ModelRegistry.from_settings(settings)
-    store = ModelStore(registry, artifacts, Path(settings.model_cache_dir))
-    return ModelManager(store, max_bytes=settings.model_cache_max_bytes)
+    registry = ModelRegistry.from_settings(models)
+    store = ModelStore(registry, artifacts, Path(models.model_cache_dir))
+    return ModelManager(store, max_bytes=models.model_cache_max_bytes)

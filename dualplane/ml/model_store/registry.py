@@ -1,7 +1,7 @@
 """The model registry: which model names exist and where their weights come from.
 
 :class:`ModelRegistry` reads ``models.toml`` (the packaged one beside this module, or
-``Settings.models_config``): each name's ``kind``, ``source`` (``s3:<prefix>``, ``local:<dir>``,
+``ModelSettings.models_config``): each name's ``kind``, ``source`` (``s3:<prefix>``, ``local:<dir>``,
 ``hub:<id>``, ``package:<module>``), ``dtype`` and per-model ``limits``. It is a TOML reader with
 no I/O beyond the file, so both planes read it: the worker to fetch and load weights, the control
 plane for the limits the planner keeps inside and the models the UI lists.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dualplane.common.errors import DualplaneError
 
 if TYPE_CHECKING:
-    from dualplane.common.settings import Settings
+    from dualplane.common.settings import ModelSettings
 
 #: Object-store prefix models are uploaded under (``models/<name>/``).
 MODEL_PREFIX = "models"
@@ -89,9 +89,9 @@ class ModelRegistry:
         return registry
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ModelRegistry:
+    def from_settings(cls, models: ModelSettings) -> ModelRegistry:
         """The registry of ``models_config`` (or the packaged one under ``model_prefix``)."""
-        return cls.load(settings.models_config, model_prefix=settings.model_prefix)
+        return cls.load(models.models_config, model_prefix=models.model_prefix)
 
     def _rebased(self, model_prefix: str) -> ModelRegistry:
         moved = {name: dataclasses.replace(entry, source=f"s3:{model_prefix}/{entry.location.split('/', 1)[1]}")
