@@ -9,8 +9,8 @@ script arguments (``Bridge.emit`` / ``handoff`` / ``create_job`` / ``external_wr
 The transitions:
 
 * :func:`submit` — a new job: its job fields and first events, the first lane's ready nodes queued;
-* :class:`JobState` — a node running, its progress, data, artifacts, a retry, its end
-  (:meth:`JobState.running` … :meth:`JobState.finished`), and :meth:`JobState.hand_on`: a
+* :class:`JobState` — a node running (or claimed by an external worker), its progress, data,
+  artifacts, a retry, its end (:meth:`JobState.running` … :meth:`JobState.finished`), and :meth:`JobState.hand_on`: a
   plane's plan is done (cancel the rest, propagate skips, the outcome, the next lane, queue its
   ready nodes, the owner fields);
 * :func:`request_cancel` and :func:`dead_lettered`, the job-level ends that come from outside a plan.
@@ -165,7 +165,7 @@ class JobState:
         change.fields["progress"] = progress_of(self.graph)
         return change
 
-    def running(self, node: Node, attempt: int) -> Mutation:
+    def running(self, node: Node, attempt: int, message: str | None = None) -> Mutation:
         """An attempt starts (the job is running from its first one on)."""
         node.status = NodeStatus.running
         node.attempts = attempt
@@ -175,12 +175,21 @@ class JobState:
         if job_starts:
             events.append(event_body("status", self.job_id, status=JobStatus.running.value, plane=self.plane))
         events.append(event_body("status", self.job_id, node_id=node.id, status=NodeStatus.running.value,
-                                 attempt=node.attempts, plane=self.plane))
+                                 attempt=node.attempts, message=message, plane=self.plane))
         change = self._node_changed(node, events)
         if job_starts:
             self.status = JobStatus.running.value
             change.fields["status"] = self.status
         return change
+
+    def claimed(self, node: Node, claimant: str) -> Mutation:
+        """An external worker claimed the node: a new attempt from zero. A running node is claimed
+        again only when its previous claim's lease ran out (external.lua checks that)."""
+        again = node.status == NodeStatus.running
+        node.progress, node.error = 0.0, None
+        message = (f"claimed again by {claimant}: the previous claim's lease ran out" if again
+                   else f"claimed by {claimant}")
+        return self.running(node, node.attempts + 1, message)
 
     def progress(self, node: Node, progress: float, message: str | None = None) -> Mutation:
         node.progress = progress
@@ -206,9 +215,11 @@ class JobState:
             message=f"retrying in {delay_s:.2f}s", data={"error": error}, plane=self.plane)])
 
     def finished(self, node: Node, status: str, *, output: dict[str, Any] | None = None,
-                 error: dict[str, Any] | None = None, reason: str | None = None) -> Mutation:
+                 error: dict[str, Any] | None = None, reason: str | None = None,
+                 message: str | None = None) -> Mutation:
         """The node ended ``succeeded`` (with ``output``), ``failed`` (with ``error``) or
-        ``skipped`` / ``cancelled`` (with ``reason``)."""
+        ``skipped`` / ``cancelled`` (with ``reason``, which is also the event's message unless
+        ``message`` is given)."""
         node.status = NodeStatus(status)
         node.finished_at = time.time()
         data: dict[str, Any] | None = None
@@ -226,7 +237,7 @@ class JobState:
             node.reason = reason
         return self._node_changed(node, [event_body(
             "status", self.job_id, node_id=node.id, status=status, attempt=node.attempts or None,
-            message=node.reason, data=data, plane=self.plane)])
+            message=message or node.reason, data=data, plane=self.plane)])
 
     def hand_on(self, *, cancel: bool) -> HandOn:
         """This plane is done with the job for now: cancel what has not ended (``cancel``), skip

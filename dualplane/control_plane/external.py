@@ -20,18 +20,16 @@ its next nodes, or finished — once no external node is queued or running any m
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from dualplane.common.artifacts import ArtifactStore
 from dualplane.common.bridge import Bridge
 from dualplane.common.errors import Conflict, NotFound, ObjectNotFound, UnknownJob, Unprocessable
-from dualplane.common.graph import EXTERNAL_LANE, is_terminal, lane_of, progress_of, resolve_refs
+from dualplane.common.graph import EXTERNAL_LANE, is_terminal, lane_of, resolve_refs
 from dualplane.common.job_state import JobState, Mutation
 from dualplane.common.models import ArtifactRef, Job, Node, NodeError, NodeStatus
 from dualplane.common.telemetry import PlaneMetrics
-from dualplane.common.wire import event_body
 
 log = logging.getLogger("dualplane.external")
 
@@ -57,6 +55,10 @@ class InvalidReport(Unprocessable):
     """A report that cannot be applied as sent, e.g. an artifact that was not uploaded (HTTP 422)."""
 
     title = "Invalid report"
+
+
+def _state(job: Job) -> JobState:
+    return JobState(job.id, job.graph, status=job.status, plane=PLANE)
 
 
 def upload_key(job_id: str, node_id: str, token: int, name: str) -> str:
@@ -96,18 +98,7 @@ class ExternalNodes:
             if node.status not in (NodeStatus.queued, NodeStatus.running):
                 raise ExternalConflict(f"node {node_id!r} is {node.status}: only a queued node, or a running one "
                                        "whose claim's lease ran out, can be claimed")
-            again = node.status == NodeStatus.running
-            node.status, node.attempts = NodeStatus.running, node.attempts + 1
-            node.started_at, node.progress, node.error = node.started_at or time.time(), 0.0, None
-            change = Mutation()
-            if job.status != "running":
-                change.events.append(event_body("status", job_id, status="running", plane=PLANE))
-                change.fields["status"] = "running"
-            message = (f"claimed again by {claimant}: the previous claim's lease ran out" if again
-                       else f"claimed by {claimant}")
-            change.events.append(event_body("status", job_id, node_id=node_id, status="running",
-                                            attempt=node.attempts, message=message, plane=PLANE))
-            return change, False
+            return _state(job).claimed(node, claimant), False
 
         try:
             job, node, token, deadline = await self._write(job_id, node_id, take, token=None, lease_s=lease_s)
@@ -158,25 +149,19 @@ class ExternalNodes:
                                        "nothing")
             if attempt is not None and attempt != node.attempts:
                 raise ExternalConflict(f"attempt {attempt} is not the node's current attempt ({node.attempts})")
+            state = _state(job)
             if kind == "progress":
-                node.progress = progress if progress is not None else node.progress
-                event = event_body("progress", job_id, node_id=node_id, progress=node.progress, message=message,
-                                   plane=PLANE)
+                change = state.progress(node, progress if progress is not None else node.progress, message)
             elif kind == "data":
-                event = event_body("data", job_id, node_id=node_id, data=data, message=message, plane=PLANE)
+                change = state.data(node, data or {}, message)
             elif kind == "complete":
-                node.status, node.output, node.progress, node.error = NodeStatus.succeeded, output or {}, 1.0, None
                 node.artifacts = [ArtifactRef.model_validate(ref) for ref in refs]
-                node.finished_at = time.time()
-                event = event_body("status", job_id, node_id=node_id, status="succeeded", attempt=node.attempts,
-                                   message=message, plane=PLANE,
-                                   data={"output": node.output, **({"artifacts": refs} if refs else {})})
+                change = state.finished(node, NodeStatus.succeeded.value, output=output, message=message)
             else:
-                node.status, node.finished_at = NodeStatus.failed, time.time()
-                node.error = NodeError.model_validate({"type": "ExternalError", **(error or {})})
-                event = event_body("status", job_id, node_id=node_id, status="failed", attempt=node.attempts,
-                                   message=message, plane=PLANE, data={"error": node.error.model_dump(mode="json")})
-            return Mutation(events=[event]), is_terminal(node)
+                failure = NodeError.model_validate({"type": "ExternalError", **(error or {})})
+                change = state.finished(node, NodeStatus.failed.value, error=failure.model_dump(mode="json"),
+                                        message=message)
+            return change, is_terminal(node)
 
         try:
             job, node, _, deadline = await self._write(job_id, node_id, apply, token=token, lease_s=None)
@@ -216,8 +201,6 @@ class ExternalNodes:
                 raise ExternalConflict(f"node {node_id!r} is not claimable yet: the job is not waiting on external "
                                        "workers (its nodes upstream have not finished)")
             written, ends = change(job, node)
-            written.node(node)
-            written.fields.setdefault("progress", progress_of(job.graph))
             lease = lease_s if token is None else (None if ends else 1.0)
             code, deadline = await self.bridge.external_write(job_id, node_id, token=token, lease_s=lease,
                                                               expected_state=raw or b"", change=written)
@@ -249,7 +232,7 @@ class ExternalNodes:
             if job.owner != "external":
                 return
             graph = job.graph
-            decided = JobState(job_id, graph, status=job.status, plane=PLANE).hand_on(cancel=job.cancel_requested)
+            decided = _state(job).hand_on(cancel=job.cancel_requested)
             outcome, target = decided.outcome, decided.target
             if target == EXTERNAL_LANE and not decided.mutation.events:
                 return  # still waiting on its claims, and nothing new to claim
