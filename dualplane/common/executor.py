@@ -70,37 +70,46 @@ class _Retry(Exception):
 class JobRun:
     """One job being run on this plane: its state, the plan and the ownership fence.
 
-    Made by the consumer once its claim came back (:meth:`Consumer._accept`), run by
-    :meth:`Executor.run` (which yields it when its plan is done), handed on and forgotten by
-    the consumer (``Consumer._finish``).
+    Its life: the consumer makes it once its claim came back (``Consumer._accept``);
+    :meth:`Executor.run` runs its plan and yields it when the plan is done; the consumer then
+    reads the outcome fields and hands the job on (``Consumer._finish``) and forgets it. The
+    fields come in three groups: what the executor runs, the consumer's delivery record (the
+    executor never reads it), and the outcomes the executor sets for the consumer.
 
     ``handoff_seq`` says which handoff brought the job here; ``fence`` is the token this
     plane's claim took: every write of the run is checked against it, so a plane that lost
     the job to a reclaim cannot write any more."""
 
+    # -- what the executor runs
     job_id: str
     graph: Graph
     plan: list[str]
-    handoff_seq: int
     #: The plane running it (every event it writes says so).
     plane: str = "control"
     fence: int = 0
     #: The job's owner: every object key a task reads for the job must be theirs.
     user: str | None = None
-    message: Message | None = None
     request_id: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
-    stale: bool = False
-    #: A write of this run did not reach Redis (an outage): the job hash may lack what the
-    #: run did, so it must not hand on from here; its message is reclaimed and re-run instead.
-    unmirrored: bool = False
     #: Asked (with the run) before each node starts: is the job still this plane's? (False:
     #: another consumer reclaimed it while this one was paused, and the node may have
     #: succeeded there.) A bound method of the consumer, not a partial of the run: a run that
     #: refers to itself lives until a full collection, and the dispatch loop makes thousands.
     owned: Callable[[JobRun], Awaitable[bool]] | None = None
+
+    # -- the consumer's delivery record
+    handoff_seq: int = 0
+    message: Message | None = None
     #: When the job was submitted (unix s, from the job hash), for the job duration metric.
     created_at: float | None = None
+
+    # -- outcomes, set by the executor while it runs the plan
+    #: The job is no longer this plane's (a write met another fence, or ``owned`` said so):
+    #: nothing more is written from here.
+    stale: bool = False
+    #: A write of this run did not reach Redis (an outage): the job hash may lack what the
+    #: run did, so it must not hand on from here; its message is reclaimed and re-run instead.
+    unmirrored: bool = False
 
     def __post_init__(self) -> None:
         #: The job's state machine: every change of the run goes through it.
