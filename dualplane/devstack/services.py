@@ -140,12 +140,14 @@ def _send(process: subprocess.Popen[bytes], sig: int, *, group: bool) -> None:
             process.send_signal(sig)
 
 
-def _log_tail(path: Path, max_chars: int = 4000) -> str:
-    """Last lines of a server log, for error messages that explain a failed start."""
+def log_tail(path: Path, lines: int = 40, indent: str = "") -> str:
+    """The last ``lines`` lines of a process's log, each after ``indent``: for messages that
+    explain why a server failed to start or a plane stopped."""
     try:
-        return path.read_text(errors="replace")[-max_chars:]
+        text = path.read_text(errors="replace")
     except OSError:
-        return "<no log>"
+        return f"{indent}<no log>"
+    return "\n".join(f"{indent}{line}" for line in text.splitlines()[-lines:]) or f"{indent}<empty log>"
 
 
 def _wait_until(
@@ -166,13 +168,13 @@ def _wait_until(
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(
-                    f"{what} exited with code {process.returncode}; log tail:\n{_log_tail(log_path)}"
+                    f"{what} exited with code {process.returncode}; log tail:\n{log_tail(log_path)}"
                 )
             if ready():
                 return
             time.sleep(0.02)
         raise RuntimeError(
-            f"{what} not ready after {timeout_s} s; log tail:\n{_log_tail(log_path)}"
+            f"{what} not ready after {timeout_s} s; log tail:\n{log_tail(log_path)}"
         )
     except BaseException:
         terminate(process, group=True)

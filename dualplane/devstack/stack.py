@@ -37,6 +37,7 @@ from dualplane.devstack.services import (
     LOOPBACK,
     S3_PORT_NAMES,
     free_port,
+    log_tail,
     port_is_free,
     s3_ports,
     s3_ports_taken,
@@ -74,11 +75,7 @@ class Child:
         terminate(self.process, timeout_s, group=True)
 
     def log_tail(self, lines: int = TAIL_LINES) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "  <no log>"
-        return "\n".join(f"  {line}" for line in text.splitlines()[-lines:]) or "  <empty log>"
+        return log_tail(self.log_path, lines, indent="  ")
 
     def exit_report(self) -> str:
         code = self.process.returncode
