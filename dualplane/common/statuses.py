@@ -2,9 +2,10 @@
 
 Plain strings (the members' values): a StrEnum member and its value find each other in them.
 
-Code that cannot import this module mirrors it and says so next to its copy; tests compare
-each copy with these sets (``tests/test_job_state.py``): ``lua/dead_letter.lua`` and
-``lua/requeue.lua`` (:data:`FINISHED`), ``control_plane/ui/job.js`` and ``jobs.js`` (:data:`FINISHED`).
+The web UI imports them from ``/ui/statuses.js``, which the control plane writes from these sets
+(``control_plane/ui.py``). Code that cannot import this module mirrors it and says so next to
+its copy; tests compare each copy with these sets (``tests/test_job_state.py``):
+``lua/dead_letter.lua`` and ``lua/requeue.lua`` (:data:`FINISHED`).
 """
 
 from __future__ import annotations

@@ -12,9 +12,8 @@ import { renderArtifacts } from "./media.js";
 import { duplicateJob, startWith } from "./newjob.js";
 import { live, taskTitle } from "./session.js";
 import { songPlan } from "./song.js";
+import { FINISHED, TERMINAL } from "./statuses.js";
 
-// mirrors dualplane.common.statuses.FINISHED (tests/test_job_state.py checks that they agree)
-const FINISHED = new Set(["succeeded", "failed", "partial", "cancelled"]);
 // how much a new progress sample moves the smoothed rate (the rest is the history)
 const RATE_WEIGHT = 0.3;
 
@@ -94,7 +93,7 @@ function renderHeader() {
   const nodes = job.graph.nodes;
   const done = FINISHED.has(job.status);
   const progress = nodes.length
-    ? nodes.reduce((s, n) => s + (FINISHED.has(n.status) || n.status === "skipped" ? 1 : n.progress || 0), 0) / nodes.length
+    ? nodes.reduce((s, n) => s + (TERMINAL.has(n.status) ? 1 : n.progress || 0), 0) / nodes.length
     : 0;
   $("#job-progress").value = done ? 1 : progress;
   $("#job-progress-text").textContent = `${Math.round((done ? 1 : progress) * 100)}% · created ${fmtTime(job.created_at)}`
@@ -240,7 +239,7 @@ function onMessage(m) {
       if (e.status === "succeeded") node.progress = 1;
       if (e.status !== "running") job.extra.delete(node.id);
       renderNode(node);
-      if (FINISHED.has(e.status) || e.status === "skipped") refreshJob().then(refreshArtifacts);
+      if (TERMINAL.has(e.status)) refreshJob().then(refreshArtifacts);
     } else {
       job.data.status = e.status;
       if (FINISHED.has(e.status)) {

@@ -6,6 +6,7 @@ import { $, badge, banner, h, jobTitle } from "./dom.js";
 import { fmtTime } from "./format.js";
 import { editName, Picks, removeJob, rerun } from "./jobactions.js";
 import { duplicateJob } from "./newjob.js";
+import { FINISHED } from "./statuses.js";
 
 const POLL_MS = 3000;
 const PAGE = 50;
@@ -23,8 +24,7 @@ function renderCompareBar(list) {
 function row(j) {
   const href = `#/jobs/${encodeURIComponent(j.id)}`;
   const title = jobTitle(j);
-  // mirrors dualplane.common.statuses.FINISHED (tests/test_job_state.py checks that they agree)
-  const finished = ["succeeded", "failed", "partial", "cancelled"].includes(j.status);
+  const finished = FINISHED.has(j.status);
   const display = h("span", { class: "name-display" }, h("a", { href, text: title, class: "job-link" }),
     h("button", { type: "button", class: "link rename", text: "Rename", "aria-label": `Rename ${title}`,
       onclick: () => editName(display, j, (updated) => { j.name = updated.name; loadJobs(); }) }));
