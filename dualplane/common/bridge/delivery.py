@@ -1,0 +1,121 @@
+"""Delivery: the lane streams' consumer groups — read, reclaim, release, acknowledge, count."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import redis
+from redis.exceptions import ResponseError
+
+from dualplane.common.bridge.connection import BridgeCore
+from dualplane.common.bridge.replies import text
+from dualplane.common.errors import BridgeClosed
+
+log = logging.getLogger("dualplane.bridge")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One stream entry delivered to a consumer."""
+
+    stream: str
+    id: str
+    fields: dict[bytes, bytes]
+
+    @property
+    def raw(self) -> bytes | None:
+        return self.fields.get(b"m")
+
+
+class DeliveryOps(BridgeCore):
+    async def ensure_group(self, stream: str) -> None:
+        """Create the stream's consumer group (and the stream) if missing."""
+        try:
+            await self.client.xgroup_create(stream, self.keys.group_for_stream(stream), id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self, stream: str, consumer: str, *, count: int, block_ms: int | None) -> list[Message]:
+        """New messages for this consumer (XREADGROUP ``>``). A group that vanished (Redis
+        restarted empty, a failover to an empty replica, a FLUSHALL) is created again."""
+        try:
+            reply = await self.client.xreadgroup(
+                self.keys.group_for_stream(stream), consumer, {stream: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if not _is_nogroup(exc):
+                raise BridgeClosed(f"read from {stream} failed: {exc}") from exc
+            await self._recreate_group(stream)
+            return []
+        except redis.RedisError as exc:
+            raise BridgeClosed(f"read from {stream} failed: {exc}") from exc
+        return [Message(stream, text(mid), fields) for _, entries in reply or [] for mid, fields in entries]
+
+    async def _recreate_group(self, stream: str) -> None:
+        log.error("consumer group of %s is missing (Redis lost its data?); creating it again", stream)
+        try:
+            await self.ensure_group(stream)
+        except redis.RedisError as exc:
+            raise BridgeClosed(f"cannot create the group of {stream}: {exc}") from exc
+
+    async def reclaim(self, stream: str, consumer: str, *, count: int) -> tuple[list[Message], dict[str, int]]:
+        """Take over messages idle longer than the lease (a dead consumer's), with their
+        delivery counts. Entries deleted from the stream meanwhile are acknowledged."""
+        group = self.keys.group_for_stream(stream)
+        try:
+            reply = await self.client.xautoclaim(stream, group, consumer, self.lease_ms, "0-0", count=count)
+        except ResponseError as exc:
+            if not _is_nogroup(exc):
+                raise
+            await self._recreate_group(stream)
+            return [], {}
+        _, entries, *rest = reply  # Redis 6.2 replies with 2 elements, 7.x with 3
+        deleted = rest[0] if rest else []
+        if deleted:
+            await self.client.xack(stream, group, *deleted)
+        messages = [Message(stream, text(mid), fields) for mid, fields in entries if fields is not None]
+        return messages, await self.delivery_counts(stream, [m.id for m in messages])
+
+    async def delivery_counts(self, stream: str, ids: Iterable[str]) -> dict[str, int]:
+        group = self.keys.group_for_stream(stream)
+        pipe = self.client.pipeline(transaction=False)
+        ids = list(ids)
+        for mid in ids:
+            pipe.xpending_range(stream, group, min=mid, max=mid, count=1)
+        counts: dict[str, int] = {}
+        for mid, rows in zip(ids, await pipe.execute(), strict=True):
+            counts[mid] = int(rows[0]["times_delivered"]) if rows else 0
+        return counts
+
+    async def release(self, stream: str, consumer: str, ids: Sequence[str]) -> None:
+        """Give messages back so another consumer reclaims them at once (graceful shutdown):
+        they stay pending, with an idle time already past the lease."""
+        if ids:
+            group = self.keys.group_for_stream(stream)
+            await self.client.xclaim(stream, group, consumer, 0, list(ids), idle=self.lease_ms + 1, justid=True)
+
+    async def ack(self, stream: str, ids: Sequence[str]) -> None:
+        """Acknowledge and delete (see handoff.lua: acked entries are never read again)."""
+        if ids:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xack(stream, self.keys.group_for_stream(stream), *ids)
+            pipe.xdel(stream, *ids)
+            await pipe.execute()
+
+    async def pending_count(self, stream: str) -> int:
+        try:
+            info = await self.client.xpending(stream, self.keys.group_for_stream(stream))
+        except ResponseError:
+            return 0
+        return int(info["pending"])
+
+    async def stream_length(self, stream: str) -> int:
+        return int(await self.client.xlen(stream))
+
+
+def _is_nogroup(exc: Exception) -> bool:
+    """The group is gone (NOGROUP), or the stream under a blocked read was (UNBLOCKED)."""
+    return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
