@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from dualplane.common.bridge.keys import node_field
+from dualplane.common.bridge.translation import translated
 from dualplane.common.errors import BridgeClosed
 from dualplane.common.job_state import Mutation
 
-SCRIPT_NAMES = ("create", "emit", "handoff", "claim", "dead_letter", "requeue", "replay", "external")
+SCRIPT_NAMES = ("create", "emit", "handoff", "claim", "dead_letter", "requeue", "replay", "external",
+                "login_admit")
 
 
 @dataclass(eq=False)
@@ -123,7 +126,7 @@ class Batcher:
                 if future.done():
                     continue
                 if isinstance(result, Exception):
-                    future.set_exception(result)
+                    future.set_exception(_dualplane_error(result))
                 else:
                     future.set_result(result)
 
@@ -132,3 +135,11 @@ class Batcher:
             return await self._client.eval(self._scripts.sources[script], *argv)
         except Exception as exc:  # handed to the callers as their result
             return exc
+
+
+def _dualplane_error(exc: Exception) -> Exception:
+    if not isinstance(exc, redis.RedisError):
+        return exc
+    error = translated(exc)
+    error.__cause__ = exc
+    return error

@@ -1,7 +1,7 @@
 """The bridge's connection to Redis: its pool, its lifecycle, and the core the operations share.
 
 Every module of operations (:mod:`.delivery`, :mod:`.jobs`, ...) is a mixin of :class:`BridgeCore`:
-it reaches Redis through :attr:`BridgeCore.client` and the batched scripts through
+it reaches Redis through ``BridgeCore._redis`` and the batched scripts through
 :meth:`BridgeCore._call`; nothing outside the bridge does.
 """
 
@@ -143,10 +143,11 @@ class BridgeCore:
         await self.close()
 
     @property
-    def client(self) -> Any:
-        """The raw redis-py client. Typed ``Any`` on purpose: redis-py 8 types every reply as
-        ``bytes | str`` (and some as ``Awaitable | value``) whatever ``decode_responses`` says;
-        this client never decodes, and the bridge's own methods give the typed answers."""
+    def _redis(self) -> Any:
+        """The raw redis-py client, for the bridge's own modules only. Typed ``Any`` on purpose:
+        redis-py 8 types every reply as ``bytes | str`` (and some as ``Awaitable | value``)
+        whatever ``decode_responses`` says; this client never decodes, and the bridge's methods
+        give the typed answers."""
         if self._state is not _State.OPEN or self._client is None:
             raise BridgeClosed(f"bridge is {self._state.value}")
         return self._client
@@ -158,6 +159,6 @@ class BridgeCore:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.client.ping())
+            return bool(await self._redis.ping())
         except redis.RedisError:
             return False

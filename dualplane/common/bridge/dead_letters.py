@@ -34,7 +34,7 @@ class DeadLetterOps(BridgeCore):
         ))
 
     async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
-        entries = await self.client.xrange(self.keys.dead_stream, count=count)
+        entries = await self._redis.xrange(self.keys.dead_stream, count=count)
         return [_entry(mid, fields) for mid, fields in entries]
 
     async def dead_letter_page(self, *, count: int, before: str | None = None) -> list[dict[str, str]]:
@@ -43,12 +43,12 @@ class DeadLetterOps(BridgeCore):
 
     async def dead_letter_entry(self, entry_id: str) -> dict[str, str] | None:
         """One dead letter (its fields and ``entry``), None when there is none with that id."""
-        rows = await self.client.xrange(self.keys.dead_stream, entry_id, entry_id, count=1)
+        rows = await self._redis.xrange(self.keys.dead_stream, entry_id, entry_id, count=1)
         return _entry(*rows[0]) if rows else None
 
     async def discard_dead_letter(self, entry_id: str) -> bool:
         """Delete a dead letter; False when there was none with that id."""
-        return bool(await self.client.xdel(self.keys.dead_stream, entry_id))
+        return bool(await self._redis.xdel(self.keys.dead_stream, entry_id))
 
     async def replay_dead_letter(self, entry_id: str) -> tuple[str, str | None]:
         """Put a dead letter's message back on its source stream and make its job runnable again,
@@ -67,7 +67,7 @@ class DeadLetterOps(BridgeCore):
         message = orjson.loads(entry.get("fields") or "{}")
         handoff_seq = ""
         if job_id:
-            (current,) = await self.client.hmget(self.keys.job(job_id), ["handoff_seq"])
+            (current,) = await self._redis.hmget(self.keys.job(job_id), ["handoff_seq"])
             if current is None:
                 return "job-gone", None
             handoff_seq = text(current)
@@ -86,14 +86,14 @@ class DeadLetterOps(BridgeCore):
     async def record_refusal(self, fields: dict[str, Any], *, maxlen: int = AUDIT_MAXLEN) -> str:
         """Append a refused request to the audit stream (capped near ``maxlen``: the oldest go)."""
         values = {k: str(v) for k, v in fields.items() if v is not None}
-        return text(await self.client.xadd(self.keys.audit_stream, values, maxlen=maxlen, approximate=True))
+        return text(await self._redis.xadd(self.keys.audit_stream, values, maxlen=maxlen, approximate=True))
 
     async def audit_page(self, *, count: int, before: str | None = None) -> list[dict[str, str]]:
         """Refusals newest first, older than the entry id ``before`` when given."""
         return await self._newest_first(self.keys.audit_stream, count=count, before=before)
 
     async def _newest_first(self, stream: str, *, count: int, before: str | None) -> list[dict[str, str]]:
-        entries = await self.client.xrevrange(stream, max=f"({before}" if before else "+", min="-", count=count)
+        entries = await self._redis.xrevrange(stream, max=f"({before}" if before else "+", min="-", count=count)
         return [_entry(mid, fields) for mid, fields in entries]
 
 

@@ -20,12 +20,12 @@ class IndexOps(BridgeCore):
 
     async def mark_instance(self) -> bool:
         """Set the instance marker if it is missing; True when it was (a new or emptied Redis)."""
-        return bool(await self.client.set(self.keys.instance, str(time.time()), nx=True))
+        return bool(await self._redis.set(self.keys.instance, str(time.time()), nx=True))
 
     async def active_jobs(self, *, after: tuple[float, str] | None, count: int) -> list[tuple[str, float]]:
         """Unfinished jobs, oldest first, after ``(created_at, id)``."""
         low = "-inf" if after is None else str(after[0])
-        rows = await self.client.zrange(self.keys.active_jobs, low, "+inf", byscore=True, offset=0,
+        rows = await self._redis.zrange(self.keys.active_jobs, low, "+inf", byscore=True, offset=0,
                                         num=count + 64, withscores=True)
         out = [(text(member), float(score)) for member, score in rows]
         if after is not None:  # ids sharing the last score may repeat: skip what was seen
@@ -35,7 +35,7 @@ class IndexOps(BridgeCore):
     async def handoff_positions(self, job_ids: Sequence[str]) -> list[tuple[str, int, str, str] | None]:
         """(status, handoff_seq, lane stream, entry id) of each job; None where the job is gone
         or names no entry."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(self.keys.job(job_id), ["status", "handoff_seq", "lane", "msg"])
         out: list[tuple[str, int, str, str] | None] = []
@@ -48,7 +48,7 @@ class IndexOps(BridgeCore):
 
     async def entries_exist(self, entries: Sequence[tuple[str, str]]) -> list[bool]:
         """Whether each (stream, entry id) is still in its stream."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         for stream, entry_id in entries:
             pipe.xrange(stream, entry_id, entry_id, count=1)
         return [bool(rows) for rows in await pipe.execute()]
@@ -70,13 +70,13 @@ class IndexOps(BridgeCore):
 
     async def job_page(self, index: str, *, max_score: str, min_score: str, count: int) -> list[tuple[str, float]]:
         """Newest-first ids (with their created_at) from a job index, by score range."""
-        rows = await self.client.zrange(index, max_score, min_score, desc=True, byscore=True, offset=0,
+        rows = await self._redis.zrange(index, max_score, min_score, desc=True, byscore=True, offset=0,
                                         num=count, withscores=True)
         return [(text(member), float(score)) for member, score in rows]
 
     async def job_summaries(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """Summary fields of many jobs in one round trip; None for jobs that expired."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(self.keys.job(job_id), _SUMMARY_FIELDS)
         out: list[dict[str, Any] | None] = []
@@ -94,6 +94,14 @@ class IndexOps(BridgeCore):
             })
         return out
 
+    async def job_counts(self) -> tuple[int, int]:
+        """(jobs indexed, unfinished jobs)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zcard(self.keys.jobs_index)
+        pipe.zcard(self.keys.active_jobs)
+        total, unfinished = await pipe.execute()
+        return int(total), int(unfinished)
+
     async def forget_expired(self, index: str, job_ids: Sequence[str]) -> None:
         if job_ids:
-            await self.client.zrem(index, *job_ids)
+            await self._redis.zrem(index, *job_ids)

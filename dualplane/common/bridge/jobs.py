@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.exceptions import WatchError
 
 from dualplane.common.bridge.batching import Call
 from dualplane.common.bridge.connection import BridgeCore
@@ -169,7 +170,7 @@ class JobOps(BridgeCore):
 
     async def job_status(self, job_id: str) -> str:
         """The job's status; :class:`UnknownJob` when there is no such job."""
-        status = await self.client.hget(self.keys.job(job_id), "status")
+        status = await self._redis.hget(self.keys.job(job_id), "status")
         if status is None:
             raise UnknownJob(job_id)
         return text(status)
@@ -178,37 +179,41 @@ class JobOps(BridgeCore):
         return job_from_hash(await self._job_hash(job_id))
 
     async def _job_hash(self, job_id: str) -> dict[str, bytes]:
-        raw = await self.client.hgetall(self.keys.job(job_id))
+        raw = await self._redis.hgetall(self.keys.job(job_id))
         if not raw:
             raise UnknownJob(job_id)
         return {text(k): v for k, v in raw.items()}
 
     async def events(self, job_id: str, since: int = 0, count: int | None = None) -> list[Event]:
         """Events with ``seq > since``, in order, from the events stream (the truth)."""
-        entries = await self.client.xrange(self.keys.events(job_id), min=stream_id(since + 1), count=count)
-        return [Event.model_validate_json(fields[EVENT_FIELD]) for _, fields in entries]
+        return [Event.model_validate_json(raw) for raw in await self.raw_events(job_id, since, count=count)]
 
-    async def raw_events(self, job_id: str, since: int = 0) -> list[bytes]:
-        entries = await self.client.xrange(self.keys.events(job_id), min=stream_id(since + 1))
+    async def raw_events(self, job_id: str, since: int = 0, *, upto: int | None = None,
+                         count: int | None = None) -> list[bytes]:
+        """At most ``count`` stored events (JSON) with ``since`` < seq <= ``upto`` (the last
+        when None), in order: a replay, a gap fill, a page of the events route."""
+        entries = await self._redis.xrange(self.keys.events(job_id), min=stream_id(since + 1),
+                                           max="+" if upto is None else stream_id(upto), count=count)
         return [fields[EVENT_FIELD] for _, fields in entries]
 
     async def job_fields(self, job_id: str, *names: str) -> list[str | bytes | None]:
         """A few raw fields of a job's hash ("user" and "tasks" come back as str)."""
-        values = await self.client.hmget(self.keys.job(job_id), list(names))
+        values = await self._redis.hmget(self.keys.job(job_id), list(names))
         return [text(v) if v is not None and n in ("user", "tasks", "status") else v
                 for n, v in zip(names, values, strict=False)]
 
     async def job_owner(self, job_id: str) -> str | None:
-        """The user of a job (None for one without); :class:`KeyError` when there is no such job."""
-        exists, user = await self.client.hmget(self.keys.job(job_id), ["id", "user"])
+        """The user of a job (None for one without); :class:`UnknownJob` when there is no such job.
+        Every access check asks this (the hub, object reads, the routes)."""
+        exists, user = await self._redis.hmget(self.keys.job(job_id), ["id", "user"])
         if exists is None:
-            raise KeyError(job_id)
+            raise UnknownJob(job_id)
         return text(user) if user else None
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> bool:
         """Block until the job's terminal job-level event is in its stream, or the timeout.
         Reads the events stream (XREAD BLOCK), so nothing published meanwhile is missed."""
-        status, seq = await self.client.hmget(self.keys.job(job_id), ["status", "seq"])
+        status, seq = await self._redis.hmget(self.keys.job(job_id), ["status", "seq"])
         if status is None:
             raise UnknownJob(job_id)
         if text(status) in FINISHED:
@@ -217,7 +222,7 @@ class JobOps(BridgeCore):
         deadline = time.monotonic() + timeout_s
         while (remaining_ms := int((deadline - time.monotonic()) * 1000)) > 0:
             # blocks in slices: the client's socket timeout (5 s by default) must not cut a read
-            reply = await self.client.xread({self.keys.events(job_id): last}, count=100,
+            reply = await self._redis.xread({self.keys.events(job_id): last}, count=100,
                                             block=min(remaining_ms, MAX_BLOCK_MS))
             for _, entries in reply or []:
                 for entry_id, fields in entries:
@@ -226,8 +231,32 @@ class JobOps(BridgeCore):
                         return True
         return False
 
+    async def rename_job(self, job_id: str, name: str, *, attempts: int) -> bool | None:
+        """Set a job's name in its spec and its ``name`` field together: True when renamed, False
+        when the job is gone, None when the hash kept changing for ``attempts`` tries.
+
+        The spec is read, changed and written back under WATCH: a job whose progress events write
+        to its hash meanwhile is tried again, and a job purged meanwhile is not brought back."""
+        key = self.keys.job(job_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for _ in range(attempts):
+                try:
+                    await pipe.watch(key)
+                    spec = await pipe.hget(key, "spec")
+                    if spec is None:
+                        return False
+                    graph = orjson.loads(spec)
+                    graph.setdefault("metadata", {})["name"] = name
+                    pipe.multi()
+                    pipe.hset(key, mapping={"spec": orjson.dumps(graph), "name": name})
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+        return None
+
     async def delete_job(self, job_id: str, user: str | None) -> None:
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self._redis.pipeline(transaction=True)
         pipe.delete(self.keys.job(job_id), self.keys.events(job_id))
         pipe.zrem(self.keys.jobs_index, job_id)
         pipe.zrem(self.keys.active_jobs, job_id)

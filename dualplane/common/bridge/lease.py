@@ -11,6 +11,7 @@ import redis
 
 from dualplane.common.bridge.keys import Keys
 from dualplane.common.bridge.replies import text
+from dualplane.common.bridge.translation import translated
 
 
 class LeaseKeeper:
@@ -63,7 +64,10 @@ class LeaseKeeper:
     def renew_now(self, stream: str, message_id: str) -> bool:
         """Renew one entry at once (blocking): True if it is still this consumer's."""
         sent = time.monotonic()
-        lost = self._renew(keys=[stream], args=[self._keys.group_for_stream(stream), self._consumer, message_id])
+        try:
+            lost = self._renew(keys=[stream], args=[self._keys.group_for_stream(stream), self._consumer, message_id])
+        except redis.RedisError as exc:
+            raise translated(exc) from exc
         if lost:
             return False
         with self._lock:
