@@ -118,7 +118,9 @@ class Batcher:
                 pipe.evalsha(self._scripts.shas[call.script], *argv)
             results = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # connection lost: every caller in the batch sees it
-            results = [BridgeClosed(f"redis pipeline failed: {exc}")] * len(batch)
+            closed = BridgeClosed(f"redis pipeline failed: {exc}")
+            closed.__cause__ = exc
+            results = [closed] * len(batch)
         for call, argv, result in zip(batch, argvs, results, strict=True):
             if isinstance(result, NoScriptError):  # Redis restarted and lost its script cache
                 result = await self._retry_eval(call.script, argv)
