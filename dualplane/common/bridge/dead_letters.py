@@ -61,8 +61,8 @@ class DeadLetterOps(BridgeCore):
         if entry is None:
             return "gone", None
         stream, job_id = entry.get("stream", ""), entry.get("job", "")
-        if not stream.startswith(f"{self.keys.prefix}stream:") or stream in (self.keys.dead_stream,
-                                                                            self.keys.audit_stream):
+        if not stream.startswith(self.keys.stream_prefix) or stream in (self.keys.dead_stream,
+                                                                       self.keys.audit_stream):
             return "not-replayable", None
         message = orjson.loads(entry.get("fields") or "{}")
         handoff_seq = ""

@@ -44,6 +44,8 @@ class Keys:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        #: What every stream's name starts with.
+        self.stream_prefix = f"{prefix}stream:"
         self.control_stream = f"{prefix}stream:control"
         self.dead_stream = f"{prefix}stream:dead"
         self.audit_stream = f"{prefix}stream:audit"
