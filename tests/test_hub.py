@@ -403,7 +403,7 @@ async def test_two_hubs_on_the_same_redis_both_deliver_the_full_stream(
 
 
 async def test_the_hub_resubscribes_and_fills_the_gap_after_its_redis_connection_drops(
-    control_plane: ControlPlane, hub_url: tuple[Hub, str], authenticator: Authenticator,
+    control_plane: ControlPlane, hub_url: tuple[Hub, str], authenticator: Authenticator, redis,
 ):
     hub, url = hub_url
     job_id = await submit(control_plane, sleep_graph())
@@ -417,7 +417,7 @@ async def test_the_hub_resubscribes_and_fills_the_gap_after_its_redis_connection
                                             Mutation(events=[event_body("progress", job_id, progress=i / 100)]))
 
     await emit(5)
-    killed = await control_plane.bridge.client.client_kill_filter(_type="pubsub")
+    killed = await redis.client_kill_filter(_type="pubsub")
     assert killed >= 1
     await emit(5)  # published while the hub is away: only the stream has them
     await eventually(lambda: hub.stats["resubscribes"] >= 1, what="the hub to re-subscribe")

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import uvicorn
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
@@ -440,14 +441,14 @@ async def test_running_services_expose_job_queue_worker_and_model_metrics(stack:
 
 
 @pytest.mark.integration
-async def test_dashboards_and_alerts_use_only_exposed_metrics(stack: Stack) -> None:
+async def test_dashboards_and_alerts_use_only_exposed_metrics(stack: Stack, redis: aioredis.Redis) -> None:
     """Every metric a dashboard panel, dashboard variable or alert rule selects is exposed by
     the running control plane or worker (after real jobs, so labelled series exist), by the
     worker's GPU collector on a CUDA host, by dcgm-exporter or by redis_exporter."""
     await run_jobs(stack)
     # a message that does not parse: the worker dead-letters it (so the dead-letter series exist)
     bridge = stack.control.bridge
-    await bridge.client.xadd(bridge.keys.data_stream("default"), {"m": b"not a handoff"})
+    await redis.xadd(bridge.keys.data_stream("default"), {"m": b"not a handoff"})
     deadline = time.monotonic() + 10
     while await bridge.stream_length(bridge.keys.dead_stream) < 1:
         assert time.monotonic() < deadline, "the poison message was not dead-lettered"

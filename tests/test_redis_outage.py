@@ -11,8 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
+from redis import exceptions as redis_exceptions
 
 from dualplane.client import AsyncClient
+from dualplane.common.bridge import Bridge
+from dualplane.common.errors import BridgeError, RedisUnavailable, Unavailable
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.auth import Authenticator
@@ -165,3 +168,35 @@ async def test_a_worker_reports_redis_trouble_on_health_and_recovers(served_fact
     assert down.status_code == 503 and down.json()["redis"] is False
     assert done.status == "succeeded"
     assert up.status_code == 200
+
+
+async def test_the_bridge_translates_every_redis_error(settings: Settings, redis, tmp_path: Path):
+    """No Redis error leaves the bridge: one Redis refuses (a wrong type) is a BridgeError, an
+    internal fault (500); a Redis that is down is a RedisUnavailable (503), for direct calls and
+    batched script calls alike; each keeps the Redis error as its cause."""
+    bridge = await Bridge(settings.bridge_config()).connect()
+    try:
+        await redis.hset(bridge.keys.preferences("alice"), "theme", "dark")
+        with pytest.raises(BridgeError) as refused:
+            await bridge.get_preferences("alice")
+        assert not isinstance(refused.value, Unavailable) and refused.value.status == 500
+        assert isinstance(refused.value.__cause__, redis_exceptions.ResponseError)
+        await redis.set(bridge.keys.job("not-a-hash"), "x")
+        with pytest.raises(BridgeError) as script_refused:
+            await bridge.claim("not-a-hash", 1)
+        assert not isinstance(script_refused.value, Unavailable)
+        assert isinstance(script_refused.value.__cause__, redis_exceptions.ResponseError)
+    finally:
+        await bridge.close()
+
+    server = start_redis(tmp_path / unique_name("redis"))
+    bridge = await Bridge(settings.model_copy(update={"redis_url": server.url}).bridge_config()).connect()
+    try:
+        server.stop()
+        with pytest.raises(RedisUnavailable) as down:
+            await bridge.job_status("j")
+        assert down.value.status == 503 and isinstance(down.value.__cause__, redis_exceptions.ConnectionError)
+        with pytest.raises(RedisUnavailable):
+            await bridge.claim("j", 1)
+    finally:
+        await bridge.close()

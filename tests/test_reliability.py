@@ -258,7 +258,7 @@ async def test_the_lease_heartbeat_keeps_a_node_longer_than_the_lease_claimed(
 
 
 async def test_sigterm_on_a_worker_process_hands_its_work_on_and_exits(control_plane: ControlPlane, settings,
-                                                                        worker_factory):
+                                                                        worker_factory, redis):
     import httpx
 
     from dualplane.devstack.services import free_port
@@ -294,7 +294,7 @@ async def test_sigterm_on_a_worker_process_hands_its_work_on_and_exits(control_p
     assert job.status == "succeeded"
     assert node(job, "long").attempts == 2
     keys = control_plane.bridge.keys
-    assert await control_plane.bridge.client.exists(keys.worker("terminated")) == 0
+    assert await redis.exists(keys.worker("terminated")) == 0
 
 
 async def test_the_key_prefix_separates_deployments(settings, redis, worker_factory):

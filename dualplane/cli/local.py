@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import time
@@ -87,7 +88,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def describe_stack(stack: Any, settings: Settings) -> list[str]:
     """The status lines of a running local stack (a :class:`~dualplane.devstack.local_stack.RunningStack`)."""
-    from dualplane.common.bridge import Keys
     from dualplane.devstack.local_stack import StateDir
 
     uptime = time.time() - stack.started_at
@@ -102,18 +102,22 @@ def describe_stack(stack: Any, settings: Settings) -> list[str]:
     lines.append("  ports          " + ", ".join(f"{name} {port}" for name, port in sorted(ports.items())))
     size_mib = StateDir(stack.state_dir).size_bytes() / 2**20
     lines.append(f"  data           {stack.state_dir} ({size_mib:.1f} MiB)")
-    lines.append(f"  jobs           {_job_count(stack.redis_url, Keys(settings.key_prefix))}")
+    lines.append(f"  jobs           {_job_count(settings, stack.redis_url)}")
     return lines
 
 
-def _job_count(redis_url: str, keys: Any) -> str:
-    import redis
+def _job_count(settings: Settings, redis_url: str) -> str:
+    from dualplane.common.bridge import Bridge
+    from dualplane.common.errors import BridgeError
+
+    async def count() -> tuple[int, int]:
+        async with Bridge(settings.model_copy(update={"redis_url": redis_url}).bridge_config()) as bridge:
+            return await bridge.job_counts()
 
     try:
-        with redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) as client:
-            total, unfinished = client.zcard(keys.jobs_index), client.zcard(keys.active_jobs)
-    except redis.RedisError as exc:
-        return f"unknown (Redis does not answer: {exc})"
+        total, unfinished = asyncio.run(asyncio.wait_for(count(), 2))
+    except (BridgeError, TimeoutError) as exc:
+        return f"unknown (Redis does not answer: {exc or 'no answer within 2 s'})"
     return f"{total} ({unfinished} unfinished)"
 
 

@@ -91,9 +91,8 @@ async def _reset_password(store: Any, args: argparse.Namespace, settings: Settin
 
 def _run(command: Callable[..., Awaitable[str]], args: argparse.Namespace) -> int:
     """Run an account command on the plane's Redis; its errors are a message and exit 1."""
-    import redis
-
     from dualplane.common.bridge import Bridge
+    from dualplane.common.errors import BridgeError
     from dualplane.control_plane.accounts import AccountStore
 
     settings = client_settings(Settings())
@@ -108,7 +107,7 @@ def _run(command: Callable[..., Awaitable[str]], args: argparse.Namespace) -> in
     except ValueError as exc:  # an AccountError, REDIS_URL unset, passwords that differ
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except redis.RedisError as exc:
+    except BridgeError as exc:
         print(f"error: cannot use Redis at {settings.redis_url}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

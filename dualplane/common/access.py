@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from dualplane.common.errors import ObjectNotFound
+from dualplane.common.errors import ObjectNotFound, UnknownJob
 
 #: Keys everyone's jobs may read: model weights.
 PUBLIC_PREFIXES = ("models/",)
@@ -31,7 +31,7 @@ _KEY_FORMATS = ("object-key", "object-key-or-url")
 ObjectKey = Annotated[str, Field(min_length=1, max_length=1024, json_schema_extra={"format": "object-key"})]
 InputRef = Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={"format": "object-key-or-url"})]
 
-#: ``async (job_id) -> owner`` of an existing job; raises :class:`KeyError` when there is none.
+#: ``async (job_id) -> owner`` of an existing job; raises :class:`UnknownJob` when there is none.
 JobOwner = Callable[[str], Awaitable[str | None]]
 
 
@@ -59,7 +59,7 @@ async def may_read(key: str, *, user: str | None, job_id: str | None, job_owner:
             return True
         try:
             return await job_owner(owner) == user
-        except KeyError:
+        except UnknownJob:
             return False
     return False
 

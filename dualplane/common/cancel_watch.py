@@ -16,10 +16,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from dualplane.common.bridge import Bridge
+    from dualplane.common.bridge.subscriptions import CancelSubscription
     from dualplane.common.executor import JobRun
 
 log = logging.getLogger("dualplane.cancel")
@@ -53,32 +54,34 @@ class CancelWatch:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Listen and poll until ``stopping`` is set (or the task is cancelled)."""
-        pubsub: Any = None
+        subscription: CancelSubscription | None = None
         next_poll = 0.0
         try:
             while not stopping.is_set():
                 try:
-                    if pubsub is None:
-                        pubsub = await self._bridge.subscribe_cancels()
+                    if subscription is None:
+                        subscription = await self._bridge.subscribe_cancels()
                         next_poll = 0.0
                     wait_s = next_poll - time.monotonic()
                     if wait_s > 0:
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait_s)
-                        if message is not None and message["type"] == "message":
-                            self.pushed(message["data"].decode())
+                        job_id = await subscription.next_cancel(wait_s)
+                        if job_id is not None:
+                            self.pushed(job_id)
                         continue
                     next_poll = time.monotonic() + self._poll_s
                     await self._poll_flags()
                 except Exception as exc:  # keep listening after a Redis hiccup
                     log.error("%s: cancel subscription failed: %s", self._name, exc)
-                    await _close_quietly(pubsub)
-                    pubsub = None
+                    if subscription is not None:
+                        await subscription.aclose()
+                    subscription = None
                     # ends on the stop flag, not only on cancellation: a client library that turns a
                     # cancellation into a connection error would otherwise leave this loop running
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stopping.wait(), 1.0)
         finally:
-            await _close_quietly(pubsub)
+            if subscription is not None:
+                await subscription.aclose()
 
     def pushed(self, job_id: str) -> None:
         now = time.monotonic()
@@ -99,10 +102,3 @@ class CancelWatch:
             for run in runs:
                 if run.job_id in flagged:
                     run.cancel.set()
-
-
-async def _close_quietly(pubsub: Any) -> None:
-    """Close a subscription whose connection may already be gone."""
-    if pubsub is not None:
-        with contextlib.suppress(Exception):
-            await pubsub.aclose()

@@ -22,12 +22,11 @@ from typing import Any
 
 import orjson
 import pydantic
-import redis
 
 from dualplane.common import logs
 from dualplane.common.bridge import Bridge, Claim, LeaseKeeper, Message, parse_claim
 from dualplane.common.cancel_watch import DEFAULT_CANCEL_POLL_S, CancelWatch
-from dualplane.common.errors import BridgeClosed
+from dualplane.common.errors import BridgeError
 from dualplane.common.executor import Executor, JobRun
 from dualplane.common.graph import plan_for_lane, structure_problem
 from dualplane.common.hooks import HookChain, Hooks
@@ -134,7 +133,7 @@ class Consumer:
             try:
                 await self.bridge.ensure_group(self.stream)
                 return
-            except redis.RedisError as exc:
+            except BridgeError as exc:
                 self._read_failed(f"cannot create the consumer group: {exc}")
                 if not await self._every(1.0):
                     return
@@ -169,7 +168,7 @@ class Consumer:
                 self.stream, self.name, count=min(free, self.bridge.config.read_batch),
                 block_ms=self.bridge.config.read_block_ms,
             )
-        except (BridgeClosed, redis.RedisError) as exc:
+        except BridgeError as exc:
             self._read_failed(str(exc))
             await self._wait_or_stop(asyncio.sleep(1.0), timeout_s=1.0)
             return
@@ -397,7 +396,7 @@ class Consumer:
             return True
         try:
             owned = await asyncio.to_thread(self._lease.renew_now, message.stream, message.id)
-        except redis.RedisError as exc:
+        except BridgeError as exc:
             log.warning("%s: cannot confirm the lease of job %s (%s); not starting its node", self.name,
                         run.job_id, exc)
             return False

@@ -27,7 +27,8 @@ raises it (module in brackets) and derives from a family::
     │   ├── TooManyWaits                  429   Too many waits         [control_plane.waits]
     │   └── LoginThrottled                429   Too many failed logins [control_plane.login_limit]
     ├── Unavailable                       503   Service unavailable    Retry-After; detail names the service
-    │   ├── BridgeClosed                  503   (the job store, Redis)
+    │   ├── RedisUnavailable              503   (the job store, Redis); also a BridgeError
+    │   │   └── BridgeClosed              503
     │   └── StoreUnavailable              503   (the object store); also a TransientError
     ├── AuthError                         401   Unauthorized           WWW-Authenticate: Bearer  [control_plane.auth]
     │   └── RefreshRefused                401                          [control_plane.accounts]
@@ -35,6 +36,8 @@ raises it (module in brackets) and derives from a family::
     ├── TooLarge                          413   Request too large      (400 for a body that is not JSON) [control_plane.limits]
     │   └── TooDeep                       422   Request too large      [control_plane.limits]
     ├── InvalidCursor                     400   Invalid cursor         [control_plane.listing]
+    ├── BridgeError                       500   a Redis call failed (the bridge translates every Redis error)
+    │   └── RedisUnavailable              (above): the transient ones
     ├── TransientError                    500   a failure worth retrying (tasks)
     │   ├── StoreUnavailable              (above)
     │   └── ModelIntegrityError           [ml.model_store]
@@ -45,8 +48,9 @@ raises it (module in brackets) and derives from a family::
     ├── PolicyError                       a policy file that cannot be used [control_plane.policy]
     └── AccountError                      an account command that cannot be done [control_plane.accounts]
 
-Redis's own errors still reach the app untranslated from the bridge; the app sends them through
-the same handler as an :class:`Unavailable`.
+Redis's own errors never leave the bridge (``common/bridge/``): it raises a :class:`BridgeError`
+instead, a :class:`RedisUnavailable` (503) for the transient ones, with the Redis error as its
+``__cause__``.
 """
 
 from __future__ import annotations
@@ -152,7 +156,17 @@ class UnknownJob(NotFound):
         return f"no job {self.args[0]!r}"
 
 
-class BridgeClosed(Unavailable):
+class BridgeError(DualplaneError):
+    """A Redis call failed. One that is not :class:`RedisUnavailable` (a wrong type, a script's
+    error) is a bug, answered as an internal fault (HTTP 500)."""
+
+
+class RedisUnavailable(BridgeError, Unavailable):
+    """Redis cannot answer now: a dropped or refused connection, a timeout, an exhausted pool, a
+    server still loading its data or a replica not promoted yet (HTTP 503 with Retry-After)."""
+
+
+class BridgeClosed(RedisUnavailable):
     """The bridge was used after close, or Redis went away."""
 
 

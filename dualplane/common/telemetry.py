@@ -338,40 +338,26 @@ class QueueCollector(Collector):
             self._at = time.monotonic()
 
     async def _read(self) -> dict[str, Any]:
-        bridge = self._bridge
-        keys = bridge.keys
-        client = bridge.client
+        keys = self._bridge.keys
         data_prefix = keys.data_stream("")
-        streams = [keys.control_stream]
-        streams += sorted({_text(k) async for k in client.scan_iter(match=data_prefix + "*", count=500,
-                                                                     _type="stream")})
-        pipe = client.pipeline(transaction=False)
-        for stream in streams:
-            pipe.xlen(stream)
-            pipe.xinfo_groups(stream)
-        pipe.xlen(keys.dead_stream)
-        replies = await pipe.execute(raise_on_error=False)
+        lanes, dead = await self._bridge.lane_streams()
         rows = []
-        for i, stream in enumerate(streams):
-            length, groups = replies[2 * i], replies[2 * i + 1]
-            if isinstance(length, Exception):
-                continue
+        for lane in lanes:
+            stream = lane.stream
             pool = stream[len(data_prefix):] if stream.startswith(data_prefix) else ""
             label = stream[len(keys.prefix):].removeprefix("stream:")
-            for group in groups if not isinstance(groups, Exception) else []:
-                info = {_text(k): v for k, v in group.items()}
+            for info in lane.groups:
                 rows.append({"stream": label, "pool": pool, "group": _text(info.get("name")),
-                             "length": int(length), "pending": int(info.get("pending") or 0),
+                             "length": lane.length, "pending": int(info.get("pending") or 0),
                              "lag": None if info.get("lag") is None else int(info["lag"]),
                              "consumers": int(info.get("consumers") or 0)})
-            if not groups or isinstance(groups, Exception):
+            if not lane.groups:
                 # no consumer has created the group yet (a pool with no worker): it will be created
                 # at id 0, so everything in the stream is its lag
                 rows.append({"stream": label, "pool": pool, "group": keys.group_for_stream(stream),
-                             "length": int(length), "pending": 0, "lag": int(length), "consumers": 0})
-        dead = replies[-1]
-        workers = await _worker_pools(bridge)
-        return {"streams": rows, "dead": 0 if isinstance(dead, Exception) else int(dead), "workers": workers}
+                             "length": lane.length, "pending": 0, "lag": lane.length, "consumers": 0})
+        workers = await _worker_pools(self._bridge)
+        return {"streams": rows, "dead": dead, "workers": workers}
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("dualplane_redis_up", "1 when the last queue-metrics read from Redis worked.")

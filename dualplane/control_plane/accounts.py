@@ -1,5 +1,6 @@
 """Accounts: users and service accounts in Redis, their argon2id password hashes, their refresh
-sessions, and the revocation markers every token check reads (keys: see ``bridge.Keys``).
+sessions, and the revocation markers every token check reads (kept by the bridge's account store,
+``common/bridge/accounts.py``).
 
 An account is a name (a user id: it becomes the ``sub`` of its tokens), a role, an argon2id hash
 (``argon2-cffi``'s defaults, RFC 9106's second recommendation: 64 MiB, 3 passes), a disabled flag,
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import logging
 import math
 import re
@@ -33,9 +33,6 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel
-from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
-from redis.typing import EncodableT, FieldT
 
 from dualplane.common.bridge import Bridge
 from dualplane.common.errors import DualplaneError, Unavailable
@@ -74,13 +71,12 @@ class RefreshRefused(AuthError):
 class AccountStore:
     """Accounts, password checks and refresh sessions on the plane's Redis.
 
-    :param bridge: a connected (or soon connected) bridge: its client and key names are used.
+    :param bridge: a connected (or soon connected) bridge: it keeps the records.
     :param refresh_ttl_s: lifetime of a refresh session after its last use.
     """
 
     def __init__(self, bridge: Bridge, *, refresh_ttl_s: int, hasher: PasswordHasher | None = None) -> None:
         self.bridge = bridge
-        self.keys = bridge.keys
         self.refresh_ttl_s = refresh_ttl_s
         self.hasher = hasher or PasswordHasher()
         self._hashing = asyncio.Semaphore(HASH_CONCURRENCY)
@@ -95,20 +91,10 @@ class AccountStore:
             raise AccountError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
         password_hash = await self._hash(_checked_password(password))
         now = time.time()
-        fields: dict[str, EncodableT] = {"role": role, "hash": password_hash, "disabled": 0, "gen": 0,
-                                         "created_at": now, "updated_at": now}
-        key = self.keys.account(name)
-        async with self.bridge.client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(key)
-                if await pipe.exists(key):
-                    raise AccountError(f"account {name!r} exists already")
-                pipe.multi()
-                pipe.hset(key, mapping=_mapping(fields))
-                pipe.sadd(self.keys.accounts, name)
-                await pipe.execute()
-            except WatchError:  # another `add` of the same name won
-                raise AccountError(f"account {name!r} exists already") from None
+        fields: dict[str, Any] = {"role": role, "hash": password_hash, "disabled": 0, "gen": 0,
+                                  "created_at": now, "updated_at": now}
+        if not await self.bridge.add_account(name, fields):
+            raise AccountError(f"account {name!r} exists already")
         return _account(name, fields)
 
     async def get(self, name: str) -> Account | None:
@@ -117,13 +103,7 @@ class AccountStore:
 
     async def list(self) -> list[Account]:
         """Every account, by name."""
-        names = sorted(_text(n) for n in await self.bridge.client.smembers(self.keys.accounts))
-        async with self.bridge.client.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hgetall(self.keys.account(name))
-            records = await pipe.execute()
-        return [_account(name, _decoded(fields)) for name, fields in zip(names, records, strict=True)
-                if b"hash" in fields]
+        return [_account(name, fields) for name, fields in await self.bridge.all_account_fields()]
 
     async def set_disabled(self, name: str, disabled: bool) -> Account:
         """Disabling revokes: enabling the account again does not bring its old tokens back."""
@@ -148,7 +128,7 @@ class AccountStore:
         if not await self._verify(password_hash, password):
             return None
         if self.hasher.check_needs_rehash(password_hash):  # the hasher's parameters were raised since
-            await self.bridge.client.hset(self.keys.account(name), "hash", await self._hash(password))
+            await self.bridge.set_account_hash(name, await self._hash(password))
         return account
 
     # -- refresh sessions ------------------------------------------------------------
@@ -156,50 +136,36 @@ class AccountStore:
     async def open_session(self, account: Account) -> str:
         """A new refresh session of the account; its first refresh token."""
         session_id, secret = secrets.token_hex(16), secrets.token_urlsafe(32)
-        now = time.time()
-        key, sessions = self.keys.refresh_session(session_id), self.keys.refresh_sessions(account.name)
-        async with self.bridge.client.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"user": account.name, "gen": account.generation, "current": _digest(secret),
-                                    "created_at": now})
-            pipe.expire(key, self.refresh_ttl_s)
-            self._track(pipe, sessions, session_id, now)
-            await pipe.execute()
+        await self.bridge.open_refresh_session(session_id, user=account.name, generation=account.generation,
+                                               secret_digest=_digest(secret), ttl_s=self.refresh_ttl_s)
         return f"{session_id}.{secret}"
 
     async def rotate_session(self, token: str) -> tuple[Account, str]:
         """The account of a refresh token and the session's next token; the presented one is
         spent. Raises :class:`RefreshRefused`; a spent token revokes the account."""
         session_id, secret = _parse_refresh(token)
-        key = self.keys.refresh_session(session_id)
-        async with self.bridge.client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    record = await pipe.hgetall(key)
-                    if not record:
-                        raise RefreshRefused("refresh token expired or revoked")
-                    name = _text(record[b"user"])
-                    if not hmac.compare_digest(_text(record[b"current"]), _digest(secret)):
-                        await pipe.reset()
-                        log.warning("a spent refresh token of %r was presented again: revoking the account", name)
-                        with contextlib.suppress(AccountError):  # an account removed by hand: nothing to revoke
-                            await self.revoke(name)
-                        raise RefreshRefused("refresh token was already used: every session of this account "
-                                             "is revoked, sign in again")
-                    account = await self.get(name)
-                    if account is None or account.disabled or account.generation != int(record[b"gen"]):
-                        await pipe.reset()
-                        await self.bridge.client.delete(key)
-                        raise RefreshRefused("refresh token revoked")
-                    next_secret, now = secrets.token_urlsafe(32), time.time()
-                    pipe.multi()
-                    pipe.hset(key, "current", _digest(next_secret))
-                    pipe.expire(key, self.refresh_ttl_s)
-                    self._track(pipe, self.keys.refresh_sessions(name), session_id, now)
-                    await pipe.execute()
-                    return account, f"{session_id}.{next_secret}"
-                except WatchError:
-                    continue  # used at the same moment: the next pass sees a spent token
+        next_secret = secrets.token_urlsafe(32)
+
+        async def still_valid(name: str, generation: int) -> Account | None:
+            account = await self.get(name)
+            if account is None or account.disabled or account.generation != generation:
+                return None
+            return account
+
+        outcome, name, account = await self.bridge.rotate_refresh_session(
+            session_id, secret_digest=_digest(secret), next_digest=_digest(next_secret), ttl_s=self.refresh_ttl_s,
+            accept=still_valid)
+        if outcome == "gone":
+            raise RefreshRefused("refresh token expired or revoked")
+        if outcome == "spent":
+            log.warning("a spent refresh token of %r was presented again: revoking the account", name)
+            with contextlib.suppress(AccountError):  # an account removed by hand: nothing to revoke
+                await self.revoke(name)
+            raise RefreshRefused("refresh token was already used: every session of this account "
+                                 "is revoked, sign in again")
+        if account is None:
+            raise RefreshRefused("refresh token revoked")
+        return account, f"{session_id}.{next_secret}"
 
     async def close_session(self, token: str) -> None:
         """End the session of a refresh token (logout); a token that is not its session's
@@ -208,57 +174,22 @@ class AccountStore:
         if match is None:
             return
         session_id, secret = match.groups()
-        key = self.keys.refresh_session(session_id)
-        record = await self.bridge.client.hgetall(key)
-        if record and hmac.compare_digest(_text(record[b"current"]), _digest(secret)):
-            async with self.bridge.client.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.zrem(self.keys.refresh_sessions(_text(record[b"user"])), session_id)
-                await pipe.execute()
+        await self.bridge.close_refresh_session(session_id, _digest(secret))
 
     # -- plumbing --------------------------------------------------------------------
 
-    def _track(self, pipe: Pipeline, sessions: str, session_id: str, now: float) -> None:
-        """Index a session under its account (for revocation), dropping the expired ones."""
-        pipe.zadd(sessions, {session_id: now + self.refresh_ttl_s})
-        pipe.zremrangebyscore(sessions, "-inf", now)
-        pipe.expire(sessions, self.refresh_ttl_s)
-
     async def _record(self, name: str) -> tuple[Account, str] | None:
-        fields = await self.bridge.client.hgetall(self.keys.account(name))
-        if b"hash" not in fields:
+        fields = await self.bridge.account_fields(name)
+        if fields is None:
             return None
-        decoded = _decoded(fields)
-        return _account(name, decoded), decoded["hash"]
+        return _account(name, fields), fields["hash"]
 
-    async def _update(self, name: str, changes: Mapping[str, EncodableT], *, revoke: bool) -> Account:
-        """Change the account's fields; with ``revoke``, raise its generation and end its sessions.
-        The marker of the view is written in the same transaction."""
-        key, sessions = self.keys.account(name), self.keys.refresh_sessions(name)
-        async with self.bridge.client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key, sessions)
-                    fields = await pipe.hgetall(key)
-                    if b"hash" not in fields:
-                        raise AccountError(f"no account {name!r}")
-                    current = _decoded(fields)
-                    session_ids = [_text(s) for s in await pipe.zrange(sessions, 0, -1)] if revoke else []
-                    updated: dict[str, EncodableT] = {**current, **changes, "updated_at": time.time()}
-                    if revoke:
-                        updated["gen"] = int(current["gen"]) + 1
-                    account = _account(name, updated)
-                    pipe.multi()
-                    pipe.hset(key, mapping=_mapping(updated))
-                    if revoke:
-                        pipe.delete(sessions, *(self.keys.refresh_session(s) for s in session_ids))
-                    if account.generation > 0:  # generation 0 revokes nothing: no marker needed
-                        pipe.hset(self.keys.auth_markers, name, f"{account.generation} {int(account.disabled)}")
-                        pipe.incr(self.keys.auth_markers_version)
-                    await pipe.execute()
-                    return account
-                except WatchError:
-                    continue
+    async def _update(self, name: str, changes: Mapping[str, Any], *, revoke: bool) -> Account:
+        """Change the account's fields; with ``revoke``, raise its generation and end its sessions."""
+        updated = await self.bridge.update_account(name, changes, revoke=revoke)
+        if updated is None:
+            raise AccountError(f"no account {name!r}")
+        return _account(name, updated)
 
     async def _hash(self, password: str) -> str:
         async with self._hashing:
@@ -319,18 +250,9 @@ class RevocationView:
 
     async def _read(self) -> None:
         started = self._clock()
-        client, keys = self.bridge.client, self.bridge.keys
-        version = await client.get(keys.auth_markers_version)
+        version = await self.bridge.revocation_version()
         if self._markers is None or version != self._version:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.get(keys.auth_markers_version)
-                pipe.hgetall(keys.auth_markers)
-                version, raw = await pipe.execute()
-            markers = {}
-            for name, value in raw.items():
-                generation, disabled = value.split()
-                markers[name.decode()] = (int(generation), disabled == b"1")
-            self._markers, self._version = markers, version
+            self._version, self._markers = await self.bridge.revocation_markers()
         self._fresh_until = started + self.check_s
 
 
@@ -338,21 +260,6 @@ def _account(name: str, fields: Mapping[Any, object]) -> Account:
     return Account(name=name, role=str(fields["role"]), disabled=str(fields["disabled"]) == "1",
                    generation=int(str(fields["gen"])), created_at=float(str(fields["created_at"])),
                    updated_at=float(str(fields["updated_at"])))
-
-
-def _decoded(fields: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in fields.items()}
-
-
-def _mapping(fields: Mapping[str, EncodableT]) -> dict[FieldT, EncodableT]:
-    """The same fields as redis-py's ``hset`` types them (a mapping's keys are invariant: ``dict[str, …]`` is
-    not a ``Mapping[FieldT, …]``)."""
-    return dict(fields.items())
-
-
-def _text(value: Any) -> str:
-    """A reply of our client (bytes: it never decodes) as text; redis-py types replies ``bytes | str``."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _checked_password(password: str) -> str:

@@ -21,7 +21,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -101,35 +100,24 @@ def create_app(settings: Settings, *, plane: ControlPlane | None = None,
 
 
 def _install_hub(app: FastAPI, control: ControlPlane, settings: Settings) -> None:
-    async def job_user(job_id: str) -> str | None:
-        (user,) = await control.bridge.job_fields(job_id, "user")
-        return user  # type: ignore[return-value]
-
-    hub = Hub(control.bridge, job_user=job_user, buffer_messages=settings.hub_buffer_messages,
+    hub = Hub(control.bridge, buffer_messages=settings.hub_buffer_messages,
               max_waits_per_user=settings.max_waits_per_user)
     app.state.hub = hub
     control.hub_metrics.hub = hub  # read at scrape time (hub.connections, hub.stats)
     add_websocket_route(app, hub, app.state.authenticator)
 
 
-#: Redis errors that mean "not now" rather than "never": a dropped or refused connection, an
-#: exhausted pool, a server still loading its data or a replica that was not promoted yet.
-_REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                      redis.exceptions.ReadOnlyError, redis.exceptions.BusyLoadingError)
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     async def _dualplane_error(request: Request, exc: Exception) -> JSONResponse:
-        error = exc if isinstance(exc, DualplaneError) else Unavailable(str(exc))  # a Redis error
-        if error.status == 500:  # a bug or an internal fault: the server answers and logs it
+        # a 500 is a bug or an internal fault (a Redis error the bridge could not call transient
+        # among them): the server answers and logs it
+        if not isinstance(exc, DualplaneError) or exc.status == 500:
             raise exc
-        if isinstance(error, Unavailable):
+        if isinstance(exc, Unavailable):
             log.warning("%s %s: service unavailable: %s", request.method, request.url.path, exc)
-        return problem_of(error)
+        return problem_of(exc)
 
     app.add_exception_handler(DualplaneError, _dualplane_error)
-    for error_type in _REDIS_UNAVAILABLE:  # until the bridge translates them into Unavailable
-        app.add_exception_handler(error_type, _dualplane_error)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,9 +12,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
-import redis
-
 from dualplane.common.bridge import Bridge
 from dualplane.common.models import Graph
 from dualplane.common.registry import TaskRegistry
@@ -98,24 +95,8 @@ def name_graph(graph: Graph, registry: TaskRegistry) -> str:
 
 
 async def rename(bridge: Bridge, job_id: str, name: str) -> bool:
-    """Set a job's name in its spec and its ``name`` field together; False when the job is gone.
-
-    The spec is read, changed and written back under WATCH: a job whose progress events write
-    to its hash meanwhile is tried again, and a job purged meanwhile is not brought back."""
-    key = bridge.keys.job(job_id)
-    async with bridge.client.pipeline(transaction=True) as pipe:
-        for _ in range(_RENAME_ATTEMPTS):
-            try:
-                await pipe.watch(key)
-                spec = await pipe.hget(key, "spec")
-                if spec is None:
-                    return False
-                graph = orjson.loads(spec)
-                graph.setdefault("metadata", {})["name"] = name
-                pipe.multi()
-                pipe.hset(key, mapping={"spec": orjson.dumps(graph), "name": name})
-                await pipe.execute()
-                return True
-            except redis.WatchError:
-                continue
-    raise RenameContention(f"job {job_id!r} kept changing while it was renamed; try again")
+    """Set a job's name in its spec and its ``name`` field together; False when the job is gone."""
+    renamed = await bridge.rename_job(job_id, name, attempts=_RENAME_ATTEMPTS)
+    if renamed is None:
+        raise RenameContention(f"job {job_id!r} kept changing while it was renamed; try again")
+    return renamed

@@ -17,34 +17,11 @@ from __future__ import annotations
 import ipaddress
 import math
 import secrets
-import time
 
 from dualplane.common.bridge import Bridge
+from dualplane.common.bridge.limits import LoginCounter
 from dualplane.common.errors import TooManyRequests
 from dualplane.control_plane.auth import valid_user_id
-
-#: KEYS: the failure sets to count in; ARGV: now, window, one limit per key, the attempt's
-#: member. Returns 0 when the attempt is counted, else the seconds until it would be.
-_ADMIT = """
-local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-local member = ARGV[#ARGV]
-local wait = 0
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  if redis.call('ZCARD', key) >= tonumber(ARGV[2 + i]) then
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    wait = math.max(wait, tonumber(oldest[2]) + window - now)
-  end
-end
-if wait > 0 then
-  return tostring(wait)
-end
-for _, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now, member)
-  redis.call('PEXPIRE', key, math.ceil(window * 1000))
-end
-return '0'
-"""
 
 
 class LoginThrottled(TooManyRequests):
@@ -68,18 +45,15 @@ class LoginLimiter:
     async def attempt(self, name: str, client_host: str | None) -> Attempt:
         """Count a login attempt as a failure until :meth:`Attempt.succeeded` takes it back;
         raises :class:`LoginThrottled` past a limit."""
-        keys, limits = [], []
+        limits: list[tuple[LoginCounter, int]] = []
         if self.per_user and valid_user_id(name):  # another name can be no account: nothing to protect
-            keys.append(self.bridge.keys.login_failures("user", name))
-            limits.append(self.per_user)
+            limits.append((("user", name), self.per_user))
         if self.per_ip:
-            keys.append(self.bridge.keys.login_failures("ip", client_network(client_host)))
-            limits.append(self.per_ip)
-        attempt = Attempt(self.bridge, keys, secrets.token_hex(8))
-        if not keys:
+            limits.append((("ip", client_network(client_host)), self.per_ip))
+        attempt = Attempt(self.bridge, [counter for counter, _ in limits], secrets.token_hex(8))
+        if not limits:
             return attempt
-        wait = float(await self.bridge.client.eval(_ADMIT, len(keys), *keys, time.time(), self.window_s, *limits,
-                                                   attempt.member))
+        wait = await self.bridge.admit_login(limits, self.window_s, attempt.member)
         if wait > 0:
             raise LoginThrottled(max(1, math.ceil(wait)))
         return attempt
@@ -88,16 +62,13 @@ class LoginLimiter:
 class Attempt:
     """One counted login attempt."""
 
-    def __init__(self, bridge: Bridge, keys: list[str], member: str) -> None:
-        self.bridge, self.keys, self.member = bridge, keys, member
+    def __init__(self, bridge: Bridge, counters: list[LoginCounter], member: str) -> None:
+        self.bridge, self.counters, self.member = bridge, counters, member
 
     async def succeeded(self) -> None:
         """A successful login is no failure."""
-        if self.keys:
-            async with self.bridge.client.pipeline(transaction=False) as pipe:
-                for key in self.keys:
-                    pipe.zrem(key, self.member)
-                await pipe.execute()
+        if self.counters:
+            await self.bridge.forget_login_failure(self.counters, self.member)
 
 
 def client_network(host: str | None) -> str:

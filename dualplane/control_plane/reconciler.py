@@ -21,10 +21,8 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-import redis
-
 from dualplane.common.bridge import Bridge
-from dualplane.common.errors import BridgeClosed, UnknownJob
+from dualplane.common.errors import BridgeError, UnknownJob
 from dualplane.common.telemetry import PlaneMetrics
 
 log = logging.getLogger("dualplane.reconciler")
@@ -66,7 +64,7 @@ class Reconciler:
         while not self._stopping.is_set():
             try:
                 self.last = await self.run_once()
-            except (BridgeClosed, redis.RedisError) as exc:
+            except BridgeError as exc:
                 log.warning("reconcile pass failed: %s", exc)
             except Exception:
                 log.exception("reconcile pass failed")

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
 from dualplane.common import job_state, logs, statuses
@@ -25,7 +24,7 @@ from dualplane.common.access import literal_keys, may_read
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
 from dualplane.common.bridge import Bridge
 from dualplane.common.consumer import Consumer
-from dualplane.common.errors import Conflict, GraphValidationError, Unavailable
+from dualplane.common.errors import BridgeError, Conflict, GraphValidationError, Unavailable
 from dualplane.common.executor import Executor
 from dualplane.common.graph import EXTERNAL_LANE, GRAPH_FIELD, next_lane, validate_graph
 from dualplane.common.job_state import RUNTIME_FIELDS
@@ -130,7 +129,7 @@ class ControlPlane:
         while Redis is unreachable, and the plan says so instead of failing."""
         try:
             manifests = await self.router.workers()
-        except (Unavailable, redis.RedisError, OSError):
+        except (BridgeError, Unavailable, OSError):
             manifests = []
         return Capabilities.from_manifests(manifests, limits=self._model_limits)
 

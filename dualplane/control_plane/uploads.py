@@ -37,34 +37,31 @@ class UploadRecord(BaseModel):
 
 
 class UploadIndex:
-    """Redis-backed records of each user's uploads (``<prefix>uploads:<user>``: key → record JSON).
+    """Records of each user's uploads, kept by the bridge (``<prefix>uploads:<user>``: key → record JSON).
 
-    :param bridge: the plane's bridge; its client is read at call time (it connects at start).
+    :param bridge: the plane's bridge (it connects at start, after this is made).
     """
 
     def __init__(self, bridge: Bridge) -> None:
         self._bridge = bridge
 
-    def _hash(self, user: str) -> str:
-        return f"{self._bridge.keys.prefix}uploads:{user}"
-
     async def put(self, user: str, record: UploadRecord) -> None:
         """Add or replace the record of ``record.key`` (the same bytes under the same name are one
         upload: uploading it again updates its time and consent)."""
-        await self._bridge.client.hset(self._hash(user), record.key, record.model_dump_json())
+        await self._bridge.put_upload_record(user, record.key, record.model_dump_json())
 
     async def get(self, user: str, key: str) -> UploadRecord | None:
         """The record of one of ``user``'s uploads; None when ``user`` has no upload ``key``."""
-        raw = await self._bridge.client.hget(self._hash(user), key)
+        raw = await self._bridge.upload_record(user, key)
         return UploadRecord.model_validate_json(raw) if raw is not None else None
 
     async def list(self, user: str, kind: UploadKind | None = None) -> list[UploadRecord]:
         """``user``'s uploads, newest first, optionally only one kind."""
-        raw = await self._bridge.client.hvals(self._hash(user))
+        raw = await self._bridge.upload_records(user)
         records = [UploadRecord.model_validate_json(value) for value in raw]
         records = [r for r in records if kind is None or r.kind == kind]
         return sorted(records, key=lambda r: (r.created_at, r.key), reverse=True)
 
     async def remove(self, user: str, key: str) -> bool:
         """Forget one upload; False when ``user`` had none under ``key``."""
-        return bool(await self._bridge.client.hdel(self._hash(user), key))
+        return await self._bridge.remove_upload_record(user, key)

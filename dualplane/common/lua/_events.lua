@@ -1,4 +1,4 @@
--- Shared tail of every mirroring script (prepended by bridge.py, not a script on its own).
+-- Shared tail of every mirroring script (prepended by bridge/batching.py, not a script on its own).
 -- The event byte layout written here is the other half of dualplane/common/wire.py (with_seq,
 -- seq_of, stream_id): change both together; tests/test_wire.py checks that they agree.
 -- append_events(hash, events_key, prefix, job_id, argv, start, now):

@@ -9,14 +9,13 @@ import logging
 from typing import Any, Self
 
 import orjson
-import redis
 from starlette.websockets import WebSocket, WebSocketState
 
 from dualplane.common.bridge import Bridge, Keys
-from dualplane.common.errors import UnknownJob
+from dualplane.common.errors import BridgeError, UnknownJob
 from dualplane.common.wire import seq_of
 from dualplane.control_plane.auth import AuthError, Principal
-from dualplane.control_plane.hub.feed import Feed, JobUser, job_user_from_hash
+from dualplane.control_plane.hub.feed import Feed
 from dualplane.control_plane.hub.sequence import Channel, Sequencer, Sub
 from dualplane.control_plane.hub.transport import (
     CLOSE_RESTART,
@@ -42,10 +41,8 @@ class Hub:
     :param bridge: a connected :class:`~dualplane.common.bridge.Bridge`; the hub reads job
         snapshots and event streams through it and opens one extra connection of its own
         (same URL) for the subscription.
-    :param job_user: ``async (job_id) -> owner`` used for access checks: the job's owner
-        user id, or None for a job without owner (visible only to admin/orchestrator). It
-        raises :class:`~dualplane.common.errors.UnknownJob` for a job that does not exist.
-        Default: the ``user`` field of the job hash (:func:`.feed.job_user_from_hash`).
+        Access checks ask :meth:`~dualplane.common.bridge.Bridge.job_owner` (a job without
+        owner is visible only to admin/orchestrator).
     :param buffer_messages: per-connection outgoing queue bound; a message that would
         overflow it closes the connection with 4008.
     :param close_timeout_s: how long a closing connection may take to let its close frame out
@@ -62,7 +59,6 @@ class Hub:
         self,
         bridge: Bridge,
         *,
-        job_user: JobUser | None = None,
         buffer_messages: int = 1000,
         close_timeout_s: float = 10.0,
         reconnect_backoff_s: float = 0.05,
@@ -79,7 +75,7 @@ class Hub:
         self.stats = {"published": 0, "delivered": 0, "duplicates": 0, "gaps": 0, "fills": 0,
                       "slow_closed": 0, "resubscribes": 0}
         self.feed = Feed(bridge, on_message=self._on_message, on_resubscribed=self._resync_all,
-                         job_user=job_user or job_user_from_hash(bridge), reconnect_backoff_s=reconnect_backoff_s,
+                         reconnect_backoff_s=reconnect_backoff_s,
                          max_concurrent_reads=max_concurrent_reads, stats=self.stats)
         self.sequence = Sequencer(buffer_messages, self.stats)
         self._channels: dict[str, Channel] = {}
@@ -169,7 +165,7 @@ class Hub:
             self.stats["fills"] += 1
             try:
                 raws = await self.feed.events_after(chan.job_id, since)
-            except (redis.RedisError, OSError) as exc:
+            except (BridgeError, OSError) as exc:
                 log.warning("hub: cannot read events of %s (%s); retrying", chan.job_id, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(2.0, backoff * 2)
@@ -271,7 +267,7 @@ class Hub:
             return
         try:
             await self._subscribe(conn, job_id, since)
-        except (redis.RedisError, OSError) as exc:
+        except (BridgeError, OSError) as exc:
             log.warning("hub: subscribe to %s failed: %s", job_id, exc)
             if conn.subs.get(job_id) is not None:
                 self._unsubscribe(conn, job_id)

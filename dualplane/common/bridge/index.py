@@ -1,0 +1,107 @@
+"""The job indexes: the active set the reconciler walks (and its requeue), the listing pages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from dualplane.common.bridge.batching import Call
+from dualplane.common.bridge.connection import BridgeCore
+from dualplane.common.bridge.replies import text
+from dualplane.common.models import Handoff, Job
+from dualplane.common.wire import event_body
+
+_SUMMARY_FIELDS = ["id", "status", "user", "tasks", "progress", "created_at", "finished_at", "request_id", "name"]
+
+
+class IndexOps(BridgeCore):
+    # -- reconciliation (control_plane/reconciler.py) -----------------------------------
+
+    async def mark_instance(self) -> bool:
+        """Set the instance marker if it is missing; True when it was (a new or emptied Redis)."""
+        return bool(await self._redis.set(self.keys.instance, str(time.time()), nx=True))
+
+    async def active_jobs(self, *, after: tuple[float, str] | None, count: int) -> list[tuple[str, float]]:
+        """Unfinished jobs, oldest first, after ``(created_at, id)``."""
+        low = "-inf" if after is None else str(after[0])
+        rows = await self._redis.zrange(self.keys.active_jobs, low, "+inf", byscore=True, offset=0,
+                                        num=count + 64, withscores=True)
+        out = [(text(member), float(score)) for member, score in rows]
+        if after is not None:  # ids sharing the last score may repeat: skip what was seen
+            out = [(j, t) for j, t in out if (t, j) > after]
+        return out[:count]
+
+    async def handoff_positions(self, job_ids: Sequence[str]) -> list[tuple[str, int, str, str] | None]:
+        """(status, handoff_seq, lane stream, entry id) of each job; None where the job is gone
+        or names no entry."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), ["status", "handoff_seq", "lane", "msg"])
+        out: list[tuple[str, int, str, str] | None] = []
+        for status, handoff_seq, lane, msg in await pipe.execute():
+            if status is None or not lane or not msg:
+                out.append(None)
+            else:
+                out.append((text(status), int(handoff_seq or 0), text(lane), text(msg)))
+        return out
+
+    async def entries_exist(self, entries: Sequence[tuple[str, str]]) -> list[bool]:
+        """Whether each (stream, entry id) is still in its stream."""
+        pipe = self._redis.pipeline(transaction=False)
+        for stream, entry_id in entries:
+            pipe.xrange(stream, entry_id, entry_id, count=1)
+        return [bool(rows) for rows in await pipe.execute()]
+
+    async def requeue(self, job: Job, *, lane_stream: str, entry_id: str, reason: str) -> int:
+        """Hand ``job`` on again on ``lane_stream`` when its entry ``entry_id`` is really gone
+        and the job has not moved on (checked atomically). Returns the last seq, 0 when nothing
+        was done, -2 when the job is gone."""
+        message = Handoff(job_id=job.id, handoff_seq=job.handoff_seq + 1, graph=job.graph,
+                          request_id=job.request_id, sent_by="reconciler").model_dump_json(exclude_defaults=True)
+        _, event = event_body("data", job.id, message=reason, data={"requeued": reason}, plane="control")
+        return int(await self._call(Call(
+            "requeue",
+            [self.keys.job(job.id), self.keys.events(job.id), lane_stream, self.keys.active_jobs],
+            [self.keys.prefix, job.id, time.time(), job.handoff_seq, entry_id, message, event],
+        )))
+
+    # -- listing (control_plane/listing.py) ---------------------------------------------
+
+    async def job_page(self, index: str, *, max_score: str, min_score: str, count: int) -> list[tuple[str, float]]:
+        """Newest-first ids (with their created_at) from a job index, by score range."""
+        rows = await self._redis.zrange(index, max_score, min_score, desc=True, byscore=True, offset=0,
+                                        num=count, withscores=True)
+        return [(text(member), float(score)) for member, score in rows]
+
+    async def job_summaries(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Summary fields of many jobs in one round trip; None for jobs that expired."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), _SUMMARY_FIELDS)
+        out: list[dict[str, Any] | None] = []
+        for values in await pipe.execute():
+            if values[0] is None:
+                out.append(None)
+                continue
+            row = dict(zip(_SUMMARY_FIELDS, (text(v) if v is not None else None for v in values), strict=False))
+            out.append({
+                "id": row["id"], "status": row["status"], "user": row["user"],
+                "tasks": row["tasks"].split(",") if row["tasks"] else [],
+                "progress": float(row["progress"] or 0), "created_at": float(row["created_at"] or 0),
+                "finished_at": float(row["finished_at"]) if row["finished_at"] else None,
+                "request_id": row["request_id"], "name": row["name"],
+            })
+        return out
+
+    async def job_counts(self) -> tuple[int, int]:
+        """(jobs indexed, unfinished jobs)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zcard(self.keys.jobs_index)
+        pipe.zcard(self.keys.active_jobs)
+        total, unfinished = await pipe.execute()
+        return int(total), int(unfinished)
+
+    async def forget_expired(self, index: str, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            await self._redis.zrem(index, *job_ids)
