@@ -13,7 +13,9 @@ The transitions:
   artifacts, a retry, its end (:meth:`JobState.running` … :meth:`JobState.finished`), and :meth:`JobState.hand_on`: a
   plane's plan is done (cancel the rest, propagate skips, the outcome, the next lane, queue its
   ready nodes, the owner fields);
-* :func:`request_cancel` and :func:`dead_lettered`, the job-level ends that come from outside a plan.
+* :func:`request_cancel` and :func:`dead_lettered`, the job-level ends that come from outside a plan,
+  and the repairs that put a job back on a lane: :func:`requeued` (a lost stream entry) and
+  :func:`replayed` (a dead letter replayed).
 
 What stays in Lua is what must be atomic with the check that guards it (the fence, the
 ``handoff_seq``, "not finished yet") and the storage side of an end (indexes, retention).
@@ -136,6 +138,21 @@ def dead_lettered(job_id: str, reason: str) -> Mutation:
         fields={"status": JobStatus.failed.value, "owner": JobOwner.none.value, "error": message,
                 "finished_at": time.time()},
         events=[event_body("status", job_id, status=JobStatus.failed.value, message=message)])
+
+
+def requeued(job_id: str, reason: str) -> Mutation:
+    """The reconciler handed the job on again because its stream entry was lost
+    (``requeue.lua`` writes it only when the entry is really gone and the job has not moved on)."""
+    return Mutation(events=[event_body("data", job_id, message=reason, data={"requeued": reason}, plane="control")])
+
+
+def replayed(job_id: str, entry_id: str, lane: str) -> Mutation:
+    """A dead letter of the job was replayed onto ``lane``: it is queued there again
+    (``replay.lua`` writes it only when that dead letter is what failed the job, and undoes the
+    storage side of the dead-lettering: the error, the retention, the index)."""
+    return Mutation(fields={"status": JobStatus.queued.value, "owner": owner_of(lane)},
+                    events=[event_body("status", job_id, status=JobStatus.queued.value,
+                                       message=f"replayed from dead letter {entry_id}", plane="control")])
 
 
 # -- while a plane holds the job ----------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 Plain strings (the members' values): a StrEnum member and its value find each other in them.
 
-The web UI imports them from ``/ui/statuses.js``, which the control plane writes from these sets
-(``control_plane/ui.py``). Code that cannot import this module mirrors it and says so next to
-its copy; tests compare each copy with these sets (``tests/test_job_state.py``):
-``lua/dead_letter.lua`` and ``lua/requeue.lua`` (:data:`FINISHED`).
+Nothing else spells them: the Lua scripts get :data:`FINISHED` as a table written at their head
+(``common/bridge/batching.py``), and the web UI imports the sets from ``/ui/statuses.js``, which
+the control plane writes from them (``control_plane/ui.py``); ``tests/test_job_state.py`` checks
+that no script or UI module writes a copy.
 """
 
 from __future__ import annotations

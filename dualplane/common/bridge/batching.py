@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,6 +23,7 @@ from dualplane.common.bridge.keys import node_field
 from dualplane.common.bridge.translation import translated
 from dualplane.common.errors import BridgeClosed
 from dualplane.common.job_state import Mutation
+from dualplane.common.statuses import FINISHED
 
 SCRIPT_NAMES = ("create", "emit", "handoff", "claim", "dead_letter", "requeue", "replay", "external",
                 "login_admit")
@@ -62,14 +64,21 @@ class Call:
         self.futures = earlier.futures + self.futures
 
 
+def finished_table() -> str:
+    """The Lua table of the finished job statuses, written from :data:`~dualplane.common.statuses.FINISHED`
+    at the head of every script, so the scripts never spell the set themselves."""
+    entries = ", ".join(f"[{json.dumps(status)}] = true" for status in sorted(FINISHED))
+    return f"local FINISHED = {{{entries}}}\n"
+
+
 class Scripts:
-    """The Lua sources (each prefixed with the shared ``_events.lua``) and their digests, known
+    """The Lua sources (each prefixed with the finished statuses and the shared ``_events.lua``) and their digests, known
     without Redis: a plane starts while Redis is down, and a script Redis does not hold yet is
     sent once with EVAL (NOSCRIPT)."""
 
     def __init__(self, names: Sequence[str] = SCRIPT_NAMES) -> None:
         folder = resources.files("dualplane.common") / "lua"
-        shared = (folder / "_events.lua").read_text()
+        shared = finished_table() + (folder / "_events.lua").read_text()
         self.sources = {name: shared + "\n" + (folder / f"{name}.lua").read_text() for name in names}
         self.shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self.sources.items()}
 

@@ -11,8 +11,7 @@ from dualplane.common.bridge.batching import Call
 from dualplane.common.bridge.connection import BridgeCore
 from dualplane.common.bridge.delivery import Message
 from dualplane.common.bridge.replies import lenient_text, text
-from dualplane.common.job_state import dead_lettered
-from dualplane.common.wire import event_body
+from dualplane.common.job_state import Mutation, dead_lettered, replayed
 
 #: Refusals the audit stream keeps (about: it is trimmed with MAXLEN ~).
 AUDIT_MAXLEN = 10_000
@@ -72,14 +71,12 @@ class DeadLetterOps(BridgeCore):
                 return "job-gone", None
             handoff_seq = text(current)
             message["m"] = _with_handoff_seq(message.get("m"), job_id, int(handoff_seq) + 1)
-        owner = "control" if stream == self.keys.control_stream else "python"
-        _, event = event_body("status", job_id, status="queued", message=f"replayed from dead letter {entry_id}",
-                              plane="control")
         pairs = [part for item in message.items() for part in item]
         code, value = await self._call(Call(
             "replay",
             [self.keys.dead_stream, stream, self.keys.job(job_id), self.keys.events(job_id), self.keys.active_jobs],
-            [self.keys.prefix, job_id, time.time(), entry_id, handoff_seq, owner, event, len(message), *pairs],
+            [self.keys.prefix, job_id, time.time(), entry_id, handoff_seq, len(message), *pairs],
+            replayed(job_id, entry_id, self.keys.lane_of_stream(stream)) if job_id else Mutation(),
         ))
         return ("replayed", text(value)) if int(code) == 1 else (text(value), None)
 

@@ -9,8 +9,8 @@ from typing import Any
 from dualplane.common.bridge.batching import Call
 from dualplane.common.bridge.connection import BridgeCore
 from dualplane.common.bridge.replies import text
+from dualplane.common.job_state import requeued
 from dualplane.common.models import Handoff, Job
-from dualplane.common.wire import event_body
 
 _SUMMARY_FIELDS = ["id", "status", "user", "tasks", "progress", "created_at", "finished_at", "request_id", "name"]
 
@@ -59,11 +59,11 @@ class IndexOps(BridgeCore):
         was done, -2 when the job is gone."""
         message = Handoff(job_id=job.id, handoff_seq=job.handoff_seq + 1, graph=job.graph,
                           request_id=job.request_id, sent_by="reconciler").model_dump_json(exclude_defaults=True)
-        _, event = event_body("data", job.id, message=reason, data={"requeued": reason}, plane="control")
         return int(await self._call(Call(
             "requeue",
             [self.keys.job(job.id), self.keys.events(job.id), lane_stream, self.keys.active_jobs],
-            [self.keys.prefix, job.id, time.time(), job.handoff_seq, entry_id, message, event],
+            [self.keys.prefix, job.id, time.time(), job.handoff_seq, entry_id, message],
+            requeued(job.id, reason),
         )))
 
     # -- listing (control_plane/listing.py) ---------------------------------------------

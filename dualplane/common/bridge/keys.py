@@ -96,6 +96,12 @@ class Keys:
             return self.control_stream
         return self.data_stream(lane.split(":", 1)[1])
 
+    def lane_of_stream(self, stream: str) -> str:
+        """The lane a stream carries (the inverse of :meth:`stream_for_lane`)."""
+        if stream == self.control_stream:
+            return "control"
+        return "python:" + stream.removeprefix(self.data_stream(""))
+
     def group_for_stream(self, stream: str) -> str:
         return CONTROL_GROUP if stream == self.control_stream else WORKER_GROUP
 

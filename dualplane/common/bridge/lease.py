@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from importlib import resources
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
+from dualplane.common.bridge.batching import Call, Scripts
 from dualplane.common.bridge.keys import Keys
 from dualplane.common.bridge.replies import text
 from dualplane.common.bridge.translation import translated
@@ -27,8 +29,7 @@ class LeaseKeeper:
     def __init__(self, redis_url: str, keys: Keys, consumer: str, interval_s: float,
                  on_lost: Callable[[str, list[str]], None] | None = None) -> None:
         self._client = redis.Redis.from_url(redis_url)
-        self._renew = self._client.register_script(
-            (resources.files("dualplane.common") / "lua" / "renew.lua").read_text())
+        self._scripts = Scripts(["renew"])
         self._keys = keys
         self._consumer = consumer
         self._interval_s = interval_s
@@ -65,7 +66,7 @@ class LeaseKeeper:
         """Renew one entry at once (blocking): True if it is still this consumer's."""
         sent = time.monotonic()
         try:
-            lost = self._renew(keys=[stream], args=[self._keys.group_for_stream(stream), self._consumer, message_id])
+            lost = self._renew(stream, [message_id])
         except redis.RedisError as exc:
             raise translated(exc) from exc
         if lost:
@@ -74,6 +75,15 @@ class LeaseKeeper:
             if message_id in self._held.get(stream, ()):
                 self._renewed[(stream, message_id)] = sent
         return True
+
+    def _renew(self, stream: str, ids: Sequence[str]) -> Any:
+        """renew.lua on ``ids`` of ``stream``, with its arguments made where every script's are
+        (:meth:`Call.argv`); the ids of those this consumer no longer owns."""
+        argv = Call("renew", [stream], [self._keys.group_for_stream(stream), self._consumer, *ids]).argv()
+        try:
+            return self._client.evalsha(self._scripts.shas["renew"], *argv)
+        except NoScriptError:  # Redis restarted and lost its script cache
+            return self._client.eval(self._scripts.sources["renew"], *argv)
 
     def held(self) -> dict[str, list[str]]:
         with self._lock:
@@ -87,7 +97,7 @@ class LeaseKeeper:
         for stream, ids in self.held().items():
             sent = time.monotonic()
             try:
-                lost = self._renew(keys=[stream], args=[self._keys.group_for_stream(stream), self._consumer, *ids])
+                lost = self._renew(stream, ids)
             except redis.RedisError:
                 continue  # the next beat retries; the lease is several beats long
             with self._lock:  # acknowledged meanwhile: not lost, just done

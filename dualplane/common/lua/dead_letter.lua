@@ -8,15 +8,15 @@
 -- ARGV[9] n, then n (field, value) pairs for a job that has not finished (job_state.dead_lettered: the
 --         job failed), then (kind, body) event pairs.
 -- Returns the dead-letter entry id.
--- The finished statuses spelled below mirror dualplane.common.statuses.FINISHED (tests/test_job_state.py
--- checks that they agree).
+-- FINISHED (the finished job statuses) is written at the head of every script from
+-- dualplane.common.statuses.FINISHED (bridge/batching.py finished_table).
 local id = redis.call('XADD', KEYS[1], '*', 'stream', KEYS[2], 'id', ARGV[5], 'group', ARGV[4],
   'reason', ARGV[6], 'job', ARGV[2], 'fields', ARGV[7], 'ts', ARGV[3])
 redis.call('XACK', KEYS[2], ARGV[4], ARGV[5])
 redis.call('XDEL', KEYS[2], ARGV[5])  -- its copy is in the dead-letter entry
 if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
   local status = redis.call('HGET', KEYS[3], 'status')
-  if status ~= 'succeeded' and status ~= 'failed' and status ~= 'partial' and status ~= 'cancelled' then
+  if not FINISHED[status] then
     local next_arg = set_fields(KEYS[3], ARGV, 9)
     -- 'dead_letter' names the entry that failed the job: only that entry's replay revives it
     redis.call('HSET', KEYS[3], 'dead_letter', id)

@@ -4,17 +4,18 @@
 -- KEYS[4] index of unfinished jobs
 -- ARGV[1] key prefix  ARGV[2] job id  ARGV[3] now  ARGV[4] handoff_seq seen by the reconciler
 -- ARGV[5] entry id seen by the reconciler  ARGV[6] new handoff message JSON (handoff_seq + 1)
--- ARGV[7] event body (a data event saying why)
+-- ARGV[7] n, then n (field, value) pairs, then (kind, body) event pairs: the mutation
+-- (job_state.requeued: a data event saying why)
 -- Returns the last seq when requeued, 0 when nothing had to be done (the job moved on, or its
 -- entry is there), -2 when the job is gone (it is dropped from the index).
--- The finished statuses spelled below mirror dualplane.common.statuses.FINISHED (tests/test_job_state.py
--- checks that they agree).
+-- FINISHED (the finished job statuses) is written at the head of every script from
+-- dualplane.common.statuses.FINISHED (bridge/batching.py finished_table).
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[4], ARGV[2])
   return -2
 end
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'succeeded' or status == 'failed' or status == 'partial' or status == 'cancelled' then
+if FINISHED[status] then
   redis.call('ZREM', KEYS[4], ARGV[2])
   return 0
 end
@@ -26,4 +27,5 @@ redis.call('HINCRBY', KEYS[1], 'handoff_seq', 1)
 redis.call('HINCRBY', KEYS[1], 'fence', 1)
 local id = redis.call('XADD', KEYS[3], '*', 'm', ARGV[6])
 redis.call('HSET', KEYS[1], 'msg', id)
-return append_events(KEYS[1], KEYS[2], ARGV[1], ARGV[2], {'data', ARGV[7]}, 1, ARGV[3])
+local next_arg = set_fields(KEYS[1], ARGV, 7)
+return append_events(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV, next_arg, ARGV[3])
