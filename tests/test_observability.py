@@ -25,15 +25,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
 
-from dualplane.common import telemetry
 from dualplane.common.context import TaskContext
 from dualplane.common.registry import task
 from dualplane.common.retry import NO_RETRY
 from dualplane.common.settings import Settings
-from dualplane.common.telemetry import GpuCollector, PlaneMetrics, job_task
+from dualplane.common.telemetry import PlaneMetrics, job_task
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.auth import Authenticator
 from dualplane.data_plane import Worker
+from dualplane.data_plane import metrics as worker_metrics
+from dualplane.data_plane.metrics import GpuCollector
 from dualplane.devstack.services import free_port
 from dualplane.tasks import default_registry
 from tests.helpers import local_model_registry, unique_name
@@ -169,7 +170,7 @@ def test_job_finished_observes_submit_to_finish_time() -> None:
 
 
 def test_model_loads_are_counted_with_their_seconds(tmp_path: Path) -> None:
-    from dualplane.common.telemetry import ModelMetrics
+    from dualplane.data_plane.metrics import ModelMetrics
     from dualplane.ml.model_store import ModelManager, ModelRegistry, ModelStore
 
     weights = tmp_path / "weights"
@@ -203,7 +204,7 @@ def test_model_loads_are_counted_with_their_seconds(tmp_path: Path) -> None:
 def test_gpu_collector_declares_every_metric_it_can_export() -> None:
     """No GPU here, so the CUDA/NVML branch is not exercised (nothing is faked): the names it
     would export are read from the code and checked against what it declares."""
-    source = Path(telemetry.__file__).read_text()
+    source = Path(worker_metrics.__file__).read_text()
     emitted = set(re.findall(r'"(dualplane_gpu_[a-z_]+)"', source))
     assert emitted == set(GpuCollector.METRIC_NAMES)
 

@@ -32,11 +32,12 @@ from dualplane.common.models import CapabilityManifest, Event, Graph, Job, Node
 from dualplane.common.registry import TaskRegistry
 from dualplane.common.routing import Router
 from dualplane.common.settings import Settings
-from dualplane.common.telemetry import HubCollector, PlaneMetrics, QueueCollector
+from dualplane.common.telemetry import PlaneMetrics
 from dualplane.control_plane.composer import Capabilities
 from dualplane.control_plane.external import ExternalNodes
 from dualplane.control_plane.job_names import InvalidName, name_graph
 from dualplane.control_plane.listing import JobFilter, Page, list_jobs
+from dualplane.control_plane.metrics import HubCollector, QueueCollector
 from dualplane.control_plane.planner import Planner, chat_model_from_settings
 from dualplane.control_plane.policy import (
     Decision,

@@ -33,9 +33,10 @@ from dualplane.common.models import CapabilityManifest, Node, WorkerModel
 from dualplane.common.registry import TaskRegistry, TaskSpec
 from dualplane.common.routing import satisfies
 from dualplane.common.settings import Settings
-from dualplane.common.telemetry import GpuCollector, ModelMetrics, PlaneMetrics
+from dualplane.common.telemetry import PlaneMetrics
 from dualplane.common.url_policy import UrlPolicy
 from dualplane.common.version import __version__
+from dualplane.data_plane.metrics import GpuCollector, ModelMetrics
 from dualplane.ml.model_store import manager_from_settings
 from dualplane.tasks import default_registry
 
