@@ -4,7 +4,7 @@ A dead letter is a stream message no plane could process (a poison message, one 
 ``max_deliveries``): the consumer parked it in ``stream:dead`` with the reason and failed its job.
 Once the cause is fixed (a worker that has the task, a bug fixed) an admin replays it: the message
 goes back on its source stream with the job's next ``handoff_seq`` and the job is runnable again
-(:meth:`~dualplane.common.bridge.Bridge.replay_dead_letter`, one atomic step); one that is still
+(:meth:`~dualplane.control_plane.service.ControlPlane.replay_dead_letter`, one atomic step); one that is still
 poison is dead-lettered again with its reason. Discarding deletes the entry and leaves the job as
 it is (failed). Other roles get a 403: these routes show every user's jobs and texts.
 """
@@ -71,7 +71,7 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 async def dead_letters(who: User, control: Plane, limit: Limit = 100, cursor: Cursor = None) -> dict[str, Any]:
     """Dead letters, newest first: reason, job, source stream and message id, time. Follow `next_cursor`."""
     _admin(who)
-    rows = [_summary(e) for e in await control.bridge.dead_letter_page(count=limit, before=cursor)]
+    rows = [_summary(e) for e in await control.dead_letter_page(count=limit, before=cursor)]
     return {"dead_letters": rows, "next_cursor": _page(rows, limit)}
 
 
@@ -79,7 +79,7 @@ async def dead_letters(who: User, control: Plane, limit: Limit = 100, cursor: Cu
 async def dead_letter(entry_id: str, who: User, control: Plane) -> Response:
     """One dead letter with the message it parked."""
     _admin(who)
-    entry = await control.bridge.dead_letter_entry(entry_id) if _ENTRY_ID.fullmatch(entry_id) else None
+    entry = await control.dead_letter(entry_id) if _ENTRY_ID.fullmatch(entry_id) else None
     if entry is None:
         return _no_letter(entry_id)
     return JSONResponse({**_summary(entry), "message": _message(entry)})
@@ -92,10 +92,10 @@ async def replay(entry_id: str, who: User, control: Plane) -> Response:
     """Put the message back on its source stream and make its job runnable again; the dead
     letter is gone once it is replayed, so a second replay is a 404 and runs nothing."""
     _admin(who)
-    entry = await control.bridge.dead_letter_entry(entry_id) if _ENTRY_ID.fullmatch(entry_id) else None
+    entry = await control.dead_letter(entry_id) if _ENTRY_ID.fullmatch(entry_id) else None
     if entry is None:
         return _no_letter(entry_id)
-    outcome, message_id = await control.bridge.replay_dead_letter(entry_id)
+    outcome, message_id = await control.replay_dead_letter(entry_id)
     if outcome == "gone":  # replayed or discarded by someone else just now
         return _no_letter(entry_id)
     if outcome != "replayed":
@@ -109,7 +109,7 @@ async def replay(entry_id: str, who: User, control: Plane) -> Response:
 async def discard(entry_id: str, who: User, control: Plane) -> Response:
     """Delete a dead letter (its job stays as it is)."""
     _admin(who)
-    if not _ENTRY_ID.fullmatch(entry_id) or not await control.bridge.discard_dead_letter(entry_id):
+    if not _ENTRY_ID.fullmatch(entry_id) or not await control.discard_dead_letter(entry_id):
         return _no_letter(entry_id)
     return Response(status_code=204)
 
@@ -119,7 +119,7 @@ async def audit(who: User, control: Plane, limit: Limit = 100, cursor: Cursor = 
     """Requests the content policy refused, newest first: who, when, which rule on which node, why."""
     _admin(who)
     rows = []
-    for entry in await control.bridge.audit_page(count=limit, before=cursor):
+    for entry in await control.audit_page(count=limit, before=cursor):
         rows.append({"id": entry["entry"], "ts": float(entry.get("ts") or 0), "user": entry.get("user"),
                      "stage": entry.get("stage"), "rule": entry.get("rule"), "node": entry.get("node"),
                      "detail": entry.get("detail"), "goal": entry.get("goal"),

@@ -39,7 +39,7 @@ async def compose(request: Request, who: User, control: Plane, limits: RequestLi
     if body.dry_run:
         return JSONResponse(plan.model_dump(mode="json"))
     limits.check_graph(plan.graph)
-    await limits.admit(control.bridge, who.user)
+    await control.admit(limits, who.user)
     # the key names the request, not the plan: a retry gets the job the first attempt made
     result = await control.submit(plan.graph, request_id=request.state.request_id, user=who.user,
                                   idempotency_key=_compose_key(idempotency_key), audit=decision)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
 from dualplane.control_plane.api_common import Plane, User, problem
-from dualplane.control_plane.gallery import OutputKind, list_outputs
+from dualplane.control_plane.gallery import OutputKind
 
 router = APIRouter()
 
@@ -21,5 +21,5 @@ async def outputs(who: User, control: Plane, kind: OutputKind | None = None,
     URLs (a video's poster too). Follow ``next_cursor``."""
     if control.artifacts is None:
         return problem(503, "No object store", "this control plane has no S3 endpoint configured")
-    page = await list_outputs(control.bridge, control.artifacts, who.user, kind=kind, limit=limit, cursor=cursor)
+    page = await control.outputs(who.user, kind=kind, limit=limit, cursor=cursor)
     return JSONResponse({"outputs": page.outputs, "next_cursor": page.next_cursor})

@@ -211,7 +211,7 @@ async def _submit(request: Request, who: Principal, graph: dict[str, Any], idemp
                   texts: Sequence[PolicyText] = ()) -> tuple[str, bool]:
     control, limits = plane_of(request), limits_of(request)
     limits.check_graph(graph)
-    await limits.admit(control.bridge, who.user)
+    await control.admit(limits, who.user)
     validated = control.validate(graph)  # judged by the content policy like any submission (422 when refused)
     decision = await control.screen(validated, user=who.user, stage=stage, goal=goal, texts=texts,
                                     request_id=request.state.request_id)

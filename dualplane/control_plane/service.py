@@ -35,7 +35,9 @@ from dualplane.common.settings import Settings
 from dualplane.common.telemetry import PlaneMetrics
 from dualplane.control_plane.composer import Capabilities
 from dualplane.control_plane.external import ExternalNodes
-from dualplane.control_plane.job_names import InvalidName, name_graph
+from dualplane.control_plane.gallery import OutputKind, OutputPage, list_outputs
+from dualplane.control_plane.job_names import InvalidName, name_graph, rename
+from dualplane.control_plane.limits import Limits
 from dualplane.control_plane.listing import JobFilter, Page, list_jobs
 from dualplane.control_plane.metrics import HubCollector, QueueCollector
 from dualplane.control_plane.planner import Planner, chat_model_from_settings
@@ -349,6 +351,39 @@ class ControlPlane:
         """The live workers' manifests (capability key not expired), by worker id."""
         manifests = [CapabilityManifest.model_validate_json(raw) for raw in await self.bridge.live_workers()]
         return sorted(manifests, key=lambda m: m.worker_id)
+
+    async def admit(self, limits: Limits, user: str, amount: int = 1) -> None:
+        """Count ``amount`` submissions of ``user`` against the rate ``limits`` allow
+        (:class:`~.limits.RateLimited` past it)."""
+        await limits.admit(self.bridge, user, amount)
+
+    async def rename(self, job_id: str, name: str) -> bool:
+        """Rename a job (see :func:`.job_names.rename`); False when it is gone."""
+        return await rename(self.bridge, job_id, name)
+
+    async def outputs(self, user: str, *, kind: OutputKind | None, limit: int, cursor: str | None) -> OutputPage:
+        """A page of ``user``'s outputs, newest first (see :mod:`.gallery`)."""
+        if self.artifacts is None:
+            raise Unavailable("this control plane has no S3 endpoint configured")
+        return await list_outputs(self.bridge, self.artifacts, user, kind=kind, limit=limit, cursor=cursor)
+
+    # -- dead letters and the audit stream (routes_admin) -------------------------------------
+
+    async def dead_letter_page(self, *, count: int, before: str | None) -> list[dict[str, str]]:
+        return await self.bridge.dead_letter_page(count=count, before=before)
+
+    async def dead_letter(self, entry_id: str) -> dict[str, str] | None:
+        return await self.bridge.dead_letter_entry(entry_id)
+
+    async def replay_dead_letter(self, entry_id: str) -> tuple[str, str | None]:
+        """Put a dead letter back on its stream and its job back in the queue (one atomic step)."""
+        return await self.bridge.replay_dead_letter(entry_id)
+
+    async def discard_dead_letter(self, entry_id: str) -> bool:
+        return await self.bridge.discard_dead_letter(entry_id)
+
+    async def audit_page(self, *, count: int, before: str | None) -> list[dict[str, str]]:
+        return await self.bridge.audit_page(count=count, before=before)
 
     async def preferences(self, user: str) -> dict[str, Any]:
         return await self.bridge.get_preferences(user)
