@@ -13,7 +13,8 @@ It sits below ``app`` and the ``routes_*`` modules, so they import it and never 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -27,6 +28,7 @@ from dualplane.control_plane.limits import MAX_TIMESTAMP, Limits, valid_job_id
 from dualplane.control_plane.service import FINISHED, ControlPlane
 
 PROBLEM = "application/problem+json"
+T = TypeVar("T")
 #: ``?wait=`` is clamped to ``max_wait_s``; only a number no clock can reach is refused.
 WaitQuery = Annotated[float | None, Query(ge=0, le=7 * 24 * 3600, allow_inf_nan=False)]
 Timestamp = Annotated[float | None, Query(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)]
@@ -61,11 +63,20 @@ def hub_of(request: Request) -> Hub:
     return hub
 
 
+def _awaited(read: Callable[[Request], T]) -> Callable[[Request], Awaitable[T]]:
+    """``read`` as an ``async def`` dependency: FastAPI runs a plain ``def`` dependency in its
+    thread pool, a thread hop per request for an attribute read."""
+    async def dependency(request: Request) -> T:
+        return read(request)
+
+    return dependency
+
+
 User = Annotated[Principal, Depends(current_principal)]
-Plane = Annotated[ControlPlane, Depends(plane_of)]
-RequestLimits = Annotated[Limits, Depends(limits_of)]
-AppSettings = Annotated[Settings, Depends(settings_of)]
-AppHub = Annotated[Hub, Depends(hub_of)]
+Plane = Annotated[ControlPlane, Depends(_awaited(plane_of))]
+RequestLimits = Annotated[Limits, Depends(_awaited(limits_of))]
+AppSettings = Annotated[Settings, Depends(_awaited(settings_of))]
+AppHub = Annotated[Hub, Depends(_awaited(hub_of))]
 
 
 def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None,
