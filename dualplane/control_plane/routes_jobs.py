@@ -29,18 +29,19 @@ from dualplane.common.job_state import RUNTIME_FIELDS
 from dualplane.common.models import Event, Job
 from dualplane.common.registry import TaskRegistry
 from dualplane.control_plane.api_common import (
+    SUBMISSION_PARAMETERS,
     IdempotencyKey,
     Plane,
     RequestLimits,
     Timestamp,
     User,
-    WaitQuery,
     job_response,
     limits_of,
     owned_job,
     plane_of,
     problem,
     problem_of,
+    submission,
 )
 from dualplane.control_plane.auth import USER_ID_PATTERN, Forbidden
 from dualplane.control_plane.job_names import MAX_NAME, InvalidName, RenameContention, check_name, rename
@@ -80,15 +81,17 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-@router.post("/jobs", status_code=201, response_model=Job, openapi_extra=GRAPH_BODY, responses={
+@router.post("/jobs", status_code=201, response_model=Job,
+             openapi_extra={**GRAPH_BODY, "parameters": SUBMISSION_PARAMETERS}, responses={
     200: {"description": "Same id or Idempotency-Key as an existing job of yours, or finished within `wait`"},
     202: {"description": "`wait` elapsed first; the job as it is now"}, 409: {"description": "Id taken"},
     413: {"description": "Body too large"}, 422: {"description": "Invalid graph (`node_errors`)"},
     429: {"description": "Submission rate limit"}})
-async def submit_job(request: Request, who: User, wait: WaitQuery = None,
-                     idempotency_key: IdempotencyKey = None) -> Response:
+async def submit_job(request: Request) -> Response:
     """Submit a graph. `?wait=<seconds>` returns the finished job when it ends in time."""
-    # the plane and the limits read here rather than as dependencies: each dependency is solved per request
+    # the caller, the parameters, the plane and the limits read here rather than solved as FastAPI
+    # dependencies and parameters per request (the largest cost of a submission outside it)
+    who, wait, idempotency_key = await submission(request)
     control, limits = plane_of(request), limits_of(request)
     document = await limits.read_graph(request)
     limits.check_graph(document)
