@@ -28,9 +28,10 @@ import sys
 from pathlib import Path
 
 # named http.py as the issue asks: run as a script, this folder comes first on sys.path and
-# would shadow the standard library's http package (httpx, uvicorn and websockets import it)
+# would shadow the standard library's http package (httpx, uvicorn and websockets import it);
+# last, it still serves bench/load.py's helpers
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
+    sys.path.append(sys.path.pop(0))
 
 import argparse
 import asyncio
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 
 import httpx
 import orjson
+from load import spawn, wait_healthy  # bench/load.py
 
 from dualplane.cli.planes import run_async
 from dualplane.common.settings import Settings
@@ -78,24 +80,6 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int
-
-
-def spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "dualplane", command], env=env, stdin=subprocess.DEVNULL,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-async def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url} not healthy")
 
 
 def wrk_load(url: str, token: str, body: bytes, connections: int, seconds: float, tmp: Path) -> Load:
