@@ -43,6 +43,7 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
         app, host=settings.control_host, port=settings.control_port,
         ws="websockets-sansio", ws_per_message_deflate=False, timeout_graceful_shutdown=10,
         log_level=settings.log_level.lower(), forwarded_allow_ips=settings.forwarded_allow_ips,
+        access_log=settings.access_log, log_config=None,  # logs.configure's handler: uvicorn's lines as JSON too
     ))  # fmt: skip
     control = app.state.control
 

@@ -13,10 +13,14 @@ It sits below ``app`` and the ``routes_*`` modules, so they import it and never 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
+import pydantic
 from fastapi import Depends, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import TypeAdapter
 
 from dualplane.common.errors import DualplaneError, UnknownJob
 from dualplane.common.models import Job
@@ -27,6 +31,7 @@ from dualplane.control_plane.limits import MAX_TIMESTAMP, Limits, valid_job_id
 from dualplane.control_plane.service import FINISHED, ControlPlane
 
 PROBLEM = "application/problem+json"
+T = TypeVar("T")
 #: ``?wait=`` is clamped to ``max_wait_s``; only a number no clock can reach is refused.
 WaitQuery = Annotated[float | None, Query(ge=0, le=7 * 24 * 3600, allow_inf_nan=False)]
 Timestamp = Annotated[float | None, Query(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)]
@@ -61,11 +66,54 @@ def hub_of(request: Request) -> Hub:
     return hub
 
 
+def _awaited(read: Callable[[Request], T]) -> Callable[[Request], Awaitable[T]]:
+    """``read`` as an ``async def`` dependency: FastAPI runs a plain ``def`` dependency in its
+    thread pool, a thread hop per request for an attribute read."""
+    async def dependency(request: Request) -> T:
+        return read(request)
+
+    return dependency
+
+
 User = Annotated[Principal, Depends(current_principal)]
-Plane = Annotated[ControlPlane, Depends(plane_of)]
-RequestLimits = Annotated[Limits, Depends(limits_of)]
-AppSettings = Annotated[Settings, Depends(settings_of)]
-AppHub = Annotated[Hub, Depends(hub_of)]
+Plane = Annotated[ControlPlane, Depends(_awaited(plane_of))]
+RequestLimits = Annotated[Limits, Depends(_awaited(limits_of))]
+AppSettings = Annotated[Settings, Depends(_awaited(settings_of))]
+AppHub = Annotated[Hub, Depends(_awaited(hub_of))]
+
+
+_WAIT = TypeAdapter(WaitQuery)
+_IDEMPOTENCY_KEY = TypeAdapter(IdempotencyKey)
+#: The parameters :func:`submission` reads, documented as FastAPI documents them for a route that
+#: declares them (``openapi_extra={"parameters": SUBMISSION_PARAMETERS}``).
+SUBMISSION_PARAMETERS = [
+    {"name": "wait", "in": "query", "required": False, "schema": {**_WAIT.json_schema(), "title": "Wait"}},
+    {"name": "idempotency-key", "in": "header", "required": False,
+     "schema": {**_IDEMPOTENCY_KEY.json_schema(), "title": "Idempotency-Key"}},
+    {"name": "authorization", "in": "header", "required": False,
+     "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Authorization"}},
+]
+
+
+async def submission(request: Request) -> tuple[Principal, float | None, str | None]:
+    """The caller, ``?wait=`` and ``Idempotency-Key`` of a submission, as ``User``, ``WaitQuery``
+    and ``IdempotencyKey`` parameters give them (401 first, then one 422 with every bad value),
+    without FastAPI's per-request dependency solving: the hot route reads them itself."""
+    who = await current_principal(request, request.headers.get("authorization"))
+    errors: list[dict[str, Any]] = []
+    wait = _parameter(_WAIT, request.query_params.get("wait"), ("query", "wait"), errors)
+    key = _parameter(_IDEMPOTENCY_KEY, request.headers.get("idempotency-key"), ("header", "idempotency-key"), errors)
+    if errors:
+        raise RequestValidationError(errors)
+    return who, wait, key
+
+
+def _parameter(adapter: TypeAdapter[Any], value: str | None, loc: tuple[str, str], errors: list[dict[str, Any]]) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except pydantic.ValidationError as exc:
+        errors.extend({**e, "loc": (*loc, *e["loc"])} for e in exc.errors(include_url=False))
+        return None
 
 
 def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None,

@@ -15,19 +15,16 @@ status, title and fields; graph errors carry ``node_errors``.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dualplane.common import logs
 from dualplane.common.errors import DualplaneError, Unavailable
 from dualplane.common.settings import Settings
 from dualplane.control_plane import (
@@ -47,13 +44,13 @@ from dualplane.control_plane.auth import Authenticator
 from dualplane.control_plane.body_limit import BodyLimit
 from dualplane.control_plane.hub import Hub, add_websocket_route
 from dualplane.control_plane.limits import Limits
+from dualplane.control_plane.request_id import RequestId
 from dualplane.control_plane.routes_auth import install_accounts
 from dualplane.control_plane.service import ControlPlane
 from dualplane.control_plane.ui import mount_ui
 
 log = logging.getLogger("dualplane.api")
 
-REQUEST_ID_HEADER = "X-Request-Id"
 #: The routers, in the order their routes are matched and documented.
 ROUTERS = (routes_jobs, routes_compose, routes_catalog, routes_preferences, routes_health, routes_uploads,
            routes_outputs, routes_seed, routes_admin)
@@ -131,12 +128,5 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _install_request_id(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def _request_id(request: Request, call_next: Any) -> Response:
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        request.state.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() \
-            else uuid.uuid4().hex
-        with logs.bound(request_id=request.state.request_id, plane="control"):
-            response: Response = await call_next(request)
-        response.headers[REQUEST_ID_HEADER] = request.state.request_id
-        return response
+    """The request id (``request_id.RequestId``): outside BodyLimit, so its 413s carry the id."""
+    app.add_middleware(RequestId)

@@ -24,6 +24,10 @@ account is refused, and so is one whose ``gen`` is below the account's. A token 
 (``dualplane token``, another minter holding the key) counts as generation 0: it keeps working
 for a ``sub`` that has no account, and for one that has until that account's first revocation.
 
+Verified tokens are cached (:class:`VerifiedTokens`): a request with a token seen before skips
+the signature and the claims, never the expiry or the revocation markers, which are checked on
+every request as they are for a new token.
+
 OIDC (not built) plugs in here: an authenticator that verifies an identity provider's tokens
 against its JWKS (PyJWT's ``PyJWKClient``; issuer and audience required), maps a claim (``sub``,
 or ``email``) to the user id through :func:`valid_user_id`, and a groups or roles claim to
@@ -102,6 +106,41 @@ class Revocations(Protocol):
         """Raise :class:`AuthError` when tokens of ``user`` of that generation are revoked."""
 
 
+class VerifiedTokens:
+    """Tokens whose signature and claims were checked, each kept until its ``exp``.
+
+    Keyed by the raw token (the signed bytes: another token is another key), holding the
+    principal and the ``gen`` claim so that :meth:`Authenticator.verify` can still check
+    expiry and revocation on every use. At most ``size`` tokens; when full, the expired ones
+    go, then the oldest (a token that leaves is only verified again)."""
+
+    __slots__ = ("_entries", "size")
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: dict[str, tuple[Principal, int | None]] = {}
+
+    def get(self, token: str) -> tuple[Principal, int | None] | None:
+        return self._entries.get(token)
+
+    def put(self, token: str, principal: Principal, generation: int | None) -> None:
+        if self.size <= 0:
+            return
+        if len(self._entries) >= self.size:
+            now = time.time()
+            for key in [k for k, (p, _) in self._entries.items() if (p.expires_at or 0) <= now]:
+                del self._entries[key]
+            while len(self._entries) >= self.size:
+                del self._entries[next(iter(self._entries))]
+        self._entries[token] = (principal, generation)
+
+    def drop(self, token: str) -> None:
+        self._entries.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Authenticator:
     """Mints and verifies tokens.
 
@@ -109,6 +148,7 @@ class Authenticator:
         ``public_key`` verifies; either may be absent where it is not needed).
     :param issuer: ``iss`` claim written and required.
     :param ttl_s: default token lifetime.
+    :param cache_size: verified tokens kept (:class:`VerifiedTokens`); 0: none.
 
     :attr:`revocations` is set by the accounts routes (``routes_auth.install_accounts``);
     without it no token is ever revoked.
@@ -123,6 +163,7 @@ class Authenticator:
         public_key: str | None = None,
         issuer: str = "dualplane",
         ttl_s: int = 12 * 3600,
+        cache_size: int = 4096,
     ) -> None:
         if algorithm not in ("HS256", "RS256"):
             raise ValueError(f"unsupported JWT algorithm {algorithm!r} (HS256 or RS256)")
@@ -136,6 +177,7 @@ class Authenticator:
         self.issuer = issuer
         self.ttl_s = ttl_s
         self.revocations: Revocations | None = None
+        self.verified = VerifiedTokens(cache_size)
 
     @classmethod
     def from_settings(cls, auth: AuthSettings) -> Authenticator:
@@ -172,7 +214,23 @@ class Authenticator:
 
     def verify(self, token: str) -> Principal:
         """The token's principal (signature, expiry, claims, revocation by the markers as last
-        read: see :meth:`authenticate`)."""
+        read: see :meth:`authenticate`). A token verified before is not decoded again; its
+        expiry and revocation are checked all the same."""
+        cached = self.verified.get(token)
+        if cached is None:
+            principal, generation = self._decode(token)
+            self.verified.put(token, principal, generation)
+        else:
+            principal, generation = cached
+            if principal.expires_at is not None and time.time() >= principal.expires_at:  # as PyJWT: exp <= now
+                self.verified.drop(token)
+                raise AuthError("token expired")
+        if self.revocations is not None:
+            self.revocations.check(principal.user, generation)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, int | None]:
+        """Signature and claims: the principal and the token's ``gen``."""
         try:
             claims = jwt.decode(
                 token, self._verifying_key, algorithms=[self.algorithm], issuer=self.issuer,
@@ -192,9 +250,7 @@ class Authenticator:
         generation = claims.get("gen")
         if generation is not None and (type(generation) is not int or generation < 0):
             raise AuthError(f"invalid token: gen {_shown(generation)} is not a generation")
-        if self.revocations is not None:
-            self.revocations.check(sub, generation)
-        return Principal(user=sub, role=role, expires_at=float(claims["exp"]))
+        return Principal(user=sub, role=role, expires_at=float(claims["exp"])), generation
 
 
 def _shown(value: object) -> str:

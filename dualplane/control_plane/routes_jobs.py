@@ -14,6 +14,7 @@ same result even where the graph left the seed to chance).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import Annotated, Any, Literal
 
@@ -28,24 +29,29 @@ from dualplane.common.job_state import RUNTIME_FIELDS
 from dualplane.common.models import Event, Job
 from dualplane.common.registry import TaskRegistry
 from dualplane.control_plane.api_common import (
+    SUBMISSION_PARAMETERS,
     IdempotencyKey,
     Plane,
     RequestLimits,
     Timestamp,
     User,
-    WaitQuery,
     job_response,
+    limits_of,
     owned_job,
+    plane_of,
     problem,
     problem_of,
+    submission,
 )
 from dualplane.control_plane.auth import USER_ID_PATTERN, Forbidden
 from dualplane.control_plane.job_names import MAX_NAME, InvalidName, RenameContention, check_name, rename
 from dualplane.control_plane.limits import MAX_SEQ, Limits, TooDeep
 from dualplane.control_plane.listing import JobFilter
 from dualplane.control_plane.policy import PolicyRefusal
-from dualplane.control_plane.service import JobConflict
+from dualplane.control_plane.service import JobConflict, Submitted
 
+#: Jobs of one batch read back at once for the answer (each read holds a pooled Redis connection).
+BATCH_READS = 8
 #: Fresh seeds are drawn below this: every task's seed field takes it (the smallest bound is 2^32 - 1).
 SEED_LIMIT = 2**32
 
@@ -75,14 +81,18 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-@router.post("/jobs", status_code=201, response_model=Job, openapi_extra=GRAPH_BODY, responses={
+@router.post("/jobs", status_code=201, response_model=Job,
+             openapi_extra={**GRAPH_BODY, "parameters": SUBMISSION_PARAMETERS}, responses={
     200: {"description": "Same id or Idempotency-Key as an existing job of yours, or finished within `wait`"},
     202: {"description": "`wait` elapsed first; the job as it is now"}, 409: {"description": "Id taken"},
     413: {"description": "Body too large"}, 422: {"description": "Invalid graph (`node_errors`)"},
     429: {"description": "Submission rate limit"}})
-async def submit_job(request: Request, who: User, control: Plane, limits: RequestLimits, wait: WaitQuery = None,
-                     idempotency_key: IdempotencyKey = None) -> Response:
+async def submit_job(request: Request) -> Response:
     """Submit a graph. `?wait=<seconds>` returns the finished job when it ends in time."""
+    # the caller, the parameters, the plane and the limits read here rather than solved as FastAPI
+    # dependencies and parameters per request (the largest cost of a submission outside it)
+    who, wait, idempotency_key = await submission(request)
+    control, limits = plane_of(request), limits_of(request)
     document = await limits.read_graph(request)
     limits.check_graph(document)
     await limits.admit(control.bridge, who.user)
@@ -94,7 +104,7 @@ async def submit_job(request: Request, who: User, control: Plane, limits: Reques
 
 
 @router.post("/jobs/batch", status_code=201, responses={422: {"description": "An invalid graph (by index)"}})
-async def submit_batch(request: Request, who: User, control: Plane, limits: RequestLimits) -> JSONResponse:
+async def submit_batch(request: Request, who: User, control: Plane, limits: RequestLimits) -> Response:
     """Submit many graphs at once; all are validated before any is queued."""
     try:
         body = await limits.read_json(request)
@@ -122,11 +132,23 @@ async def submit_batch(request: Request, who: User, control: Plane, limits: Requ
                                                   request_id=request.state.request_id))
         except PolicyRefusal as exc:
             return problem_of(exc, index=index)
-    jobs = []
-    for graph, decision in zip(parsed, decisions, strict=True):
-        result = await control.submit(graph, request_id=request.state.request_id, user=who.user, audit=decision)
-        jobs.append((await control.get_job(result.job_id)).model_dump(mode="json"))
-    return JSONResponse({"jobs": jobs}, status_code=201)
+    # submitted together: the bridge sends the creates of one tick in one pipeline
+    results = await asyncio.gather(*(
+        control.submit(graph, request_id=request.state.request_id, user=who.user, audit=decision)
+        for graph, decision in zip(parsed, decisions, strict=True)), return_exceptions=True)
+    submitted: list[Submitted] = []
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result  # the first by index; the others were created (a retry with their ids finds them)
+        submitted.append(result)
+    reads = asyncio.Semaphore(BATCH_READS)
+
+    async def read(job_id: str) -> bytes:
+        async with reads:
+            return (await control.get_job(job_id)).model_dump_json().encode()
+
+    jobs = await asyncio.gather(*(read(result.job_id) for result in submitted))
+    return Response(b'{"jobs":[' + b",".join(jobs) + b"]}", status_code=201, media_type="application/json")
 
 
 @router.get("/jobs")
