@@ -44,7 +44,7 @@ from dualplane.control_plane.api_common import (
     submission,
 )
 from dualplane.control_plane.auth import USER_ID_PATTERN, Forbidden
-from dualplane.control_plane.job_names import MAX_NAME, InvalidName, RenameContention, check_name, rename
+from dualplane.control_plane.job_names import MAX_NAME, InvalidName, RenameContention, check_name
 from dualplane.control_plane.limits import MAX_SEQ, Limits, TooDeep
 from dualplane.control_plane.listing import JobFilter
 from dualplane.control_plane.policy import PolicyRefusal
@@ -95,7 +95,7 @@ async def submit_job(request: Request) -> Response:
     control, limits = plane_of(request), limits_of(request)
     document = await limits.read_graph(request)
     limits.check_graph(document)
-    await limits.admit(control.bridge, who.user)
+    await control.admit(limits, who.user)
     graph = control.validate(document)
     decision = await control.screen(graph, user=who.user, stage="submit", request_id=request.state.request_id)
     result = await control.submit(graph, request_id=request.state.request_id, user=who.user,
@@ -124,7 +124,7 @@ async def submit_batch(request: Request, who: User, control: Plane, limits: Requ
     if errors:
         return problem(422, "Invalid graph in batch", f"{len(errors)} of {len(graphs)} graphs are invalid",
                        errors=errors)
-    await limits.admit(control.bridge, who.user, amount=len(parsed))
+    await control.admit(limits, who.user, amount=len(parsed))
     decisions = []
     for index, graph in enumerate(parsed):  # all judged before any is queued, like the validation
         try:
@@ -216,7 +216,7 @@ async def rename_job(job_id: str, request: Request, who: User, control: Plane, l
     except InvalidName as exc:
         return problem(422, "Invalid name", str(exc))
     try:
-        renamed = await rename(control.bridge, job_id, name)
+        renamed = await control.rename(job_id, name)
     except RenameContention as exc:
         raise JobConflict(str(exc)) from None
     if not renamed:
@@ -236,7 +236,7 @@ async def rerun_job(job_id: str, request: Request, who: User, control: Plane, li
     limits.check_graph(graph)
     validated = control.validate(graph)
     decision = await control.screen(validated, user=who.user, stage="submit", request_id=request.state.request_id)
-    await limits.admit(control.bridge, who.user)
+    await control.admit(limits, who.user)
     result = await control.submit(validated, request_id=request.state.request_id, user=who.user, audit=decision,
                                   idempotency_key=f"rerun:{job_id}:{idempotency_key}" if idempotency_key else None)
     new = await control.get_job(result.job_id)
