@@ -245,3 +245,20 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
                         break
                 components.append(component)
     return components
+
+
+def test_mypy_is_strict_on_every_module_of_the_three_bottom_floors():
+    """pyproject's strict override names each module of the foundation, the stores and the runtime
+    (a new module there must join it, or it would be checked without the strict flags)."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    strict = next(o["module"] for o in config["tool"]["mypy"]["overrides"] if o.get("disallow_untyped_defs"))
+
+    def covered(module: str) -> bool:
+        return any(module == p or (p.endswith(".*") and module.startswith(p[:-1])) for p in strict)
+
+    bottom = [m for m in _sources() if m.startswith("dualplane.") and (_floor(m) or 0) <= 2
+              and _floor(m) is not None]
+    assert len(bottom) > 30
+    assert [m for m in bottom if not covered(m)] == []
