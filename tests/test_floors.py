@@ -262,3 +262,12 @@ def test_mypy_is_strict_on_every_module_of_the_three_bottom_floors():
               and _floor(m) is not None]
     assert len(bottom) > 30
     assert [m for m in bottom if not covered(m)] == []
+
+
+def test_no_bench_script_shadows_the_standard_library():
+    """A bench script runs with bench/ first on sys.path: one named like a standard module
+    (http.py) would be imported in its place by every library of that process."""
+    import sys
+
+    scripts = {path.stem for folder in (ROOT / "bench", ROOT / "bench" / "peers") for path in folder.glob("*.py")}
+    assert scripts & sys.stdlib_module_names == set()

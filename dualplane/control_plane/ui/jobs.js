@@ -12,6 +12,8 @@ const POLL_MS = 3000;
 const PAGE = 50;
 let cursor = null;
 let timer = null;
+// which load's answer the table shows: an older answer that arrives late is dropped
+let loads = 0;
 const picks = new Picks(renderCompareBar);
 
 function renderCompareBar(list) {
@@ -50,6 +52,7 @@ function row(j) {
 export async function loadJobs({ more = false } = {}) {
   const query = { status: $("#filter-status").value, task: $("#filter-task").value, limit: PAGE };
   if (more && cursor) query.cursor = cursor;
+  const load = ++loads;
   let page;
   try {
     page = await get("/jobs", { query });
@@ -57,6 +60,7 @@ export async function loadJobs({ more = false } = {}) {
     banner(`Jobs: ${e.message}`);
     return;
   }
+  if (load !== loads) return; // a later load (a poll, a filter change, a new visit) answers instead
   banner("");
   const body = $("#jobs-table tbody");
   if (body.querySelector(".rename-form")) return; // a name being typed is not thrown away by a poll
@@ -71,6 +75,8 @@ export async function loadJobs({ more = false } = {}) {
 
 export function startJobs() {
   stopJobs();
+  // the rows of an earlier visit may be gone (deleted meanwhile): never shown again
+  $("#jobs-table tbody").replaceChildren();
   loadJobs();
   renderCompareBar(picks.list);
   timer = setInterval(() => {

@@ -16,22 +16,13 @@ mints a token with the plane's secret, and measures:
 * the in-process rate for comparison: ``ControlPlane.submit`` of the same graph in this process,
   64 in flight (as ``bench/dispatch.py`` submits), on the same Redis while the worker drains.
 
-    .venv/bin/python bench/http.py [--seconds 5] [--connections 1,8,64] [--batch 50]
+    .venv/bin/python bench/http_path.py [--seconds 5] [--connections 1,8,64] [--batch 50]
 
 Prints a table; asserts nothing about speed. Everything shares this machine's cores (wrk too),
 so figures are indicative; compare runs made back to back.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# named http.py as the issue asks: run as a script, this folder comes first on sys.path and
-# would shadow the standard library's http package (httpx, uvicorn and websockets import it);
-# last, it still serves bench/load.py's helpers
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.append(sys.path.pop(0))
 
 import argparse
 import asyncio
@@ -43,6 +34,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import orjson
