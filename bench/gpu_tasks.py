@@ -107,6 +107,7 @@ from gpu_direct import DIRECT, Direct
 from dualplane.cli.planes import run_async
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
 from dualplane.common.settings import Settings
+from dualplane.common.statuses import FINISHED
 from dualplane.control_plane import ControlPlane
 from dualplane.devstack.services import start_redis, start_s3
 from dualplane.ml.model_store import ModelManager, ModelRegistry, ModelStore, upload_model_dir
@@ -491,14 +492,13 @@ async def via_worker(plane: ControlPlane, bench: Bench, params: dict[str, Any], 
     started = time.perf_counter()
     job_id = (await plane.submit(graph)).job_id
     deadline = time.monotonic() + timeout_s
-    # short blocks: redis-py 8's default socket timeout (5 s) cuts a longer XREAD BLOCK
-    while not await plane.bridge.wait_finished(job_id, 2.0):
+    # short waits, so a dead worker or the deadline is noticed between them
+    while (job := await plane.wait_finished(job_id, 2.0)).status not in FINISHED:
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited ({worker.returncode}); log tail:\n{_tail(log_path)}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"job {job_id} ({bench.task}) not finished after {timeout_s} s")
     e2e = time.perf_counter() - started
-    job = await plane.get_job(job_id)
     node = job.graph.nodes[0]
     if job.status != "succeeded" or node.output is None:
         raise RuntimeError(f"{bench.task} job {job_id} {job.status}: {node.error}")

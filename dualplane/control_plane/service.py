@@ -314,8 +314,7 @@ class ControlPlane:
 
     async def wait_finished(self, job_id: str, timeout_s: float) -> Job:
         """The job once it is finished, or as it is after ``timeout_s``."""
-        await self.bridge.wait_finished(job_id, timeout_s)
-        return await self.bridge.get_job(job_id)
+        return await self.bridge.wait_finished(job_id, timeout_s)
 
     async def purge(self, job_id: str) -> None:
         """Delete a finished job, its events and its artifacts."""

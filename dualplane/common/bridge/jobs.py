@@ -210,26 +210,24 @@ class JobOps(BridgeCore):
             raise UnknownJob(job_id)
         return text(user) if user else None
 
-    async def wait_finished(self, job_id: str, timeout_s: float) -> bool:
-        """Block until the job's terminal job-level event is in its stream, or the timeout.
-        Reads the events stream (XREAD BLOCK), so nothing published meanwhile is missed."""
-        status, seq = await self._redis.hmget(self.keys.job(job_id), ["status", "seq"])
-        if status is None:
-            raise UnknownJob(job_id)
-        if text(status) in FINISHED:
-            return True
-        last = stream_id(int(seq or 0))
+    async def wait_finished(self, job_id: str, timeout_s: float) -> Job:
+        """The job once its terminal job-level event is in its stream, or as it is after the
+        timeout. A job that has finished is one read (HGETALL); otherwise the events stream is
+        read from the seq that read saw (XREAD BLOCK), so nothing published meanwhile is missed."""
+        fields = await self._job_hash(job_id)
+        if text(fields["status"]) in FINISHED:
+            return job_from_hash(fields)
+        last = stream_id(int(fields.get("seq", 0)))
         deadline = time.monotonic() + timeout_s
         while (remaining_ms := int((deadline - time.monotonic()) * 1000)) > 0:
             # blocks in slices: the client's socket timeout (5 s by default) must not cut a read
             reply = await self._redis.xread({self.keys.events(job_id): last}, count=100,
                                             block=min(remaining_ms, MAX_BLOCK_MS))
+            if any(is_final_event(fields[EVENT_FIELD]) for _, entries in reply or [] for _, fields in entries):
+                break
             for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    if is_final_event(fields[EVENT_FIELD]):
-                        return True
-        return False
+                last = entries[-1][0]
+        return await self.get_job(job_id)
 
     async def rename_job(self, job_id: str, name: str, *, attempts: int) -> bool | None:
         """Set a job's name in its spec and its ``name`` field together: True when renamed, False
