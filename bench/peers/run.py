@@ -61,6 +61,10 @@ class Run:
     cpu_ms_per_job: float = 0.0  # workers + producer
     producer_cpu_ms_per_job: float = 0.0
     redis_cpu_ms_per_job: float = 0.0
+    #: Commands Redis ran per job over the throughput phase (INFO commandstats: what a
+    #: script runs included), and the script calls among them.
+    redis_commands_per_job: float = 0.0
+    script_calls_per_job: float = 0.0
     latency_ms: list[float] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
     measured: int = 0  # processes whose CPU time was counted (worker trees + producer)
@@ -183,11 +187,17 @@ class Bench:
             producer.expect("ready", 120)
             pids = [p.pid for p in procs] + [producer.process.pid]
             mine = [producer.process.pid]
+            with redis.Redis.from_url(self.url) as client:
+                client.config_resetstat()
             (before, _), (own_before, _), (redis_before, _) = cpu_s(pids), cpu_s(mine), cpu_s([self.redis_pid])
             producer.go()
             done = producer.expect("done", 60 + self.args.jobs / 20)
             (after, result.measured), (own_after, _), (redis_after, _) = (
                 cpu_s(pids), cpu_s(mine), cpu_s([self.redis_pid]))
+            with redis.Redis.from_url(self.url) as client:
+                ran, scripts = command_counts(client.info("commandstats"))
+            result.redis_commands_per_job = ran / self.args.jobs
+            result.script_calls_per_job = scripts / self.args.jobs
             producer.go()
             final = producer.expect("result", 60 + self.args.latency / 5)
             result.latency_ms, result.notes = final["latency_ms"], final.get("notes") or {}
@@ -206,6 +216,21 @@ class Bench:
             for proc in procs:
                 terminate(proc, STOP_S, group=True)
         return result
+
+
+def command_counts(stats: dict) -> tuple[int, int]:
+    """(commands Redis ran, script calls among them) from INFO commandstats since the last
+    CONFIG RESETSTAT (the reset itself left out). Redis counts each command a script runs
+    under that command, and the script once more under EVALSHA/EVAL/FCALL."""
+    ran = scripts = 0
+    for name, row in stats.items():
+        command = name.removeprefix("cmdstat_")
+        if command.startswith("config"):
+            continue
+        ran += int(row["calls"])
+        if command in ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"):
+            scripts += int(row["calls"])
+    return ran, scripts
 
 
 def pct(samples: list[float], q: int) -> float:
@@ -230,11 +255,13 @@ def table(runs: list[Run], systems: list[str], processes: list[int]) -> str:
                 "cpu": statistics.median(r.cpu_ms_per_job for r in ok),
                 "own": statistics.median(r.producer_cpu_ms_per_job for r in ok),
                 "redis": statistics.median(r.redis_cpu_ms_per_job for r in ok),
+                "commands": statistics.median(r.redis_commands_per_job for r in ok),
+                "scripts": statistics.median(r.script_calls_per_job for r in ok),
                 "reps": len(ok), "failed": failed,
             }
     head = ("| system | worker procs | jobs/s median [min–max] | × dualplane | round trip p50 / p99 ms "
-            "| CPU-ms/job: workers + producer (producer) | redis CPU-ms/job | reps |")
-    rows = [head, "|---|---|---|---|---|---|---|---|"]
+            "| CPU-ms/job: workers + producer (producer) | redis CPU-ms/job | redis commands/job (scripts) | reps |")
+    rows = [head, "|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for workers in processes:
         dual = summary.get(("dualplane", workers))
@@ -242,12 +269,13 @@ def table(runs: list[Run], systems: list[str], processes: list[int]) -> str:
         for system in systems:
             v = summary.get((system, workers))
             if v is None:
-                rows.append(f"| {system} | {workers} | failed | | | | | 0 |")
+                rows.append(f"| {system} | {workers} | failed | | | | | | 0 |")
                 continue
             ratio = f"{v['rate'] / dual['rate']:.2f}" if dual else "–"
             reps = f"{v['reps']}" + (f" ({v['failed']} failed)" if v["failed"] else "")
             rows.append(f"| {system} | {workers} | {v['rate']:,.0f} [{v['min']:,.0f}–{v['max']:,.0f}] | {ratio} "
-                        f"| {v['p50']:.2f} / {v['p99']:.2f} | {v['cpu']:.3f} ({v['own']:.3f}) | {v['redis']:.3f} | {reps} |")
+                        f"| {v['p50']:.2f} / {v['p99']:.2f} | {v['cpu']:.3f} ({v['own']:.3f}) | {v['redis']:.3f} "
+                        f"| {v['commands']:.1f} ({v['scripts']:.1f}) | {reps} |")
         if dual and peers:
             fastest = max(peers, key=lambda s: peers[s]["rate"])
             quickest = min(peers, key=lambda s: peers[s]["p50"])
@@ -318,7 +346,9 @@ def main() -> None:
                         else:
                             print(f"  rep {rep} {system} ×{workers}: {run.jobs_per_s:,.0f} jobs/s, p50 "
                                   f"{pct(run.latency_ms, 50):.2f} ms, p99 {pct(run.latency_ms, 99):.2f} ms, "
-                                  f"{run.cpu_ms_per_job:.3f} CPU-ms/job (producer {run.producer_cpu_ms_per_job:.3f}; + redis {run.redis_cpu_ms_per_job:.3f}), {run.measured} processes"
+                                  f"{run.cpu_ms_per_job:.3f} CPU-ms/job (producer {run.producer_cpu_ms_per_job:.3f}; + redis {run.redis_cpu_ms_per_job:.3f}), "
+                                  f"{run.redis_commands_per_job:.1f} redis commands/job ({run.script_calls_per_job:.1f} scripts), "
+                                  f"{run.measured} processes"
                                   + (f"; {run.notes}" if run.notes else ""),
                                   flush=True)
     except KeyboardInterrupt:
