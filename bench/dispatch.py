@@ -103,15 +103,51 @@ async def throughput(plane: ControlPlane, done: Completions, graph: dict, count:
     return count / (max(done.finished[i] for i in ids) - started)
 
 
-async def latency(plane: ControlPlane, done: Completions, graph: dict, count: int) -> list[float]:
+async def latency(plane: ControlPlane, done: Completions, graph: dict, count: int) -> tuple[list[float], dict]:
+    """Sequential round trips (2 ms idle between them), and where each one's time went."""
     samples = []
+    hops: dict[str, list[float]] = {}
     for _ in range(count):
-        started = time.perf_counter()
+        started, wall = time.perf_counter(), time.time()
         submitted = await plane.submit(graph)
+        returned = time.perf_counter()
         finished = await done.wait(submitted.job_id)
         samples.append((finished - started) * 1000)
+        # the events' ts are the wall clock of the process that made each event, just before
+        # its write went out; submit's return and the completion are this process's clock
+        events = await plane.events(submitted.job_id)
+        for name, ms in hop_times(events, wall, (returned - started) * 1000, (finished - started) * 1000).items():
+            hops.setdefault(name, []).append(ms)
         await asyncio.sleep(0.002)  # idle between jobs
-    return samples
+    return samples, hops
+
+
+def hop_times(events: list, wall: float, returned_ms: float, finished_ms: float) -> dict[str, float]:
+    """Milliseconds from the submit call to each hop of a job: its first node starting, each
+    node's end, the job's end, as the events' ts say; submit's return and the client seeing the
+    end, as this process's clock says."""
+    marks = {"submit returned": returned_ms}
+    for event in events:
+        at = (event.ts - wall) * 1000
+        node = event.node_id
+        if event.type == "status" and node is not None and event.status == "running":
+            marks.setdefault(f"{node} running", at)
+        elif event.type == "status" and node is not None and event.status == "succeeded":
+            marks[f"{node} succeeded"] = at
+        elif event.type == "status" and node is None and event.status == "succeeded":
+            marks["job succeeded"] = at
+    marks["client saw it"] = finished_ms
+    return marks
+
+
+def hop_table(hops: dict[str, list[float]]) -> str:
+    """Each hop's median time since the submit call, and the median step from the hop before."""
+    rows, before = [], 0.0
+    for name, times in sorted(hops.items(), key=lambda item: statistics.median(item[1])):
+        at = statistics.median(times)
+        rows.append(f"    {name:<18} at {at:6.2f} ms  (+{at - before:.2f})")
+        before = at
+    return "\n".join(rows)
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -131,9 +167,10 @@ async def run(args: argparse.Namespace) -> None:
         try:
             await throughput(plane, done, SINGLE, 500)  # warm-up: imports, caches, connections
             for name, graph in (("single-node", SINGLE), ("3-node", THREE)):
-                samples = await latency(plane, done, graph, args.latency)
+                samples, hops = await latency(plane, done, graph, args.latency)
                 report(args, f"idle submit->completed latency, {name}: p50 {pct(samples, 50):.2f} ms, "
-                             f"p99 {pct(samples, 99):.2f} ms ({args.latency} jobs, one at a time)")
+                             f"p99 {pct(samples, 99):.2f} ms ({args.latency} jobs, one at a time); "
+                             f"median hops since the submit call:\n{hop_table(hops)}")
             single = await throughput(plane, done, SINGLE, args.jobs)
             report(args, f"single-node no-op python jobs: {single:,.0f} jobs/s ({args.jobs} jobs, "
                          f"{IN_FLIGHT} submissions in flight)")

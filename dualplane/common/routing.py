@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dualplane.common.bridge import Bridge
 from dualplane.common.models import CapabilityManifest, Graph, Node
@@ -33,6 +33,27 @@ class Unroutable:
     reason: str
 
 
+@dataclass(frozen=True)
+class RoutingTable:
+    """The live python workers indexed for routing, built once per read of the manifests: a
+    submission looks its nodes up here instead of scanning every worker's task list."""
+
+    by_task: dict[str, list[CapabilityManifest]] = field(default_factory=dict)
+    #: (pool, task) pairs some live worker serves: the answer for a node without requirements.
+    served: frozenset[tuple[str, str]] = frozenset()
+
+    @classmethod
+    def of(cls, workers: Iterable[CapabilityManifest]) -> RoutingTable:
+        by_task: dict[str, list[CapabilityManifest]] = {}
+        for worker in workers:
+            if worker.plane != "python":
+                continue
+            for task in set(worker.tasks):
+                by_task.setdefault(task, []).append(worker)
+        served = frozenset((worker.pool, task) for task, able in by_task.items() for worker in able)
+        return cls(by_task, served)
+
+
 class Router:
     """Chooses pools for python nodes from the live manifests.
 
@@ -46,6 +67,7 @@ class Router:
         self._gpu_pool = gpu_pool
         self._refresh_s = refresh_s
         self._manifests: list[CapabilityManifest] = []
+        self._table = RoutingTable()
         self._read_at = float("-inf")
         self._reading: asyncio.Future[list[CapabilityManifest]] | None = None
 
@@ -60,31 +82,37 @@ class Router:
 
     async def _read(self) -> list[CapabilityManifest]:
         raw = await self._bridge.live_workers()
-        self._manifests = [CapabilityManifest.model_validate_json(item) for item in raw]
+        manifests = [CapabilityManifest.model_validate_json(item) for item in raw]
+        self._manifests, self._table = manifests, RoutingTable.of(manifests)
         self._read_at = time.monotonic()
         return self._manifests
 
     async def route(self, graph: Graph) -> list[Unroutable]:
         """Set the pool of python nodes with requirements; report nodes nobody can run."""
-        workers = [w for w in await self.workers() if w.plane == "python"]
+        await self.workers()
+        table = self._table  # the table of the manifests just read (or reused)
         problems = []
         for node in graph.nodes:
             if node.plane != "python":
                 continue
-            problem = route_node(node, workers, gpu_pool=self._gpu_pool)
+            problem = route_node(node, table, gpu_pool=self._gpu_pool)
             if problem is not None:
                 problems.append(Unroutable(node.id, problem))
         return problems
 
 
-def route_node(node: Node, workers: Iterable[CapabilityManifest], *, gpu_pool: str = "gpu") -> str | None:
+def route_node(node: Node, table: RoutingTable, *, gpu_pool: str = "gpu") -> str | None:
     """Pick the node's pool in place; return why no live worker can run it, or None.
 
     A GPU node nobody can run now is parked in ``gpu_pool``, never in the default pool a CPU
     worker would take it from: it waits there (its lag is what scales GPU workers from zero).
     """
-    able = [w for w in workers if node.task in w.tasks and satisfies(w, node)]
-    if node.pool != DEFAULT_POOL or node.requires is None:
+    if node.requires is None:  # the common case: one set lookup
+        if (node.pool, node.task) in table.served:
+            return None
+        return f"no live worker in pool {node.pool!r} can run task {node.task!r}"
+    able = [w for w in table.by_task.get(node.task, ()) if satisfies(w, node)]
+    if node.pool != DEFAULT_POOL:
         if any(w.pool == node.pool for w in able):
             return None
         return f"no live worker in pool {node.pool!r} can run task {node.task!r}{_wants(node)}"
