@@ -101,12 +101,15 @@ class Router:
         return problems
 
 
-def route_node(node: Node, table: RoutingTable, *, gpu_pool: str = "gpu") -> str | None:
-    """Pick the node's pool in place; return why no live worker can run it, or None.
+def route_node(node: Node, table: RoutingTable | Iterable[CapabilityManifest], *, gpu_pool: str = "gpu") -> str | None:
+    """Pick the node's pool in place (``table``: the live workers, indexed or as a list); return
+    why no live worker can run it, or None.
 
     A GPU node nobody can run now is parked in ``gpu_pool``, never in the default pool a CPU
     worker would take it from: it waits there (its lag is what scales GPU workers from zero).
     """
+    if not isinstance(table, RoutingTable):
+        table = RoutingTable.of(table)
     if node.requires is None:  # the common case: one set lookup
         if (node.pool, node.task) in table.served:
             return None
