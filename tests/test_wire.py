@@ -8,8 +8,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from dualplane.common.bridge import Bridge
+from dualplane.common.bridge.jobs import handoff_message
 from dualplane.common.job_state import Mutation
-from dualplane.common.models import Event
+from dualplane.common.models import Event, Graph, Handoff
 from dualplane.common.settings import Settings
 from dualplane.common.wire import EVENT_FIELD, event_body, is_final_event, seq_of, stream_id, with_seq
 
@@ -55,3 +56,15 @@ async def test_round_trip_through_the_scripts(settings: Settings, redis: aioredi
         assert published == [(f"{bridge.keys.prefix}progress:j1", stored[0]),
                              (f"{bridge.keys.prefix}status:j1", stored[1])]
         await pubsub.aclose()
+
+
+def test_a_handoff_message_is_what_the_handoff_model_writes() -> None:
+    graph = Graph.model_validate({"nodes": [{"id": "a", "task": "noop", "plane": "python", "params": {"value": "é"}},
+                                            {"id": "b", "task": "collect", "plane": "control", "needs": ["a"]}],
+                                  "metadata": {"name": "x"}})
+    spec = graph.model_dump_json(exclude_defaults=True).encode()
+    for request_id, sent_by in ((None, None), ("req-1", None), (None, "submit"), ("req-2", "worker-1")):
+        model = Handoff(job_id="j1", handoff_seq=3, graph=graph, request_id=request_id, sent_by=sent_by)
+        made = handoff_message("j1", 3, spec, request_id, sent_by)
+        assert made == model.model_dump_json(exclude_defaults=True).encode()
+        assert Handoff.model_validate_json(made) == model

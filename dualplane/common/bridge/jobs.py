@@ -22,7 +22,7 @@ from dualplane.common.bridge.replies import text
 from dualplane.common.errors import UnknownJob
 from dualplane.common.graph import EXTERNAL_LANE
 from dualplane.common.job_state import Mutation
-from dualplane.common.models import Event, Graph, Handoff, Job
+from dualplane.common.models import Event, Graph, Job
 from dualplane.common.statuses import FINISHED
 from dualplane.common.wire import EVENT_FIELD, is_final_event, stream_id
 
@@ -59,14 +59,14 @@ class JobOps(BridgeCore):
         """Store a new job (``change``: what :func:`~dualplane.common.job_state.submit` made of it)
         with its graph as ``spec``, and hand it to ``lane``. Returns ``(created, seq)`` or, for an
         id that already exists, ``(False, its status)``."""
-        message = Handoff(job_id=job_id, handoff_seq=1, graph=graph, request_id=request_id, sent_by="submit")
-        change.fields["spec"] = graph.model_dump_json(exclude_defaults=True)
+        spec = graph.model_dump_json(exclude_defaults=True).encode()
+        change.fields["spec"] = spec
         index = self.keys.jobs_index
         reply = await self._call(Call(
             "create",
             [self.keys.job(job_id), self.keys.events(job_id), self.keys.stream_for_lane(lane), index,
              self.keys.user_jobs(user) if user else index, self.keys.active_jobs],
-            [self.keys.prefix, job_id, time.time(), message.model_dump_json(exclude_defaults=True)],
+            [self.keys.prefix, job_id, time.time(), handoff_message(job_id, 1, spec, request_id, "submit")],
             change,
         ))
         created, value = int(reply[0]), reply[1]
@@ -120,9 +120,8 @@ class JobOps(BridgeCore):
             message = b"external"
         elif target_lane is not None:
             target = self.keys.stream_for_lane(target_lane)
-            message = Handoff(
-                job_id=job_id, handoff_seq=expected_seq + 1, graph=graph, request_id=request_id, sent_by=sent_by
-            ).model_dump_json(exclude_defaults=True).encode()
+            message = handoff_message(job_id, expected_seq + 1, graph.model_dump_json(exclude_defaults=True).encode(),
+                                      request_id, sent_by)
         src_stream = source.stream if source else self.keys.control_stream
         return self._call(Call(
             "handoff",
@@ -261,6 +260,16 @@ class JobOps(BridgeCore):
         if user:
             pipe.zrem(self.keys.user_jobs(user), job_id)
         await pipe.execute()
+
+
+def handoff_message(job_id: str, handoff_seq: int, graph_json: bytes, request_id: str | None,
+                    sent_by: str | None) -> bytes:
+    """A handoff's stream entry: what ``Handoff(...).model_dump_json(exclude_defaults=True)``
+    writes, around a graph serialised already (a submission stores the same bytes as the
+    job's spec: one serialisation for both)."""
+    head = orjson.dumps({"job_id": job_id, "handoff_seq": handoff_seq})
+    tail = {name: value for name, value in (("request_id", request_id), ("sent_by", sent_by)) if value is not None}
+    return head[:-1] + b',"graph":' + graph_json + (b"," + orjson.dumps(tail)[1:] if tail else b"}")
 
 
 def parse_claim(reply: Any) -> Claim:
