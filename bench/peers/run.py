@@ -42,6 +42,8 @@ from dualplane.devstack.services import start_redis, terminate
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 SYSTEMS = ("dualplane", "dramatiq", "saq", "arq", "celery")
+#: dualplane from another checkout (``--baseline``): a before/after in the same interleaved run.
+BASELINE = "dualplane-baseline"
 #: How each system's workers are run, for the table's header.
 SETTINGS = {
     "dualplane": "P × `dualplane worker` (concurrency 512, read batch 512), uvloop; producer: ControlPlane in-process",
@@ -74,10 +76,10 @@ class Run:
 class Producer:
     """The producer child: its ``@@peer`` lines on a queue, everything else to its log."""
 
-    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], log: Path, cwd: Path) -> None:
         self.log = log
         self._log_file = log.open("w")
-        self.process = subprocess.Popen(command, env=env, cwd=HERE, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.process = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self._log_file, text=True, start_new_session=True)
         self._lines: queue.Queue[dict | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -135,6 +137,8 @@ def cpu_s(pids: list[int]) -> tuple[float, int]:
 class Bench:
     def __init__(self, args: argparse.Namespace, url: str, redis_pid: int, logs: Path,
                  pythons: dict[str, str]) -> None:
+        #: Where each dualplane checkout lives (the baseline's producer and workers run from its own).
+        self.roots = {"dualplane": ROOT, BASELINE: args.baseline}
         self.args = args
         self.url = url
         self.redis_pid = redis_pid
@@ -144,14 +148,20 @@ class Bench:
 
     def env(self, system: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "S3_ENDPOINT")}
-        path = [str(HERE)] + ([str(ROOT)] if system == "dualplane" else [])
+        root = self.roots.get(system)
+        path = [str(self.folder(system))] + ([str(root)] if root is not None else [])
         env.update(PEER_REDIS_URL=self.url, PYTHONPATH=os.pathsep.join(path), PYTHONUNBUFFERED="1")
         return env
+
+    def folder(self, system: str) -> Path:
+        """Where the system's producer script is, and its processes' working directory."""
+        root = self.roots.get(system)
+        return HERE if root is None else root / "bench" / "peers"
 
     def worker_commands(self, system: str, workers: int) -> list[tuple[list[str], dict[str, str]]]:
         python = self.pythons[system]
         env = self.env(system)
-        if system == "dualplane":
+        if system in self.roots:
             return [([python, "-m", "dualplane", "worker"],
                      dict(env, REDIS_URL=self.url, DUALPLANE_CONCURRENCY="512", DUALPLANE_READ_BATCH="512",
                           DUALPLANE_WORKER_ID=f"peers-worker-{i}", DUALPLANE_WORKER_PORT="0",
@@ -166,7 +176,8 @@ class Bench:
 
     def producer_command(self, system: str, workers: int) -> list[str]:
         a = self.args
-        return [self.pythons[system], f"peer_{system}.py", "produce", "--jobs", str(a.jobs), "--latency",
+        script = "peer_dualplane.py" if system in self.roots else f"peer_{system}.py"
+        return [self.pythons[system], script, "produce", "--jobs", str(a.jobs), "--latency",
                 str(a.latency), "--warmup", str(a.warmup), "--workers", str(workers)]
 
     def run(self, system: str, workers: int) -> Run:
@@ -180,10 +191,10 @@ class Bench:
         try:
             for i, (command, env) in enumerate(self.worker_commands(system, workers)):
                 with (self.logs / f"{tag}-worker{i}.log").open("wb") as log:
-                    procs.append(subprocess.Popen(command, env=env, cwd=HERE, stdout=log, stderr=subprocess.STDOUT,
+                    procs.append(subprocess.Popen(command, env=env, cwd=self.folder(system), stdout=log, stderr=subprocess.STDOUT,
                                                   stdin=subprocess.DEVNULL, start_new_session=True))
             producer = Producer(self.producer_command(system, workers), self.env(system),
-                                self.logs / f"{tag}-producer.log")
+                                self.logs / f"{tag}-producer.log", self.folder(system))
             producer.expect("ready", 120)
             pids = [p.pid for p in procs] + [producer.process.pid]
             mine = [producer.process.pid]
@@ -216,6 +227,14 @@ class Bench:
             for proc in procs:
                 terminate(proc, STOP_S, group=True)
         return result
+
+
+def git_commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
 
 
 def command_counts(stats: dict) -> tuple[int, int]:
@@ -265,7 +284,8 @@ def table(runs: list[Run], systems: list[str], processes: list[int]) -> str:
     notes = []
     for workers in processes:
         dual = summary.get(("dualplane", workers))
-        peers = {s: v for (s, w), v in summary.items() if w == workers and s != "dualplane" and v}
+        peers = {s: v for (s, w), v in summary.items() if w == workers and s not in ("dualplane", BASELINE) and v}
+        baseline = summary.get((BASELINE, workers))
         for system in systems:
             v = summary.get((system, workers))
             if v is None:
@@ -286,6 +306,10 @@ def table(runs: list[Run], systems: list[str], processes: list[int]) -> str:
             if "dramatiq" in peers:
                 line += f"; CPU-ms/job dualplane / Dramatiq = {dual['cpu'] / peers['dramatiq']['cpu']:.2f}"
             notes.append(line)
+        if dual and baseline:
+            notes.append(f"{workers} worker process(es): dualplane / its baseline: jobs/s {dual['rate'] / baseline['rate']:.2f}×, "
+                         f"round trip p50 {dual['p50']:.2f} vs {baseline['p50']:.2f} ms, p99 {dual['p99']:.2f} vs "
+                         f"{baseline['p99']:.2f} ms, CPU-ms/job {dual['cpu']:.3f} vs {baseline['cpu']:.3f}")
     return "\n".join(rows + [""] + notes)
 
 
@@ -300,6 +324,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 rep, 300 jobs, 30 round trips")
     parser.add_argument("--fresh", action="store_true", help="rebuild the peers' virtual environments")
     parser.add_argument("--venvs", type=Path, default=envs.default_cache(), help="where the peers' venvs are cached")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another dualplane checkout (a git worktree of an earlier commit, say), run as the row "
+                             f"{BASELINE!r} right after dualplane in every round: before and after, interleaved")
     parser.add_argument("--keep-logs", action="store_true", help="keep the run's logs even when every run passed")
     if "--quick" in sys.argv[1:]:  # smaller defaults; what the command line gives still wins
         parser.set_defaults(jobs=300, latency=30, warmup=50, reps=1)
@@ -309,6 +336,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown systems: {sorted(unknown)} (known: {', '.join(SYSTEMS)})")
     processes = [int(p) for p in args.processes.split(",")]
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "bench" / "peers" / "peer_dualplane.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no bench/peers/peer_dualplane.py there")
+        if "dualplane" in systems:
+            systems.insert(systems.index("dualplane") + 1, BASELINE)
 
     # SIGTERM (and SIGHUP) unwind like Ctrl-C, so every finally below stops what it started
     def interrupted(signum: int, frame: object) -> None:
@@ -317,11 +350,15 @@ def main() -> None:
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGHUP, interrupted)
 
-    pythons = {"dualplane": sys.executable}
+    pythons = {"dualplane": sys.executable, BASELINE: sys.executable}
     versions = {"dualplane": {"dualplane": __import__("dualplane").__version__,
-                              "redis": redis.__version__, "python": sys.version.split()[0]}}
+                              "redis": redis.__version__, "python": sys.version.split()[0],
+                              "commit": git_commit(ROOT)}}
+    if args.baseline is not None:
+        versions[BASELINE] = {"checkout": str(args.baseline), "commit": git_commit(args.baseline)}
+        SETTINGS[BASELINE] = SETTINGS["dualplane"]
     for system in systems:
-        if system != "dualplane":
+        if system not in ("dualplane", BASELINE):
             root, versions[system] = envs.ensure(system, args.venvs, fresh=args.fresh)
             pythons[system] = str(root / "bin" / "python")
 
