@@ -16,6 +16,8 @@ Key layout under the configurable prefix ``P`` (default ``dp:``):
 ``P jobs:active``             sorted set of unfinished jobs (by created_at): the reconciler's list
 ``P instance``                a marker set at start-up: when it is gone, Redis lost its data
 ``P worker:<id>``             capability manifest of a live worker (TTL)
+``P workers``                 sorted set of worker ids by their key's expiry: the directory
+                              read instead of a keyspace scan (bridge/directory.py)
 ``P account:<name>``          hash: an account (role, argon2id hash, disabled, gen, times)
 ``P accounts``                set of account names
 ``P auth:markers``            hash: name -> ``"<gen> <disabled>"`` of accounts whose tokens
@@ -52,6 +54,7 @@ class Keys:
         self.jobs_index = f"{prefix}jobs"
         self.active_jobs = f"{prefix}jobs:active"
         self.instance = f"{prefix}instance"
+        self.workers = f"{prefix}workers"
         self.cancels_channel = f"{prefix}cancels"
         self.accounts = f"{prefix}accounts"
         self.auth_markers = f"{prefix}auth:markers"
@@ -65,9 +68,6 @@ class Keys:
 
     def rate(self, user: str, window: int) -> str:
         return f"{self.prefix}rate:{user}:{window}"
-
-    def workers_pattern(self) -> str:
-        return f"{self.prefix}worker:*"
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
