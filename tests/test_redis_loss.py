@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
+from dualplane.control_plane.reconciler import Reconciler
 from dualplane.data_plane import Worker
 from dualplane.devstack.services import RedisServer, start_redis
 from dualplane.devstack.stack import LocalStack
@@ -51,6 +52,20 @@ async def test_a_job_whose_stream_entry_was_lost_is_found_and_handed_on_again(
     assert any(e.data and "requeued" in e.data for e in events)
     assert again.requeued == [] and again.scanned == 0  # finished jobs leave the active index
     assert control_plane.metrics.requeued._value.get() == 1
+
+
+async def test_budgeted_reconciler_passes_go_on_where_the_last_stopped_and_cover_every_job(
+    control_plane: ControlPlane, redis
+):
+    keys = control_plane.bridge.keys
+    ids = {(await control_plane.submit(NOOP)).job_id for _ in range(7)}  # no worker: all wait
+    await redis.delete(keys.data_stream("default"))
+    reconciler = Reconciler(control_plane.bridge, interval_s=0, pass_budget=3)
+    passes = [await reconciler.run_once(budget=3) for _ in range(4)]
+
+    assert [p.scanned for p in passes[:3]] == [3, 3, 1]  # a slice each, then the rest of the sweep
+    assert {j for p in passes[:3] for j in p.requeued} == ids  # every lost entry found once
+    assert passes[3].scanned == 3 and passes[3].requeued == []  # the next sweep starts over: all there now
 
 
 async def test_the_reconciler_leaves_jobs_whose_entry_is_there_alone(control_plane: ControlPlane, redis):

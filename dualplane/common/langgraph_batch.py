@@ -22,7 +22,7 @@ only when it is done (the executor owns attempts and backoff), so no ``RetryPoli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from langgraph.channels import EphemeralValue
@@ -34,7 +34,7 @@ MISSING_TASK = "dualplane.missing-task"
 
 Write = Callable[[Any], None]
 """Sends one chunk to :meth:`BatchGraph.stream` (LangGraph's stream writer of the node)."""
-RunNode = Callable[[str | None, Any, str, Write], Awaitable[None]]
+RunNode = Callable[[str | None, Any, str, Write], Coroutine[Any, Any, None]]
 """Runs one planned node: (task name, or None when this process lacks it; the run; node id; writer)."""
 
 Item = tuple[Any, str]
@@ -58,7 +58,7 @@ class BatchGraph:
         self._tasks = frozenset(tasks)
         self._run_node = run_node
         names = [*sorted(self._tasks), MISSING_TASK]
-        self._graph = Pregel(
+        self._graph: Pregel[Any, Any, Any, Any] = Pregel(
             nodes={name: NodeBuilder().subscribe_only(_channel(name)).do(self._node(name)) for name in names},
             # EphemeralValue: a batch's items are read once, in the superstep that runs them
             channels={_channel(name): EphemeralValue(list) for name in names},
