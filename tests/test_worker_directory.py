@@ -34,3 +34,19 @@ async def test_a_long_dead_workers_name_leaves_the_directory_at_the_next_publish
     await redis.zadd(bridge.keys.workers, {"gone": time.time() - FORGET_AFTER_S - 60})
     await bridge.publish_capabilities("live", b'{"worker_id":"live"}', 30.0)
     assert await redis.zrange(bridge.keys.workers, 0, -1) == [b"live"]
+
+
+async def test_the_lane_streams_are_listed_from_noted_and_served_pools_without_a_scan(redis_server, redis):
+    bridge = await _bridge(redis_server, redis).connect()
+    await redis.mset({f"{bridge.keys.job(str(i))}": b"x" for i in range(5000)})
+    await bridge.note_pools(["default", "gpu"])
+    await bridge.publish_capabilities("w1", b'{"worker_id":"w1","pool":"cpu-big"}', 30.0)
+    await redis.xadd(bridge.keys.data_stream("gpu"), {"m": b"{}"})
+    await redis.config_resetstat()
+    lanes, dead = await bridge.lane_streams()
+    commands = {name.removeprefix("cmdstat_") for name in await redis.info("commandstats")}
+
+    assert {lane.stream: lane.length for lane in lanes} == {
+        bridge.keys.control_stream: 0, bridge.keys.data_stream("cpu-big"): 0,
+        bridge.keys.data_stream("default"): 0, bridge.keys.data_stream("gpu"): 1}
+    assert dead == 0 and "scan" not in commands and "keys" not in commands

@@ -122,6 +122,7 @@ class ControlPlane:
         self._reconciler_task: asyncio.Task[None] | None = None
         #: Pools a graph may name without a live worker serving them.
         self.known_pools = frozenset({"default", settings.pool, settings.gpu_pool, *settings.pools})
+        self._noted_pools: set[str] = set()
         self.planner = Planner(self.registry,
                                chat_model=chat_model_from_settings(settings.planner),
                                capabilities=self.capabilities)
@@ -194,6 +195,7 @@ class ControlPlane:
         if user is not None:
             await self._check_keys(graph, user)
         unroutable = await self.router.route(graph)
+        await self._note_pools(graph)
         lane = next_lane(graph) or "control"
         if lane == EXTERNAL_LANE:  # the control runner parks it for external workers (no stream carries that)
             lane = "control"
@@ -232,6 +234,14 @@ class ControlPlane:
                 "digest": self.policy.digest})
             log.info("content policy refused a %s of %s: rule %s: %s", stage, user, refusal.rule, refusal.detail)
             raise
+
+    async def _note_pools(self, graph: Graph) -> None:
+        """Name the pools this job may queue on in the bridge's pools set, once per pool per
+        process: the queue metrics list the streams from it."""
+        pools = {node.pool for node in graph.nodes if node.plane == "python"}
+        if not pools <= self._noted_pools:
+            await self.bridge.note_pools(pools - self._noted_pools)
+            self._noted_pools |= pools
 
     async def _check_pools(self, graph: Graph) -> None:
         """A pool is a stream and a metric series: a graph may name only pools that exist

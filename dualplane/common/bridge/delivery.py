@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis
 from redis.exceptions import ResponseError
 
@@ -126,14 +127,24 @@ class DeliveryOps(BridgeCore):
     async def stream_length(self, stream: str) -> int:
         return int(await self._redis.xlen(stream))
 
+    async def note_pools(self, pools: Iterable[str]) -> None:
+        """Remember pools that jobs are queued on, so the queue metrics list their streams
+        (without scanning the keyspace for them)."""
+        if pools := list(pools):
+            await self._redis.sadd(self.keys.pools, *pools)
+
     async def lane_streams(self) -> tuple[list[LaneStream], int]:
-        """The control stream and every pool's data stream, and the dead-letter stream's length,
-        in one round trip after the scan. A stream that cannot be read (gone meanwhile) is left
-        out; a dead-letter stream that cannot be read counts 0."""
-        data_prefix = self.keys.data_stream("")
+        """The control stream and the data streams of the pools jobs were queued on
+        (:meth:`note_pools`) and of live workers' pools, and the dead-letter stream's length, in
+        one round trip after the two reads of the names (never a keyspace scan: behind a deep
+        queue that walked two keys per job). A pool whose stream does not exist (yet) has
+        length 0 and no groups; a dead-letter stream that cannot be read counts 0."""
+        noted = {text(pool) for pool in await self._redis.smembers(self.keys.pools)}
+        names = await self._redis.zrange(self.keys.workers, 0, -1)
+        manifests = await self._redis.mget([self.keys.worker(text(name)) for name in names]) if names else []
+        live = {orjson.loads(m).get("pool") for m in manifests if m is not None}
         streams = [self.keys.control_stream]
-        streams += sorted({text(k) async for k in self._redis.scan_iter(match=data_prefix + "*", count=500,
-                                                                         _type="stream")})
+        streams += [self.keys.data_stream(pool) for pool in sorted({*noted, *live} - {None})]
         pipe = self._redis.pipeline(transaction=False)
         for stream in streams:
             pipe.xlen(stream)

@@ -18,6 +18,8 @@ Key layout under the configurable prefix ``P`` (default ``dp:``):
 ``P worker:<id>``             capability manifest of a live worker (TTL)
 ``P workers``                 sorted set of worker ids by their key's expiry: the directory
                               read instead of a keyspace scan (bridge/directory.py)
+``P pools``                   set of the pools jobs were queued on (noted once per pool by each
+                              control plane): the queue metrics list their streams from it
 ``P account:<name>``          hash: an account (role, argon2id hash, disabled, gen, times)
 ``P accounts``                set of account names
 ``P auth:markers``            hash: name -> ``"<gen> <disabled>"`` of accounts whose tokens
@@ -55,6 +57,7 @@ class Keys:
         self.active_jobs = f"{prefix}jobs:active"
         self.instance = f"{prefix}instance"
         self.workers = f"{prefix}workers"
+        self.pools = f"{prefix}pools"
         self.cancels_channel = f"{prefix}cancels"
         self.accounts = f"{prefix}accounts"
         self.auth_markers = f"{prefix}auth:markers"
