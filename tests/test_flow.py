@@ -208,3 +208,17 @@ async def test_get_capabilities_reports_the_worker_that_ran_it(control_plane: Co
     assert job.status == "succeeded"
     assert caps["worker_id"] == worker.worker.worker_id and caps["device"] == "cpu"
     assert {"generate_music", "render_video", "train_lora", "train_voice", "get_capabilities"} <= set(caps["tasks"])
+
+
+async def test_a_submission_answers_with_the_job_exactly_as_stored(control_plane: ControlPlane):
+    graph = {"nodes": [{"id": "a", "task": "noop", "plane": "python", "params": {"value": "x"}},
+                       {"id": "b", "task": "noop", "plane": "python", "needs": ["a"]},
+                       {"id": "c", "task": "collect", "plane": "control", "needs": ["b"]}],
+             "metadata": {"name": "as stored"}}
+    submitted = await control_plane.submit(graph, request_id="req-7", user="u-answer")  # no worker: it waits
+    again = await control_plane.submit(graph, request_id="req-7", user="u-answer", idempotency_key="k")
+    repeated = await control_plane.submit(graph, request_id="req-7", user="u-answer", idempotency_key="k")
+
+    assert submitted.created and submitted.job is not None
+    assert submitted.job == await control_plane.get_job(submitted.job_id)  # no read back, the same job
+    assert again.created and repeated.job is None and not repeated.created  # a known id is read by the route

@@ -143,16 +143,18 @@ async def owned_job(control: ControlPlane, job_id: str, who: Principal) -> Job:
     return job
 
 
-async def job_response(request: Request, job_id: str, *, created: bool, wait: float | None, user: str) -> Response:
+async def job_response(request: Request, job_id: str, *, created: bool, wait: float | None, user: str,
+                       job: Job | None = None) -> Response:
     """The answer to a submission: the job (201 new, 200 known), or with ``wait`` the job once it
-    finished (200) or when the wait ran out (202), the wait clamped to ``max_wait_s``."""
+    finished (200) or when the wait ran out (202), the wait clamped to ``max_wait_s``. ``job``:
+    the new job as stored, when the submission made it (answered without reading it back)."""
     control = plane_of(request)
     status_code = 201 if created else 200
     if wait:
         await hub_of(request).waits.wait(job_id, user, min(wait, settings_of(request).max_wait_s))
         job = await control.get_job(job_id)
         status_code = 200 if job.status in FINISHED else 202
-    else:
+    elif job is None:
         job = await control.get_job(job_id)
     return Response(job.model_dump_json(), status_code=status_code, media_type="application/json",
                     headers={"Location": f"/jobs/{job_id}"})

@@ -43,7 +43,8 @@ async def compose(request: Request, who: User, control: Plane, limits: RequestLi
     # the key names the request, not the plan: a retry gets the job the first attempt made
     result = await control.submit(plan.graph, request_id=request.state.request_id, user=who.user,
                                   idempotency_key=_compose_key(idempotency_key), audit=decision)
-    return await job_response(request, result.job_id, created=result.created, wait=wait, user=who.user)
+    return await job_response(request, result.job_id, created=result.created, wait=wait, user=who.user,
+                              job=result.job)
 
 
 def _compose_key(idempotency_key: str | None) -> str | None:

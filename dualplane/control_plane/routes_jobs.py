@@ -100,7 +100,8 @@ async def submit_job(request: Request) -> Response:
     decision = await control.screen(graph, user=who.user, stage="submit", request_id=request.state.request_id)
     result = await control.submit(graph, request_id=request.state.request_id, user=who.user,
                                   idempotency_key=idempotency_key, audit=decision)
-    return await job_response(request, result.job_id, created=result.created, wait=wait, user=who.user)
+    return await job_response(request, result.job_id, created=result.created, wait=wait, user=who.user,
+                              job=result.job)
 
 
 @router.post("/jobs/batch", status_code=201, responses={422: {"description": "An invalid graph (by index)"}})
@@ -143,11 +144,13 @@ async def submit_batch(request: Request, who: User, control: Plane, limits: Requ
         submitted.append(result)
     reads = asyncio.Semaphore(BATCH_READS)
 
-    async def read(job_id: str) -> bytes:
+    async def read(result: Submitted) -> bytes:
+        if result.job is not None:  # new: as stored, no read back
+            return result.job.model_dump_json().encode()
         async with reads:
-            return (await control.get_job(job_id)).model_dump_json().encode()
+            return (await control.get_job(result.job_id)).model_dump_json().encode()
 
-    jobs = await asyncio.gather(*(read(result.job_id) for result in submitted))
+    jobs = await asyncio.gather(*(read(result) for result in submitted))
     return Response(b'{"jobs":[' + b",".join(jobs) + b"]}", status_code=201, media_type="application/json")
 
 

@@ -69,6 +69,8 @@ class Submitted:
     job_id: str
     created: bool
     status: str
+    #: The new job as stored (None when the id existed): what a submission answers with.
+    job: Job | None = None
 
 
 class ControlPlane:
@@ -202,16 +204,15 @@ class ControlPlane:
         change = job_state.submit(job_id, graph, lane, request_id=request_id, user=user,
                                   audit=audit.audit_data() if audit is not None else None,
                                   unroutable=[(problem.node_id, problem.reason) for problem in unroutable])
-        created, value = await self.bridge.create_job(job_id, graph, change, lane=lane, request_id=request_id,
-                                                      user=user)
-        if not created:
+        created = await self.bridge.create_job(job_id, graph, change, lane=lane, request_id=request_id, user=user)
+        if not created.created:
             await self._check_replay(job_id, graph, user)
-            return Submitted(job_id=job_id, created=created, status=str(value))
+            return Submitted(job_id=job_id, created=False, status=created.status)
         self.metrics.job_submitted(graph)
         if log.isEnabledFor(logging.INFO):
             with logs.bound(job_id=job_id, request_id=request_id, plane="control"):
                 log.info("job %s submitted by %s: %d nodes, first lane %s", job_id, user, len(graph.nodes), lane)
-        return Submitted(job_id=job_id, created=created, status="queued" if created else str(value))
+        return Submitted(job_id=job_id, created=True, status=created.status, job=created.job)
 
     async def screen(self, graph: Graph, *, user: str, stage: Literal["submit", "compose"], goal: str | None = None,
                      texts: Sequence[PolicyText] = (), request_id: str | None = None) -> Decision:

@@ -45,6 +45,16 @@ class Claim:
     fence: int = 0
 
 
+@dataclass(frozen=True)
+class Created:
+    """What :meth:`JobOps.create_job` did: ``created`` False when the id existed already
+    (``status`` is then that job's); ``job`` is the new job as stored."""
+
+    created: bool
+    status: str
+    job: Job | None
+
+
 class JobOps(BridgeCore):
     async def create_job(
         self,
@@ -55,22 +65,29 @@ class JobOps(BridgeCore):
         lane: str,
         request_id: str | None,
         user: str | None = None,
-    ) -> tuple[bool, str | int]:
+    ) -> Created:
         """Store a new job (``change``: what :func:`~dualplane.common.job_state.submit` made of it)
-        with its graph as ``spec``, and hand it to ``lane``. Returns ``(created, seq)`` or, for an
-        id that already exists, ``(False, its status)``."""
+        with its graph as ``spec``, and hand it to ``lane``; for an id that already exists,
+        nothing is written and its status comes back."""
         spec = graph.model_dump_json(exclude_defaults=True).encode()
         change.fields["spec"] = spec
         index = self.keys.jobs_index
+        now = time.time()
+        stream = self.keys.stream_for_lane(lane)
         reply = await self._call(Call(
             "create",
-            [self.keys.job(job_id), self.keys.events(job_id), self.keys.stream_for_lane(lane), index,
+            [self.keys.job(job_id), self.keys.events(job_id), stream, index,
              self.keys.user_jobs(user) if user else index, self.keys.active_jobs],
-            [self.keys.prefix, job_id, time.time(), handoff_message(job_id, 1, spec, request_id, "submit")],
+            [self.keys.prefix, job_id, now, handoff_message(job_id, 1, spec, request_id, "submit")],
             change,
         ))
-        created, value = int(reply[0]), reply[1]
-        return created == 1, (int(value) if created else text(value))
+        if int(reply[0]) != 1:
+            return Created(False, text(reply[1]), None)
+        # what create.lua left in the hash (set_fields, its own HSETs, append_events), so the
+        # submission's answer needs no read back
+        stored: dict[str, Any] = {**change.fields, **{node_field(n): state for n, state in change.nodes.items()},
+                                  "handoff_seq": 1, "seq": int(reply[1]), "created_at": now, "updated_at": now}
+        return Created(True, str(stored["status"]), job_from_hash(stored))
 
     async def claim(self, job_id: str, handoff_seq: int) -> Claim:
         return parse_claim(await self.claim_nowait(job_id, handoff_seq))
@@ -285,7 +302,7 @@ def parse_claim(reply: Any) -> Claim:
                  fence=int(reply[5]))
 
 
-def job_from_hash(raw: dict[str, bytes]) -> Job:
+def job_from_hash(raw: dict[str, Any]) -> Job:
     """Assemble a :class:`Job` from its hash: the spec, overlaid with every node's state."""
     graph = orjson.loads(raw["spec"])
     for node in graph["nodes"]:
