@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from dualplane.common.bridge.keys import node_field
 from dualplane.common.bridge.translation import translated
@@ -122,10 +122,7 @@ class Batcher:
     async def _flush(self, batch: list[Call]) -> None:
         argvs = [call.argv() for call in batch]
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for call, argv in zip(batch, argvs, strict=True):
-                pipe.evalsha(self._scripts.shas[call.script], *argv)
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._send(batch, argvs)
         except Exception as exc:  # connection lost: every caller in the batch sees it
             closed = BridgeClosed(f"redis pipeline failed: {exc}")
             closed.__cause__ = exc
@@ -140,6 +137,30 @@ class Batcher:
                     future.set_exception(_dualplane_error(result))
                 else:
                     future.set_result(result)
+
+    async def _send(self, batch: list[Call], argvs: list[list[Any]]) -> list[Any]:
+        """The batch's EVALSHAs in one write on a pooled connection, and their replies in order
+        (an error reply is that call's result). A pipeline in all but name: redis-py's own
+        pipeline object costs about a third more CPU a round trip (its per-command bookkeeping),
+        and every mirrored change pays one. A connection that fails mid-way is closed, never
+        reused with replies still owed on it."""
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(connection.pack_commands(
+                [("EVALSHA", self._scripts.shas[call.script], *argv) for call, argv in zip(batch, argvs, strict=True)]))
+            results: list[Any] = []
+            for _ in batch:
+                try:
+                    results.append(await connection.read_response())
+                except ResponseError as exc:  # that call's error; the replies after it still come
+                    results.append(exc)
+            return results
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
 
     async def _retry_eval(self, script: str, argv: Sequence[Any]) -> Any:
         try:
