@@ -195,10 +195,12 @@ class JobOps(BridgeCore):
         return job_from_hash(await self._job_hash(job_id))
 
     async def _job_hash(self, job_id: str) -> dict[str, bytes]:
-        raw = await self._redis.hgetall(self.keys.job(job_id))
+        raw = await self._command("HGETALL", self.keys.job(job_id))
         if not raw:
             raise UnknownJob(job_id)
-        return {text(k): v for k, v in raw.items()}
+        if isinstance(raw, dict):  # a RESP3 connection answers with a map
+            return {text(k): v for k, v in raw.items()}
+        return {raw[i].decode(): raw[i + 1] for i in range(0, len(raw), 2)}
 
     async def events(self, job_id: str, since: int = 0, count: int | None = None) -> list[Event]:
         """Events with ``seq > since``, in order, from the events stream (the truth)."""
