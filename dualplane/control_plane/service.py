@@ -7,6 +7,8 @@ benchmarks and tests can drive it in-process.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import gc
 import hashlib
 import logging
@@ -22,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from dualplane.common import job_state, logs, statuses
 from dualplane.common.access import literal_keys, may_read
 from dualplane.common.artifacts import ArtifactStore, store_from_settings
-from dualplane.common.bridge import Bridge
+from dualplane.common.bridge import Bridge, job_from_hash
 from dualplane.common.consumer import Consumer
 from dualplane.common.errors import BridgeError, Conflict, GraphValidationError, Unavailable
 from dualplane.common.executor import Executor
@@ -69,8 +71,14 @@ class Submitted:
     job_id: str
     created: bool
     status: str
-    #: The new job as stored (None when the id existed): what a submission answers with.
-    job: Job | None = None
+    #: The new job's hash as stored (None when the id existed).
+    stored: dict[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def job(self) -> Job | None:
+        """The new job as stored, made when asked (what a submission answers with); None when
+        the id existed."""
+        return job_from_hash(self.stored) if self.stored is not None else None
 
 
 class ControlPlane:
@@ -212,7 +220,7 @@ class ControlPlane:
         if log.isEnabledFor(logging.INFO):
             with logs.bound(job_id=job_id, request_id=request_id, plane="control"):
                 log.info("job %s submitted by %s: %d nodes, first lane %s", job_id, user, len(graph.nodes), lane)
-        return Submitted(job_id=job_id, created=True, status=created.status, job=created.job)
+        return Submitted(job_id=job_id, created=True, status=created.status, stored=created.stored)
 
     async def screen(self, graph: Graph, *, user: str, stage: Literal["submit", "compose"], goal: str | None = None,
                      texts: Sequence[PolicyText] = (), request_id: str | None = None) -> Decision:

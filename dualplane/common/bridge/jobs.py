@@ -48,11 +48,12 @@ class Claim:
 @dataclass(frozen=True)
 class Created:
     """What :meth:`JobOps.create_job` did: ``created`` False when the id existed already
-    (``status`` is then that job's); ``job`` is the new job as stored."""
+    (``status`` is then that job's); ``stored`` is the new job's hash as the create script left
+    it (:func:`job_from_hash` makes the job of it, when an answer needs one)."""
 
     created: bool
     status: str
-    job: Job | None
+    stored: dict[str, Any] | None
 
 
 class JobOps(BridgeCore):
@@ -87,7 +88,7 @@ class JobOps(BridgeCore):
         # submission's answer needs no read back
         stored: dict[str, Any] = {**change.fields, **{node_field(n): state for n, state in change.nodes.items()},
                                   "handoff_seq": 1, "seq": int(reply[1]), "created_at": now, "updated_at": now}
-        return Created(True, str(stored["status"]), job_from_hash(stored))
+        return Created(True, str(stored["status"]), stored)
 
     async def claim(self, job_id: str, handoff_seq: int) -> Claim:
         return parse_claim(await self.claim_nowait(job_id, handoff_seq))
