@@ -121,14 +121,24 @@ class PlaneMetrics(Hooks):
         self.info = Gauge("dualplane_plane_info", "Which plane this process serves.", ["plane"], registry=reg)
         self.info.labels(plane=plane).set(1)
         self._throughput = {"tokens_per_s": self.tokens_per_s, "steps_per_s": self.steps_per_s}
+        #: Label children already made: prometheus-client's labels() checks and locks on every
+        #: call, several times a job on the dispatch path. Bounded by tasks × statuses × lanes.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, made once."""
+        child = self._children.get((metric, values))
+        if child is None:
+            child = self._children[metric, values] = metric.labels(*values)
+        return child
 
     def node_finished(self, task: str, status: str, duration_s: float,
                       output: Mapping[str, Any] | None = None) -> None:
         """One attempt ended; ``retrying`` attempts count towards duration only. A succeeded
         node's ``tokens_per_s`` / ``steps_per_s`` outputs go to the throughput histograms."""
         if status != "retrying":
-            self.nodes_finished.labels(task=task, status=status).inc()
-        self.node_duration.labels(task=task).observe(duration_s)
+            self._child(self.nodes_finished, task, status).inc()
+        self._child(self.node_duration, task).observe(duration_s)
         if output:
             for name, histogram in self._throughput.items():
                 value = output.get(name)
@@ -150,19 +160,19 @@ class PlaneMetrics(Hooks):
         self.stale_handoffs.inc()
 
     def after_handoff(self, target: str) -> None:
-        self.handoffs.labels(to=target).inc()
+        self._child(self.handoffs, target).inc()
 
     def after_job_finished(self, graph: Any, outcome: str, created_at: float | None) -> None:
         self.job_finished(graph, outcome, created_at)
 
     def job_submitted(self, graph: Any) -> None:
-        self.jobs_submitted.labels(task=job_task(graph)).inc()
+        self._child(self.jobs_submitted, job_task(graph)).inc()
 
     def job_finished(self, graph: Any, status: str, created_at: float | None) -> None:
         task = job_task(graph)
-        self.jobs_finished.labels(status=status, task=task).inc()
+        self._child(self.jobs_finished, status, task).inc()
         if created_at:
-            self.job_duration.labels(status=status, task=task).observe(max(0.0, time.time() - created_at))
+            self._child(self.job_duration, status, task).observe(max(0.0, time.time() - created_at))
 
 
 class CallbackCollector(Collector):
