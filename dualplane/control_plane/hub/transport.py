@@ -171,12 +171,12 @@ class Connection:
             self.close(CLOSE_TOO_SLOW, f"client too slow: {len(queue)} messages buffered")
             return False
         queue.append(frame)
-        if self._direct is not None:
-            if not self._due:
+        if not self._due:
+            if self._direct is not None:
                 self._due = True
                 self._flusher.add(self)
-        else:
-            self._wake_sender()
+            else:
+                self._wake_sender()
         return True
 
     def flush(self) -> None:
@@ -187,18 +187,23 @@ class Connection:
         queue = self.queue
         if self.closing or not queue or proto is None:
             return
-        if proto.disconnected or proto.close_sent:
-            self.closing = True  # the peer or the server ended it: serve() sees the disconnect
+        if proto.close_sent or proto.disconnected or proto.transport.is_closing():
+            # The peer or the server ended it (serve() sees the disconnect); a closed
+            # transport would raise on write.
+            self.closing = True
             queue.clear()
             self._wake_sender()
             return
         if not proto.writable.is_set():
             self._wake_sender()
             return
-        data = queue[0] if len(queue) == 1 else b"".join(queue)
-        queue.clear()
-        proto.transport.write(data)
-        self._made_room()
+        if len(queue) == 1:
+            proto.transport.write(queue.popleft())
+        else:
+            proto.transport.write(b"".join(queue))
+            queue.clear()
+        if self._room is not None:
+            self._made_room()
 
     def _wake_sender(self) -> None:
         wake = self._wake
