@@ -20,7 +20,7 @@ from dualplane.common.wire import event_body
 from dualplane.control_plane import ControlPlane
 from dualplane.control_plane.auth import Authenticator
 from dualplane.control_plane.hub import Hub, add_websocket_route
-from tests.test_hub import SECRET, Follower, hub_server, sleep_graph, stream_seqs, submit
+from tests.test_hub import SECRET, Follower, eventually, hub_server, sleep_graph, stream_seqs, submit
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +109,25 @@ async def test_a_connection_with_per_message_deflate_gets_every_event_in_order(
         await emit_burst(control_plane, job_id, 60)
         await expect_every_event(control_plane, [follower], job_id)
         await follower.close()
+
+
+async def test_a_client_that_drops_mid_burst_leaves_the_others_served_and_is_forgotten(
+    control_plane: ControlPlane, authenticator: Authenticator,
+):
+    token = authenticator.mint("alice")
+    job_id = await submit(control_plane, sleep_graph())
+    async with hub_server(control_plane.bridge, authenticator) as (hub, url):
+        stayers = [await Follower.open(url, token, max_size=None) for _ in range(3)]
+        leaver = await Follower.open(url, token, max_size=None)
+        for follower in [*stayers, leaver]:
+            await follower.subscribe(job_id)
+            await follower.wait_for(lambda: job_id in follower.snapshots)  # noqa: B023 - awaited here
+        burst = asyncio.create_task(emit_burst(control_plane, job_id, 120))
+        await leaver.wait_for(lambda: len(leaver.seqs[job_id]) > 0)
+        leaver.ws.transport.abort()  # gone without a close frame, while frames are still queued
+        await burst
+        await expect_every_event(control_plane, stayers, job_id)
+        await eventually(lambda: hub.connections == 3, what="the dropped connection to be forgotten")
+        assert hub.subscribers(job_id) == 3
+        for follower in stayers:
+            await follower.close()
