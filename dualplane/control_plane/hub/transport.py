@@ -181,11 +181,11 @@ class Connection:
 
     def flush(self) -> None:
         """Write everything queued in one go, or leave it to the sender while the transport is
-        paused (the server's backpressure) or when this connection has no direct path."""
+        paused (the server's backpressure). Only connections with a direct path get here."""
         self._due = False
         proto = self._direct
         queue = self.queue
-        if self.closing or not queue or proto is None:
+        if self.closing or not queue:
             return
         if proto.close_sent or proto.disconnected or proto.transport.is_closing():
             # The peer or the server ended it (serve() sees the disconnect); a closed
