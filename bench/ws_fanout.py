@@ -184,6 +184,13 @@ async def run_clients(port: int, token: str, jobs: list[str], offset: int, count
 # -- driver ---------------------------------------------------------------------------
 
 
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -266,9 +273,13 @@ async def drive(args: argparse.Namespace, redis_url: str) -> None:
                 proc.stdin.flush()
             sent0 = sent
             t0 = time.perf_counter()
+            hub_cpu0 = _cpu_s(hub.pid)
+            clients_cpu0 = sum(sum(_cpu_s(proc.pid)) for proc in procs)
             await publish(args.seconds)
             published = sent - sent0
             window = time.perf_counter() - t0
+            hub_cpu = [b - a for a, b in zip(hub_cpu0, _cpu_s(hub.pid), strict=True)]
+            clients_cpu = sum(sum(_cpu_s(proc.pid)) for proc in procs) - clients_cpu0
             await asyncio.sleep(0.5)  # let the last events land (latencies are per message anyway)
             for proc in procs:
                 proc.stdin.write("stop\n")
@@ -300,6 +311,10 @@ async def drive(args: argparse.Namespace, redis_url: str) -> None:
     print(f"delivered: {received / window:,.0f} messages/s across {args.clients} clients")
     print(f"latency publish -> client (ms): p50 {pct(0.50):.2f}  p90 {pct(0.90):.2f}  "
           f"p99 {pct(0.99):.2f}  max {pct(1.0):.2f}")
+    # On a small machine the clients compete with the hub for the same cores: a hub short of
+    # 100% of one core that still lags is waiting for CPU, not saturated.
+    print(f"CPU during the window (cores): hub {sum(hub_cpu) / window:.2f} (user {hub_cpu[0] / window:.2f}, "
+          f"system {hub_cpu[1] / window:.2f}); client processes {clients_cpu / window:.2f} in all")
 
 
 def main() -> None:

@@ -56,11 +56,14 @@ Close codes
   while it is open (``token expired``) or whose ``auth`` message is refused.
 * ``4008`` — the client is too slow: its outgoing queue (``buffer_messages``) would overflow.
   Reason ``client too slow: N messages buffered``. The dispatcher never awaits a client's
-  socket; each connection has its own sender task.
+  socket: a connection's queue is written when its transport takes more, so one client's
+  paused socket holds back only its own queue.
 * ``1012`` — the hub is stopping (service restart): reconnect, with ``since``.
 
-Serve the app with ``ws_per_message_deflate=False`` (uvicorn): compression is per
-connection, so it would undo the one-serialization-per-event fan-out.
+Serve the app with ``ws_per_message_deflate=False`` and ``ws="websockets-sansio"`` (uvicorn):
+each update is then built once as a frame and written as it is to every subscriber, in one
+write per connection per loop iteration. Compression is per connection, so a connection that
+negotiated it (or another server) gets one ASGI send per message instead: correct, but slower.
 
 Modules
 -------

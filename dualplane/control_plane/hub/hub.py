@@ -23,9 +23,11 @@ from dualplane.control_plane.hub.transport import (
     CLOSE_UNAUTHORIZED,
     PONG,
     Connection,
+    Flusher,
     Verify,
     clip_reason,
     error,
+    text_frame,
 )
 from dualplane.control_plane.limits import MAX_SEQ, valid_job_id
 from dualplane.control_plane.waits import FinishWaits
@@ -80,6 +82,7 @@ class Hub:
         self.sequence = Sequencer(buffer_messages, self.stats)
         self._channels: dict[str, Channel] = {}
         self._connections: set[Connection] = set()
+        self._flusher = Flusher()
         self._stopping = False
         #: ``?wait=`` requests, woken by the events this hub receives anyway.
         self.waits = FinishWaits(self.feed.status, max_per_user=max_waits_per_user)
@@ -180,7 +183,7 @@ class Hub:
         tokens of ``auth`` messages; without it they are refused (an error message)."""
         if websocket.client_state is WebSocketState.CONNECTING:
             await websocket.accept()
-        conn = Connection(websocket, principal, self.buffer_messages, self._on_close)
+        conn = Connection(websocket, principal, self.buffer_messages, self._on_close, self._flusher)
         conn.verify = verify
         if self._stopping:
             await websocket.close(CLOSE_RESTART, "service restart")
@@ -259,7 +262,7 @@ class Hub:
             return
         if kind == "unsubscribe":
             self._unsubscribe(conn, job_id)
-            conn.push(orjson.dumps({"type": "unsubscribed", "jobId": job_id}).decode())
+            conn.push(text_frame(orjson.dumps({"type": "unsubscribed", "jobId": job_id})))
             return
         since = message.get("since")
         if since is not None and (type(since) is not int or not 0 <= since <= MAX_SEQ):
@@ -291,7 +294,7 @@ class Hub:
             conn.close(CLOSE_UNAUTHORIZED, "auth must keep the same user and role")
             return
         conn.authorise(principal)
-        conn.push(orjson.dumps({"type": "authenticated", "exp": principal.expires_at}).decode())
+        conn.push(text_frame(orjson.dumps({"type": "authenticated", "exp": principal.expires_at})))
 
     async def _subscribe(self, conn: Connection, job_id: str, since: int | None) -> None:
         if not valid_job_id(job_id):
@@ -322,7 +325,8 @@ class Hub:
             return
         snapshot_seq = job.seq
         job_json = job.model_dump_json()
-        conn.push(f'{{"type":"snapshot","jobId":{orjson.dumps(job_id).decode()},"seq":{snapshot_seq},"job":{job_json}}}')
+        conn.push(text_frame(f'{{"type":"snapshot","jobId":{orjson.dumps(job_id).decode()},"seq":{snapshot_seq},'
+                             f'"job":{job_json}}}'.encode()))
         last = snapshot_seq
         if since is not None and since < snapshot_seq:
             last = await self._replay(conn, chan, since, snapshot_seq)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from dualplane.control_plane.hub.transport import text_frame
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -40,7 +42,7 @@ class Sub:
         self.job_id = job_id
         self.last = 0
         self.state = SYNCING
-        self.pending: list[tuple[int, str]] = []
+        self.pending: list[tuple[int, bytes]] = []
         self.overflowed = False  # pending was dropped: refill from the stream
 
 
@@ -55,9 +57,10 @@ class Channel:
         self.subs: dict[int, Sub] = {}  # id(conn) -> sub
         self.filler: asyncio.Task[None] | None = None  # the hub's gap fill, while one runs
 
-    def update(self, seq: int, event: bytes) -> str:
-        """The ``update`` message of an event, serialized once for every subscriber."""
-        return (self.prefix + str(seq).encode() + b',"event":' + event + b"}").decode()
+    def update(self, seq: int, event: bytes) -> bytes:
+        """The ``update`` frame of an event (events are the bridge's JSON: UTF-8), built once for
+        every subscriber."""
+        return text_frame(self.prefix + str(seq).encode() + b',"event":' + event + b"}")
 
     def filling(self) -> list[Sub]:
         return [s for s in self.subs.values() if s.state == FILLING]
@@ -74,7 +77,7 @@ class Sequencer:
         self.buffer_messages = buffer_messages
         self.stats = stats
 
-    def live(self, chan: Channel, seq: int, text: str) -> bool:
+    def live(self, chan: Channel, seq: int, frame: bytes) -> bool:
         """A published event of ``chan``'s job; True when a sub found a gap (a fill must run)."""
         delivered = 0
         need_fill = False
@@ -82,7 +85,7 @@ class Sequencer:
             if sub.state == LIVE:
                 last = sub.last
                 if seq == last + 1:
-                    if sub.conn.push(text):
+                    if sub.conn.push(frame):
                         sub.last = seq
                         delivered += 1
                 elif seq <= last:
@@ -90,14 +93,14 @@ class Sequencer:
                 else:
                     self.stats["gaps"] += 1
                     sub.state = FILLING
-                    sub.pending.append((seq, text))
+                    sub.pending.append((seq, frame))
                     need_fill = True
             else:
-                self._buffer(sub, seq, text)
+                self._buffer(sub, seq, frame)
         self.stats["delivered"] += delivered
         return need_fill
 
-    def _buffer(self, sub: Sub, seq: int, text: str) -> None:
+    def _buffer(self, sub: Sub, seq: int, frame: bytes) -> None:
         """Hold a live event while the subscription syncs; the stream can replace the buffer."""
         if sub.overflowed:
             return
@@ -105,7 +108,7 @@ class Sequencer:
             sub.pending.clear()
             sub.overflowed = True
             return
-        sub.pending.append((seq, text))
+        sub.pending.append((seq, frame))
 
     @staticmethod
     def resync(chan: Channel) -> bool:
@@ -116,7 +119,7 @@ class Sequencer:
                 sub.state = FILLING
         return bool(chan.subs)
 
-    def fill(self, chan: Channel, subs: list[Sub], updates: list[tuple[int, str]], stalled: set[int]) -> None:
+    def fill(self, chan: Channel, subs: list[Sub], updates: list[tuple[int, bytes]], stalled: set[int]) -> None:
         """Deliver what one stream read returned to the FILLING ``subs`` that are still
         subscribed; ``stalled`` (ids of subs a read did not move) persists across the reads of
         one fill, so a gap the stream cannot fill (the job expired) is accepted, not spun on."""
@@ -124,9 +127,9 @@ class Sequencer:
             if sub.state != FILLING or chan.subs.get(id(sub.conn)) is not sub:
                 continue
             before = sub.last
-            for seq, text in updates:
+            for seq, frame in updates:
                 if seq > sub.last:
-                    if not sub.conn.push(text):
+                    if not sub.conn.push(frame):
                         break
                     sub.last = seq
             self.stats["delivered"] += sub.last - before
@@ -145,14 +148,14 @@ class Sequencer:
             sub.state = FILLING
             return False
         pending = sorted(sub.pending, key=lambda item: item[0]) if sub.pending else []
-        for i, (seq, text) in enumerate(pending):
+        for i, (seq, frame) in enumerate(pending):
             if seq <= sub.last:
                 continue
             if seq != sub.last + 1 and not accept_gap:
                 sub.pending = pending[i:]
                 sub.state = FILLING
                 return False
-            if not sub.conn.push(text):
+            if not sub.conn.push(frame):
                 break
             sub.last = seq
             self.stats["delivered"] += 1
