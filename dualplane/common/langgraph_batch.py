@@ -25,7 +25,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
-from langgraph.channels import EphemeralValue
+from langgraph.channels import EphemeralValue, Topic
 from langgraph.config import get_stream_writer
 from langgraph.pregel import NodeBuilder, Pregel
 
@@ -39,6 +39,13 @@ RunNode = Callable[[str | None, Any, str, Write], Coroutine[Any, Any, None]]
 
 Item = tuple[Any, str]
 """One planned node as its task's LangGraph node gets it: (the run, the node id)."""
+
+
+#: What every task node writes when its items are done. Nothing reads it: it is there because a
+#: superstep that updated no channel makes LangGraph's next tick look at every node for work,
+#: and one that updated only this channel makes it look at none (a batch cost 10–20 µs more
+#: per task the plane has).
+DONE = "batch:done"
 
 
 def _channel(node: str) -> str:
@@ -59,29 +66,31 @@ class BatchGraph:
         self._run_node = run_node
         names = [*sorted(self._tasks), MISSING_TASK]
         self._graph: Pregel[Any, Any, Any, Any] = Pregel(
-            nodes={name: NodeBuilder().subscribe_only(_channel(name)).do(self._node(name)) for name in names},
+            nodes={name: NodeBuilder().subscribe_only(_channel(name)).do(self._node(name)).write_to(DONE)
+                   for name in names},
             # EphemeralValue: a batch's items are read once, in the superstep that runs them
-            channels={_channel(name): EphemeralValue(list) for name in names},
+            channels={**{_channel(name): EphemeralValue(list) for name in names}, DONE: Topic(bool)},
             input_channels=[_channel(name) for name in names],
             output_channels=[],
             stream_mode="custom",
         )
 
-    def _node(self, name: str) -> Callable[[list[Item]], Awaitable[None]]:
+    def _node(self, name: str) -> Callable[[list[Item]], Awaitable[bool]]:
         """The LangGraph node of task ``name``: runs every planned node of the batch that is
         this task's, each in an asyncio task; the first to raise cancels the rest (and fails
         the invocation, as a failed node of a ``StateGraph`` would)."""
         run_node = self._run_node
         task = None if name == MISSING_TASK else name
 
-        async def node(items: list[Item]) -> None:
+        async def node(items: list[Item]) -> bool:
             write = get_stream_writer()
             if len(items) == 1:  # most batches at low load: no task to make
                 await run_node(task, items[0][0], items[0][1], write)
-                return
+                return True
             async with asyncio.TaskGroup() as group:
                 for run, node_id in items:
                     group.create_task(run_node(task, run, node_id, write))
+            return True
 
         node.__name__ = f"task_{name}"
         return node
