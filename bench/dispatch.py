@@ -122,11 +122,12 @@ async def latency(plane: ControlPlane, done: Completions, graph: dict, count: in
     return samples, hops
 
 
-def hop_times(events: list, wall: float, returned_ms: float, finished_ms: float) -> dict[str, float]:
+def hop_times(events: list, wall: float, returned_ms: float | None, finished_ms: float,
+              seen: str = "client saw it") -> dict[str, float]:
     """Milliseconds from the submit call to each hop of a job: its first node starting, each
-    node's end, the job's end, as the events' ts say; submit's return and the client seeing the
-    end, as this process's clock says."""
-    marks = {"submit returned": returned_ms}
+    node's end, the job's end, as the events' ts say; submit's return (when known) and the
+    client seeing the end (``seen``), as the client's clock says."""
+    marks = {} if returned_ms is None else {"submit returned": returned_ms}
     for event in events:
         at = (event.ts - wall) * 1000
         node = event.node_id
@@ -136,7 +137,9 @@ def hop_times(events: list, wall: float, returned_ms: float, finished_ms: float)
             marks[f"{node} succeeded"] = at
         elif event.type == "status" and node is None and event.status == "succeeded":
             marks["job succeeded"] = at
-    marks["client saw it"] = finished_ms
+        elif event.type == "status" and node is None and event.status == "queued":
+            marks["queued"] = at
+    marks[seen] = finished_ms
     return marks
 
 

@@ -38,9 +38,13 @@ from pathlib import Path
 
 import httpx
 import orjson
+import redis.asyncio as aioredis
+from dispatch import hop_table, hop_times  # bench/dispatch.py
 from load import spawn, wait_healthy  # bench/load.py
 
 from dualplane.cli.planes import run_async
+from dualplane.common.bridge.keys import Keys
+from dualplane.common.models import Event
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
 from dualplane.control_plane.auth import Authenticator
@@ -116,23 +120,44 @@ async def httpx_load(url: str, token: str, body: bytes, connections: int, second
     return Load(rate=len(samples) / elapsed, p50_ms=pct(samples, 50), p99_ms=pct(samples, 99), errors=errors)
 
 
-async def round_trips(base: str, token: str, count: int) -> tuple[list[float], int]:
-    """``POST /jobs?wait=30`` one at a time; ms from sending to the finished job's answer."""
+async def round_trips(base: str, token: str, count: int) -> tuple[list[float], int, dict[str, list[float]]]:
+    """``POST /jobs?wait=30`` one at a time; ms from sending to the finished job's answer, and
+    where each one's time went (its events' ts, read afterwards through the API)."""
     samples: list[float] = []
     wrong = 0
+    timed: list[tuple[str, float, float]] = []
     body = orjson.dumps(SINGLE)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
         for _ in range(count):
-            started = time.perf_counter()
+            started, wall = time.perf_counter(), time.time()
             response = await client.post("/jobs", params={"wait": 30}, content=body)
             elapsed = (time.perf_counter() - started) * 1000
             if response.status_code == 200 and response.json()["status"] == "succeeded":
                 samples.append(elapsed)
+                timed.append((response.json()["id"], wall, elapsed))
             else:
                 wrong += 1
             await asyncio.sleep(0.002)  # idle between jobs
-    return samples, wrong
+        hops: dict[str, list[float]] = {}
+        for job_id, wall, elapsed in timed:
+            events = [Event.model_validate(e) for e in (await client.get(f"/jobs/{job_id}/events")).json()]
+            for name, ms in hop_times(events, wall, None, elapsed, seen="answer received").items():
+                hops.setdefault(name, []).append(ms)
+    return samples, wrong, hops
+
+
+async def drained(redis_url: str, limit_s: float = 300.0) -> float:
+    """Wait until no job is unfinished (the load runs leave a backlog the worker drains);
+    seconds waited."""
+    started = time.monotonic()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        while await client.zcard(Keys(Settings().key_prefix).active_jobs) and time.monotonic() - started < limit_s:
+            await asyncio.sleep(0.2)
+    finally:
+        await client.aclose()
+    return time.monotonic() - started
 
 
 async def in_process_rate(redis_url: str, seconds: float) -> float:
@@ -208,11 +233,13 @@ async def run(args: argparse.Namespace) -> None:
             rows.append((f"POST /jobs/batch ({args.batch} graphs), 8 connections",
                          f"{result.rate * args.batch:8,.0f} jobs/s  ({result.rate:,.0f} req/s, "
                          f"p50 {result.p50_ms:.2f} ms)" + (f"  ({result.errors} errors)" if result.errors else "")))
-            await asyncio.sleep(2.0)  # let the worker drain the backlog before the idle round trips
-            samples, wrong = await round_trips(base, token, args.round_trips)
+            drained_s = await drained(server.url)  # idle means no backlog ahead of the round trips
+            samples, wrong, hops = await round_trips(base, token, args.round_trips)
             rows.append(("idle submit->completed, POST /jobs?wait=30",
                          f"p50 {pct(samples, 50):.2f} ms  p99 {pct(samples, 99):.2f} ms  ({len(samples)} jobs"
-                         + (f", {wrong} not succeeded" if wrong else "") + ")"))
+                         + (f", {wrong} not succeeded" if wrong else "")
+                         + f"; started {drained_s:.1f} s after the load, once no job was unfinished)"))
+            rows.append(("  median hops since the request was sent", "\n" + hop_table(hops)))
             in_process = await in_process_rate(server.url, args.seconds)
             rows.append((f"in process: ControlPlane.submit, {IN_PROCESS_IN_FLIGHT} in flight",
                          (f"{in_process:8,.0f} submits/s  (HTTP at {max(args.connections)} connections: "
