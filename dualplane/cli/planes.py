@@ -80,9 +80,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     processes = settings.worker_processes if args.processes is None else args.processes
     if processes != 1:
-        from dualplane.cli.supervisor import default_processes, supervise
+        from dualplane.cli.supervisor import supervise
 
-        return supervise(settings, processes or default_processes())
+        return supervise(settings, processes)
 
     from dualplane.common.errors import PlaneFailed
     from dualplane.data_plane.worker import Worker

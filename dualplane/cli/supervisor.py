@@ -48,9 +48,9 @@ STOP_MARGIN_S = 10.0
 POLL_S = 0.5
 
 
-def default_processes() -> int:
-    """One worker per NVIDIA GPU where there are GPUs, else one per CPU core."""
-    return nvidia_gpu_count() or os.cpu_count() or 1
+def default_processes(environ: Mapping[str, str]) -> int:
+    """One worker per GPU the children share out (:func:`gpu_ids`), else one per CPU core."""
+    return len(gpu_ids(environ)) or os.cpu_count() or 1
 
 
 def gpu_ids(environ: Mapping[str, str]) -> list[str]:
@@ -164,5 +164,7 @@ def _exit_status(returncode: int) -> int:
 
 
 def supervise(settings: Settings, count: int) -> int:
+    """Run ``count`` workers (0: :func:`default_processes`) until a signal or a crash loop."""
+    count = count or default_processes(os.environ)
     log.info("supervising %d worker processes", count)
     return Supervisor(settings, count, os.environ).run()
