@@ -73,7 +73,6 @@ def child_environment(environ: Mapping[str, str], settings: Settings, index: int
 
 @dataclass
 class _Slot:
-    index: int
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
@@ -94,7 +93,7 @@ class Supervisor:
 
     def __init__(self, settings: Settings, count: int, environ: Mapping[str, str]) -> None:
         gpus = gpu_ids(environ)
-        self.slots = [_Slot(index, child_environment(environ, settings, index, gpus)) for index in range(count)]
+        self.slots = [_Slot(child_environment(environ, settings, index, gpus)) for index in range(count)]
         self.stop_timeout_s = settings.shutdown_grace_s + STOP_MARGIN_S
         self._signal: int | None = None
 
