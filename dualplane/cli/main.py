@@ -32,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("control-plane", help="run the control plane HTTP API (uvicorn)").set_defaults(
         handler=cmd_control_plane
     )
-    sub.add_parser("worker", help="run one data-plane worker").set_defaults(handler=cmd_worker)
+    worker = sub.add_parser("worker", help="run a data-plane worker, or several under one supervisor")
+    worker.add_argument("--processes", type=_processes, metavar="N|auto",
+                        help="worker processes, each with its own id (-<index>) and port (+index): 1 runs the "
+                             "worker in this process; auto (or 0): one per NVIDIA GPU, else one per CPU core "
+                             "(default DUALPLANE_WORKER_PROCESSES, 1)")
+    worker.set_defaults(handler=cmd_worker)
     reconcile = sub.add_parser(
         "reconcile", help="find unfinished jobs whose stream message was lost and hand them on again (REDIS_URL)")
     reconcile.add_argument("--dry-run", action="store_true", help="only report them")
@@ -60,3 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     admin.add_commands(sub)  # dead-letters ls|show|replay|rm
     users.add_commands(sub)  # users add|list|disable|enable|reset-password, login
     return parser
+
+
+def _processes(text: str) -> int:
+    if text == "auto":
+        return 0
+    count = int(text)
+    if count < 0:
+        raise argparse.ArgumentTypeError("a count of processes is 0 (auto) or more")
+    return count

@@ -74,13 +74,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run one worker until SIGTERM/SIGINT (the worker installs its own handlers)."""
+    """Run one worker until SIGTERM/SIGINT (the worker installs its own handlers), or with
+    ``--processes`` other than 1 a supervisor of that many (:mod:`dualplane.cli.supervisor`)."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    processes = settings.worker_processes if args.processes is None else args.processes
+    if processes != 1:
+        from dualplane.cli.supervisor import supervise
+
+        return supervise(settings, processes)
+
     from dualplane.common.errors import PlaneFailed
     from dualplane.data_plane.worker import Worker
     from dualplane.tasks import default_registry
 
-    settings = Settings()
-    configure_logging(settings.log_level)
     try:
         run_async(Worker(settings, registry=default_registry()).run())
     except PlaneFailed as exc:

@@ -135,6 +135,9 @@ class WorkerSettings(_Group):
     # torch intra-op threads of each task thread; 0: on CPU the cores shared among the
     # concurrent tasks (at least 1), on CUDA torch's own default
     torch_threads: int = Field(0, ge=0)
+    # worker processes `dualplane worker` runs (its --processes): 1 runs the worker in this
+    # process; more, a supervisor of that many; 0, one per NVIDIA GPU, else one per CPU core
+    worker_processes: int = Field(1, ge=0)
 
 
 class RoutingSettings(_Group):

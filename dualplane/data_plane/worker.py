@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from types import FrameType
 from typing import Any
@@ -82,6 +83,8 @@ class Worker:
         self.started_at = time.time()
         self._device: dict[str, Any] | None = None
         self._torch_threads: int | None = None
+        self._torch_watch = threading.Lock()
+        self._torch_watched = False
         # every registry model, "unknown" until the store says (no I/O here: manifest() is sync)
         self._models: list[WorkerModel] = [
             WorkerModel(name=name, kind=self.models.entry(name).kind, weights="unknown")
@@ -108,11 +111,11 @@ class Worker:
                 f"requires {node.requires.model_dump(exclude_none=True)} of node {node.id!r}")
 
     def _device_facts(self) -> dict[str, Any]:
-        """Device, name and VRAM for routing; computed once (torch is imported here, on the data plane)."""
+        """Device, name and VRAM for routing; computed once (torch is asked only where a GPU may be)."""
         if self._device is None:
-            from dualplane.ml.device import describe_torch
+            from dualplane.ml.device import describe_device
 
-            info = describe_torch()
+            info = describe_device()
             first = info["devices"][0] if info.get("devices") else {}
             self._device = {"device": info.get("device", "cpu"), "name": first.get("name"),
                             "vram_total_mb": first["total_bytes"] // 2**20 if first else None}
@@ -130,17 +133,27 @@ class Worker:
         return self._torch_threads
 
     def _init_task_thread(self) -> None:
-        if self.torch_threads:
-            import torch
+        # torch is configured when a task first imports it, not imported here: most tasks never need it
+        with self._torch_watch:
+            if self.torch_threads and not self._torch_watched:
+                from dualplane.ml.device import after_torch_import
 
-            torch.set_num_threads(self.torch_threads)
+                after_torch_import(self._configure_torch)
+                self._torch_watched = True
+
+    def _configure_torch(self, torch: Any) -> None:
+        # the global count: every thread that has not run a torch operation yet takes it on its
+        # first one, task threads started before torch was imported included
+        torch.set_num_threads(self.torch_threads)
+        gc.freeze()  # torch's objects live as long as the process, as the start-up's do
 
     async def run(self, *, serve_http: bool = True, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or SIGTERM/SIGINT when it is None)."""
         stop = stop or _signal_event()
         # Everything imported and compiled so far lives as long as the process: keep the
         # cyclic GC from re-scanning it on every collection of the dispatch loop's garbage.
-        # torch is imported first (device facts), or its objects would be re-scanned.
+        # torch is imported here only where a GPU may be present; elsewhere the first task that
+        # imports it freezes it then (_configure_torch).
         await asyncio.to_thread(self._device_facts)
         gc.freeze()
         await self.bridge.connect()
@@ -251,8 +264,8 @@ class Worker:
 
 class _DeviceHooks(Hooks):
     """What a worker's device asks of its nodes: a node whose ``requires`` this worker cannot meet
-    (sent to its pool by hand) fails rather than run on the wrong device, and each task thread
-    gets the worker's torch thread count."""
+    (sent to its pool by hand) fails rather than run on the wrong device, and the tasks' torch
+    gets the worker's thread count."""
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
