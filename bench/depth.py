@@ -45,7 +45,7 @@ import redis.asyncio as aioredis
 from dualplane.cli.planes import run_async
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
-from dualplane.control_plane.reconciler import Reconciler
+from dualplane.control_plane.reconciler import PASS_BUDGET, Reconciler
 from dualplane.devstack.services import start_redis, terminate
 
 SINGLE = {"nodes": [{"id": "a", "task": "noop", "plane": "python"}]}
@@ -245,8 +245,10 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 row.memory = int((await client.info("memory"))["used_memory"])
                 row.per_job = (row.memory - empty) / max(1, row.sizes["jobs index"])
                 if not args.no_passes:
-                    await timed_pass("reconciler pass", row, redis_cpu,
+                    await timed_pass("reconciler sweep (dualplane reconcile: every active job)", row, redis_cpu,
                                      Reconciler(plane.bridge, interval_s=0).run_once(repair=False))
+                    await timed_pass(f"reconciler background pass (at most {PASS_BUDGET:,} jobs)", row, redis_cpu,
+                                     Reconciler(plane.bridge, interval_s=0).run_once(repair=False, budget=PASS_BUDGET))
                     await timed_pass("worker-directory read", row, redis_cpu, plane.router.workers(fresh=True))
                     await timed_pass("lane-stream listing (the /metrics read)", row, redis_cpu,
                                      plane.bridge.lane_streams())
