@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
 
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
@@ -37,13 +36,9 @@ def settings(redis_server: RedisServer, redis: Any) -> Settings:
 
 
 @pytest.fixture
-async def plane(settings: Settings) -> AsyncIterator[ControlPlane]:
-    control = ControlPlane(settings, metrics_registry=CollectorRegistry())
-    await control.start()
-    try:
-        yield control
-    finally:
-        await control.stop(grace_s=0.5)
+def plane(control_plane: ControlPlane) -> ControlPlane:
+    """conftest's control plane, on this module's settings."""
+    return control_plane
 
 
 @pytest.fixture
