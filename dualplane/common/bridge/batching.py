@@ -64,6 +64,29 @@ class Call:
         self.futures = earlier.futures + self.futures
 
 
+async def round_trip(pool: aioredis.ConnectionPool, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """``commands`` in one write on a pooled connection, and their raw replies in order (an error
+    reply is that command's result). A pipeline in all but name: redis-py's own pipeline object
+    and ``execute_command`` cost about a third more CPU a round trip (per-command bookkeeping,
+    response callbacks, the retry wrapper), and the batcher's scripts and the hot reads pay one
+    each. A connection that fails mid-way is closed, never reused with replies still owed on it."""
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as exc:  # that command's error; the replies after it still come
+                replies.append(exc)
+        return replies
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
+
+
 def finished_table() -> str:
     """The Lua table of the finished job statuses, written from :data:`~dualplane.common.statuses.FINISHED`
     at the head of every script, so the scripts never spell the set themselves."""
@@ -139,28 +162,8 @@ class Batcher:
                     future.set_result(result)
 
     async def _send(self, batch: list[Call], argvs: list[list[Any]]) -> list[Any]:
-        """The batch's EVALSHAs in one write on a pooled connection, and their replies in order
-        (an error reply is that call's result). A pipeline in all but name: redis-py's own
-        pipeline object costs about a third more CPU a round trip (its per-command bookkeeping),
-        and every mirrored change pays one. A connection that fails mid-way is closed, never
-        reused with replies still owed on it."""
-        pool = self._client.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await connection.send_packed_command(connection.pack_commands(
-                [("EVALSHA", self._scripts.shas[call.script], *argv) for call, argv in zip(batch, argvs, strict=True)]))
-            results: list[Any] = []
-            for _ in batch:
-                try:
-                    results.append(await connection.read_response())
-                except ResponseError as exc:  # that call's error; the replies after it still come
-                    results.append(exc)
-            return results
-        except BaseException:
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
+        return await round_trip(self._client.connection_pool, [
+            ("EVALSHA", self._scripts.shas[call.script], *argv) for call, argv in zip(batch, argvs, strict=True)])
 
     async def _retry_eval(self, script: str, argv: Sequence[Any]) -> Any:
         try:

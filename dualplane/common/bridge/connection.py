@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import DataError, MaxConnectionsError
 
-from dualplane.common.bridge.batching import Batcher, Call, Scripts
+from dualplane.common.bridge.batching import Batcher, Call, Scripts, round_trip
 from dualplane.common.bridge.keys import Keys
 from dualplane.common.errors import BridgeClosed
 from dualplane.common.models import BridgeConfig
@@ -168,23 +168,12 @@ class BridgeCore:
         return self._client
 
     async def _command(self, *args: Any) -> Any:
-        """One command on a pooled connection, its raw reply (an HGETALL is a flat list in RESP2,
-        a map in RESP3).
-        For the hot reads: redis-py's ``execute_command`` adds its response callbacks and retry
-        wrapper, a third again of the CPU of a round trip. An error reply raises; a connection
-        that fails is closed, never reused."""
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()
-        try:
-            await connection.send_packed_command(connection.pack_command(*args))
-            return await connection.read_response()
-        except redis.ResponseError:
-            raise
-        except BaseException:
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
+        """One command's raw reply (an HGETALL is a flat list in RESP2, a map in RESP3) through
+        :func:`~.batching.round_trip`, for the hot reads; an error reply raises."""
+        reply = (await round_trip(self._redis.connection_pool, [args]))[0]
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply
 
     def _call(self, call: Call) -> asyncio.Future[Any]:
         if self._state is not _State.OPEN or self._batcher is None:
