@@ -96,7 +96,7 @@ async def submit_many(plane: ControlPlane, count: int) -> None:
 
 
 async def fill(plane: ControlPlane, client: aioredis.Redis, depth: int) -> None:
-    missing = depth - await client.zcard(plane.bridge.keys.active_jobs)
+    missing = depth - await client.zcard(plane.bridge.keys.active_jobs(0))
     if missing <= 0:
         return
     started = time.perf_counter()
@@ -157,7 +157,7 @@ async def drained_to(client: aioredis.Redis, key: str, level: int, worker: subpr
 
 async def drain_window(plane: ControlPlane, client: aioredis.Redis, redis_cpu: Cpu, row: Row, window: int,
                        log: Path) -> None:
-    active = plane.bridge.keys.active_jobs
+    active = plane.bridge.keys.active_jobs(0)
     queued = await client.zcard(active)
     worker = start_worker(plane.settings.redis_url, log)
     try:
@@ -200,14 +200,14 @@ async def scrape(plane: ControlPlane) -> str:
 async def sizes(plane: ControlPlane, client: aioredis.Redis) -> dict[str, int]:
     keys = plane.bridge.keys
     lane = keys.data_stream(plane.settings.pool)
-    newest = await client.zrange(keys.active_jobs, -1, -1)
+    newest = await client.zrange(keys.active_jobs(0), -1, -1)
     job_id = newest[0].decode() if newest else ""
     pipe = client.pipeline(transaction=False)
-    pipe.zcard(keys.jobs_index)
-    pipe.zcard(keys.active_jobs)
+    pipe.zcard(keys.jobs_index(0))
+    pipe.zcard(keys.active_jobs(0))
     pipe.xlen(lane)
     pipe.xpending(lane, keys.group_for_stream(lane))
-    pipe.xlen(keys.control_stream)
+    pipe.xlen(keys.control_stream())
     pipe.xlen(keys.dead_stream)
     pipe.dbsize()
     pipe.xlen(keys.events(job_id))

@@ -153,7 +153,7 @@ async def drained(redis_url: str, limit_s: float = 300.0) -> float:
     started = time.monotonic()
     client = aioredis.Redis.from_url(redis_url)
     try:
-        while await client.zcard(Keys(Settings().key_prefix).active_jobs) and time.monotonic() - started < limit_s:
+        while await client.zcard(Keys(Settings().key_prefix).active_jobs(0)) and time.monotonic() - started < limit_s:
             await asyncio.sleep(0.2)
     finally:
         await client.aclose()

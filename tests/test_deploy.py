@@ -221,7 +221,7 @@ def test_k8s_workers_scale_on_their_pool_stream() -> None:
         for trigger in obj["spec"]["triggers"]:
             meta = trigger["metadata"]
             assert trigger["type"] == "redis-streams"
-            assert meta["stream"] == keys.data_stream(pool)
+            assert meta["stream"] in keys.lane_streams(f"python:{pool}")
             assert meta["consumerGroup"] == WORKER_GROUP
             kinds |= {"pending" if "pendingEntriesCount" in meta else "lag" if "lagCount" in meta else "?"}
             for ref in auths[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]:

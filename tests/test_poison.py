@@ -81,7 +81,7 @@ async def test_reads_that_keep_failing_turn_the_consumer_unhealthy_until_they_wo
     control_plane: ControlPlane, worker: RunningWorker, redis
 ):
     consumer = worker.worker.consumer
-    stream = consumer.stream
+    (stream,) = consumer.streams  # one partition here
     await redis.delete(stream)
     await redis.set(stream, b"not a stream")  # every XREADGROUP now fails (WRONGTYPE)
     deadline = time.monotonic() + 15

@@ -47,6 +47,6 @@ async def test_the_lane_streams_are_listed_from_noted_and_served_pools_without_a
     commands = {name.removeprefix("cmdstat_") for name in await redis.info("commandstats")}
 
     assert {lane.stream: lane.length for lane in lanes} == {
-        bridge.keys.control_stream: 0, bridge.keys.data_stream("cpu-big"): 0,
+        bridge.keys.control_stream(): 0, bridge.keys.data_stream("cpu-big"): 0,
         bridge.keys.data_stream("default"): 0, bridge.keys.data_stream("gpu"): 1}
     assert dead == 0 and "scan" not in commands and "keys" not in commands

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -68,7 +68,8 @@ class Consumer:
         self.executor = executor
         self.lane = lane
         self.name = name
-        self.stream = bridge.keys.stream_for_lane(lane)
+        #: The lane's streams, one per partition: read together, reclaimed one by one.
+        self.streams = bridge.keys.lane_streams(lane)
         self.plane = "control" if lane == "control" else "python"
         self._concurrency = concurrency
         self._hooks = HookChain(hooks)
@@ -118,7 +119,7 @@ class Consumer:
             # the messages, and say so loudly (health turns red, the process exits non-zero)
             self.failure = exc
             log.critical("%s: the consume loop of %s died; %d messages left for reclaim", self.name,
-                         self.stream, len(self._inflight), exc_info=exc)
+                         self.lane, len(self._inflight), exc_info=exc)
             self._lease.stop()
             raise
         finally:
@@ -131,7 +132,8 @@ class Consumer:
         """Create the group, waiting out a Redis that is not there yet."""
         while True:
             try:
-                await self.bridge.ensure_group(self.stream)
+                for stream in self.streams:
+                    await self.bridge.ensure_group(stream)
                 return
             except BridgeError as exc:
                 self._read_failed(f"cannot create the consumer group: {exc}")
@@ -165,7 +167,7 @@ class Consumer:
                 if await self._reclaim(free):
                     return
             messages = await self.bridge.read(
-                self.stream, self.name, count=min(free, self.bridge.config.read_batch),
+                self.streams, self.name, count=min(free, self.bridge.config.read_batch),
                 block_ms=self.bridge.config.read_block_ms,
             )
         except BridgeError as exc:
@@ -177,11 +179,28 @@ class Consumer:
         if messages and not self._stopping.is_set():
             await self._start(messages, {})
         elif messages:
-            await self.bridge.release(self.stream, self.name, [m.id for m in messages])
+            await self._release(messages)
+
+    async def _release(self, messages: Iterable[Message | None]) -> None:
+        """Give messages back (see :meth:`Bridge.release`), stream by stream."""
+        by_stream: dict[str, list[str]] = {}
+        for message in messages:
+            if message is not None:
+                by_stream.setdefault(message.stream, []).append(message.id)
+        for stream, ids in by_stream.items():
+            await self.bridge.release(stream, self.name, ids)
 
     async def _reclaim(self, count: int) -> bool:
-        """Take over up to ``count`` abandoned messages (idle past the lease); True if any."""
-        messages, counts = await self.bridge.reclaim(self.stream, self.name, count=count)
+        """Take over up to ``count`` abandoned messages (idle past the lease) from the lane's
+        streams; True if any."""
+        messages: list[Message] = []
+        counts: dict[str, int] = {}
+        for stream in self.streams:
+            found, found_counts = await self.bridge.reclaim(stream, self.name, count=count - len(messages))
+            messages += found
+            counts.update(found_counts)
+            if len(messages) >= count:
+                break
         if not messages:
             return False
         self._hooks.emit("after_reclaim", len(messages))
@@ -254,6 +273,9 @@ class Consumer:
                     "its consumers kept dying or timing out"
                 )
             handoff = Handoff.model_validate_json(message.raw)
+            if self.bridge.keys.stream_partition(message.stream) != self.bridge.keys.partition(handoff.job_id):
+                # its job's keys are in another slot: no script could touch both
+                raise ValueError(f"job {handoff.job_id} does not belong on {message.stream} (another partition's)")
             problem = structure_problem(handoff.graph)
             if problem is not None:
                 raise ValueError(f"invalid handoff message: its graph cannot run: {problem}")
@@ -302,7 +324,7 @@ class Consumer:
             stranded = [r for r in runs if not r.done]
             for run in stranded:
                 self._forget(run)
-            await self.bridge.release(self.stream, self.name, [r.message.id for r in stranded if r.message])
+            await self._release(r.message for r in stranded)
 
     # -- finishing -------------------------------------------------------------------
 
@@ -438,7 +460,7 @@ class Consumer:
             for task in list(self._batches):
                 task.cancel()
             await asyncio.gather(*self._batches, return_exceptions=True)
-            await self.bridge.release(self.stream, self.name, [r.message.id for r in leftover if r.message])
+            await self._release(r.message for r in leftover)
             for run in leftover:
                 self._forget(run)
         await asyncio.gather(*self._finishers, return_exceptions=True)

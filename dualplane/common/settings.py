@@ -60,6 +60,9 @@ class RedisSettings(_Group):
 
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
     key_prefix: str = "dp:"
+    # the keyspace's slot partitions (BridgeConfig.partitions) and whether Redis is a cluster
+    redis_partitions: int = Field(1, ge=1, le=1024)
+    redis_cluster: bool = False
     lease_s: float = 30.0
     heartbeat_s: float | None = None
     max_deliveries: int = 5
@@ -80,6 +83,8 @@ class RedisSettings(_Group):
             {
                 "redis_url": self.redis_url,
                 "key_prefix": self.key_prefix,
+                "partitions": self.redis_partitions,
+                "cluster": self.redis_cluster,
                 "lease_s": self.lease_s,
                 "heartbeat_s": self.heartbeat_s,
                 "max_deliveries": self.max_deliveries,

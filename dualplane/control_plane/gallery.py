@@ -72,12 +72,11 @@ def decode_cursor(cursor: str) -> tuple[float, str, int]:
 async def list_outputs(bridge: Bridge, store: ArtifactStore, user: str, *, kind: OutputKind | None, limit: int,
                        cursor: str | None) -> OutputPage:
     """One page of ``user``'s outputs, newest first."""
-    index = bridge.keys.user_jobs(user)
     max_score, at_id, done = decode_cursor(cursor) if cursor else (None, None, 0)
     page = OutputPage()
     scanned = 0
     while scanned < SCAN_JOBS:
-        read = await bridge.job_page(index, max_score=repr(max_score) if max_score is not None else "+inf",
+        read = await bridge.job_page(user, max_score=repr(max_score) if max_score is not None else "+inf",
                                      min_score="-inf", count=JOB_SLICE)
         # the last job looked at comes again (its outputs past `done`), then the older ones
         rows = [(jid, sc) for jid, sc in read if at_id is None or max_score is None or sc < max_score or jid <= at_id]

@@ -74,20 +74,19 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 async def list_jobs(bridge: Bridge, flt: JobFilter, *, limit: int, cursor: str | None) -> Page:
     """One page of jobs matching ``flt``, newest first."""
-    index = bridge.keys.user_jobs(flt.user) if flt.user else bridge.keys.jobs_index
     max_score, after_id = (decode_cursor(cursor) if cursor else (flt.created_before, None))
     upper = repr(max_score) if max_score is not None else "+inf"
     lower = repr(flt.created_after) if flt.created_after is not None else "-inf"
     page = Page()
     scanned = 0
     while len(page.jobs) < limit and scanned < SCAN_LIMIT:
-        rows = await bridge.job_page(index, max_score=upper, min_score=lower, count=SCAN_SLICE)
+        rows = await bridge.job_page(flt.user, max_score=upper, min_score=lower, count=SCAN_SLICE)
         if after_id is not None and max_score is not None:  # skip what the last page returned
             rows = [(jid, sc) for jid, sc in rows if sc < max_score or jid < after_id]
         if not rows:
             return page
         summaries = await bridge.job_summaries([jid for jid, _ in rows])
-        await bridge.forget_expired(index, [jid for (jid, _), s in zip(rows, summaries, strict=False) if s is None])
+        await bridge.forget_expired(flt.user, [jid for (jid, _), s in zip(rows, summaries, strict=False) if s is None])
         for (job_id, score), summary in zip(rows, summaries, strict=False):
             scanned += 1
             max_score, after_id = score, job_id

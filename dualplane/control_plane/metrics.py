@@ -56,25 +56,29 @@ class QueueCollector(Collector):
 
     async def _read(self) -> dict[str, Any]:
         keys = self._bridge.keys
-        data_prefix = keys.data_stream("")
         lanes, dead = await self._bridge.lane_streams()
-        rows = []
+        # one series per lane and group, its partitions' streams summed: the dashboards and
+        # alerts speak of lanes and pools, whatever the partition count
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
         for lane in lanes:
             stream = lane.stream
-            pool = stream[len(data_prefix):] if stream.startswith(data_prefix) else ""
-            label = stream[len(keys.prefix):].removeprefix("stream:")
-            for info in lane.groups:
-                rows.append({"stream": label, "pool": pool, "group": _text(info.get("name")),
-                             "length": lane.length, "pending": int(info.get("pending") or 0),
-                             "lag": None if info.get("lag") is None else int(info["lag"]),
-                             "consumers": int(info.get("consumers") or 0)})
-            if not lane.groups:
+            pool = keys.pool_of_stream(stream) or ""
+            label = f"data:{pool}" if pool else "control"
+            groups = lane.groups or [
                 # no consumer has created the group yet (a pool with no worker): it will be created
                 # at id 0, so everything in the stream is its lag
-                rows.append({"stream": label, "pool": pool, "group": keys.group_for_stream(stream),
-                             "length": lane.length, "pending": 0, "lag": lane.length, "consumers": 0})
+                {"name": keys.group_for_stream(stream), "pending": 0, "lag": lane.length, "consumers": 0}]
+            for info in groups:
+                group = _text(info.get("name"))
+                row = rows.setdefault((label, group), {"stream": label, "pool": pool, "group": group, "length": 0,
+                                                       "pending": 0, "lag": 0, "consumers": 0})
+                row["length"] += lane.length
+                row["pending"] += int(info.get("pending") or 0)
+                # an unknown lag (entries deleted mid-way) makes the lane's unknown
+                row["lag"] = None if info.get("lag") is None or row["lag"] is None else row["lag"] + int(info["lag"])
+                row["consumers"] = max(row["consumers"], int(info.get("consumers") or 0))
         workers = await _worker_pools(self._bridge)
-        return {"streams": rows, "dead": dead, "workers": workers}
+        return {"streams": list(rows.values()), "dead": dead, "workers": workers}
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("dualplane_redis_up", "1 when the last queue-metrics read from Redis worked.")

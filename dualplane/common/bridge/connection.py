@@ -114,7 +114,7 @@ class BridgeCore:
 
     def __init__(self, config: BridgeConfig, *, client: aioredis.Redis | None = None) -> None:
         self.config = config
-        self.keys = Keys(config.key_prefix)
+        self.keys = Keys(config.key_prefix, config.partitions)
         self.lease_ms = int(config.lease_s * 1000)
         self.heartbeat_s = config.heartbeat_s or config.lease_s / 3
         self._client = client

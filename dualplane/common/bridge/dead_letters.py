@@ -19,18 +19,42 @@ AUDIT_MAXLEN = 10_000
 
 class DeadLetterOps(BridgeCore):
     async def dead_letter(self, message: Message, reason: str, job_id: str | None = None) -> None:
-        """Park a message with its reason; fail its job, if known, so nobody waits on it."""
-        job_id = job_id or ""
+        """Park a message with its reason; fail its job, if known, so nobody waits on it.
+
+        Two steps, since the dead-letter stream is a key of its own (one slot) and the message's
+        stream and job share their partition's: :meth:`park` writes the entry, then
+        :meth:`fail_parked` acknowledges the message and fails the job (dead_letter.lua says why a
+        crash between them loses nothing and fails the job once)."""
+        entry_id = await self.park(message, reason, job_id)
+        await self.fail_parked(message, entry_id, reason, job_id)
+
+    async def park(self, message: Message, reason: str, job_id: str | None = None) -> str:
+        """The first step of :meth:`dead_letter`: the dead-letter entry (the message's copy, the
+        reason); its id."""
         # a poison message may hold bytes that are not UTF-8: kept readable, never a crash
         fields = {lenient_text(k): lenient_text(v) for k, v in message.fields.items()}
-        await self._call(Call(
+        return text(await self._redis.xadd(self.keys.dead_stream, {
+            "stream": message.stream, "id": message.id, "group": self.keys.group_for_stream(message.stream),
+            "reason": reason, "job": job_id or "", "fields": orjson.dumps(fields), "ts": repr(time.time())}))
+
+    async def fail_parked(self, message: Message, entry_id: str, reason: str, job_id: str | None = None) -> bool:
+        """The second step of :meth:`dead_letter`: acknowledge the message and fail its job;
+        True when the job was failed by it. A job whose partition is not the stream's (a message
+        put on the wrong stream by hand) is left alone: the message cannot speak for it."""
+        partition = self.keys.stream_partition(message.stream)
+        if partition is None:
+            partition = 0
+        if not job_id or self.keys.partition(job_id) != partition:
+            job_id = ""
+        return bool(await self._call(Call(
             "dead_letter",
-            [self.keys.dead_stream, message.stream, self.keys.job(job_id), self.keys.events(job_id),
-             self.keys.active_jobs],
+            [message.stream, self.keys.job(job_id) if job_id else self.keys.jobs_index(partition),
+             self.keys.events(job_id) if job_id else self.keys.jobs_index(partition),
+             self.keys.active_jobs(partition)],
             [self.keys.prefix, job_id, time.time(), self.keys.group_for_stream(message.stream), message.id,
-             reason, orjson.dumps(fields), self.config.finished_job_ttl_s],
-            dead_lettered(job_id, reason),
-        ))
+             entry_id, self.config.finished_job_ttl_s],
+            dead_lettered(job_id, reason) if job_id else Mutation(),
+        )))
 
     async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         entries = await self._redis.xrange(self.keys.dead_stream, count=count)
@@ -60,25 +84,30 @@ class DeadLetterOps(BridgeCore):
         if entry is None:
             return "gone", None
         stream, job_id = entry.get("stream", ""), entry.get("job", "")
-        if not stream.startswith(self.keys.stream_prefix) or stream in (self.keys.dead_stream,
-                                                                       self.keys.audit_stream):
+        partition = self.keys.stream_partition(stream)
+        if partition is None or (job_id and self.keys.partition(job_id) != partition):
             return "not-replayable", None
         message = orjson.loads(entry.get("fields") or "{}")
-        handoff_seq = ""
-        if job_id:
+        if not job_id:  # a message nobody could read: back as it was (it is dead-lettered again)
+            new_id = text(await self._redis.xadd(stream, message))
+        else:
             (current,) = await self._redis.hmget(self.keys.job(job_id), ["handoff_seq"])
             if current is None:
                 return "job-gone", None
-            handoff_seq = text(current)
-            message["m"] = _with_handoff_seq(message.get("m"), job_id, int(handoff_seq) + 1)
-        pairs = [part for item in message.items() for part in item]
-        code, value = await self._call(Call(
-            "replay",
-            [self.keys.dead_stream, stream, self.keys.job(job_id), self.keys.events(job_id), self.keys.active_jobs],
-            [self.keys.prefix, job_id, time.time(), entry_id, handoff_seq, len(message), *pairs],
-            replayed(job_id, entry_id, self.keys.lane_of_stream(stream)) if job_id else Mutation(),
-        ))
-        return ("replayed", text(value)) if int(code) == 1 else (text(value), None)
+            message["m"] = _with_handoff_seq(message.get("m"), job_id, int(current) + 1)
+            pairs = [part for item in message.items() for part in item]
+            code, value = await self._call(Call(
+                "replay",
+                [stream, self.keys.job(job_id), self.keys.events(job_id), self.keys.active_jobs(partition)],
+                [self.keys.prefix, job_id, time.time(), entry_id, text(current), len(message), *pairs],
+                replayed(job_id, entry_id, self.keys.lane_of_stream(stream)),
+            ))
+            if int(code) != 1:
+                return text(value), None
+            new_id = text(value)
+        # the second step: replay.lua says why a crash before it runs nothing twice
+        await self._redis.xdel(self.keys.dead_stream, entry_id)
+        return "replayed", new_id
 
     async def record_refusal(self, fields: dict[str, Any], *, maxlen: int = AUDIT_MAXLEN) -> str:
         """Append a refused request to the audit stream (capped near ``maxlen``: the oldest go)."""

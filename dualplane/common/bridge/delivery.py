@@ -50,21 +50,23 @@ class DeliveryOps(BridgeCore):
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read(self, stream: str, consumer: str, *, count: int, block_ms: int | None) -> list[Message]:
-        """New messages for this consumer (XREADGROUP ``>``). A group that vanished (Redis
-        restarted empty, a failover to an empty replica, a FLUSHALL) is created again."""
+    async def read(self, streams: Sequence[str], consumer: str, *, count: int, block_ms: int | None) -> list[Message]:
+        """New messages for this consumer (XREADGROUP ``>``) from one lane's streams (its
+        partitions: one group name) in one read. A group that vanished (Redis restarted empty, a
+        failover to an empty replica, a FLUSHALL) is created again."""
         try:
             reply = await self._redis.xreadgroup(
-                self.keys.group_for_stream(stream), consumer, {stream: ">"}, count=count, block=block_ms
-            )
+                self.keys.group_for_stream(streams[0]), consumer, dict.fromkeys(streams, ">"), count=count,
+                block=block_ms)
         except ResponseError as exc:
             if not _is_nogroup(exc):
-                raise BridgeClosed(f"read from {stream} failed: {exc}") from exc
-            await self._recreate_group(stream)
+                raise BridgeClosed(f"read from {streams[0]} failed: {exc}") from exc
+            for stream in streams:
+                await self._recreate_group(stream)
             return []
         except redis.RedisError as exc:
-            raise BridgeClosed(f"read from {stream} failed: {exc}") from exc
-        return [Message(stream, text(mid), fields) for _, entries in reply or [] for mid, fields in entries]
+            raise BridgeClosed(f"read from {streams[0]} failed: {exc}") from exc
+        return [Message(text(stream), text(mid), fields) for stream, entries in reply or [] for mid, fields in entries]
 
     async def _recreate_group(self, stream: str) -> None:
         log.error("consumer group of %s is missing (Redis lost its data?); creating it again", stream)
@@ -143,8 +145,9 @@ class DeliveryOps(BridgeCore):
         names = await self._redis.zrange(self.keys.workers, 0, -1)
         manifests = await self._redis.mget([self.keys.worker(text(name)) for name in names]) if names else []
         live = {orjson.loads(m).get("pool") for m in manifests if m is not None}
-        streams = [self.keys.control_stream]
-        streams += [self.keys.data_stream(pool) for pool in sorted({*noted, *live} - {None})]
+        streams = self.keys.lane_streams("control")
+        for pool in sorted({*noted, *live} - {None}):
+            streams += self.keys.lane_streams(f"python:{pool}")
         pipe = self._redis.pipeline(transaction=False)
         for stream in streams:
             pipe.xlen(stream)

@@ -23,14 +23,16 @@ class IndexOps(BridgeCore):
         return bool(await self._redis.set(self.keys.instance, str(time.time()), nx=True))
 
     async def active_jobs(self, *, after: tuple[float, str] | None, count: int) -> list[tuple[str, float]]:
-        """Unfinished jobs, oldest first, after ``(created_at, id)``."""
-        low = "-inf" if after is None else str(after[0])
-        rows = await self._redis.zrange(self.keys.active_jobs, low, "+inf", byscore=True, offset=0,
-                                        num=count + 64, withscores=True)
-        out = [(text(member), float(score)) for member, score in rows]
+        """Unfinished jobs of every partition, oldest first, after ``(created_at, id)``."""
+        low = "-inf" if after is None else repr(after[0])
+        pipe = self._redis.pipeline(transaction=False)
+        for partition in range(self.keys.partitions):
+            pipe.zrange(self.keys.active_jobs(partition), low, "+inf", byscore=True, offset=0,
+                        num=count + 64, withscores=True)
+        out = sorted((float(score), text(member)) for rows in await pipe.execute() for member, score in rows)
         if after is not None:  # ids sharing the last score may repeat: skip what was seen
-            out = [(j, t) for j, t in out if (t, j) > after]
-        return out[:count]
+            out = [(t, j) for t, j in out if (t, j) > after]
+        return [(j, t) for t, j in out[:count]]
 
     async def handoff_positions(self, job_ids: Sequence[str]) -> list[tuple[str, int, str, str] | None]:
         """(status, handoff_seq, lane stream, entry id) of each job; None where the job is gone
@@ -61,18 +63,29 @@ class IndexOps(BridgeCore):
                           request_id=job.request_id, sent_by="reconciler").model_dump_json(exclude_defaults=True)
         return int(await self._call(Call(
             "requeue",
-            [self.keys.job(job.id), self.keys.events(job.id), lane_stream, self.keys.active_jobs],
+            [self.keys.job(job.id), self.keys.events(job.id), lane_stream,
+             self.keys.active_jobs(self.keys.partition(job.id))],
             [self.keys.prefix, job.id, time.time(), job.handoff_seq, entry_id, message],
             requeued(job.id, reason),
         )))
 
     # -- listing (control_plane/listing.py) ---------------------------------------------
 
-    async def job_page(self, index: str, *, max_score: str, min_score: str, count: int) -> list[tuple[str, float]]:
-        """Newest-first ids (with their created_at) from a job index, by score range."""
-        rows = await self._redis.zrange(index, max_score, min_score, desc=True, byscore=True, offset=0,
-                                        num=count, withscores=True)
-        return [(text(member), float(score)) for member, score in rows]
+    def _index(self, user: str | None, partition: int) -> str:
+        return self.keys.user_jobs(user, partition) if user else self.keys.jobs_index(partition)
+
+    async def job_page(self, user: str | None, *, max_score: str, min_score: str,
+                       count: int) -> list[tuple[str, float]]:
+        """Newest-first ids (with their created_at) of a user's jobs (every job when ``user`` is
+        None), by score range: the partitions' pages merged, ties newest id first as in one
+        sorted set."""
+        pipe = self._redis.pipeline(transaction=False)
+        for partition in range(self.keys.partitions):
+            pipe.zrange(self._index(user, partition), max_score, min_score, desc=True, byscore=True, offset=0,
+                        num=count, withscores=True)
+        rows = sorted(((float(score), text(member)) for page in await pipe.execute() for member, score in page),
+                      reverse=True)
+        return [(job_id, score) for score, job_id in rows[:count]]
 
     async def job_summaries(self, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """Summary fields of many jobs in one round trip; None for jobs that expired."""
@@ -97,11 +110,16 @@ class IndexOps(BridgeCore):
     async def job_counts(self) -> tuple[int, int]:
         """(jobs indexed, unfinished jobs)."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.zcard(self.keys.jobs_index)
-        pipe.zcard(self.keys.active_jobs)
-        total, unfinished = await pipe.execute()
-        return int(total), int(unfinished)
+        for partition in range(self.keys.partitions):
+            pipe.zcard(self.keys.jobs_index(partition))
+            pipe.zcard(self.keys.active_jobs(partition))
+        counts = [int(n) for n in await pipe.execute()]
+        return sum(counts[0::2]), sum(counts[1::2])
 
-    async def forget_expired(self, index: str, job_ids: Sequence[str]) -> None:
+    async def forget_expired(self, user: str | None, job_ids: Sequence[str]) -> None:
+        """Drop ids whose job expired from the index they were listed from."""
         if job_ids:
-            await self._redis.zrem(index, *job_ids)
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.zrem(self._index(user, self.keys.partition(job_id)), job_id)
+            await pipe.execute()

@@ -72,13 +72,13 @@ class JobOps(BridgeCore):
         nothing is written and its status comes back."""
         spec = graph.model_dump_json(exclude_defaults=True).encode()
         change.fields["spec"] = spec
-        index = self.keys.jobs_index
+        partition = self.keys.partition(job_id)
+        index = self.keys.jobs_index(partition)
         now = time.time()
-        stream = self.keys.stream_for_lane(lane)
         reply = await self._call(Call(
             "create",
-            [self.keys.job(job_id), self.keys.events(job_id), stream, index,
-             self.keys.user_jobs(user) if user else index, self.keys.active_jobs],
+            [self.keys.job(job_id), self.keys.events(job_id), self.keys.lane_stream(lane, partition), index,
+             self.keys.user_jobs(user, partition) if user else index, self.keys.active_jobs(partition)],
             [self.keys.prefix, job_id, now, handoff_message(job_id, 1, spec, request_id, "submit")],
             change,
         ))
@@ -137,14 +137,14 @@ class JobOps(BridgeCore):
         if target_lane == EXTERNAL_LANE:  # no stream: the job waits for external workers' claims
             message = b"external"
         elif target_lane is not None:
-            target = self.keys.stream_for_lane(target_lane)
+            target = self.keys.stream_for_job(target_lane, job_id)
             message = handoff_message(job_id, expected_seq + 1, graph.model_dump_json(exclude_defaults=True).encode(),
                                       request_id, sent_by)
-        src_stream = source.stream if source else self.keys.control_stream
+        src_stream = source.stream if source else self.keys.stream_for_job("control", job_id)
         return self._call(Call(
             "handoff",
             [self.keys.job(job_id), self.keys.events(job_id), src_stream, target or src_stream,
-             self.keys.active_jobs],
+             self.keys.active_jobs(self.keys.partition(job_id))],
             [self.keys.prefix, job_id, expected_seq, time.time(), self.keys.group_for_stream(src_stream),
              source.id if source else "", message, self.config.finished_job_ttl_s,
              "" if fence is None else fence],
@@ -273,12 +273,13 @@ class JobOps(BridgeCore):
         return None
 
     async def delete_job(self, job_id: str, user: str | None) -> None:
-        pipe = self._redis.pipeline(transaction=True)
+        partition = self.keys.partition(job_id)
+        pipe = self._redis.pipeline(transaction=True)  # every key here is in the job's partition
         pipe.delete(self.keys.job(job_id), self.keys.events(job_id))
-        pipe.zrem(self.keys.jobs_index, job_id)
-        pipe.zrem(self.keys.active_jobs, job_id)
+        pipe.zrem(self.keys.jobs_index(partition), job_id)
+        pipe.zrem(self.keys.active_jobs(partition), job_id)
         if user:
-            pipe.zrem(self.keys.user_jobs(user), job_id)
+            pipe.zrem(self.keys.user_jobs(user, partition), job_id)
         await pipe.execute()
 
 

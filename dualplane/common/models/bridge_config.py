@@ -30,6 +30,20 @@ class BridgeConfig(BaseModel):
             pattern='^[A-Za-z0-9_:.-]{0,32}$',
         ),
     ] = 'dp:'
+    partitions: Annotated[
+        int,
+        Field(
+            description="Slot partitions of the keyspace: a job's keys and its messages live in the partition its id hashes to, and every lane is one stream per partition (so a Redis Cluster spreads them over its primaries; every script stays on one slot). Fixed for a deployment's life: changing it strands unfinished jobs. 1 on a single Redis.",
+            ge=1,
+            le=1024,
+        ),
+    ] = 1
+    cluster: Annotated[
+        bool,
+        Field(
+            description="Redis is a Redis Cluster: the planes use redis-py's RedisCluster client, commands go to the primary of their keys' slot."
+        ),
+    ] = False
     lease_s: Annotated[
         float,
         Field(
