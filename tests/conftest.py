@@ -14,7 +14,14 @@ from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.auth import Authenticator
 from dualplane.data_plane import Worker
-from dualplane.devstack.services import RedisServer, S3Server, start_redis, start_s3
+from dualplane.devstack.services import (
+    RedisClusterServer,
+    RedisServer,
+    S3Server,
+    start_redis,
+    start_redis_cluster,
+    start_s3,
+)
 from tests.helpers import RunningWorker, unique_name
 
 
@@ -22,6 +29,29 @@ from tests.helpers import RunningWorker, unique_name
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     with start_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """A real Redis Cluster (3 primaries, 1 replica each), started on first use only."""
+    with start_redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def redis_cluster_client(redis_cluster: RedisClusterServer) -> AsyncIterator[aioredis.RedisCluster]:
+    """A bytes cluster client on a healthy, empty cluster. A node an earlier test killed (and,
+    failing, never restarted) is started again first, so one failure does not cascade."""
+    for node in redis_cluster.nodes:
+        if not redis_cluster.is_alive(node):
+            redis_cluster.restart(node)
+    redis_cluster.wait_healthy()
+    redis_cluster.flushall()
+    client = aioredis.RedisCluster.from_url(redis_cluster.url, decode_responses=False)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 #: Every test writes to a bucket of its own, and weed gives each bucket a volume: its automatic

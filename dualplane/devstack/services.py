@@ -24,6 +24,7 @@ from typing import Self
 
 import httpx
 import redis
+from redis.crc import key_slot
 
 LOOPBACK = "127.0.0.1"
 STOP_TIMEOUT_S = 10.0
@@ -444,3 +445,419 @@ def start_s3(
         server.stop()
         raise
     return server
+
+
+# --------------------------------------------------------------------------- Redis Cluster
+
+CLUSTER_SLOTS = 16384
+#: Redis puts a node's cluster bus on its port + 10000; there is no flag to move it.
+CLUSTER_BUS_OFFSET = 10000
+#: Failover takes about node timeout + 1-2 s (PFAIL → FAIL agreement, the replica's election
+#: delay of 0.5-1 s, the vote): measured 3.0-4.6 s at 2000 ms and 4.5-5.7 s at 3000 ms on a
+#: 2-core box. The extra second buys margin against failovers nobody asked for when a loaded
+#: CI box deschedules a node, or an fsync stalls it, long enough to miss its pings.
+CLUSTER_NODE_TIMEOUT_MS = 3000
+CLUSTER_READY_TIMEOUT_S = 60.0
+CLUSTER_CREATE_TIMEOUT_S = 60.0
+_PROBE_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class _NodeView:
+    """One line of CLUSTER NODES: how the asked node sees another (or itself)."""
+
+    node_id: str
+    port: int
+    flags: frozenset[str]
+    master_id: str | None
+    connected: bool
+    slots: tuple[tuple[int, int], ...]
+
+    @property
+    def is_primary(self) -> bool:
+        return "master" in self.flags
+
+    @property
+    def failing(self) -> bool:
+        return bool(self.flags & {"fail", "fail?", "handshake", "noaddr"})
+
+    def owns(self, slot: int) -> bool:
+        return any(low <= slot <= high for low, high in self.slots)
+
+
+def _parse_cluster_nodes(text: str) -> list[_NodeView]:
+    views = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        # ip:port@cport[,hostname]
+        port = int(fields[1].split("@", 1)[0].rsplit(":", 1)[1])
+        slots = []
+        for entry in fields[8:]:
+            if entry.startswith("["):  # a slot being migrated or imported, still served by its owner
+                continue
+            low, _, high = entry.partition("-")
+            slots.append((int(low), int(high or low)))
+        views.append(
+            _NodeView(
+                node_id=fields[0],
+                port=port,
+                flags=frozenset(fields[2].split(",")),
+                master_id=None if fields[3] == "-" else fields[3],
+                connected=fields[7] == "connected",
+                slots=tuple(slots),
+            )
+        )
+    return views
+
+
+def _parse_info_text(text: str) -> dict[str, str]:
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+    return {key: value for key, value in pairs}
+
+
+def _cluster_node_client(port: int) -> redis.Redis:
+    """A plain (non-cluster) client on one node: for the admin commands a node answers about
+    itself, which a cluster client would route elsewhere."""
+    return redis.Redis(
+        host=LOOPBACK, port=port, decode_responses=True,
+        socket_timeout=_PROBE_TIMEOUT_S, socket_connect_timeout=_PROBE_TIMEOUT_S,
+    )  # fmt: skip
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """`count` ports p whose bus ports p + 10000 are free too, no port of one pair equal to
+    another's. free_port_pair closes its sockets before returning, so overlaps are checked here."""
+    ports: list[int] = []
+    taken: set[int] = set()
+    for _ in range(count * 20):
+        if len(ports) == count:
+            break
+        port = free_port_pair(CLUSTER_BUS_OFFSET)
+        pair = {port, port + CLUSTER_BUS_OFFSET}
+        if pair & taken:
+            continue
+        ports.append(port)
+        taken |= pair
+    if len(ports) < count:
+        raise RuntimeError(f"found only {len(ports)} of {count} free port pairs for the cluster")
+    return ports
+
+
+@dataclass
+class RedisClusterServer:
+    """A running Redis Cluster of plain redis-server children on loopback.
+
+    Durability, as a test may rely on it: replication is asynchronous, so a write a primary
+    acknowledged and had not yet sent to its replica is lost when that primary dies and the
+    replica takes over, unless the writer followed it with ``WAIT 1 <ms>`` (which returns the
+    number of replicas that acknowledged it) on the same connection. Each node also keeps an AOF
+    fsynced every second, which is what a restarted node (:meth:`restart`) reloads, before it
+    resyncs from whichever node now holds its old slots.
+
+    Roles change on failover, so :meth:`primaries`, :meth:`replicas` and the slot lookups ask
+    the cluster each time instead of remembering what start-up made.
+    """
+
+    nodes: list[RedisServer]
+    data_dir: Path
+    node_timeout_ms: int
+    binary: str = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        """A seed for ``redis.asyncio.RedisCluster.from_url``, which discovers the rest."""
+        return self.nodes[0].url
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    # -- topology, asked live
+
+    def is_alive(self, node: RedisServer) -> bool:
+        return node.process.poll() is None
+
+    def _view(self) -> list[_NodeView]:
+        """CLUSTER NODES from the first live node that answers."""
+        errors = []
+        for node in self.nodes:
+            if not self.is_alive(node):
+                continue
+            try:
+                with _cluster_node_client(node.port) as client:
+                    return _parse_cluster_nodes(str(client.execute_command("CLUSTER", "NODES")))
+            except redis.RedisError as exc:
+                errors.append(f"{node.port}: {exc}")
+        raise RuntimeError(f"no cluster node answers CLUSTER NODES: {errors or 'all stopped'}")
+
+    def _node(self, port: int) -> RedisServer:
+        for node in self.nodes:
+            if node.port == port:
+                return node
+        raise LookupError(f"port {port} is not a node of this cluster")
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes serving slots now (a failed primary not yet replaced included)."""
+        return [self._node(view.port) for view in self._view() if view.is_primary and view.slots]
+
+    def replicas(self) -> list[RedisServer]:
+        return [self._node(view.port) for view in self._view() if not view.is_primary]
+
+    def replicas_of(self, primary: RedisServer) -> list[RedisServer]:
+        views = self._view()
+        primary_id = next(view.node_id for view in views if view.port == primary.port)
+        return [self._node(view.port) for view in views if view.master_id == primary_id]
+
+    def primary_for_slot(self, slot: int) -> RedisServer:
+        for view in self._view():
+            if view.is_primary and view.owns(slot):
+                return self._node(view.port)
+        raise LookupError(f"no primary serves slot {slot}")
+
+    def primary_for_key(self, key: str | bytes) -> RedisServer:
+        return self.primary_for_slot(key_slot(key.encode() if isinstance(key, str) else key))
+
+    # -- health
+
+    def health_problem(self) -> str | None:
+        """What keeps the cluster from being healthy now, or None when it is."""
+        live = [node for node in self.nodes if self.is_alive(node)]
+        if not live:
+            return "no node is running"
+        views_by_port: dict[int, list[_NodeView]] = {}
+        for node in live:
+            try:
+                with _cluster_node_client(node.port) as client:
+                    info = _parse_info_text(str(client.execute_command("CLUSTER", "INFO")))
+                    views_by_port[node.port] = _parse_cluster_nodes(str(client.execute_command("CLUSTER", "NODES")))
+            except redis.RedisError as exc:
+                return f"node {node.port} does not answer: {exc}"
+            if info.get("cluster_state") != "ok":
+                return f"node {node.port}: cluster_state {info.get('cluster_state')}"
+            for key in ("cluster_slots_assigned", "cluster_slots_ok"):
+                if info.get(key) != str(CLUSTER_SLOTS):
+                    return f"node {node.port}: {key} {info.get(key)}, not {CLUSTER_SLOTS}"
+            if info.get("cluster_known_nodes") != str(len(self.nodes)):
+                return f"node {node.port} knows {info.get('cluster_known_nodes')} of {len(self.nodes)} nodes"
+        # every live node must agree on who owns what, or clients get redirected in circles
+        owners = {port: sorted((view.port, view.slots) for view in views if view.is_primary and view.slots)
+                  for port, views in views_by_port.items()}
+        if len({repr(owner) for owner in owners.values()}) > 1:
+            return f"nodes disagree on slot owners: {owners}"
+        live_ports = {node.port for node in live}
+        for port, views in views_by_port.items():
+            flagged = [view.port for view in views if view.failing and view.port in live_ports]
+            if flagged:
+                return f"node {port} still flags live nodes {flagged} as failing"
+        views = next(iter(views_by_port.values()))
+        by_id = {view.node_id: view for view in views}
+        for view in views:
+            if view.port not in live_ports:
+                continue
+            if view.is_primary:
+                # a node being made a replica, or an old primary rejoining, says master with no slots at first
+                if not view.slots:
+                    return f"node {view.port} is a primary without slots (not yet a replica)"
+                continue
+            primary = by_id.get(view.master_id or "")
+            if primary is None:
+                return f"replica {view.port} follows an unknown node {view.master_id}"
+            if not self._replica_linked(view.port, primary.port):
+                return f"replica {view.port} has no master_link_status:up to {primary.port}"
+        for primary in (view for view in views if view.is_primary and view.slots):
+            if not any(view.master_id == primary.node_id and view.port in live_ports for view in views):
+                return f"primary {primary.port} has no live replica"
+        return None
+
+    def _replica_linked(self, replica_port: int, primary_port: int) -> bool:
+        try:
+            with _cluster_node_client(replica_port) as client:
+                info = client.info("replication")
+        except redis.RedisError:
+            return False
+        return (
+            info.get("role") == "slave"
+            and str(info.get("master_port")) == str(primary_port)
+            and info.get("master_link_status") == "up"
+            and str(info.get("master_sync_in_progress")) == "0"
+        )
+
+    def wait_healthy(self, timeout_s: float = CLUSTER_READY_TIMEOUT_S) -> None:
+        """Poll until every live node has cluster_state:ok with all slots served and agreed
+        on, and every primary has a live replica linked to it; raise with the last problem and
+        the nodes' log tails otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            problem = self.health_problem()
+            if problem is None:
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"redis cluster not healthy after {timeout_s} s: {problem}\n{self.log_tails()}")
+            time.sleep(0.05)
+
+    def log_tails(self, lines: int = 15) -> str:
+        return "\n".join(
+            f"node {node.port} ({'running' if self.is_alive(node) else 'stopped'}):\n"
+            f"{log_tail(node.data_dir / 'redis.log', lines, indent='  ')}"
+            for node in self.nodes
+        )
+
+    # -- data
+
+    def flushall(self, timeout_s: float = 30.0) -> None:
+        """Empty every primary, and return only once their replicas are empty too, so a test
+        that reads from a replica (or promotes one) cannot see the previous test's keys."""
+        deadline = time.monotonic() + timeout_s
+        for primary in self.primaries():
+            replica_count = len([r for r in self.replicas_of(primary) if self.is_alive(r)])
+            # one connection: WAIT counts the acknowledgements of this connection's writes
+            with redis.Redis(
+                host=LOOPBACK, port=primary.port, single_connection_client=True,
+                socket_timeout=timeout_s, socket_connect_timeout=_PROBE_TIMEOUT_S,
+            ) as client:  # fmt: skip
+                client.flushall()
+                while int(client.execute_command("WAIT", replica_count, 200)) < replica_count:
+                    if time.monotonic() >= deadline:
+                        raise RuntimeError(f"replicas of {primary.port} did not acknowledge FLUSHALL\n{self.log_tails()}")
+        for node in self.nodes:
+            if not self.is_alive(node):
+                continue
+            with _cluster_node_client(node.port) as client:
+                while int(client.dbsize()) != 0:
+                    if time.monotonic() >= deadline:
+                        raise RuntimeError(f"node {node.port} still has keys after FLUSHALL")
+                    time.sleep(0.02)
+
+    # -- faults
+
+    def kill(self, node: RedisServer) -> None:
+        """SIGKILL the node (a crash: no AOF flush, no goodbye to the cluster) and reap it."""
+        _send(node.process, signal.SIGKILL, group=True)
+        node.process.wait()
+
+    def restart(self, node: RedisServer) -> None:
+        """Start a stopped node again on its port and data dir; it reloads nodes.conf and its
+        AOF and rejoins (as a replica if its slots moved meanwhile). Returns once it answers
+        PING; :meth:`wait_healthy` tells when it is linked again."""
+        if self.is_alive(node):
+            raise RuntimeError(f"node {node.port} is still running")
+        node.process = _start_cluster_node(self.binary, node.port, node.data_dir, self.node_timeout_ms)
+
+    # -- lifetime
+
+    def stop(self) -> None:
+        # SIGTERM to all first: a primary stopping waits (shutdown-timeout) for lagging
+        # replicas, which would otherwise be stopped one at a time behind it
+        for node in self.nodes:
+            if self.is_alive(node):
+                _send(node.process, signal.SIGTERM, group=True)
+        for node in self.nodes:
+            terminate(node.process, group=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _cluster_node_args(binary: str, port: int, data_dir: Path, node_timeout_ms: int) -> list[str]:
+    return [
+        binary,
+        "--port", str(port),
+        "--bind", LOOPBACK,
+        "--dir", str(data_dir),
+        "--daemonize", "no",
+        "--save", "",
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--cluster-enabled", "yes",
+        "--cluster-config-file", str(data_dir / "nodes.conf"),
+        "--cluster-node-timeout", str(node_timeout_ms),
+        # a failed shard should not take the other two down with it: they keep serving
+        # while its replica takes over, as a production cluster would be set up to
+        "--cluster-require-full-coverage", "no",
+        "--cluster-allow-reads-when-down", "no",
+        # a replica that lost its link for a while (a loaded box) still takes over
+        "--cluster-replica-validity-factor", "0",
+        # the default waits 5 s for more replicas before a full sync: every start and rejoin
+        "--repl-diskless-sync-delay", "0",
+    ]  # fmt: skip
+
+
+def _start_cluster_node(binary: str, port: int, data_dir: Path, node_timeout_ms: int) -> subprocess.Popen[bytes]:
+    log_path = data_dir / "redis.log"
+    process = _spawn(_cluster_node_args(binary, port, data_dir, node_timeout_ms), log_path)
+    _wait_until(
+        lambda: _redis_answers(port),
+        process,
+        what=f"redis-server (cluster node {port})",
+        log_path=log_path,
+        timeout_s=REDIS_READY_TIMEOUT_S,
+    )
+    return process
+
+
+def _find_redis_cli(server_binary: str) -> str:
+    """redis-cli of the same installation as the server when there is one beside it."""
+    beside = Path(server_binary).parent / "redis-cli"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("redis-cli")
+    if found is None:
+        raise FileNotFoundError("redis-cli not found on PATH; run `make deps` (apt-get install redis-server)")
+    return found
+
+
+def start_redis_cluster(
+    data_dir: Path,
+    *,
+    primaries: int = 3,
+    replicas_per_primary: int = 1,
+    node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS,
+    binary: str | None = None,
+    timeout_s: float = CLUSTER_READY_TIMEOUT_S,
+) -> RedisClusterServer:
+    """Start ``primaries × (1 + replicas_per_primary)`` cluster nodes on free loopback ports,
+    join them with ``redis-cli --cluster create`` and return once :meth:`wait_healthy` passes.
+
+    Each node lives in ``data_dir/node-<port>`` (nodes.conf, AOF, redis.log). On any failure
+    every node started so far is stopped before the error propagates.
+    """
+    if primaries < 3:
+        raise ValueError("redis-cli --cluster create needs at least 3 primaries")
+    server = _find_redis_binary(binary)
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    count = primaries * (1 + replicas_per_primary)
+    cluster = RedisClusterServer(nodes=[], data_dir=data_dir, node_timeout_ms=node_timeout_ms, binary=server)
+    try:
+        for port in _cluster_ports(count):
+            node_dir = data_dir / f"node-{port}"
+            node_dir.mkdir()
+            process = _start_cluster_node(server, port, node_dir, node_timeout_ms)
+            cluster.nodes.append(RedisServer(port=port, process=process, data_dir=node_dir))
+        create_log = data_dir / "cluster-create.log"
+        create_args = [
+            _find_redis_cli(server), "--cluster", "create",
+            *(f"{LOOPBACK}:{port}" for port in cluster.ports),
+            "--cluster-replicas", str(replicas_per_primary),
+            "--cluster-yes",
+        ]  # fmt: skip
+        with open(create_log, "wb") as log:
+            create = subprocess.run(
+                create_args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                timeout=CLUSTER_CREATE_TIMEOUT_S, check=False,
+            )
+        if create.returncode != 0:
+            raise RuntimeError(
+                f"redis-cli --cluster create exited with code {create.returncode}:\n"
+                f"{log_tail(create_log, indent='  ')}\n{cluster.log_tails()}"
+            )
+        cluster.wait_healthy(timeout_s)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
