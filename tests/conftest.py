@@ -65,11 +65,42 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
 
 
+#: The topologies a suite marked ``both_topologies`` runs on: one Redis, and a Redis Cluster of
+#: 3 primaries with a replica each, keyed into CLUSTER_PARTITIONS partitions (two per primary),
+#: every batch of writes WAITing for its replica.
+TOPOLOGIES = ("single", "cluster")
+CLUSTER_PARTITIONS = 6
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "topology" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_topologies"):
+        metafunc.parametrize("topology", TOPOLOGIES, indirect=True)
+
+
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A bytes client on an empty database; each test starts from FLUSHALL."""
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=False)
-    await client.flushall()
+def topology(request: pytest.FixtureRequest) -> str:
+    """``single`` unless the test is marked ``both_topologies`` (then each in turn)."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+async def redis(request: pytest.FixtureRequest, topology: str) -> AsyncIterator[Any]:
+    """A bytes client on an empty database; each test starts from FLUSHALL. On the cluster
+    topology a RedisCluster client, on a healthy cluster (a node an earlier test killed is
+    started again first)."""
+    client: Any
+    if topology == "cluster":
+        cluster: RedisClusterServer = request.getfixturevalue("redis_cluster")
+        for node in cluster.nodes:
+            if not cluster.is_alive(node):
+                cluster.restart(node)
+        cluster.wait_healthy()
+        cluster.flushall()
+        client = aioredis.RedisCluster.from_url(cluster.url, decode_responses=False)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = aioredis.Redis.from_url(server.url, decode_responses=False)
+        await client.flushall()
     try:
         yield client
     finally:
@@ -97,10 +128,16 @@ TEST_JWT_SECRET = "test-secret-for-hs256-at-least-32-bytes"
 
 
 @pytest.fixture
-def settings(redis_server: RedisServer, s3_server: S3Server, redis: aioredis.Redis) -> Settings:
+def settings(request: pytest.FixtureRequest, topology: str, s3_server: S3Server, redis: Any) -> Settings:
     """Settings pointing at the session servers (the ``redis`` fixture flushed the db)."""
+    if topology == "cluster":
+        cluster: RedisClusterServer = request.getfixturevalue("redis_cluster")
+        topology_settings: dict[str, Any] = {"redis_url": cluster.url, "redis_cluster": True,
+                                             "redis_partitions": CLUSTER_PARTITIONS, "redis_wait_replicas": 1}
+    else:
+        topology_settings = {"redis_url": request.getfixturevalue("redis_server").url}
     return Settings(
-        redis_url=redis_server.url,
+        **topology_settings,
         s3_endpoint=s3_server.endpoint,
         s3_access_key=s3_server.access_key,
         s3_secret_key=s3_server.secret_key,

@@ -159,7 +159,8 @@ def spawn_worker(settings: Settings, worker_id: str, *, module: str = "dualplane
     env = dict(os.environ, REDIS_URL=settings.redis_url or "", S3_ENDPOINT=settings.s3_endpoint or "",
                S3_ACCESS_KEY=settings.s3_access_key or "", S3_SECRET_KEY=settings.s3_secret_key or "",
                S3_BUCKET=settings.s3_bucket, DUALPLANE_LEASE_S=str(settings.lease_s),
-               DUALPLANE_KEY_PREFIX=settings.key_prefix, DUALPLANE_WORKER_ID=worker_id,
+               DUALPLANE_KEY_PREFIX=settings.key_prefix, DUALPLANE_REDIS_PARTITIONS=str(settings.redis_partitions),
+               DUALPLANE_REDIS_CLUSTER="1" if settings.redis_cluster else "0", DUALPLANE_WORKER_ID=worker_id,
                DUALPLANE_READ_BLOCK_MS="100", DUALPLANE_WORKER_PORT="0", PROBE_REDIS_URL=settings.redis_url or "")
     env.update(extra or {})
     args = [sys.executable, "-m", module] + (["worker"] if module == "dualplane" else [])

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from dualplane.control_plane import ControlPlane
 from tests.helpers import RunningWorker, node, wait_for_job
+
+pytestmark = pytest.mark.both_topologies
 
 
 def cross_plane_graph() -> dict:

@@ -70,6 +70,7 @@ class Consumer:
         self.name = name
         #: The lane's streams, one per partition: read together, reclaimed one by one.
         self.streams = bridge.keys.lane_streams(lane)
+        self._reader = bridge.lane_reader(self.streams, name)
         self.plane = "control" if lane == "control" else "python"
         self._concurrency = concurrency
         self._hooks = HookChain(hooks)
@@ -80,7 +81,7 @@ class Consumer:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._lease = LeaseKeeper(bridge.config.redis_url, bridge.keys, name, bridge.heartbeat_s,
-                                  on_lost=self._lost_from_thread)
+                                  on_lost=self._lost_from_thread, cluster=bridge.config.cluster)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         #: A lease renewed more recently than this is surely still ours: a reclaim needs a
@@ -166,8 +167,8 @@ class Consumer:
                 self._next_reclaim = time.monotonic() + self._reclaim_every_s
                 if await self._reclaim(free):
                     return
-            messages = await self.bridge.read(
-                self.streams, self.name, count=min(free, self.bridge.config.read_batch),
+            messages = await self._reader.read(
+                count=min(free, self.bridge.config.read_batch),
                 block_ms=self.bridge.config.read_block_ms,
             )
         except BridgeError as exc:

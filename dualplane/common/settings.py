@@ -62,7 +62,10 @@ class RedisSettings(_Group):
     key_prefix: str = "dp:"
     # the keyspace's slot partitions (BridgeConfig.partitions) and whether Redis is a cluster
     redis_partitions: int = Field(1, ge=1, le=1024)
-    redis_cluster: bool = False
+    redis_cluster: bool = Field(False, validation_alias=AliasChoices("DUALPLANE_REDIS_CLUSTER", "REDIS_CLUSTER",
+                                                                       "redis_cluster"))
+    redis_wait_replicas: int = Field(0, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(1000, ge=1)
     lease_s: float = 30.0
     heartbeat_s: float | None = None
     max_deliveries: int = 5
@@ -85,6 +88,8 @@ class RedisSettings(_Group):
                 "key_prefix": self.key_prefix,
                 "partitions": self.redis_partitions,
                 "cluster": self.redis_cluster,
+                "wait_replicas": self.redis_wait_replicas,
+                "wait_timeout_ms": self.redis_wait_timeout_ms,
                 "lease_s": self.lease_s,
                 "heartbeat_s": self.heartbeat_s,
                 "max_deliveries": self.max_deliveries,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -116,9 +116,12 @@ class Batcher:
     one script call when they happen in the same tick).
     """
 
-    def __init__(self, client: aioredis.Redis, scripts: Scripts) -> None:
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, scripts: Scripts, *,
+                 send: Callable[[Sequence[tuple[Any, Sequence[Any]]]], Awaitable[list[Any]]]) -> None:
         self._client = client
         self._scripts = scripts
+        #: sends (key, command) pairs in one round trip (per node on a cluster): BridgeCore's
+        self._send_keyed = send
         self._pending: list[Call] = []
         self.flusher: asyncio.Task[None] | None = None
 
@@ -162,8 +165,9 @@ class Batcher:
                     future.set_result(result)
 
     async def _send(self, batch: list[Call], argvs: list[list[Any]]) -> list[Any]:
-        return await round_trip(self._client.connection_pool, [
-            ("EVALSHA", self._scripts.shas[call.script], *argv) for call, argv in zip(batch, argvs, strict=True)])
+        return await self._send_keyed([
+            (call.keys[0], ("EVALSHA", self._scripts.shas[call.script], *argv))
+            for call, argv in zip(batch, argvs, strict=True)])
 
     async def _retry_eval(self, script: str, argv: Sequence[Any]) -> Any:
         try:

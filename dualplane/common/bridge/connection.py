@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import enum
+from collections.abc import Sequence
 from typing import Any, Self
 
 import hiredis
@@ -21,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import DataError, MaxConnectionsError
 
 from dualplane.common.bridge.batching import Batcher, Call, Scripts, round_trip
+from dualplane.common.bridge.cluster import ClusterRoundTrips, cluster_client
 from dualplane.common.bridge.keys import Keys
 from dualplane.common.errors import BridgeClosed
 from dualplane.common.models import BridgeConfig
@@ -112,15 +114,16 @@ class BridgeCore:
     :param client: an existing asyncio client (tests); one is created from the URL otherwise.
     """
 
-    def __init__(self, config: BridgeConfig, *, client: aioredis.Redis | None = None) -> None:
+    def __init__(self, config: BridgeConfig, *, client: aioredis.Redis | aioredis.RedisCluster | None = None) -> None:
         self.config = config
         self.keys = Keys(config.key_prefix, config.partitions)
         self.lease_ms = int(config.lease_s * 1000)
         self.heartbeat_s = config.heartbeat_s or config.lease_s / 3
-        self._client = client
+        self._client: aioredis.Redis | aioredis.RedisCluster | None = client
         self._owns_client = client is None
         self._scripts = Scripts()
         self._batcher: Batcher | None = None
+        self._cluster: ClusterRoundTrips | None = None
         self._state = _State.NEW
 
     async def connect(self) -> Self:
@@ -128,7 +131,9 @@ class BridgeCore:
             return self
         if self._state is _State.CLOSED:
             raise BridgeClosed("bridge was closed")
-        if self._client is None:
+        if self._client is None and self.config.cluster:
+            self._client = cluster_client(self.config)
+        elif self._client is None:
             # a burst past max_connections waits (bounded) for a connection instead of failing
             # at once, and a wait that runs out is a clean "unavailable"
             pool = _WaitingPool.from_url(
@@ -136,11 +141,18 @@ class BridgeCore:
                 wait_timeout_s=self.config.pool_timeout_s, connection_class=_CheckedConnection,
                 health_check_interval=IDLE_CHECK_S)
             self._client = aioredis.Redis(connection_pool=pool, decode_responses=False)
-        # loading is an optimisation: a plane starts while Redis is down (and says so on /health)
+        if isinstance(self._client, aioredis.RedisCluster):
+            self._cluster = ClusterRoundTrips(self._client, wait_replicas=self.config.wait_replicas,
+                                              wait_timeout_ms=self.config.wait_timeout_ms)
+            # a plane starts while the cluster is down; the slot map is read on first use then
+            with contextlib.suppress(redis.RedisError):
+                await self._client.initialize()
+        # loading is an optimisation: a plane starts while Redis is down (and says so on /health);
+        # on a cluster it loads on every primary, and a node that missed it is sent the source
         with contextlib.suppress(redis.RedisError):
             for source in self._scripts.sources.values():
                 await self._client.script_load(source)
-        self._batcher = Batcher(self._client, self._scripts)
+        self._batcher = Batcher(self._client, self._scripts, send=self._round_trip)
         self._state = _State.OPEN
         return self
 
@@ -167,11 +179,18 @@ class BridgeCore:
             raise BridgeClosed(f"bridge is {self._state.value}")
         return self._client
 
-    async def _command(self, *args: Any) -> Any:
+    async def _round_trip(self, keyed: Sequence[tuple[Any, Sequence[Any]]]) -> list[Any]:
+        """Commands (each with the key that places it on a cluster) in one write, their raw
+        replies in order: :func:`~.batching.round_trip` on one Redis, per primary on a cluster."""
+        if self._cluster is not None:
+            return await self._cluster.send(keyed)
+        return await round_trip(self._redis.connection_pool, [command for _, command in keyed])
+
+    async def _command(self, key: Any, *args: Any) -> Any:
         """One command's raw reply (an HGETALL is a flat list in RESP2, a map in RESP3) through
-        :func:`~.batching.round_trip`, for the hot reads; an error reply raises."""
-        reply = (await round_trip(self._redis.connection_pool, [args]))[0]
-        if isinstance(reply, redis.ResponseError):
+        :meth:`_round_trip`, for the hot reads; an error reply raises. ``key`` is its key."""
+        reply = (await self._round_trip([(key, args)]))[0]
+        if isinstance(reply, redis.RedisError):
             raise reply
         return reply
 

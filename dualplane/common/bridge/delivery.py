@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,69 @@ class LaneStream:
     groups: list[dict[str, Any]]
 
 
+class LaneReader:
+    """A consumer's reads of one lane's partition streams. XREADGROUP's COUNT is per stream, so a
+    read may bring more than asked: the rest waits here and goes first next time (it is pending
+    to this consumer; one that waits past its lease is reclaimed by another, and then its stale
+    claim here changes nothing). On a cluster, whose partitions are on different slots, each
+    stream has a blocking read of its own in flight, and a read returns what the first of them
+    to answer brought."""
+
+    def __init__(self, ops: DeliveryOps, streams: Sequence[str], consumer: str) -> None:
+        self._ops = ops
+        self._streams = list(streams)
+        self._consumer = consumer
+        self._backlog: list[Message] = []
+        self._reads: dict[str, asyncio.Task[list[Message]]] = {}
+
+    async def read(self, *, count: int, block_ms: int | None) -> list[Message]:
+        if not self._backlog:
+            if self._ops.config.cluster and len(self._streams) > 1:
+                self._backlog = await self._read_each(count, block_ms)
+            else:
+                self._backlog = await self._ops.read(self._streams, self._consumer, count=count, block_ms=block_ms)
+        messages, self._backlog = self._backlog[:count], self._backlog[count:]
+        return messages
+
+    async def _read_each(self, count: int, block_ms: int | None) -> list[Message]:
+        for stream in self._streams:
+            if stream not in self._reads:
+                self._reads[stream] = asyncio.ensure_future(
+                    self._ops.read([stream], self._consumer, count=count, block_ms=block_ms))
+        await asyncio.wait(self._reads.values(), return_when=asyncio.FIRST_COMPLETED)
+        messages: list[Message] = []
+        failure: BaseException | None = None
+        for stream, task in list(self._reads.items()):
+            if task.done():
+                del self._reads[stream]
+                if task.exception() is not None:
+                    failure = task.exception()
+                else:
+                    messages += task.result()
+        if failure is not None and not messages:
+            raise failure
+        return messages
+
+    def take_backlog(self) -> list[Message]:
+        """What was read and not handed out (to release it on shutdown)."""
+        backlog, self._backlog = self._backlog, []
+        return backlog
+
+    async def close(self) -> list[Message]:
+        """Stop the reads in flight; what they had brought is returned, with the backlog (their
+        messages must be released, or they wait for their lease to run out)."""
+        for task in self._reads.values():
+            task.cancel()
+        results = await asyncio.gather(*self._reads.values(), return_exceptions=True)
+        self._reads.clear()
+        return self.take_backlog() + [m for r in results if isinstance(r, list) for m in r]
+
+
 class DeliveryOps(BridgeCore):
+    def lane_reader(self, streams: Sequence[str], consumer: str) -> LaneReader:
+        """Reads of a lane's partitions for ``consumer`` (see :class:`LaneReader`)."""
+        return LaneReader(self, streams, consumer)
+
     async def ensure_group(self, stream: str) -> None:
         """Create the stream's consumer group (and the stream) if missing."""
         try:

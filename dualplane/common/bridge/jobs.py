@@ -196,7 +196,8 @@ class JobOps(BridgeCore):
         return job_from_hash(await self._job_hash(job_id))
 
     async def _job_hash(self, job_id: str) -> dict[str, bytes]:
-        raw = await self._command("HGETALL", self.keys.job(job_id))
+        key = self.keys.job(job_id)
+        raw = await self._command(key, "HGETALL", key)
         if not raw:
             raise UnknownJob(job_id)
         if isinstance(raw, dict):  # a RESP3 connection answers with a map

@@ -26,19 +26,19 @@ chosen so the partitions' slots spread evenly over the 16384 (:func:`partition_t
 ``P jobs:active:{t}``               sorted set of the partition's unfinished jobs: the
                                     reconciler's list
 ``P instance``                      a marker set at start-up: when it is gone, Redis lost its data
-``P worker:<id>``                   capability manifest of a live worker (TTL)
-``P workers``                       sorted set of worker ids by their key's expiry: the
+``P worker:{directory}:<id>``       capability manifest of a live worker (TTL)
+``P workers:{directory}``          sorted set of worker ids by their key's expiry: the
                                     directory read instead of a keyspace scan (directory.py)
 ``P pools``                         set of the pools jobs were queued on (noted once per pool by
                                     each control plane): the queue metrics list their streams
-``P account:<name>``                hash: an account (role, argon2id hash, disabled, gen, times)
-``P accounts``                      set of account names
-``P auth:markers``                  hash: name -> ``"<gen> <disabled>"`` of accounts whose tokens
-                                    may be revoked; ``P auth:markers:version`` counts its changes
-``P refresh:<session>``             hash: a refresh session (user, gen, hash of its current
+``P account:{auth}:<name>``        hash: an account (role, argon2id hash, disabled, gen, times)
+``P accounts:{auth}``              set of account names
+``P auth:markers:{auth}``          hash: name -> ``"<gen> <disabled>"`` of accounts whose tokens
+                                    may be revoked; ``P auth:markers:version:{auth}`` counts its changes
+``P refresh:{auth}:<session>``     hash: a refresh session (user, gen, hash of its current
                                     token; TTL)
-``P refresh-of:<name>``             sorted set of an account's refresh sessions by expiry
-``P login-fail:user|ip:<x>``        sorted set of an account's or address's recent failed logins
+``P refresh-of:{auth}:<name>``     sorted set of an account's refresh sessions by expiry
+``P login-fail:{auth}:user|ip:<x>``sorted set of an account's or address's recent failed logins
 ``P uploads:<user>``                hash: object key -> upload record (JSON) of a user's uploads
 ==================================  =====================================================
 """
@@ -54,6 +54,11 @@ CONTROL_GROUP = "control"
 WORKER_GROUP = "workers"
 #: Prefix of the job-hash field that holds a node's runtime state (``n:<id>``).
 NODE_FIELD_PREFIX = "n:"
+#: The hash tags of the keys written together outside any job: the worker directory (a manifest
+#: and the directory's sorted set), and accounts, sessions and login counters (their transactions
+#: and login_admit.lua): each group in one slot of its own.
+DIRECTORY_TAG = "{directory}"
+AUTH_TAG = "{auth}"
 
 
 def node_field(node_id: str) -> str:
@@ -89,12 +94,12 @@ class Keys:
         self.dead_stream = f"{prefix}stream:dead"
         self.audit_stream = f"{prefix}stream:audit"
         self.instance = f"{prefix}instance"
-        self.workers = f"{prefix}workers"
+        self.workers = f"{prefix}workers:{DIRECTORY_TAG}"
         self.pools = f"{prefix}pools"
         self.cancels_channel = f"{prefix}cancels"
-        self.accounts = f"{prefix}accounts"
-        self.auth_markers = f"{prefix}auth:markers"
-        self.auth_markers_version = f"{prefix}auth:markers:version"
+        self.accounts = f"{prefix}accounts:{AUTH_TAG}"
+        self.auth_markers = f"{prefix}auth:markers:{AUTH_TAG}"
+        self.auth_markers_version = f"{prefix}auth:markers:version:{AUTH_TAG}"
 
     # -- partitions ----------------------------------------------------------------------
 
@@ -139,7 +144,7 @@ class Keys:
         return f"{self._data_prefix}{pool}:{self.tags[partition]}"
 
     def worker(self, worker_id: str) -> str:
-        return f"{self.prefix}worker:{worker_id}"
+        return f"{self.prefix}worker:{DIRECTORY_TAG}:{worker_id}"
 
     def lane_stream(self, lane: str, partition: int) -> str:
         """``control`` → that partition of the control stream; ``python:<pool>`` → of that pool's."""
@@ -185,13 +190,13 @@ class Keys:
     # -- accounts (bridge/accounts.py, bridge/limits.py) ---------------------------------
 
     def account(self, name: str) -> str:
-        return f"{self.prefix}account:{name}"
+        return f"{self.prefix}account:{AUTH_TAG}:{name}"
 
     def refresh_session(self, session_id: str) -> str:
-        return f"{self.prefix}refresh:{session_id}"
+        return f"{self.prefix}refresh:{AUTH_TAG}:{session_id}"
 
     def refresh_sessions(self, name: str) -> str:
-        return f"{self.prefix}refresh-of:{name}"
+        return f"{self.prefix}refresh-of:{AUTH_TAG}:{name}"
 
     def login_failures(self, kind: str, who: str) -> str:
-        return f"{self.prefix}login-fail:{kind}:{who}"
+        return f"{self.prefix}login-fail:{AUTH_TAG}:{kind}:{who}"

@@ -11,6 +11,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 from dualplane.common.bridge.batching import Call, Scripts
+from dualplane.common.bridge.cluster import sync_cluster_client
 from dualplane.common.bridge.keys import Keys
 from dualplane.common.bridge.replies import text
 from dualplane.common.bridge.translation import translated
@@ -27,8 +28,9 @@ class LeaseKeeper:
     """
 
     def __init__(self, redis_url: str, keys: Keys, consumer: str, interval_s: float,
-                 on_lost: Callable[[str, list[str]], None] | None = None) -> None:
-        self._client = redis.Redis.from_url(redis_url)
+                 on_lost: Callable[[str, list[str]], None] | None = None, *, cluster: bool = False) -> None:
+        self._client: redis.Redis | redis.RedisCluster = (
+            sync_cluster_client(redis_url) if cluster else redis.Redis.from_url(redis_url))
         self._scripts = Scripts(["renew"])
         self._keys = keys
         self._consumer = consumer

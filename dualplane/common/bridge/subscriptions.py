@@ -27,20 +27,35 @@ class EventSubscription:
     retry: a drop must be seen, because what was published meanwhile is lost and has to be
     refilled from the streams. :meth:`subscribe` again after a drop."""
 
-    def __init__(self, pool: aioredis.ConnectionPool, patterns: Sequence[str]) -> None:
-        kwargs = dict(pool.connection_kwargs)
-        kwargs.update(retry=Retry(NoBackoff(), 0), retry_on_error=[], socket_timeout=None,
-                      health_check_interval=0)
-        self._redis = aioredis.Redis(connection_pool=aioredis.ConnectionPool(
-            connection_class=pool.connection_class, max_connections=2, **kwargs))
+    def __init__(self, client: aioredis.Redis | aioredis.RedisCluster, patterns: Sequence[str]) -> None:
+        self._client = client
+        self._redis: aioredis.Redis | None = None
         self._patterns = list(patterns)
         self._pubsub: Any = None
+
+    def _connect(self) -> aioredis.Redis:
+        """A client of one server: the Redis, or on a cluster any node the slot map lists now
+        (plain Pub/Sub messages reach every node of a cluster), chosen anew after each drop."""
+        if isinstance(self._client, aioredis.RedisCluster):
+            node = self._client.get_random_node()
+            kwargs = {k: v for k, v in node.connection_kwargs.items() if k not in ("retry",)}
+            connection_class: Any = node.connection_class
+        else:
+            kwargs = dict(self._client.connection_pool.connection_kwargs)
+            connection_class = self._client.connection_pool.connection_class
+        kwargs.update(retry=Retry(NoBackoff(), 0), retry_on_error=[], socket_timeout=None,
+                      health_check_interval=0)
+        return aioredis.Redis(connection_pool=aioredis.ConnectionPool(
+            connection_class=connection_class, max_connections=2, **kwargs))
 
     async def subscribe(self, on_message: OnMessage) -> None:
         """Subscribe anew; returns once every pattern is confirmed (the subscription is active
         from there). Events published before that go to ``on_message`` too."""
         await self.unsubscribe()
         try:
+            if self._redis is not None:
+                await self._redis.aclose()
+            self._redis = self._connect()
             self._pubsub = self._redis.pubsub()
             await self._pubsub.psubscribe(*self._patterns)
             confirmed = 0
@@ -76,7 +91,8 @@ class EventSubscription:
 
     async def aclose(self) -> None:
         await self.unsubscribe()
-        await self._redis.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
 
 
 class CancelSubscription:
@@ -103,7 +119,7 @@ class SubscriptionOps(BridgeCore):
     def event_subscription(self, kinds: Sequence[str]) -> EventSubscription:
         """A subscription to these kinds of event (``status``, ``progress``...) of every job,
         with the settings of the bridge's pool (not yet subscribed: :meth:`EventSubscription.subscribe`)."""
-        return EventSubscription(self._redis.connection_pool, [self.keys.channel_pattern(k) for k in kinds])
+        return EventSubscription(self._redis, [self.keys.channel_pattern(k) for k in kinds])
 
     async def subscribe_cancels(self) -> CancelSubscription:
         """A subscription to cancel requests, confirmed by the server before it returns, so no

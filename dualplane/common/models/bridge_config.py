@@ -44,6 +44,21 @@ class BridgeConfig(BaseModel):
             description="Redis is a Redis Cluster: the planes use redis-py's RedisCluster client, commands go to the primary of their keys' slot."
         ),
     ] = False
+    wait_replicas: Annotated[
+        int,
+        Field(
+            description='On a cluster, every batch of writes ends with WAIT for this many replicas on the same connection, so a failover keeps what its callers were told was written (0: asynchronous replication only).',
+            ge=0,
+            le=16,
+        ),
+    ] = 0
+    wait_timeout_ms: Annotated[
+        int,
+        Field(
+            description='How long a batch waits for its replicas; past it the write stands on the primary alone, and the shortfall is logged.',
+            ge=1,
+        ),
+    ] = 1000
     lease_s: Annotated[
         float,
         Field(

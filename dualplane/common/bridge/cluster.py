@@ -1,0 +1,146 @@
+"""Redis Cluster: the client, and the batcher's round trips split by the node that owns each slot.
+
+Every command the bridge sends touches keys of one slot (:mod:`.keys`: a job's keys and its lane
+entries share its partition's hash tag), so a batch of script calls is a handful of per-node
+batches sent side by side, each in one write on a connection of that node. A command refused with
+a redirect (MOVED, ASK, TRYAGAIN, CLUSTERDOWN: the slot moved, is moving, or a failover is under
+way) did not run, so it is sent again once the slot map is refreshed; a command whose connection
+failed may have run and is never sent again (its callers see the error, as on a single Redis,
+and the fences make the retry they do from the top harmless).
+
+Durability: replication is asynchronous, so a write a primary acknowledged can be lost if that
+primary dies before its replica has it. With ``wait_replicas`` > 0 each per-node batch ends with
+``WAIT <n> <timeout>`` on the same connection: a batch's callers get their replies only once
+``n`` replicas hold the batch (or the timeout passed: then the write is still on the primary and
+the shortfall is logged and counted), so a failover to that replica keeps every write whose
+caller went on — an accepted job, a claim's fence, a succeeded node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
+
+from dualplane.common.models import BridgeConfig
+
+log = logging.getLogger("dualplane.bridge")
+
+#: A command refused this many times in a row (the slot map kept changing) fails.
+MAX_REDIRECTS = 5
+_REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
+
+
+def cluster_client(config: BridgeConfig) -> aioredis.RedisCluster:
+    """redis-py's asyncio cluster client on the nodes ``redis_url`` names (one is enough: it
+    finds the rest), bytes in and out like the single-Redis client."""
+    return aioredis.RedisCluster.from_url(
+        config.redis_url, decode_responses=False, max_connections=config.max_connections,
+        require_full_coverage=False)
+
+
+def sync_cluster_client(url: str) -> redis.RedisCluster:
+    """The blocking counterpart (the lease keeper's thread)."""
+    return redis.RedisCluster.from_url(url, require_full_coverage=False)
+
+
+class ClusterRoundTrips:
+    """Batches of commands, each keyed by one of its keys, sent to the primaries that own them."""
+
+    def __init__(self, cluster: aioredis.RedisCluster, *, wait_replicas: int = 0, wait_timeout_ms: int = 1000,
+                 on_short_wait: Any = None) -> None:
+        self._cluster = cluster
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
+        self._on_short_wait = on_short_wait
+        self._refreshing: asyncio.Task[None] | None = None
+
+    async def send(self, keyed: Sequence[tuple[bytes | str, Sequence[Any]]]) -> list[Any]:
+        """Each ``(key, command)``'s raw reply, in order (an error reply is that command's result;
+        a connection that failed makes every command sent on it fail with its error)."""
+        replies: list[Any] = [None] * len(keyed)
+        todo = list(range(len(keyed)))
+        slots = [key_slot(key.encode() if isinstance(key, str) else key) for key, _ in keyed]
+        for attempt in range(MAX_REDIRECTS + 1):
+            if attempt:
+                await self.refresh()
+            by_node: dict[Any, list[int]] = defaultdict(list)
+            for i in todo:
+                try:
+                    node = self._cluster.nodes_manager.get_node_from_slot(slots[i])
+                except redis.RedisError as exc:  # a slot nobody serves (a failover under way)
+                    replies[i] = exc
+                    continue
+                by_node[node].append(i)
+            groups = list(by_node.items())
+            results = await asyncio.gather(*(self._node_round_trip(node, [keyed[i][1] for i in indexes])
+                                             for node, indexes in groups), return_exceptions=True)
+            redo: list[int] = []
+            for (node, indexes), result in zip(groups, results, strict=True):
+                if isinstance(result, BaseException):
+                    self._node_failed(node)
+                    for i in indexes:
+                        replies[i] = result
+                    continue
+                for i, reply in zip(indexes, result, strict=True):
+                    if isinstance(reply, _REDIRECTS) and attempt < MAX_REDIRECTS:
+                        redo.append(i)
+                    else:
+                        replies[i] = reply
+            if not redo:
+                break
+            todo = sorted(redo)
+        return replies
+
+    async def _node_round_trip(self, node: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        wait = self._wait_replicas > 0
+        if wait:
+            commands = [*commands, ("WAIT", self._wait_replicas, self._wait_timeout_ms)]
+        connection = node.acquire_connection()
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            node.release(connection)
+        if wait:
+            acked = replies.pop()
+            if not isinstance(acked, Exception) and int(acked) < self._wait_replicas:
+                log.warning("only %s of %d replicas of %s acknowledged a write within %d ms", acked,
+                            self._wait_replicas, node.name, self._wait_timeout_ms)
+                if self._on_short_wait is not None:
+                    self._on_short_wait()
+        return replies
+
+    def _node_failed(self, node: Any) -> None:
+        """A node's connection failed: its free connections go, and the slot map is read again
+        (a failover promotes a replica: the slots have a new owner)."""
+        node.update_active_connections_for_reconnect()
+        self._refreshing = self._refreshing if self._refreshing and not self._refreshing.done() else \
+            asyncio.ensure_future(self._refresh_quietly())
+
+    async def refresh(self) -> None:
+        """Read the slot map again (once at a time)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._refresh_quietly())
+        await asyncio.shield(self._refreshing)
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._cluster.nodes_manager.initialize()
+        except redis.RedisError as exc:  # every node unreachable: the next call tries again
+            log.warning("cannot read the cluster's slot map: %s", exc)
