@@ -73,7 +73,9 @@ CLUSTER_PARTITIONS = 6
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "topology" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_topologies"):
+    definition = metafunc.definition
+    if ("topology" in metafunc.fixturenames and definition.get_closest_marker("both_topologies")
+            and not definition.get_closest_marker("single_redis_only")):
         metafunc.parametrize("topology", TOPOLOGIES, indirect=True)
 
 
@@ -97,6 +99,7 @@ async def redis(request: pytest.FixtureRequest, topology: str) -> AsyncIterator[
         cluster.wait_healthy()
         cluster.flushall()
         client = aioredis.RedisCluster.from_url(cluster.url, decode_responses=False)
+        await client.initialize()  # the slot map, before a test's first Pub/Sub call needs it
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         client = aioredis.Redis.from_url(server.url, decode_responses=False)

@@ -15,6 +15,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from dualplane.common.models import Job, Node
 from dualplane.common.registry import TaskRegistry
 from dualplane.common.settings import Settings
@@ -165,3 +167,12 @@ def spawn_worker(settings: Settings, worker_id: str, *, module: str = "dualplane
     env.update(extra or {})
     args = [sys.executable, "-m", module] + (["worker"] if module == "dualplane" else [])
     return subprocess.Popen(args, env=env, cwd=Path(__file__).resolve().parent.parent)
+
+
+async def kill_pubsub_clients(client: Any) -> int:
+    """Drop every Pub/Sub connection (CLIENT KILL TYPE pubsub) of the Redis, or of every node of a
+    cluster (a subscriber is connected to whichever node it picked); how many were dropped."""
+    if isinstance(client, aioredis.RedisCluster):
+        killed = await client.client_kill_filter(_type="pubsub", target_nodes=aioredis.RedisCluster.ALL_NODES)
+        return sum(int(n) for n in killed.values()) if isinstance(killed, dict) else int(killed)
+    return int(await client.client_kill_filter(_type="pubsub"))

@@ -12,6 +12,8 @@ import pytest
 from dualplane.control_plane import ControlPlane
 from tests.helpers import RunningWorker, wait_for_job
 
+pytestmark = pytest.mark.both_topologies
+
 NOOP = {"nodes": [{"id": "a", "task": "noop", "plane": "python"}]}
 SLOW = {"nodes": [{"id": "s", "task": "sleep", "plane": "python", "params": {"seconds": 3, "steps": 30}}]}
 

@@ -18,7 +18,7 @@ from dualplane.control_plane import ControlPlane
 from tests.helpers import RunningWorker, node, spawn_worker, wait_for_job, wait_for_node
 from tests.test_client import Served, cli_env, mint, run_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_topologies]
 
 
 async def _dead_letters(plane: ControlPlane, count: int) -> list[dict[str, str]]:
@@ -35,7 +35,7 @@ async def _poisoned_job(plane: ControlPlane, redis) -> str:
     job_id = (await plane.submit({"nodes": [{"id": "a", "task": "noop", "plane": "python", "pool": "gpu"}]})).job_id
     cycle = [{"id": "a", "task": "noop", "plane": "python", "needs": ["b"]},
              {"id": "b", "task": "noop", "plane": "python", "needs": ["a"]}]
-    await redis.xadd(plane.bridge.keys.data_stream("default"),
+    await redis.xadd(plane.bridge.keys.stream_for_job("python:default", job_id),
                      {"m": orjson.dumps({"job_id": job_id, "handoff_seq": 1, "graph": {"nodes": cycle}})})
     await _dead_letters(plane, 1)
     return job_id
@@ -79,7 +79,7 @@ async def test_a_dead_letter_is_listed_for_admins_and_its_replay_completes_the_j
     assert failed.status == "failed" and failed.error.startswith("dead-lettered: delivered 2 times (limit 1)")
     assert listed.status_code == 200 and listed.json()["next_cursor"] is None
     assert letter["job"] == job_id and letter["reason"].startswith("delivered 2 times (limit 1)")
-    assert letter["stream"] == control_plane.bridge.keys.data_stream("default")
+    assert letter["stream"] == control_plane.bridge.keys.stream_for_job("python:default", job_id)
     assert letter["message_id"] and abs(letter["ts"] - time.time()) < 120
     assert [r.status_code for r in forbidden] == [403] * 4
     assert shown["message"]["m"]["job_id"] == job_id and shown["reason"] == letter["reason"]

@@ -24,9 +24,9 @@ from dualplane.common.wire import event_body
 from dualplane.control_plane import ControlPlane
 from dualplane.control_plane.auth import Authenticator
 from dualplane.control_plane.hub import Hub, add_websocket_route
-from tests.helpers import RunningWorker, wait_for_job
+from tests.helpers import RunningWorker, kill_pubsub_clients, wait_for_job
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_topologies]
 
 SECRET = "hub-test-secret-of-at-least-32-bytes"
 
@@ -417,7 +417,7 @@ async def test_the_hub_resubscribes_and_fills_the_gap_after_its_redis_connection
                                             Mutation(events=[event_body("progress", job_id, progress=i / 100)]))
 
     await emit(5)
-    killed = await redis.client_kill_filter(_type="pubsub")
+    killed = await kill_pubsub_clients(redis)
     assert killed >= 1
     await emit(5)  # published while the hub is away: only the stream has them
     await eventually(lambda: hub.stats["resubscribes"] >= 1, what="the hub to re-subscribe")

@@ -17,6 +17,8 @@ from dualplane.control_plane import ControlPlane, create_app
 from tests.helpers import RunningWorker, node, spawn_worker, wait_for_job
 from tests.probe import BrokenLoop, probe_registry
 
+pytestmark = pytest.mark.both_topologies
+
 NOOP = {"nodes": [{"id": "a", "task": "noop", "plane": "python", "params": {"value": 1}}]}
 
 
@@ -46,7 +48,7 @@ async def test_a_handoff_whose_graph_cannot_run_is_dead_lettered_and_the_worker_
     # a known job, queued where no worker reads, so only the broken message can touch it
     job_id = (await control_plane.submit({"nodes": [{"id": "a", "task": "noop", "plane": "python",
                                                      "pool": "gpu"}]})).job_id
-    stream = control_plane.bridge.keys.data_stream("default")
+    stream = control_plane.bridge.keys.stream_for_job("python:default", job_id)
     await redis.xadd(stream, {"m": _handoff(job_id, nodes)})
     (dead,) = await _dead_letters(control_plane, 1)
     healthy = await control_plane.get_job((await control_plane.submit(NOOP)).job_id)
@@ -81,15 +83,16 @@ async def test_reads_that_keep_failing_turn_the_consumer_unhealthy_until_they_wo
     control_plane: ControlPlane, worker: RunningWorker, redis
 ):
     consumer = worker.worker.consumer
-    (stream,) = consumer.streams  # one partition here
-    await redis.delete(stream)
-    await redis.set(stream, b"not a stream")  # every XREADGROUP now fails (WRONGTYPE)
+    for stream in consumer.streams:  # every partition's
+        await redis.delete(stream)
+        await redis.set(stream, b"not a stream")  # every XREADGROUP now fails (WRONGTYPE)
     deadline = time.monotonic() + 15
     while consumer.health()["ok"]:
         assert time.monotonic() < deadline, "the consumer never said its reads fail"
         await asyncio.sleep(0.1)
     unhealthy = consumer.health()
-    await redis.delete(stream)  # the group is gone with it: the consumer creates it again
+    for stream in consumer.streams:
+        await redis.delete(stream)  # the group is gone with it: the consumer creates it again
     job = await wait_for_job(control_plane, (await control_plane.submit(NOOP)).job_id, timeout_s=15)
 
     assert "WRONGTYPE" in unhealthy["error"]

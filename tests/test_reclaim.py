@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dualplane.control_plane import ControlPlane
 from tests.helpers import wait_for_job
+
+pytestmark = pytest.mark.both_topologies
 
 NEW_JOBS = 24
 SLEEP = {"nodes": [{"id": "s", "task": "sleep", "plane": "python", "params": {"seconds": 0.25, "steps": 1}}]}

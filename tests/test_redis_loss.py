@@ -18,6 +18,8 @@ from dualplane.devstack.services import RedisServer, start_redis
 from dualplane.devstack.stack import LocalStack
 from tests.helpers import RunningWorker, node, unique_name, wait_for_job
 
+pytestmark = pytest.mark.both_topologies
+
 NOOP = {"nodes": [{"id": "a", "task": "noop", "plane": "python", "params": {"value": "x"}}]}
 
 
@@ -40,7 +42,7 @@ async def test_a_job_whose_stream_entry_was_lost_is_found_and_handed_on_again(
 ):
     keys = control_plane.bridge.keys
     job_id = (await control_plane.submit(NOOP)).job_id  # no worker yet: it waits in the stream
-    await redis.delete(keys.data_stream("default"))  # an eviction, an XTRIM, a failover that missed it
+    await redis.delete(keys.stream_for_job("python:default", job_id))  # an eviction, an XTRIM, a failover that missed it
     report = await control_plane.reconciler.run_once()
     await worker_factory()
     job = await wait_for_job(control_plane, job_id, timeout_s=15)
@@ -59,7 +61,8 @@ async def test_budgeted_reconciler_passes_go_on_where_the_last_stopped_and_cover
 ):
     keys = control_plane.bridge.keys
     ids = {(await control_plane.submit(NOOP)).job_id for _ in range(7)}  # no worker: all wait
-    await redis.delete(keys.data_stream("default"))
+    for stream in keys.lane_streams("python:default"):
+        await redis.delete(stream)
     reconciler = Reconciler(control_plane.bridge, interval_s=0, pass_budget=3)
     passes = [await reconciler.run_once(budget=3) for _ in range(4)]
 
@@ -75,7 +78,7 @@ async def test_the_reconciler_leaves_jobs_whose_entry_is_there_alone(control_pla
 
     assert report.scanned == 1 and report.requeued == []
     assert job.handoff_seq == 1 and await control_plane.bridge.stream_length(
-        control_plane.bridge.keys.data_stream("default")) == 1
+        control_plane.bridge.keys.stream_for_job("python:default", job_id)) == 1
 
 
 async def test_an_emptied_redis_is_reported_by_the_reconciler(control_plane: ControlPlane, redis):
@@ -97,6 +100,7 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
         server.stop()
 
 
+@pytest.mark.single_redis_only("restarts its own redis-server")
 async def test_jobs_survive_a_restart_of_a_redis_that_keeps_an_aof(settings: Settings, own_redis: RedisServer,
                                                                    tmp_path: Path):
     local = settings.model_copy(update={"redis_url": own_redis.url})

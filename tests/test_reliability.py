@@ -10,6 +10,7 @@ import weakref
 from typing import Any
 
 import orjson
+import pytest
 from pydantic import BaseModel, ConfigDict
 
 from dualplane.common.context import TaskContext
@@ -21,6 +22,8 @@ from dualplane.common.retry import Retry
 from dualplane.control_plane import ControlPlane
 from dualplane.tasks import default_registry
 from tests.helpers import RunningWorker, node, planes_with, spawn_worker, wait_for_job, wait_for_node
+
+pytestmark = pytest.mark.both_topologies
 
 
 async def test_cancel_stops_a_running_node_within_a_step(control_plane: ControlPlane, worker: RunningWorker):
@@ -144,7 +147,7 @@ async def test_an_invalid_handoff_for_a_known_job_fails_the_job_with_the_reason(
     # queued for a pool nobody serves, so only the broken message below can touch it
     job_id = (await control_plane.submit({"nodes": [{"id": "a", "task": "noop", "plane": "python",
                                                      "pool": "gpu"}]})).job_id
-    await redis.xadd(control_plane.bridge.keys.data_stream("default"),
+    await redis.xadd(control_plane.bridge.keys.stream_for_job("python:default", job_id),
                      {"m": orjson.dumps({"job_id": job_id, "handoff_seq": 1, "graph": {"nodes": "broken"}})})
     job = await wait_for_job(control_plane, job_id, timeout_s=10)
 
@@ -162,7 +165,7 @@ async def test_a_stale_duplicate_handoff_is_rejected_by_the_fence(
     graph = {"nodes": [{"id": "a", "task": "noop", "plane": "python"}]}
     job_id = (await control_plane.submit(graph)).job_id
     job = await wait_for_job(control_plane, job_id)
-    stream = control_plane.bridge.keys.data_stream("default")
+    stream = control_plane.bridge.keys.stream_for_job("python:default", job_id)
     events_before = job.seq
     # replay the original handoff (seq 1), as a crashed producer's duplicate would
     replay = Handoff(job_id=job_id, handoff_seq=1, graph=job.graph).model_dump_json()
@@ -182,8 +185,8 @@ async def test_a_message_past_the_delivery_limit_goes_to_the_dead_letter_stream(
     control_plane: ControlPlane, worker_factory, redis
 ):
     keys = control_plane.bridge.keys
-    stream = keys.data_stream("default")
     job_id = (await control_plane.submit({"nodes": [{"id": "a", "task": "noop", "plane": "python"}]})).job_id
+    stream = keys.stream_for_job("python:default", job_id)
     await control_plane.bridge.ensure_group(stream)
     # consumers that took the message and died, again and again
     (entries,) = await redis.xreadgroup("workers", "ghost-1", {stream: ">"}, count=1)

@@ -5,9 +5,12 @@ key is written in the graph, at run time where it arrives through a ``$ref``."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from dualplane.control_plane import ControlPlane
 from tests.helpers import node, wait_for_job
+
+pytestmark = pytest.mark.both_topologies
 
 
 async def _upload(client: httpx.AsyncClient, name: str, data: bytes) -> str:
