@@ -349,7 +349,10 @@ class Consumer:
                       self.name, run.job_id)
             self._forget(run)
             return
-        decided = run.state.hand_on(cancel=run.cancel.is_set() and not run.stale)
+        if run.stale:  # another owner has it, or will (its message is delivered again): hands off
+            self._forget(run)
+            return
+        decided = run.state.hand_on(cancel=run.cancel.is_set())
         outcome, target = decided.outcome, decided.target
         reply = self.bridge.handoff_nowait(
             run.job_id, expected_seq=run.handoff_seq, fence=run.fence, source=run.message, target_lane=target,
@@ -433,8 +436,9 @@ class Consumer:
             self._loop.call_soon_threadsafe(self._lost, ids)
 
     def _lost(self, ids: list[str]) -> None:
-        """Another consumer reclaimed these messages while this one was paused: it owns the
-        jobs now (their fence moved on, so nothing written from here would land). Stop."""
+        """These messages are no longer this consumer's: another consumer reclaimed them while this
+        one was paused (it owns the jobs now: their fence moved on), or a cluster failover lost
+        their delivery (the new primary delivers them again). Stop, writing nothing."""
         for message_id in ids:
             run = self._inflight.get(message_id)
             if run is None or run.done:

@@ -329,8 +329,12 @@ class Executor:
         node = run.by_id[chunk["node"]]
         kind = chunk["kind"]
         change = _transition(run.state, node, kind, chunk)
-        reply = self._bridge.emit_nowait(run.job_id, change, fence=run.fence)
-        reply.add_done_callback(functools.partial(_check_fence, run=run))
+        # a stale owner writes nothing: where its fence moved on the write would be refused, and
+        # where its lease went with a failover (the new primary never saw its delivery) the
+        # fence still holds and the stop it makes here must not land as the job's outcome
+        if not run.stale:
+            reply = self._bridge.emit_nowait(run.job_id, change, fence=run.fence)
+            reply.add_done_callback(functools.partial(_check_fence, run=run))
         if kind == "finished":
             if node.id in run.finished:
                 run.finished[node.id].set_result(None)

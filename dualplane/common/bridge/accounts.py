@@ -29,7 +29,7 @@ class AccountOps(BridgeCore):
     async def add_account(self, name: str, fields: Mapping[str, Any]) -> bool:
         """Store a new account; False when the name is taken (checked under WATCH)."""
         key = self.keys.account(name)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._transaction_client(key).pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(key)
                 if await pipe.exists(key):
@@ -64,7 +64,7 @@ class AccountOps(BridgeCore):
         ``gen`` and end its refresh sessions. The revocation marker every token check reads is
         written in the same transaction. Returns the account's fields, None when there is none."""
         key, sessions = self.keys.account(name), self.keys.refresh_sessions(name)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._transaction_client(key).pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(key, sessions)
@@ -94,7 +94,7 @@ class AccountOps(BridgeCore):
                                    ttl_s: int) -> None:
         now = time.time()
         key = self.keys.refresh_session(session_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._transaction_client(key).pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"user": user, "gen": generation, "current": secret_digest, "created_at": now})
             pipe.expire(key, ttl_s)
             _track(pipe, self.keys.refresh_sessions(user), session_id, now, ttl_s)
@@ -110,7 +110,7 @@ class AccountOps(BridgeCore):
         session: expired or revoked), ``spent`` (the digest is not the current one; nothing changed),
         ``refused`` (the session is deleted), ``rotated``."""
         key = self.keys.refresh_session(session_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._transaction_client(key).pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(key)
@@ -140,7 +140,7 @@ class AccountOps(BridgeCore):
         key = self.keys.refresh_session(session_id)
         record = await self._redis.hgetall(key)
         if record and hmac.compare_digest(text(record[b"current"]), secret_digest):
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._transaction_client(key).pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 pipe.zrem(self.keys.refresh_sessions(text(record[b"user"])), session_id)
                 await pipe.execute()
@@ -154,7 +154,7 @@ class AccountOps(BridgeCore):
 
     async def revocation_markers(self) -> tuple[bytes | None, dict[str, tuple[int, bool]]]:
         """The markers' version and, read with it, each marked account's (generation, disabled)."""
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._transaction_client(self.keys.auth_markers).pipeline(transaction=True) as pipe:
             pipe.get(self.keys.auth_markers_version)
             pipe.hgetall(self.keys.auth_markers)
             version, raw = await pipe.execute()

@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
 
+from dualplane.common.bridge.translation import torn_connection
 from dualplane.common.models import BridgeConfig
 
 log = logging.getLogger("dualplane.bridge")
@@ -112,8 +113,10 @@ class ClusterRoundTrips:
                     replies.append(await connection.read_response())
                 except ResponseError as exc:
                     replies.append(exc)
-        except BaseException:
+        except BaseException as exc:
             await connection.disconnect()
+            if (lost := torn_connection(exc)) is not None:
+                raise lost from exc
             raise
         finally:
             node.release(connection)

@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import DataError, MaxConnectionsError
 
 from dualplane.common.bridge.batching import Batcher, Call, Scripts, round_trip
@@ -124,6 +125,8 @@ class BridgeCore:
         self._scripts = Scripts()
         self._batcher: Batcher | None = None
         self._cluster: ClusterRoundTrips | None = None
+        #: On a cluster, a plain client per node for transactions (see :meth:`_transaction_client`).
+        self._node_clients: dict[str, aioredis.Redis] = {}
         self._state = _State.NEW
 
     async def connect(self) -> Self:
@@ -159,6 +162,8 @@ class BridgeCore:
     async def close(self) -> None:
         if self._state is _State.OPEN and self._batcher and self._batcher.flusher:
             await asyncio.gather(self._batcher.flusher, return_exceptions=True)
+        for node_client in self._node_clients.values():
+            await node_client.aclose()
         if self._owns_client and self._client is not None:
             await self._client.aclose()
         self._state = _State.CLOSED
@@ -178,6 +183,24 @@ class BridgeCore:
         if self._state is not _State.OPEN or self._client is None:
             raise BridgeClosed(f"bridge is {self._state.value}")
         return self._client
+
+    def _transaction_client(self, key: str) -> Any:
+        """The client to run a MULTI/EXEC (or WATCH) on ``key``'s slot with: the Redis itself, or
+        on a cluster a plain client of the primary that serves the slot now. redis-py's cluster
+        pipelines run a watched transaction's reads in a thread of their own, on an event loop of
+        their own, with the main loop's connections (and block the loop meanwhile): a plain
+        client of one node has none of that. Every transaction's keys share one hash tag; a slot
+        that moved under it answers MOVED, an error for that one call, and the map is read again."""
+        redis_client = self._redis
+        if self._cluster is None:
+            return redis_client
+        node = redis_client.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        client = self._node_clients.get(node.name)
+        if client is None:
+            kwargs = {k: v for k, v in node.connection_kwargs.items() if k not in ("retry", "host", "port")}
+            client = self._node_clients[node.name] = aioredis.Redis(
+                connection_pool=aioredis.ConnectionPool(host=node.host, port=node.port, max_connections=8, **kwargs))
+        return client
 
     async def _round_trip(self, keyed: Sequence[tuple[Any, Sequence[Any]]]) -> list[Any]:
         """Commands (each with the key that places it on a cluster) in one write, their raw

@@ -79,7 +79,18 @@ class DeadLetterOps(BridgeCore):
         letter). Returns ``("replayed", new entry id)``, or why not and None: ``gone`` (no such
         dead letter: replayed or discarded already), ``job-gone``, ``not-failed-by-it``, ``moved``.
         A message whose job is known is replayed with the job's next handoff_seq; one that is
-        still poison is dead-lettered again by the consumer that reads it."""
+        still poison is dead-lettered again by the consumer that reads it.
+
+        Two steps: :meth:`requeue_dead_letter` (the job's side, one script), then the entry is
+        deleted (replay.lua says why a crash in between runs nothing twice)."""
+        outcome, new_id = await self.requeue_dead_letter(entry_id)
+        if outcome == "replayed":
+            await self._redis.xdel(self.keys.dead_stream, entry_id)
+        return outcome, new_id
+
+    async def requeue_dead_letter(self, entry_id: str) -> tuple[str, str | None]:
+        """The first step of :meth:`replay_dead_letter`: the message back on its stream, its job
+        revived; the entry stays."""
         entry = await self.dead_letter_entry(entry_id)
         if entry is None:
             return "gone", None
@@ -105,8 +116,6 @@ class DeadLetterOps(BridgeCore):
             if int(code) != 1:
                 return text(value), None
             new_id = text(value)
-        # the second step: replay.lua says why a crash before it runs nothing twice
-        await self._redis.xdel(self.keys.dead_stream, entry_id)
         return "replayed", new_id
 
     async def record_refusal(self, fields: dict[str, Any], *, maxlen: int = AUDIT_MAXLEN) -> str:

@@ -177,7 +177,7 @@ class DeliveryOps(BridgeCore):
     async def ack(self, stream: str, ids: Sequence[str]) -> None:
         """Acknowledge and delete (see handoff.lua: acked entries are never read again)."""
         if ids:
-            pipe = self._redis.pipeline(transaction=True)
+            pipe = self._transaction_client(stream).pipeline(transaction=True)
             pipe.xack(stream, self.keys.group_for_stream(stream), *ids)
             pipe.xdel(stream, *ids)
             await pipe.execute()

@@ -30,14 +30,14 @@ class DirectoryOps(BridgeCore):
 
     async def publish_capabilities(self, worker_id: str, manifest_json: bytes, ttl_s: float) -> None:
         now = time.time()
-        pipe = self._redis.pipeline(transaction=True)
+        pipe = self._transaction_client(self.keys.workers).pipeline(transaction=True)
         pipe.set(self.keys.worker(worker_id), manifest_json, px=int(ttl_s * 1000))
         pipe.zadd(self.keys.workers, {worker_id: now + ttl_s})
         pipe.zremrangebyscore(self.keys.workers, "-inf", now - FORGET_AFTER_S)
         await pipe.execute()
 
     async def remove_worker(self, worker_id: str) -> None:
-        pipe = self._redis.pipeline(transaction=True)
+        pipe = self._transaction_client(self.keys.workers).pipeline(transaction=True)
         pipe.delete(self.keys.worker(worker_id))
         pipe.zrem(self.keys.workers, worker_id)
         await pipe.execute()

@@ -256,7 +256,7 @@ class JobOps(BridgeCore):
         The spec is read, changed and written back under WATCH: a job whose progress events write
         to its hash meanwhile is tried again, and a job purged meanwhile is not brought back."""
         key = self.keys.job(job_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._transaction_client(key).pipeline(transaction=True) as pipe:
             for _ in range(attempts):
                 try:
                     await pipe.watch(key)
@@ -275,7 +275,8 @@ class JobOps(BridgeCore):
 
     async def delete_job(self, job_id: str, user: str | None) -> None:
         partition = self.keys.partition(job_id)
-        pipe = self._redis.pipeline(transaction=True)  # every key here is in the job's partition
+        # every key here is in the job's partition
+        pipe = self._transaction_client(self.keys.job(job_id)).pipeline(transaction=True)
         pipe.delete(self.keys.job(job_id), self.keys.events(job_id))
         pipe.zrem(self.keys.jobs_index(partition), job_id)
         pipe.zrem(self.keys.active_jobs(partition), job_id)

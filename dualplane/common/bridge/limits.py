@@ -27,7 +27,7 @@ class LimitOps(BridgeCore):
         """Fixed-window submission counter: (submissions in this window, seconds until it ends)."""
         window = int(time.time() // window_s)
         key = self.keys.rate(user, window)
-        pipe = self._redis.pipeline(transaction=True)
+        pipe = self._transaction_client(key).pipeline(transaction=True)
         pipe.incrby(key, amount)
         pipe.expire(key, window_s + 1)
         count, _ = await pipe.execute()
