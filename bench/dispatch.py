@@ -5,6 +5,13 @@ jobs submitted through its in-process submission API — no HTTP) and one worker
 (``dualplane worker`` started as a subprocess) on a redis-server this script starts.
 
     .venv/bin/python bench/dispatch.py [--jobs 20000] [--graphs 6000] [--latency 500]
+    .venv/bin/python bench/dispatch.py --cluster [--partitions 1,3,6,12]
+
+``--cluster``: a real Redis Cluster of 3 primaries (each with a replica) on this machine, two
+control planes (this process and a ``dualplane control-plane`` subprocess) and three worker
+processes, for each partition count in turn: jobs/s, and per primary its Redis CPU and commands
+per job (the inputs of the model in docs/scaling.md). Every process shares this machine's cores,
+so the figures show the cluster path's overhead and how it spreads, not a cluster's capacity.
 
 Prints figures; asserts nothing about speed.
 """
@@ -26,7 +33,7 @@ import redis.asyncio as aioredis
 from dualplane.cli.planes import run_async
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
-from dualplane.devstack.services import start_redis
+from dualplane.devstack.services import free_port, start_redis, start_redis_cluster
 
 SINGLE = {"nodes": [{"id": "a", "task": "noop", "plane": "python"}]}
 THREE = {"nodes": [
@@ -38,12 +45,13 @@ THREE = {"nodes": [
 IN_FLIGHT = 2000
 
 
-def start_worker(redis_url: str, concurrency: int, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(redis_url: str, concurrency: int, log: Path, *, worker_id: str = "bench-worker",
+                 extra: dict[str, str] | None = None, command: str = "worker") -> subprocess.Popen[bytes]:
     env = dict(os.environ, REDIS_URL=redis_url, DUALPLANE_CONCURRENCY=str(concurrency),
-               DUALPLANE_READ_BATCH="512", DUALPLANE_WORKER_ID="bench-worker", DUALPLANE_WORKER_PORT="0",
-               DUALPLANE_LOG_LEVEL="WARNING")
+               DUALPLANE_READ_BATCH="512", DUALPLANE_WORKER_ID=worker_id, DUALPLANE_WORKER_PORT="0",
+               DUALPLANE_LOG_LEVEL="WARNING", **(extra or {}))
     env.pop("S3_ENDPOINT", None)
-    return subprocess.Popen([sys.executable, "-m", "dualplane", "worker"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "dualplane", command], env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -51,6 +59,7 @@ class Completions:
     """Counts finished jobs from the job-level status events on Pub/Sub (one PSUBSCRIBE)."""
 
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        # on a cluster, a plain client of any one node: plain Pub/Sub reaches every node
         self._pubsub = client.pubsub()
         self._prefix = prefix
         self.finished: dict[str, float] = {}
@@ -188,6 +197,63 @@ async def run(args: argparse.Namespace) -> None:
             worker.wait(30)
 
 
+async def primaries_stats(urls: list[str]) -> dict[str, tuple[float, int]]:
+    """Per primary: CPU seconds used so far (user + sys) and commands processed."""
+    stats = {}
+    for url in urls:
+        client = aioredis.Redis.from_url(url)
+        try:
+            info = await client.info()
+            if info.get("role") == "master":
+                stats[url] = (float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
+                              int(info["total_commands_processed"]))
+        finally:
+            await client.aclose()
+    return stats
+
+
+async def run_cluster(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="dp-bench-cluster-"))
+    with start_redis_cluster(tmp / "cluster") as cluster:
+        urls = [node.url for node in cluster.nodes]
+        for partitions in (int(p) for p in args.partitions.split(",")):
+            cluster.flushall()
+            topology = {"DUALPLANE_REDIS_CLUSTER": "1", "DUALPLANE_REDIS_PARTITIONS": str(partitions),
+                        "DUALPLANE_REDIS_WAIT_REPLICAS": str(args.wait_replicas)}
+            settings = Settings(redis_url=cluster.url, redis_cluster=True, redis_partitions=partitions,
+                                redis_wait_replicas=args.wait_replicas, s3_endpoint=None, concurrency=256,
+                                read_batch=512)
+            others = [start_worker(cluster.url, args.concurrency, tmp / f"worker-{partitions}-{i}.log",
+                                   worker_id=f"bench-worker-{i}", extra=topology) for i in range(3)]
+            others.append(start_worker(cluster.url, 256, tmp / f"control-{partitions}.log", command="control-plane",
+                                       extra={**topology, "DUALPLANE_CONTROL_PORT": str(free_port())}))
+            plane = ControlPlane(settings)
+            await plane.start()
+            client = aioredis.Redis.from_url(cluster.nodes[0].url)
+            done = Completions(client, settings.key_prefix)
+            await done.start()
+            try:
+                await throughput(plane, done, SINGLE, 500)  # warm-up
+                before = await primaries_stats(urls)
+                single = await throughput(plane, done, SINGLE, args.jobs)
+                after = await primaries_stats(urls)
+                three = await throughput(plane, done, THREE, args.graphs)
+                per_primary = ", ".join(
+                    f"{1000 * (after[u][0] - before[u][0]) / args.jobs:.3f} CPU-ms "
+                    f"{(after[u][1] - before[u][1]) / args.jobs:.1f} cmds" for u in sorted(after) if u in before)
+                report(args, f"cluster, {partitions} partitions, wait_replicas={args.wait_replicas}: "
+                             f"{single:,.0f} single-node jobs/s, {three:,.0f} 3-node graphs/s; "
+                             f"per single-node job, by primary: {per_primary}")
+            finally:
+                await done.stop()
+                await client.aclose()
+                await plane.stop(1.0)
+                for process in others:
+                    process.terminate()
+                for process in others:
+                    process.wait(30)
+
+
 def report(args: argparse.Namespace, line: str) -> None:
     print(line, flush=True)
 
@@ -198,7 +264,15 @@ def main() -> None:
     parser.add_argument("--graphs", type=int, default=6000)
     parser.add_argument("--latency", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=512, help="worker concurrency (jobs held at once)")
+    parser.add_argument("--cluster", action="store_true", help="on a 3-primary Redis Cluster (see above)")
+    parser.add_argument("--partitions", default="1,3,6,12", help="--cluster: the partition counts to run")
+    parser.add_argument("--wait-replicas", type=int, default=0, help="--cluster: WAIT for this many replicas")
     args = parser.parse_args()
+    if args.cluster:
+        print(f"dispatch benchmark on a Redis Cluster: 3 primaries + 3 replicas, 2 control planes, 3 worker "
+              f"processes, all on this machine's {os.cpu_count()} CPUs", flush=True)
+        run_async(run_cluster(args))
+        return
     print(f"dispatch benchmark: 1 control-plane process (in-process submission API, no HTTP), "
           f"1 worker process, local redis-server; {os.cpu_count()} CPUs", flush=True)
     run_async(run(args))

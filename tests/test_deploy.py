@@ -195,10 +195,10 @@ def test_devcontainers_point_at_compose_services(compose: dict[str, Any]) -> Non
 
 
 def manifests() -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((ROOT / "deploy/kustomization.yaml").read_text())
+    kustomization = yaml.safe_load((ROOT / "deploy/k8s/kustomization.yaml").read_text())
     docs = []
     for resource in kustomization["resources"]:
-        docs += [d for d in yaml.safe_load_all((ROOT / "deploy" / resource).read_text()) if d]
+        docs += [d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / resource).read_text()) if d]
     return docs
 
 
@@ -428,3 +428,24 @@ def test_local_certificate_script_makes_a_ca_and_a_server_certificate(tmp_path: 
     assert "DNS:dualplane.example.org" in openssl("x509", "-in", str(tmp_path / "local.crt"), "-noout", "-ext",
                                                   "subjectAltName")
     assert (tmp_path / "ca.crt").read_bytes() == ca, "the same CA signs it: nothing new to trust"
+
+
+def test_the_cluster_overlay_scales_every_pool_on_each_of_its_partitions_streams() -> None:
+    overlay = ROOT / "deploy" / "k8s-cluster"
+    env_patch = yaml.safe_load((overlay / "cluster-env.yaml").read_text())
+    env = {op["value"]["name"]: op["value"]["value"] for op in env_patch}
+    partitions = int(env["DUALPLANE_REDIS_PARTITIONS"])
+    keys = Keys(Settings.model_fields["key_prefix"].default, partitions)
+    scaled = [d for d in yaml.safe_load_all((overlay / "scaledobjects.yaml").read_text()) if d]
+    base = {d["metadata"]["name"] for d in manifests() if d["kind"] == "ScaledObject"}
+
+    assert env["DUALPLANE_REDIS_CLUSTER"] == "1" and int(env["DUALPLANE_REDIS_WAIT_REPLICAS"]) >= 1
+    assert {s["metadata"]["name"] for s in scaled} == base  # each replaces its base ScaledObject
+    for obj in scaled:
+        pool = obj["metadata"]["name"].removeprefix("dualplane-worker-")
+        triggers = obj["spec"]["triggers"]
+        assert {t["type"] for t in triggers} == {"redis-cluster-streams"}
+        for kind in ("pendingEntriesCount", "lagCount"):
+            streams = [t["metadata"]["stream"] for t in triggers if kind in t["metadata"]]
+            assert streams == keys.lane_streams(f"python:{pool}"), (pool, kind)
+        assert {t["metadata"]["consumerGroup"] for t in triggers} == {WORKER_GROUP}

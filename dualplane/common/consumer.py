@@ -469,6 +469,9 @@ class Consumer:
             for run in leftover:
                 self._forget(run)
         await asyncio.gather(*self._finishers, return_exceptions=True)
+        # reads still in flight (a cluster's, one per partition) must not outlive the consumer;
+        # what they and the backlog brought goes back at once
+        await self._release(await self._reader.close())
         self._lease.stop()
         self.executor.close()
 

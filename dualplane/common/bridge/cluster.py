@@ -19,6 +19,7 @@ caller went on — an accepted job, a claim's fence, a succeeded node.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,7 +28,14 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
-from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MaxConnectionsError,
+    MovedError,
+    ResponseError,
+    TryAgainError,
+)
 
 from dualplane.common.bridge.translation import torn_connection
 from dualplane.common.models import BridgeConfig
@@ -39,12 +47,42 @@ MAX_REDIRECTS = 5
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError)
 
 
+class _WaitingCluster(aioredis.RedisCluster):
+    """redis-py's cluster client, waiting (bounded) for a node's connection where it would raise
+    at ``max_connections``, as the single-Redis pool does (connection.py ``_WaitingPool``): a
+    burst of submissions must queue, not fail. Nothing was sent when that error is raised."""
+
+    wait_timeout_s: float = 5.0
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return await wait_for_connection(lambda: super(_WaitingCluster, self).execute_command(*args, **kwargs),
+                                         self.wait_timeout_s)
+
+
+async def wait_for_connection(attempt: Any, timeout_s: float) -> Any:
+    """``attempt()`` again while every connection of its node is taken, for up to ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    pause = 0.001
+    while True:
+        try:
+            return await attempt()
+        except MaxConnectionsError:
+            if loop.time() >= deadline:
+                raise redis.ConnectionError(f"no Redis connection free within {timeout_s} s") from None
+            await asyncio.sleep(pause)
+            pause = min(0.05, pause * 2)
+
+
 def cluster_client(config: BridgeConfig) -> aioredis.RedisCluster:
     """redis-py's asyncio cluster client on the nodes ``redis_url`` names (one is enough: it
     finds the rest), bytes in and out like the single-Redis client."""
-    return aioredis.RedisCluster.from_url(
+    client = _WaitingCluster.from_url(
         config.redis_url, decode_responses=False, max_connections=config.max_connections,
         require_full_coverage=False)
+    assert isinstance(client, _WaitingCluster)
+    client.wait_timeout_s = config.pool_timeout_s
+    return client
 
 
 def sync_cluster_client(url: str) -> redis.RedisCluster:
@@ -58,6 +96,7 @@ class ClusterRoundTrips:
     def __init__(self, cluster: aioredis.RedisCluster, *, wait_replicas: int = 0, wait_timeout_ms: int = 1000,
                  on_short_wait: Any = None) -> None:
         self._cluster = cluster
+        self._wait_timeout_s = getattr(cluster, "wait_timeout_s", 5.0)
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._on_short_wait = on_short_wait
@@ -81,8 +120,10 @@ class ClusterRoundTrips:
                     continue
                 by_node[node].append(i)
             groups = list(by_node.items())
-            results = await asyncio.gather(*(self._node_round_trip(node, [keyed[i][1] for i in indexes])
-                                             for node, indexes in groups), return_exceptions=True)
+            results = await asyncio.gather(*(
+                wait_for_connection(functools.partial(self._node_round_trip, node, [keyed[i][1] for i in indexes]),
+                                    self._wait_timeout_s)
+                for node, indexes in groups), return_exceptions=True)
             redo: list[int] = []
             for (node, indexes), result in zip(groups, results, strict=True):
                 if isinstance(result, BaseException):
