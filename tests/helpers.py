@@ -95,6 +95,15 @@ async def wait_for_job(plane: ControlPlane, job_id: str, *, timeout_s: float = 2
         await asyncio.sleep(0.02)
 
 
+async def wait_for_dead_letters(plane: ControlPlane, count: int, *, timeout_s: float = 15.0) -> list[dict[str, str]]:
+    """The dead letters once there are at least ``count``; fail the test with what there is if not."""
+    deadline = time.monotonic() + timeout_s
+    while len(dead := await plane.bridge.dead_letters()) < count:
+        assert time.monotonic() < deadline, f"only {len(dead)} dead letters: {dead}"
+        await asyncio.sleep(0.05)
+    return dead
+
+
 async def wait_for_node(plane: ControlPlane, job_id: str, node_id: str, status: str, *,
                         timeout_s: float = 20.0) -> Job:
     deadline = time.monotonic() + timeout_s

@@ -15,18 +15,10 @@ import orjson
 import pytest
 
 from dualplane.control_plane import ControlPlane
-from tests.helpers import RunningWorker, node, spawn_worker, wait_for_job, wait_for_node
+from tests.helpers import RunningWorker, node, spawn_worker, wait_for_dead_letters, wait_for_job, wait_for_node
 from tests.test_client import Served, cli_env, mint, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.both_topologies]
-
-
-async def _dead_letters(plane: ControlPlane, count: int) -> list[dict[str, str]]:
-    deadline = time.monotonic() + 15
-    while len(dead := await plane.bridge.dead_letters()) < count:
-        assert time.monotonic() < deadline, f"only {len(dead)} dead letters: {dead}"
-        await asyncio.sleep(0.05)
-    return dead
 
 
 async def _poisoned_job(plane: ControlPlane, redis) -> str:
@@ -37,7 +29,7 @@ async def _poisoned_job(plane: ControlPlane, redis) -> str:
              {"id": "b", "task": "noop", "plane": "python", "needs": ["a"]}]
     await redis.xadd(plane.bridge.keys.stream_for_job("python:default", job_id),
                      {"m": orjson.dumps({"job_id": job_id, "handoff_seq": 1, "graph": {"nodes": cycle}})})
-    await _dead_letters(plane, 1)
+    await wait_for_dead_letters(plane, 1)
     return job_id
 
 
@@ -101,7 +93,7 @@ async def test_a_replayed_poison_message_is_dead_lettered_again_and_rm_discards_
     (first,) = (await admin.get("/admin/dead-letters")).json()["dead_letters"]
 
     replayed = await admin.post(f"/admin/dead-letters/{first['id']}/replay")
-    (second,) = await _dead_letters(control_plane, 1)
+    (second,) = await wait_for_dead_letters(control_plane, 1)
     job = await wait_for_job(control_plane, job_id)
     removed = await admin.delete(f"/admin/dead-letters/{second['entry']}")
     after = (await admin.get("/admin/dead-letters")).json()["dead_letters"]
@@ -149,7 +141,7 @@ async def test_cli_lists_shows_replays_and_removes_dead_letters(served: Served, 
     letter_id = ls_out.splitlines()[1].split()[0]
     show_code, show_out, _ = await run_cli("dead-letters", "show", letter_id, env=env)
     replay_code, replay_out, _ = await run_cli("dead-letters", "replay", letter_id, env=env)
-    (again,) = await _dead_letters(control_plane, 1)  # still poison
+    (again,) = await wait_for_dead_letters(control_plane, 1)  # still poison
     rm_code, rm_out, _ = await run_cli("dead-letters", "rm", again["entry"], env=env)
     empty_code, empty_out, _ = await run_cli("dead-letters", "ls", env=env)
     user_code, _, user_err = await run_cli("dead-letters", "ls", env={**env, "DUALPLANE_TOKEN": mint("alice")})

@@ -14,20 +14,12 @@ from prometheus_client import CollectorRegistry
 
 from dualplane.common.consumer import Consumer
 from dualplane.control_plane import ControlPlane, create_app
-from tests.helpers import RunningWorker, node, spawn_worker, wait_for_job
+from tests.helpers import RunningWorker, node, spawn_worker, wait_for_dead_letters, wait_for_job
 from tests.probe import BrokenLoop, probe_registry
 
 pytestmark = pytest.mark.both_topologies
 
 NOOP = {"nodes": [{"id": "a", "task": "noop", "plane": "python", "params": {"value": 1}}]}
-
-
-async def _dead_letters(plane: ControlPlane, count: int) -> list[dict[str, str]]:
-    deadline = time.monotonic() + 10
-    while len(dead := await plane.bridge.dead_letters()) < count:
-        assert time.monotonic() < deadline, f"only {len(dead)} dead letters: {dead}"
-        await asyncio.sleep(0.05)
-    return dead
 
 
 def _handoff(job_id: str, nodes: list[dict]) -> bytes:
@@ -50,7 +42,7 @@ async def test_a_handoff_whose_graph_cannot_run_is_dead_lettered_and_the_worker_
                                                      "pool": "gpu"}]})).job_id
     stream = control_plane.bridge.keys.stream_for_job("python:default", job_id)
     await redis.xadd(stream, {"m": _handoff(job_id, nodes)})
-    (dead,) = await _dead_letters(control_plane, 1)
+    (dead,) = await wait_for_dead_letters(control_plane, 1)
     healthy = await control_plane.get_job((await control_plane.submit(NOOP)).job_id)
     after = await wait_for_job(control_plane, healthy.id)
 
@@ -68,7 +60,7 @@ async def test_a_message_with_bytes_that_are_not_utf8_is_dead_lettered_once(
     stream = control_plane.bridge.keys.data_stream("default")
     await redis.xadd(stream, {b"m": b'{"job_id": "\xff\xfe", "handoff_seq": 1}'})
     await redis.xadd(stream, {b"\xc3\x28": b"\xa0\xa1", b"m": b"\xff"})
-    dead = await _dead_letters(control_plane, 2)
+    dead = await wait_for_dead_letters(control_plane, 2)
     job = await wait_for_job(control_plane, (await control_plane.submit(NOOP)).job_id)
     await asyncio.sleep(0.5)  # a message that is redelivered would add more dead letters meanwhile
 

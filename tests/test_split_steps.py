@@ -7,27 +7,18 @@ step, as a killed process would, and lets the rest of the system take over."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 import pytest
 
 from dualplane.common.bridge import Message
 from dualplane.control_plane import ControlPlane
-from tests.helpers import RunningWorker, node, wait_for_job
+from tests.helpers import RunningWorker, node, wait_for_dead_letters, wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.both_topologies]
 
 CYCLE = [{"id": "a", "task": "noop", "plane": "python", "needs": ["b"]},
          {"id": "b", "task": "noop", "plane": "python", "needs": ["a"]}]
-
-
-async def _dead_letters(plane: ControlPlane, count: int) -> list[dict[str, str]]:
-    deadline = time.monotonic() + 15
-    while len(dead := await plane.bridge.dead_letters()) < count:
-        assert time.monotonic() < deadline, f"only {len(dead)} dead letters: {dead}"
-        await asyncio.sleep(0.05)
-    return dead
 
 
 async def test_a_consumer_killed_after_parking_a_message_leaves_it_to_be_dead_lettered_again_and_the_job_fails_once(
@@ -47,7 +38,7 @@ async def test_a_consumer_killed_after_parking_a_message_leaves_it_to_be_dead_le
 
     await worker_factory()  # reclaims the dead consumer's message after its lease
     failed = await wait_for_job(control_plane, job_id)
-    dead = await _dead_letters(control_plane, 2)
+    dead = await wait_for_dead_letters(control_plane, 2)
     first_replay = await control_plane.bridge.replay_dead_letter(first_entry)
     events = await control_plane.bridge.events(job_id)
 
@@ -71,7 +62,7 @@ async def test_a_replay_killed_before_dropping_its_dead_letter_runs_the_job_once
     ((_, entries),) = await redis.xreadgroup("workers", "ghost", {gpu: ">"}, count=1)
     await control_plane.bridge.dead_letter(Message(gpu, entries[0][0].decode(), entries[0][1]),
                                            "delivered 6 times (limit 5)", job_id)
-    (letter,) = await _dead_letters(control_plane, 1)
+    (letter,) = await wait_for_dead_letters(control_plane, 1)
     # step one of a replay (the job revived, its message back), then the process dies: the entry stays
     outcome, _ = await control_plane.bridge.requeue_dead_letter(letter["entry"])
     still_listed = await control_plane.bridge.dead_letters()

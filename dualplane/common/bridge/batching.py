@@ -72,6 +72,15 @@ async def round_trip(pool: aioredis.ConnectionPool, commands: Sequence[Sequence[
     each. A connection that fails mid-way is closed, never reused with replies still owed on it."""
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
+        return await send_and_read(connection, commands)
+    finally:
+        await pool.release(connection)
+
+
+async def send_and_read(connection: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """``commands`` in one write on ``connection`` and their raw replies in order (an error reply
+    is that command's result); a connection that fails mid-way is closed."""
+    try:
         await connection.send_packed_command(connection.pack_commands(commands))
         replies: list[Any] = []
         for _ in commands:
@@ -83,8 +92,6 @@ async def round_trip(pool: aioredis.ConnectionPool, commands: Sequence[Sequence[
     except BaseException:
         await connection.disconnect()
         raise
-    finally:
-        await pool.release(connection)
 
 
 def finished_table() -> str:

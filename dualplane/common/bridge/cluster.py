@@ -33,10 +33,10 @@ from redis.exceptions import (
     ClusterDownError,
     MaxConnectionsError,
     MovedError,
-    ResponseError,
     TryAgainError,
 )
 
+from dualplane.common.bridge.batching import send_and_read
 from dualplane.common.bridge.translation import torn_connection
 from dualplane.common.models import BridgeConfig
 
@@ -147,15 +147,8 @@ class ClusterRoundTrips:
             commands = [*commands, ("WAIT", self._wait_replicas, self._wait_timeout_ms)]
         connection = node.acquire_connection()
         try:
-            await connection.send_packed_command(connection.pack_commands(commands))
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-        except BaseException as exc:
-            await connection.disconnect()
+            replies = await send_and_read(connection, commands)
+        except AttributeError as exc:
             if (lost := torn_connection(exc)) is not None:
                 raise lost from exc
             raise
