@@ -93,14 +93,12 @@ def sync_cluster_client(url: str) -> redis.RedisCluster:
 class ClusterRoundTrips:
     """Batches of commands, each keyed by one of its keys, sent to the primaries that own them."""
 
-    def __init__(self, cluster: aioredis.RedisCluster, *, wait_replicas: int = 0, wait_timeout_ms: int = 1000,
-                 on_short_wait: Any = None) -> None:
+    def __init__(self, cluster: aioredis.RedisCluster, *, wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self._cluster = cluster
         self._wait_timeout_s = getattr(cluster, "wait_timeout_s", 5.0)
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
-        self._on_short_wait = on_short_wait
-        self._refreshing: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Future[None] | None = None
 
     async def send(self, keyed: Sequence[tuple[bytes | str, Sequence[Any]]]) -> list[Any]:
         """Each ``(key, command)``'s raw reply, in order (an error reply is that command's result;
@@ -159,22 +157,22 @@ class ClusterRoundTrips:
             if not isinstance(acked, Exception) and int(acked) < self._wait_replicas:
                 log.warning("only %s of %d replicas of %s acknowledged a write within %d ms", acked,
                             self._wait_replicas, node.name, self._wait_timeout_ms)
-                if self._on_short_wait is not None:
-                    self._on_short_wait()
         return replies
 
     def _node_failed(self, node: Any) -> None:
         """A node's connection failed: its free connections go, and the slot map is read again
         (a failover promotes a replica: the slots have a new owner)."""
         node.update_active_connections_for_reconnect()
-        self._refreshing = self._refreshing if self._refreshing and not self._refreshing.done() else \
-            asyncio.ensure_future(self._refresh_quietly())
+        self._start_refresh()
 
     async def refresh(self) -> None:
         """Read the slot map again (once at a time)."""
+        await asyncio.shield(self._start_refresh())
+
+    def _start_refresh(self) -> asyncio.Future[None]:
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self._refresh_quietly())
-        await asyncio.shield(self._refreshing)
+        return self._refreshing
 
     async def _refresh_quietly(self) -> None:
         try:

@@ -85,11 +85,6 @@ class LaneReader:
             raise failure
         return messages
 
-    def take_backlog(self) -> list[Message]:
-        """What was read and not handed out (to release it on shutdown)."""
-        backlog, self._backlog = self._backlog, []
-        return backlog
-
     async def close(self) -> list[Message]:
         """Stop the reads in flight; what they had brought is returned, with the backlog (their
         messages must be released, or they wait for their lease to run out)."""
@@ -97,7 +92,8 @@ class LaneReader:
             task.cancel()
         results = await asyncio.gather(*self._reads.values(), return_exceptions=True)
         self._reads.clear()
-        return self.take_backlog() + [m for r in results if isinstance(r, list) for m in r]
+        backlog, self._backlog = self._backlog, []
+        return backlog + [m for r in results if isinstance(r, list) for m in r]
 
 
 class DeliveryOps(BridgeCore):
