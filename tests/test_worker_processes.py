@@ -165,6 +165,21 @@ async def test_a_child_that_keeps_dying_at_start_stops_the_supervisor_with_an_er
     assert descendants(supervisor.pid) == set()
 
 
+async def test_a_crash_loop_exits_1_even_when_a_sibling_dies_of_the_stop_signal(spawn, tmp_path: Path):
+    # child 1 hangs at interpreter start (before any handler exists), so the SIGTERM that stops it
+    # kills it (143); child 0 crash-loops without REDIS_URL; the supervisor's own code stays 1
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "if os.environ.get('DUALPLANE_WORKER_PROCESSES') == '1' and "
+        "os.environ.get('DUALPLANE_WORKER_ID', '').endswith('-1'):\n"
+        "    time.sleep(3600)\n")
+    supervisor = spawn("--processes", "2", REDIS_URL="", PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    code = await wait_for_exit(supervisor, timeout_s=120)
+
+    assert code == 1
+    assert descendants(supervisor.pid) == set()
+
+
 @pytest.mark.skipif(gpu_may_be_present(), reason="a host with a GPU driver asks torch for its devices")
 async def test_a_worker_on_a_cpu_host_loads_no_torch_for_tasks_that_need_none(plane: ControlPlane, spawn,
                                                                               s3_server: S3Server):

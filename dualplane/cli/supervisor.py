@@ -14,7 +14,8 @@ SIGTERM or SIGINT is passed on to every child; the supervisor waits for their gr
 (``DUALPLANE_SHUTDOWN_GRACE_S`` plus :data:`STOP_MARGIN_S`, then SIGKILL) and exits with the worst
 of their codes. A child that exits while no stop was asked for is started again after a backoff;
 a slot whose child keeps dying soon after its start (:data:`CRASH_LOOP_LIMIT` times in a row)
-stops the supervisor, which exits 1 so that its own supervisor (systemd, Kubernetes) sees it.
+stops the supervisor, which exits 1 (whatever the others it stops exit with) so that its own
+supervisor (systemd, Kubernetes) sees it.
 """
 
 from __future__ import annotations
@@ -116,7 +117,10 @@ class Supervisor:
                     crash_looped |= self._restart_later(slot, now)
             if select.select([wake], [], [], POLL_S)[0]:
                 os.read(wake, 512)
-        return max(self._stop(self._signal or signal.SIGTERM), 1 if crash_looped else 0)
+        worst = self._stop(self._signal or signal.SIGTERM)
+        # a crash loop is the supervisor's own failure, reported as 1 whatever the siblings we
+        # stopped died of: one still importing when our SIGTERM came ends 143 before its handler exists
+        return 1 if crash_looped else worst
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         self._signal = sig
