@@ -26,7 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -56,31 +58,51 @@ def start_worker(redis_url: str, concurrency: int, log: Path, *, worker_id: str 
 
 
 class Completions:
-    """Counts finished jobs from the job-level status events on Pub/Sub (one PSUBSCRIBE)."""
+    """Counts finished jobs from the job-level status events on Pub/Sub: on one Redis one
+    PSUBSCRIBE to every job's status channel, as before; on a cluster (``sharded``) the hub's
+    own sharded subscription, following each job from before its submit (its id chosen here)
+    to its end, as a hub following its clients' jobs does."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
-        # on a cluster, a plain client of any one node: plain Pub/Sub reaches every node
-        self._pubsub = client.pubsub()
-        self._prefix = prefix
+    def __init__(self, plane: ControlPlane, client: aioredis.Redis, *, sharded: bool = False) -> None:
+        self._plane = plane
+        self._pubsub: Any = None if sharded else client.pubsub()
+        self._subscription = plane.bridge.event_subscription(("status",)) if sharded else None
+        self._prefix = plane.settings.key_prefix
         self.finished: dict[str, float] = {}
         self._waiters: dict[str, asyncio.Future[float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._pubsub.psubscribe(f"{self._prefix}status:*")
-        self._task = asyncio.create_task(self._listen())
+        if self._subscription is not None:
+            await self._subscription.subscribe(self._on_message)
+            self._task = asyncio.create_task(self._subscription.pump(self._on_message))
+        else:
+            await self._pubsub.psubscribe(f"{self._prefix}status:*")
+            self._task = asyncio.create_task(self._listen())
+
+    async def submit(self, graph: dict) -> str:
+        if self._subscription is None:
+            return (await self._plane.submit(graph)).job_id
+        job_id = uuid.uuid4().hex
+        await self._subscription.follow(job_id)
+        return (await self._plane.submit({**graph, "id": job_id})).job_id
 
     async def _listen(self) -> None:
         async for message in self._pubsub.listen():
-            data = message.get("data")
-            if not isinstance(data, bytes) or b'"node_id"' in data or b'"status":"succeeded"' not in data:
-                continue
-            job_id = message["channel"].decode().rsplit(":", 1)[1]
-            now = time.perf_counter()
-            self.finished[job_id] = now
-            waiter = self._waiters.pop(job_id, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(now)
+            if isinstance(message.get("data"), bytes):
+                self._on_message(message["channel"], message["data"])
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        if b'"node_id"' in data or b'"status":"succeeded"' not in data:
+            return
+        job_id = channel.decode().rsplit(":", 1)[1]
+        now = time.perf_counter()
+        self.finished[job_id] = now
+        if self._subscription is not None:
+            self._subscription.unfollow(job_id)
+        waiter = self._waiters.pop(job_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(now)
 
     def wait(self, job_id: str) -> asyncio.Future[float]:
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
@@ -93,19 +115,23 @@ class Completions:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-        await self._pubsub.aclose()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._subscription is not None:
+            await self._subscription.aclose()
+        else:
+            await self._pubsub.aclose()
 
 
-async def throughput(plane: ControlPlane, done: Completions, graph: dict, count: int) -> float:
+async def throughput(done: Completions, graph: dict, count: int) -> float:
     """Submit ``count`` jobs keeping IN_FLIGHT outstanding; jobs/s from first submit to last completion."""
     ids: list[str] = []
     slots = asyncio.Semaphore(IN_FLIGHT)
 
     async def one() -> None:
         async with slots:
-            submitted = await plane.submit(graph)
-            ids.append(submitted.job_id)
-            await done.wait(submitted.job_id)
+            job_id = await done.submit(graph)
+            ids.append(job_id)
+            await done.wait(job_id)
 
     started = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(count)))
@@ -118,13 +144,13 @@ async def latency(plane: ControlPlane, done: Completions, graph: dict, count: in
     hops: dict[str, list[float]] = {}
     for _ in range(count):
         started, wall = time.perf_counter(), time.time()
-        submitted = await plane.submit(graph)
+        job_id = await done.submit(graph)
         returned = time.perf_counter()
-        finished = await done.wait(submitted.job_id)
+        finished = await done.wait(job_id)
         samples.append((finished - started) * 1000)
         # the events' ts are the wall clock of the process that made each event, just before
         # its write went out; submit's return and the completion are this process's clock
-        events = await plane.events(submitted.job_id)
+        events = await plane.events(job_id)
         for name, ms in hop_times(events, wall, (returned - started) * 1000, (finished - started) * 1000).items():
             hops.setdefault(name, []).append(ms)
         await asyncio.sleep(0.002)  # idle between jobs
@@ -174,19 +200,19 @@ async def run(args: argparse.Namespace) -> None:
         plane = ControlPlane(settings)
         await plane.start()
         client = aioredis.Redis.from_url(server.url)
-        done = Completions(client, settings.key_prefix)
+        done = Completions(plane, client)
         await done.start()
         try:
-            await throughput(plane, done, SINGLE, 500)  # warm-up: imports, caches, connections
+            await throughput(done, SINGLE, 500)  # warm-up: imports, caches, connections
             for name, graph in (("single-node", SINGLE), ("3-node", THREE)):
                 samples, hops = await latency(plane, done, graph, args.latency)
                 report(args, f"idle submit->completed latency, {name}: p50 {pct(samples, 50):.2f} ms, "
                              f"p99 {pct(samples, 99):.2f} ms ({args.latency} jobs, one at a time); "
                              f"median hops since the submit call:\n{hop_table(hops)}")
-            single = await throughput(plane, done, SINGLE, args.jobs)
+            single = await throughput(done, SINGLE, args.jobs)
             report(args, f"single-node no-op python jobs: {single:,.0f} jobs/s ({args.jobs} jobs, "
                          f"{IN_FLIGHT} submissions in flight)")
-            three = await throughput(plane, done, THREE, args.graphs)
+            three = await throughput(done, THREE, args.graphs)
             report(args, f"3-node control->python->control graphs: {three:,.0f} graphs/s ({args.graphs} graphs, "
                          f"{IN_FLIGHT} in flight)")
         finally:
@@ -230,14 +256,14 @@ async def run_cluster(args: argparse.Namespace) -> None:
             plane = ControlPlane(settings)
             await plane.start()
             client = aioredis.Redis.from_url(cluster.nodes[0].url)
-            done = Completions(client, settings.key_prefix)
+            done = Completions(plane, client, sharded=True)
             await done.start()
             try:
-                await throughput(plane, done, SINGLE, 500)  # warm-up
+                await throughput(done, SINGLE, 500)  # warm-up
                 before = await primaries_stats(urls)
-                single = await throughput(plane, done, SINGLE, args.jobs)
+                single = await throughput(done, SINGLE, args.jobs)
                 after = await primaries_stats(urls)
-                three = await throughput(plane, done, THREE, args.graphs)
+                three = await throughput(done, THREE, args.graphs)
                 per_primary = ", ".join(
                     f"{1000 * (after[u][0] - before[u][0]) / args.jobs:.3f} CPU-ms "
                     f"{(after[u][1] - before[u][1]) / args.jobs:.1f} cmds" for u in sorted(after) if u in before)

@@ -65,7 +65,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
 
 
-#: The topologies a suite marked ``both_topologies`` runs on: one Redis, and a Redis Cluster of
+#: The topologies a suite marked ``both_topologies`` runs on (unless a test parametrizes
+#: ``topology`` itself, e.g. to run on the cluster only): one Redis, and a Redis Cluster of
 #: 3 primaries with a replica each, keyed into CLUSTER_PARTITIONS partitions (two per primary),
 #: every batch of writes WAITing for its replica.
 TOPOLOGIES = ("single", "cluster")
@@ -74,8 +75,9 @@ CLUSTER_PARTITIONS = 6
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     definition = metafunc.definition
+    chosen = any("topology" in marker.args[0] for marker in definition.iter_markers("parametrize"))
     if ("topology" in metafunc.fixturenames and definition.get_closest_marker("both_topologies")
-            and not definition.get_closest_marker("single_redis_only")):
+            and not definition.get_closest_marker("single_redis_only") and not chosen):
         metafunc.parametrize("topology", TOPOLOGIES, indirect=True)
 
 

@@ -399,6 +399,47 @@ async def test_two_hubs_on_the_same_redis_both_deliver_the_full_stream(
         await close_all(followers)
 
 
+@pytest.mark.parametrize("topology", ["cluster"], indirect=True)
+async def test_on_a_cluster_a_hub_receives_the_events_of_the_jobs_it_follows_and_no_others(
+    control_plane: ControlPlane, hub_url: tuple[Hub, str], authenticator: Authenticator,
+):
+    hub, url = hub_url
+    bridge = control_plane.bridge
+    by_partition: dict[int, list[str]] = {}
+    while not any(len(ids) >= 3 for ids in by_partition.values()):
+        job_id = await submit(control_plane, sleep_graph())  # no worker: they stay queued
+        by_partition.setdefault(bridge.keys.partition(job_id), []).append(job_id)
+    # one partition: one slot, so one of the hub's links, which receives in the order published
+    followed, other, later = next(ids for ids in by_partition.values() if len(ids) >= 3)[:3]
+
+    async def emit(job_id: str, n: int) -> None:
+        for i in range(n):
+            await bridge.emit(job_id, Mutation(events=[event_body("progress", job_id, progress=i / 100)]))
+
+    follower = await Follower.open(url, authenticator.mint("alice"))
+    await follower.subscribe(followed, since=0)
+    await follower.wait_for(lambda: followed in follower.snapshots)
+    received = hub.stats["published"]
+    await emit(other, 5)
+    await emit(followed, 3)
+    expected = await stream_seqs(bridge, followed)
+    await follower.wait_for(lambda: follower.last(followed) == expected[-1])
+    assert hub.stats["published"] - received == 3  # none of the unfollowed job's five
+
+    await follower.send(type="unsubscribe", jobId=followed)
+    assert (await follower.next_other())["type"] == "unsubscribed"
+    await follower.subscribe(later, since=0)
+    await follower.wait_for(lambda: later in follower.snapshots)
+    received = hub.stats["published"]
+    await emit(followed, 4)
+    await emit(later, 2)
+    later_seqs = await stream_seqs(bridge, later)
+    await follower.wait_for(lambda: follower.last(later) == later_seqs[-1])
+    assert hub.stats["published"] - received == 2  # the job no client follows any more sent none
+    assert follower.seqs[followed] == expected
+    await follower.close()
+
+
 # -- the hub's own Redis connection -------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import signal
 import time
+import uuid
 import weakref
 from typing import Any
 
@@ -92,27 +93,33 @@ async def test_cancel_before_a_worker_picks_the_job_up(control_plane: ControlPla
 
 
 async def test_every_event_has_a_gap_free_seq_and_every_published_event_is_stored(
-    control_plane: ControlPlane, worker: RunningWorker, redis
+    control_plane: ControlPlane, worker: RunningWorker
 ):
-    pubsub = redis.pubsub()
-    prefix = control_plane.bridge.keys.prefix
-    await pubsub.psubscribe(f"{prefix}status:*", f"{prefix}progress:*", f"{prefix}data:*")
-    graph = {"nodes": [
+    """Through the hub's own subscription: on one Redis the pattern subscription, on a cluster
+    the job's sharded channel (followed before the job exists, so from its first event)."""
+    graph = {"id": f"gap-free-{uuid.uuid4().hex}", "nodes": [
         {"id": "prep", "task": "emit", "plane": "control", "params": {"value": {"text": "x"}}},
         {"id": "s1", "task": "sleep", "plane": "python", "needs": ["prep"], "params": {"seconds": 0.2, "steps": 5}},
         {"id": "s2", "task": "checksum", "plane": "python", "needs": ["prep"], "params": {"text": "y"}},
         {"id": "end", "task": "collect", "plane": "control", "needs": ["s1", "s2"]},
     ]}
-    job_id = (await control_plane.submit(graph)).job_id
-    await wait_for_job(control_plane, job_id)
-    stored = [orjson.loads(raw) for raw in await control_plane.bridge.raw_events(job_id)]
-    published = []
-    deadline = time.monotonic() + 5
-    while len(published) < len(stored) and time.monotonic() < deadline:
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        if message is not None:
-            published.append(orjson.loads(message["data"]))
-    await pubsub.aclose()
+    published: list[dict[str, Any]] = []
+    subscription = control_plane.bridge.event_subscription(("status", "progress", "data", "audit"))
+    await subscription.subscribe(lambda channel, data: published.append(orjson.loads(data)))
+    pump = asyncio.create_task(subscription.pump(lambda channel, data: published.append(orjson.loads(data))))
+    try:
+        await subscription.follow(graph["id"])
+        job_id = (await control_plane.submit(graph)).job_id
+        assert job_id == graph["id"]
+        await wait_for_job(control_plane, job_id)
+        stored = [orjson.loads(raw) for raw in await control_plane.bridge.raw_events(job_id)]
+        deadline = time.monotonic() + 5
+        while len(published) < len(stored) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        pump.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
+        await subscription.aclose()
 
     assert [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
     assert published == stored  # same events, same order, nothing only in Pub/Sub

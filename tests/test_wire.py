@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
+import pytest
+from redis.crc import key_slot
 
 from dualplane.common.bridge import Bridge
 from dualplane.common.bridge.jobs import handoff_message
@@ -30,13 +32,20 @@ def test_python_side_of_the_layout() -> None:
     assert stream_id(5) == "5-0"
 
 
-async def test_round_trip_through_the_scripts(settings: Settings, redis: aioredis.Redis) -> None:
-    """What Python writes, the scripts store and publish as :func:`with_seq` says, under ``<seq>-0``."""
+@pytest.mark.both_topologies
+async def test_round_trip_through_the_scripts(settings: Settings, redis: Any, topology: str) -> None:
+    """What Python writes, the scripts store and publish as :func:`with_seq` says, under ``<seq>-0``:
+    on one Redis on each kind's channel, on a cluster on the job's sharded channel."""
     async with Bridge(settings.bridge_config()) as bridge:
         await redis.hset(bridge.keys.job("j1"), mapping={"id": "j1", "seq": 0})
         pubsub = redis.pubsub()
-        await pubsub.psubscribe(bridge.keys.channel_pattern("*"))
-        await pubsub.get_message(timeout=1.0)
+        if topology == "cluster":
+            await pubsub.ssubscribe(bridge.keys.live_channel("j1"))
+            read = pubsub.get_sharded_message
+        else:
+            await pubsub.psubscribe(bridge.keys.channel_pattern("*"))
+            read = pubsub.get_message
+        assert await read(timeout=1.0) is not None  # the subscription's confirmation
         sent = [event_body("progress", "j1", node_id="a", progress=0.5),
                 event_body("status", "j1", status="succeeded", plane="python")]
         assert await bridge.emit("j1", Mutation(events=sent)) == 2
@@ -49,12 +58,16 @@ async def test_round_trip_through_the_scripts(settings: Settings, redis: aioredi
         assert [is_final_event(event) for event in stored] == [False, True]
         published = []
         while len(published) < 2:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            message = await read(ignore_subscribe_messages=True, timeout=1.0)
             if message is not None:
                 published.append((message["channel"].decode(), message["data"]))
             await asyncio.sleep(0)
-        assert published == [(f"{bridge.keys.prefix}progress:j1", stored[0]),
-                             (f"{bridge.keys.prefix}status:j1", stored[1])]
+        if topology == "cluster":
+            assert published == [(bridge.keys.live_channel("j1"), event) for event in stored]
+            assert key_slot(bridge.keys.live_channel("j1").encode()) == key_slot(bridge.keys.events("j1").encode())
+        else:
+            assert published == [(f"{bridge.keys.prefix}progress:j1", stored[0]),
+                                 (f"{bridge.keys.prefix}status:j1", stored[1])]
         await pubsub.aclose()
 
 

@@ -3,8 +3,8 @@
 A blocking read per waiting request held one pooled connection each: 120 waits of one user
 emptied the pool and other users' reads failed. Here a wait is a future, resolved by the hub's
 one Pub/Sub subscription when the job's final status event goes by (:meth:`FinishWaits.saw`);
-the status is read once after the future is registered, so an end that came first is not
-missed, and again after the hub re-subscribes, for one published while it was away. Each user
+the status is read once after the future is registered and the hub follows the job (on a
+cluster it subscribes to the jobs it follows only), so an end that came first is not missed, and again after the hub re-subscribes, for one published while it was away. Each user
 may hold ``max_per_user`` waits at once; past that the request gets a 429.
 """
 
@@ -28,10 +28,16 @@ class TooManyWaits(TooManyRequests):
 
 class FinishWaits:
     """:param job_status: ``async (job_id) -> status`` (None for a job that is gone).
+    :param follow: ``async (job_id)``, returns once the job's events reach :meth:`saw`.
+    :param unfollow: ``(job_id)``, once for each ``follow`` (even one that raised).
     :param max_per_user: concurrent waits one user may hold."""
 
-    def __init__(self, job_status: Callable[[str], Awaitable[str | None]], *, max_per_user: int) -> None:
+    def __init__(self, job_status: Callable[[str], Awaitable[str | None]],
+                 follow: Callable[[str], Awaitable[None]], unfollow: Callable[[str], None], *,
+                 max_per_user: int) -> None:
         self._job_status = job_status
+        self._follow = follow
+        self._unfollow = unfollow
         self.max_per_user = max_per_user
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._per_user: Counter[str] = Counter()
@@ -50,6 +56,7 @@ class FinishWaits:
         self._waiters.setdefault(job_id, set()).add(future)
         self._per_user[who] += 1
         try:
+            await self._follow(job_id)
             if await self._job_status(job_id) in FINISHED_STATUSES:
                 return True
             await asyncio.wait_for(future, timeout_s)
@@ -57,6 +64,7 @@ class FinishWaits:
         except TimeoutError:
             return False
         finally:
+            self._unfollow(job_id)
             self._per_user[who] -= 1
             if not self._per_user[who]:
                 del self._per_user[who]

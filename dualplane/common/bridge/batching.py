@@ -102,13 +102,17 @@ def finished_table() -> str:
 
 
 class Scripts:
-    """The Lua sources (each prefixed with the finished statuses and the shared ``_events.lua``) and their digests, known
-    without Redis: a plane starts while Redis is down, and a script Redis does not hold yet is
-    sent once with EVAL (NOSCRIPT)."""
+    """The Lua sources (each prefixed with the finished statuses, the topology's ``SHARDED`` flag
+    and the shared ``_events.lua``) and their digests, known without Redis: a plane starts while
+    Redis is down, and a script Redis does not hold yet is sent once with EVAL (NOSCRIPT).
 
-    def __init__(self, names: Sequence[str] = SCRIPT_NAMES) -> None:
+    :param sharded: publish events on each job's sharded channel (a cluster) rather than the
+        per-kind channels of one Redis (see ``_events.lua``)."""
+
+    def __init__(self, names: Sequence[str] = SCRIPT_NAMES, *, sharded: bool = False) -> None:
         folder = resources.files("dualplane.common") / "lua"
-        shared = finished_table() + (folder / "_events.lua").read_text()
+        shared = (finished_table() + f"local SHARDED = {'true' if sharded else 'false'}\n"
+                  + (folder / "_events.lua").read_text())
         self.sources = {name: shared + "\n" + (folder / f"{name}.lua").read_text() for name in names}
         self.shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self.sources.items()}
 

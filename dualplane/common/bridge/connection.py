@@ -145,6 +145,7 @@ class BridgeCore:
                 health_check_interval=IDLE_CHECK_S)
             self._client = aioredis.Redis(connection_pool=pool, decode_responses=False)
         if isinstance(self._client, aioredis.RedisCluster):
+            self._scripts = Scripts(sharded=True)
             self._cluster = ClusterRoundTrips(self._client, wait_replicas=self.config.wait_replicas,
                                               wait_timeout_ms=self.config.wait_timeout_ms)
             # a plane starts while the cluster is down; the slot map is read on first use then

@@ -12,7 +12,10 @@ chosen so the partitions' slots spread evenly over the 16384 (:func:`partition_t
                                     one ``n:<node>`` field per node with its runtime state
                                     (JSON); ``x:<node>``: an external node's claim
 ``P job:{t}:<id>:events``           stream of events; entry id ``<seq>-0``, field ``e`` (JSON)
-``P status|progress|data:<id>``     Pub/Sub channels, a wake-up copy of each event
+``P status|progress|data|audit:<id>``  Pub/Sub channels (single Redis), a wake-up copy of each
+                                    event: the hub's one PSUBSCRIBE reads them all
+``P live:{t}:<id>``                 sharded Pub/Sub channel (cluster): the job's every event, in
+                                    its partition's slot; a hub SSUBSCRIBEs to the jobs it follows
 ``P cancels``                       Pub/Sub channel: the id of each job whose cancel was requested
 ``P stream:control:{t}``            control-plane stream of partition t, group ``control``
 ``P stream:data:<pool>:{t}``        data-plane stream of a worker pool's partition t, group
@@ -131,6 +134,11 @@ class Keys:
     def channel_pattern(self, kind: str) -> str:
         """PSUBSCRIBE pattern for one kind of event of every job (one subscription per hub)."""
         return f"{self.prefix}{kind}:*"
+
+    def live_channel(self, job_id: str) -> str:
+        """The sharded channel of one job's events (cluster): SPUBLISHed by ``_events.lua``, which
+        spells it from the events key's tag, so keep the two together."""
+        return f"{self.prefix}live:{self.tags[self.partition(job_id)]}:{job_id}"
 
     @staticmethod
     def job_id_of_channel(channel: str) -> str:

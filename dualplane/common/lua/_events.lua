@@ -4,15 +4,23 @@
 -- append_events(hash, events_key, prefix, job_id, argv, start, now):
 --   ARGV[start..] holds (kind, body) pairs; body is an event JSON object without "seq".
 --   Each event gets the next per-job seq, is appended to the events stream under the
---   stream id "<seq>-0" (so XRANGE by seq needs no index) and PUBLISHed on
---   <prefix><kind>:<job_id>. Returns the last seq.
+--   stream id "<seq>-0" (so XRANGE by seq needs no index) and published: on a single Redis
+--   PUBLISHed on <prefix><kind>:<job_id> (the hub's one pattern subscription), on a cluster
+--   (SHARDED, set by bridge/batching.py) SPUBLISHed on the job's sharded channel
+--   <prefix>live:{tag}:<job_id> (Keys.live_channel), whose tag is the events key's, so it hashes
+--   to this script's slot and reaches only the nodes of that shard. Returns the last seq.
 local function append_events(hash, events_key, prefix, job_id, argv, start, now)
   local seq = tonumber(redis.call('HGET', hash, 'seq') or '0')
+  local live = SHARDED and (prefix .. 'live:' .. string.match(events_key, '%b{}') .. ':' .. job_id)
   for i = start, #argv, 2 do
     seq = seq + 1
     local event = '{"seq":' .. seq .. ',' .. string.sub(argv[i + 1], 2)
     redis.call('XADD', events_key, seq .. '-0', 'e', event)
-    redis.call('PUBLISH', prefix .. argv[i] .. ':' .. job_id, event)
+    if live then
+      redis.call('SPUBLISH', live, event)
+    else
+      redis.call('PUBLISH', prefix .. argv[i] .. ':' .. job_id, event)
+    end
   end
   redis.call('HSET', hash, 'seq', seq, 'updated_at', now)
   return seq

@@ -1,9 +1,12 @@
 """WebSocket hub: live job events for browsers and services, fed by ONE Redis subscription.
 
-Each control-plane process runs one :class:`Hub`. It makes a single ``PSUBSCRIBE`` on the
-three event channels of every job (``status|progress|data:*``) and fans each published event
-out to the WebSocket connections subscribed to that job. Nothing else is shared between
-replicas: every replica's hub reads the same Redis, so a client may connect to any of them.
+Each control-plane process runs one :class:`Hub`. On one Redis it makes a single
+``PSUBSCRIBE`` on the event channels of every job (``status|progress|data|audit:*``); on a
+Redis Cluster, where every plain publish would reach every node, it ``SSUBSCRIBE``s to the
+sharded channel of each job its connections (and ``?wait=`` requests) follow, on the primary
+that owns the job's slot, so a replica receives its own clients' events and no others. It fans
+each event out to the WebSocket connections subscribed to that job. Nothing else is shared
+between replicas: every replica's hub reads the same Redis, so a client may connect to any.
 
 **Pub/Sub is only the wake-up; the job's events stream is the truth.** Every (connection,
 job) subscription remembers the last seq it delivered. A published event with a seq at or

@@ -1,7 +1,11 @@
-"""The hub's Redis side: ONE pattern subscription to every job's event channels, and the reads
-of job owners, snapshots and event streams, all through the bridge.
+"""The hub's Redis side: its subscription to job events, and the reads of job owners, snapshots
+and event streams, all through the bridge.
 
-The subscription (:class:`~dualplane.common.bridge.subscriptions.EventSubscription`) sees a drop:
+The subscription is the bridge's to choose: on one Redis ONE pattern subscription to every job's
+event channels (:class:`~dualplane.common.bridge.subscriptions.EventSubscription`, where
+:meth:`Feed.follow` costs nothing); on a cluster a sharded subscription to each job the hub's
+clients and waits follow (:class:`~dualplane.common.bridge.subscriptions.ShardedEventSubscription`),
+so a replica receives its own clients' events and no others. Either one sees a drop:
 the reader re-subscribes with a backoff and then calls ``on_resubscribed``, so that the hub
 refills every subscription from the streams. Reads (owners, snapshots, replays, gap fills,
 statuses) share one semaphore: a burst of subscriptions must not exhaust the bridge's pool.
@@ -14,7 +18,7 @@ import logging
 from collections.abc import Callable
 
 from dualplane.common.bridge import Bridge
-from dualplane.common.bridge.subscriptions import EventSubscription
+from dualplane.common.bridge.subscriptions import EventSubscription, ShardedEventSubscription
 from dualplane.common.errors import BridgeError
 from dualplane.common.models import Job
 
@@ -41,7 +45,7 @@ class Feed:
         self.reconnect_backoff_s = reconnect_backoff_s
         self.stats = stats
         self._reader: asyncio.Task[None] | None = None
-        self._subscription: EventSubscription | None = None
+        self._subscription: EventSubscription | ShardedEventSubscription | None = None
         self._subscribed = asyncio.Event()
         #: Bounds the concurrent reads (the bridge's pool has a connection limit).
         self._reads = asyncio.Semaphore(max_concurrent_reads)
@@ -51,8 +55,7 @@ class Feed:
     # -- the subscription ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Subscribe (one PSUBSCRIBE for every kind) and start the reader task; returns
-        once the subscription is active."""
+        """Subscribe and start the reader task; returns once the subscription is active."""
         if self._reader is not None:
             return
         self._subscription = self.bridge.event_subscription(EVENT_KINDS)
@@ -75,7 +78,18 @@ class Feed:
             await self._subscription.aclose()
             self._subscription = None
 
-    async def _read_loop(self, subscription: EventSubscription) -> None:
+    async def follow(self, job_id: str) -> None:
+        """Receive ``job_id``'s events from now on (counted: call :meth:`unfollow` once for each
+        call, even one that raised); returns once the subscription covers it, so a read made after it misses nothing
+        (an event published in between is received)."""
+        if self._subscription is not None:
+            await self._subscription.follow(job_id)
+
+    def unfollow(self, job_id: str) -> None:
+        if self._subscription is not None:
+            self._subscription.unfollow(job_id)
+
+    async def _read_loop(self, subscription: EventSubscription | ShardedEventSubscription) -> None:
         backoff = self.reconnect_backoff_s
         first = True
         while not self.stopping:

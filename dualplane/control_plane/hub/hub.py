@@ -85,7 +85,8 @@ class Hub:
         self._flusher = Flusher()
         self._stopping = False
         #: ``?wait=`` requests, woken by the events this hub receives anyway.
-        self.waits = FinishWaits(self.feed.status, max_per_user=max_waits_per_user)
+        self.waits = FinishWaits(self.feed.status, self.feed.follow, self.feed.unfollow,
+                                 max_per_user=max_waits_per_user)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -229,6 +230,7 @@ class Hub:
         sub = conn.subs.pop(job_id, None)
         if sub is None:
             return
+        self.feed.unfollow(job_id)
         chan = self._channels.get(job_id)
         if chan is not None and chan.subs.get(id(conn)) is sub:
             del chan.subs[id(conn)]
@@ -315,6 +317,7 @@ class Hub:
         if chan is None:
             chan = self._channels[job_id] = Channel(job_id)
         chan.subs[id(conn)] = sub
+        await self.feed.follow(job_id)  # from here on its events reach this hub (a cluster's sharded channel)
         try:
             job = await self.feed.snapshot(job_id)
         except UnknownJob:
