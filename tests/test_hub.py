@@ -416,26 +416,24 @@ async def test_on_a_cluster_a_hub_receives_the_events_of_the_jobs_it_follows_and
         for i in range(n):
             await bridge.emit(job_id, Mutation(events=[event_body("progress", job_id, progress=i / 100)]))
 
-    follower = await Follower.open(url, authenticator.mint("alice"))
-    await follower.subscribe(followed, since=0)
-    await follower.wait_for(lambda: followed in follower.snapshots)
-    received = hub.stats["published"]
-    await emit(other, 5)
-    await emit(followed, 3)
-    expected = await stream_seqs(bridge, followed)
-    await follower.wait_for(lambda: follower.last(followed) == expected[-1])
-    assert hub.stats["published"] - received == 3  # none of the unfollowed job's five
+    async def received_by_the_hub(watched: str, silent: str, silent_events: int, watched_events: int) -> int:
+        """Follow ``watched``; emit on ``silent`` and then on ``watched``; once the follower has
+        all of ``watched``'s, how many events the hub received meanwhile."""
+        await follower.subscribe(watched, since=0)
+        await follower.wait_for(lambda: watched in follower.snapshots)
+        received = hub.stats["published"]
+        await emit(silent, silent_events)
+        await emit(watched, watched_events)
+        seqs = await stream_seqs(bridge, watched)
+        await follower.wait_for(lambda: follower.last(watched) == seqs[-1])
+        return hub.stats["published"] - received
 
+    follower = await Follower.open(url, authenticator.mint("alice"))
+    assert await received_by_the_hub(followed, other, 5, 3) == 3  # none of the unfollowed job's five
+    expected = await stream_seqs(bridge, followed)
     await follower.send(type="unsubscribe", jobId=followed)
     assert (await follower.next_other())["type"] == "unsubscribed"
-    await follower.subscribe(later, since=0)
-    await follower.wait_for(lambda: later in follower.snapshots)
-    received = hub.stats["published"]
-    await emit(followed, 4)
-    await emit(later, 2)
-    later_seqs = await stream_seqs(bridge, later)
-    await follower.wait_for(lambda: follower.last(later) == later_seqs[-1])
-    assert hub.stats["published"] - received == 2  # the job no client follows any more sent none
+    assert await received_by_the_hub(later, followed, 4, 2) == 2  # the job no client follows any more: none
     assert follower.seqs[followed] == expected
     await follower.close()
 
