@@ -164,9 +164,10 @@ async def planes_with(settings: Settings, registry: TaskRegistry, **worker_setti
 
 
 def spawn_worker(settings: Settings, worker_id: str, *, module: str = "dualplane",
-                 extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A worker in its own process (``python -m <module> worker``, or ``python -m tests.probe``),
-    on the test's Redis, S3 and lease, so it can be killed, paused and resumed for real."""
+                 extra: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """A worker in its own process (``python -m <module> worker``, or ``python -m tests.probe``
+    followed by ``args``), on the test's Redis, S3 and lease, so it can be killed, paused and
+    resumed for real."""
     env = dict(os.environ, REDIS_URL=settings.redis_url or "", S3_ENDPOINT=settings.s3_endpoint or "",
                S3_ACCESS_KEY=settings.s3_access_key or "", S3_SECRET_KEY=settings.s3_secret_key or "",
                S3_BUCKET=settings.s3_bucket, DUALPLANE_LEASE_S=str(settings.lease_s),
@@ -174,8 +175,8 @@ def spawn_worker(settings: Settings, worker_id: str, *, module: str = "dualplane
                DUALPLANE_REDIS_CLUSTER="1" if settings.redis_cluster else "0", DUALPLANE_WORKER_ID=worker_id,
                DUALPLANE_READ_BLOCK_MS="100", DUALPLANE_WORKER_PORT="0", PROBE_REDIS_URL=settings.redis_url or "")
     env.update(extra or {})
-    args = [sys.executable, "-m", module] + (["worker"] if module == "dualplane" else [])
-    return subprocess.Popen(args, env=env, cwd=Path(__file__).resolve().parent.parent)
+    argv = [sys.executable, "-m", module, *(["worker"] if module == "dualplane" else []), *args]
+    return subprocess.Popen(argv, env=env, cwd=Path(__file__).resolve().parent.parent)
 
 
 async def kill_pubsub_clients(client: Any) -> int:

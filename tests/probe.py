@@ -10,13 +10,20 @@ afterwards; nothing in it stands in for a part of the system.
 (configured from the environment like ``dualplane worker``; ``PROBE_REDIS_URL`` is where the
 probe writes its records). With ``PROBE_BREAK_LOOP=1`` its consume loop meets a bug once it
 holds a job: fault injection into our own code, to see the process report it and exit.
+With ``PROBE_FREEZE_AFTER=<Bridge method>`` the process stops for good once that method has
+returned (writing its result to the file ``PROBE_FROZEN_FILE``), so a test can SIGKILL it between
+that step and the one that follows it. ``python -m tests.probe replay <entry>`` replays one dead
+letter, as the admin API does, and exits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -95,6 +102,30 @@ class BrokenLoop:
         await self._poll()
 
 
+def freeze_after(method: str, report: Path) -> None:
+    """Make ``Bridge.<method>`` write its result to ``report`` and then never return: the
+    process is frozen between that step and the next one until the test kills it."""
+    from dualplane.common.bridge import Bridge
+
+    original = getattr(Bridge, method)
+
+    async def step_then_freeze(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await original(self, *args, **kwargs)
+        written = report.with_suffix(".partial")
+        written.write_text(json.dumps(result))
+        written.replace(report)  # whole or absent, for the test that polls for it
+        await asyncio.Event().wait()
+
+    setattr(Bridge, method, step_then_freeze)
+
+
+async def _replay(settings: Any, entry_id: str) -> None:
+    from dualplane.common.bridge import Bridge
+
+    async with Bridge(settings.bridge_config()) as bridge:
+        await bridge.replay_dead_letter(entry_id)
+
+
 def main() -> int:
     from dualplane.cli.planes import configure_logging, run_async
     from dualplane.common.errors import PlaneFailed
@@ -103,6 +134,11 @@ def main() -> int:
 
     settings = Settings()
     configure_logging(settings.log_level)
+    if os.environ.get("PROBE_FREEZE_AFTER"):
+        freeze_after(os.environ["PROBE_FREEZE_AFTER"], Path(os.environ["PROBE_FROZEN_FILE"]))
+    if sys.argv[1:2] == ["replay"]:
+        asyncio.run(_replay(settings, sys.argv[2]))
+        return 0
     worker = Worker(settings, registry=probe_registry())
     if os.environ.get("PROBE_BREAK_LOOP"):
         worker.consumer._poll = BrokenLoop(worker.consumer)  # type: ignore[method-assign]

@@ -1,19 +1,24 @@
 """The two writes that cannot be one script on a cluster: the dead-letter stream is one key of its
 own, so dead-lettering (the entry, then the job's side) and replay (the job's side, then the
 entry's deletion) are two steps each. A process that dies between them leaves a state the next
-one finishes from: nothing is lost, no job fails or runs twice. Each test stops after the first
-step, as a killed process would, and lets the rest of the system take over."""
+one finishes from: nothing is lost, no job fails or runs twice. Each test runs the two steps in
+a process of their own (``tests.probe``, frozen once the first step has returned), SIGKILLs it
+there, and lets the rest of the system take over."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from dualplane.common.bridge import Message
+from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane
-from tests.helpers import RunningWorker, node, wait_for_dead_letters, wait_for_job
+from tests.helpers import RunningWorker, node, spawn_worker, unique_name, wait_for_dead_letters, wait_for_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.both_topologies]
 
@@ -22,7 +27,7 @@ CYCLE = [{"id": "a", "task": "noop", "plane": "python", "needs": ["b"]},
 
 
 async def test_a_consumer_killed_after_parking_a_message_leaves_it_to_be_dead_lettered_again_and_the_job_fails_once(
-        control_plane: ControlPlane, worker_factory, redis):
+        control_plane: ControlPlane, worker_factory, redis, settings: Settings, tmp_path: Path):
     keys = control_plane.bridge.keys
     # a known job waiting where no worker reads, and a broken handoff for it on the job's data stream
     job_id = (await control_plane.submit({"nodes": [{"id": "a", "task": "noop", "plane": "python",
@@ -30,10 +35,8 @@ async def test_a_consumer_killed_after_parking_a_message_leaves_it_to_be_dead_le
     stream = keys.stream_for_job("python:default", job_id)
     await control_plane.bridge.ensure_group(stream)
     await redis.xadd(stream, {"m": orjson.dumps({"job_id": job_id, "handoff_seq": 1, "graph": {"nodes": CYCLE}})})
-    # a consumer reads it, parks it (step one), and dies before the job's side (step two)
-    ((_, entries),) = await redis.xreadgroup("workers", "doomed", {stream: ">"}, count=1)
-    message = Message(stream, entries[0][0].decode(), entries[0][1])
-    first_entry = await control_plane.bridge.park(message, "invalid handoff message: dependency cycle", job_id)
+    # a worker process reads it, parks it (step one), and is killed before the job's side (step two)
+    first_entry = await _killed_after(settings, tmp_path, "park")
     between = await control_plane.get_job(job_id)
 
     await worker_factory()  # reclaims the dead consumer's message after its lease
@@ -51,7 +54,7 @@ async def test_a_consumer_killed_after_parking_a_message_leaves_it_to_be_dead_le
 
 
 async def test_a_replay_killed_before_dropping_its_dead_letter_runs_the_job_once(
-        api, control_plane: ControlPlane, worker: RunningWorker, redis):
+        api, control_plane: ControlPlane, worker: RunningWorker, redis, settings: Settings, tmp_path: Path):
     admin = api("root", role="admin")
     keys = control_plane.bridge.keys
     # a job whose only message was dead-lettered (as the delivery limit does) while its graph is fine
@@ -63,8 +66,8 @@ async def test_a_replay_killed_before_dropping_its_dead_letter_runs_the_job_once
     await control_plane.bridge.dead_letter(Message(gpu, entries[0][0].decode(), entries[0][1]),
                                            "delivered 6 times (limit 5)", job_id)
     (letter,) = await wait_for_dead_letters(control_plane, 1)
-    # step one of a replay (the job revived, its message back), then the process dies: the entry stays
-    outcome, _ = await control_plane.bridge.requeue_dead_letter(letter["entry"])
+    # step one of a replay (the job revived, its message back), then the process is killed: the entry stays
+    outcome, _ = await _killed_after(settings, tmp_path, "requeue_dead_letter", "replay", letter["entry"])
     still_listed = await control_plane.bridge.dead_letters()
     # the message is back on the gpu pool, which a worker now serves
     gpu_worker = await _gpu_worker(control_plane)
@@ -91,3 +94,21 @@ async def _gpu_worker(plane: ControlPlane) -> RunningWorker:
                                                                      "pool": "gpu"})))
     await running.start()
     return running
+
+
+async def _killed_after(settings: Settings, tmp_path: Path, step: str, *args: str, timeout_s: float = 20.0) -> Any:
+    """Run ``tests.probe`` (a worker, or ``args``) until its bridge's ``step`` has returned, SIGKILL
+    it there, before the step that follows; what the step returned."""
+    report = tmp_path / f"{step}.json"
+    process = spawn_worker(settings, unique_name("doomed"), module="tests.probe", args=args,
+                           extra={"PROBE_FREEZE_AFTER": step, "PROBE_FROZEN_FILE": str(report)})
+    try:
+        for _ in range(int(timeout_s / 0.05)):
+            if report.exists() or process.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert report.exists(), f"the process did not reach the end of {step} (exit code {process.poll()})"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+    return json.loads(report.read_text())
