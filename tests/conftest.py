@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -57,6 +58,14 @@ async def redis_cluster_client(redis_cluster: RedisClusterServer) -> AsyncIterat
 #: Every test writes to a bucket of its own, and weed gives each bucket a volume: its automatic
 #: limit (free disk / 1 GiB, 30-70 here) ran out late in the suite, failing every write after.
 S3_VOLUMES = 2000
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # a run started in the background of a shell without job control (`make test &`) inherits
+    # SIGINT ignored, and every process it starts would too (Python keeps an inherited SIG_IGN):
+    # the tests that press Ctrl-C on `dualplane up` need it delivered, as in a terminal
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
