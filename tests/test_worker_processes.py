@@ -156,6 +156,33 @@ async def test_a_killed_child_is_restarted_under_its_own_id(plane: ControlPlane,
     assert code == 0
 
 
+async def test_children_stop_gracefully_when_their_supervisor_is_killed(plane: ControlPlane, spawn):
+    supervisor = spawn("--processes", "2", DUALPLANE_WORKER_ID="orphan")
+    await wait_for_workers(plane, {"orphan-0", "orphan-1"})
+    children = descendants(supervisor.pid)
+
+    supervisor.kill()  # as the OOM killer would: it passes nothing on
+    await wait_for_exit(supervisor)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while any(_running(pid) for pid in children) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    outliving = {pid for pid in children if _running(pid)}
+    for pid in outliving:  # no longer the supervisor's: the fixture would not find them
+        os.kill(pid, signal.SIGKILL)
+
+    assert len(children) == 2
+    assert outliving == set()
+    assert await manifests(plane) == {}  # each took its manifest down: a graceful stop, not a kill
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` runs (an orphan's zombie waits for a reaper this test does not control)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 async def test_a_child_that_keeps_dying_at_start_stops_the_supervisor_with_an_error(spawn):
     # without REDIS_URL a worker exits 1 as it starts; the supervisor itself needs no Redis
     supervisor = spawn("--processes", "2", REDIS_URL="")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from typing import Any
 
 from dualplane.common.settings import Settings
@@ -84,6 +85,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         return supervise(settings, processes)
 
+    from dualplane.cli.supervisor import stop_with_supervisor
+
+    stop_with_supervisor(os.environ)
     from dualplane.common.errors import PlaneFailed
     from dualplane.data_plane.worker import Worker
     from dualplane.tasks import default_registry

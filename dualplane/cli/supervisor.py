@@ -10,6 +10,10 @@ environment), and the supervisor imports neither the worker nor the tasks, let a
 On a host with NVIDIA GPUs, child *i* sees only GPU ``i mod G`` (``CUDA_VISIBLE_DEVICES``), so one
 process per GPU (``--processes 0``) gives each process its own device.
 
+A child stops by itself (SIGTERM, its graceful stop) when the supervisor dies, even of SIGKILL or
+the OOM killer: Linux's parent-death signal (:func:`stop_with_supervisor`), so no worker runs on
+unsupervised, holding a GPU, after its supervisor is gone.
+
 SIGTERM or SIGINT is passed on to every child; the supervisor waits for their graceful stop
 (``DUALPLANE_SHUTDOWN_GRACE_S`` plus :data:`STOP_MARGIN_S`, then SIGKILL) and exits with the worst
 of their codes. A child that exits while no stop was asked for is started again after a backoff;
@@ -20,6 +24,7 @@ supervisor (systemd, Kubernetes) sees it.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import select
@@ -47,6 +52,10 @@ RESTART_BACKOFF_MAX_S = 15.0
 STOP_MARGIN_S = 10.0
 #: How often the supervisor looks at its children (a signal wakes it at once).
 POLL_S = 0.5
+#: The variable that tells a child its supervisor's pid.
+SUPERVISOR_PID = "DUALPLANE_SUPERVISOR_PID"
+#: prctl option: the signal a process gets when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
 
 
 def default_processes(environ: Mapping[str, str]) -> int:
@@ -66,10 +75,22 @@ def child_environment(environ: Mapping[str, str], settings: Settings, index: int
     """The environment of child ``index``: the supervisor's, with its own id, port and GPU."""
     port = settings.worker_port + index if settings.worker_port else 0
     env = dict(environ, DUALPLANE_WORKER_ID=f"{settings.worker_id}-{index}", DUALPLANE_WORKER_PORT=str(port),
-               DUALPLANE_WORKER_PROCESSES="1")
+               DUALPLANE_WORKER_PROCESSES="1", **{SUPERVISOR_PID: str(os.getpid())})
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
     return env
+
+
+def stop_with_supervisor(environ: Mapping[str, str]) -> None:
+    """In a supervised child: ask the kernel for SIGTERM when the supervisor dies (Linux only;
+    elsewhere a child outlives a killed supervisor), and stop at once if it died already."""
+    supervisor = environ.get(SUPERVISOR_PID)
+    if not supervisor or not sys.platform.startswith("linux"):
+        return
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot ask to be stopped with the supervisor: %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != int(supervisor):  # it died before the request above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
