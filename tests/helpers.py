@@ -75,8 +75,23 @@ class RunningWorker:
     async def stop(self) -> None:
         self._stop.set()
         if self._task is not None:
-            await asyncio.wait_for(self._task, 30)
+            done, _ = await asyncio.wait({self._task}, timeout=30)
+            if not done:  # name what it waits on, so a hang that CI meets once can be found
+                stacks = {task.get_name(): _await_chain(task.get_coro())
+                          for task in asyncio.all_tasks() if not task.done() and task is not asyncio.current_task()}
+                self._task.cancel()
+                raise AssertionError(f"worker {self.worker.worker_id} did not stop within 30 s; tasks: {stacks}")
+            self._task.result()
             self._task = None
+
+
+def _await_chain(coro: Any) -> list[str]:
+    """Where a suspended coroutine waits: each frame down its chain of awaits, then what it awaits."""
+    chain = []
+    while getattr(coro, "cr_frame", None) is not None:
+        chain.append(f"{coro.cr_code.co_filename}:{coro.cr_frame.f_lineno} {coro.cr_code.co_name}")
+        coro = coro.cr_await
+    return [*chain, repr(coro)[:200]] if coro is not None else chain
 
 
 TERMINAL_JOB = tuple(sorted(FINISHED))
