@@ -202,3 +202,18 @@ def test_other_constraints() -> None:
         Node(id="a", task="noop", plane="python", progress=1.5)
     with pytest.raises(ValidationError):
         ArtifactRef(name="x", bucket="b", key="k", size=1, sha256="nothex", content_type="t")
+
+
+def test_empty_defaults_are_fresh_per_instance_and_keep_their_schema_default() -> None:
+    # the generated models make empty lists and objects with a factory (pydantic would deep-copy
+    # a literal [] for every instance): each instance still gets its own, the JSON Schema still
+    # says the default, and a dump without defaults still leaves them out
+    first, second = Node(id="a", task="noop", plane="python"), Node(id="b", task="noop", plane="python")
+    first.needs.append("x")
+    first.params["k"] = 1
+    assert second.needs == [] and second.params == {} and second.artifacts == []
+    assert Graph(nodes=[first]).metadata is not Graph(nodes=[second]).metadata
+    properties = Node.model_json_schema()["properties"]
+    assert properties["needs"]["default"] == [] and properties["params"]["default"] == {}
+    assert Graph.model_json_schema()["properties"]["metadata"]["default"] == {}
+    assert second.model_dump(exclude_defaults=True) == {"id": "b", "task": "noop", "plane": "python"}

@@ -34,7 +34,7 @@ class Music(BaseModel):
         ),
     ] = Generator.auto
     genre: Annotated[str | None, Field(max_length=100)] = None
-    moods: Annotated[list[str], Field(max_length=8)] = []
+    moods: Annotated[list[str], Field(max_length=8)] = Field(default_factory=list, json_schema_extra={"default": []})
     tempo_bpm: Annotated[int | None, Field(ge=30, le=300)] = None
     key: Annotated[
         str | None,
@@ -43,14 +43,14 @@ class Music(BaseModel):
             pattern='^[A-G](#|b)? (major|minor)$',
         ),
     ] = None
-    instrumentation: Annotated[list[str], Field(max_length=16)] = []
+    instrumentation: Annotated[list[str], Field(max_length=16)] = Field(default_factory=list, json_schema_extra={"default": []})
     without: Annotated[
         list[str],
         Field(
             description="Instruments the user excluded ('without drums').",
             max_length=16,
         ),
-    ] = []
+    ] = Field(default_factory=list, json_schema_extra={"default": []})
     duration_s: Annotated[float | None, Field(gt=0.0, le=3600.0)] = None
 
 
@@ -113,7 +113,7 @@ class Vocals(BaseModel):
         Field(
             description="Only these sections have words (e.g. 'sing a chorus'); empty: the song decides."
         ),
-    ] = []
+    ] = Field(default_factory=list, json_schema_extra={"default": []})
 
 
 class Narration(BaseModel):
@@ -298,11 +298,11 @@ class Brief(BaseModel):
     style_training: StyleTraining | None = None
     video: Video | None = None
     stills: Stills | None = None
-    constraints: Annotated[Constraints, Field(validate_default=True)] = {}
+    constraints: Annotated[Constraints, Field(validate_default=True)] = Field(default_factory=dict, json_schema_extra={"default": {}})
     notes: Annotated[
         list[PlanNote],
         Field(
             description='What reading the intent could not honour exactly (the composer adds its own).',
             validate_default=True,
         ),
-    ] = []
+    ] = Field(default_factory=list, json_schema_extra={"default": []})

@@ -48,7 +48,7 @@ class CapabilityManifest(BaseModel):
     device: Annotated[str, Field(description='e.g. cpu, cuda:0')] = 'cpu'
     device_name: str | None = None
     vram_total_mb: int | None = None
-    loaded_models: list[str] = []
+    loaded_models: list[str] = Field(default_factory=list, json_schema_extra={"default": []})
     host: str | None = None
     pid: int | None = None
     version: str | None = None
@@ -65,4 +65,4 @@ class CapabilityManifest(BaseModel):
             description="Every model of the worker's registry, with whether its weights are real.",
             validate_default=True,
         ),
-    ] = []
+    ] = Field(default_factory=list, json_schema_extra={"default": []})

@@ -32,4 +32,4 @@ class Graph(BaseModel):
     nodes: Annotated[list[Node], Field(min_length=1)]
     metadata: Annotated[
         dict[str, Any], Field(description='Free-form labels carried with the job.')
-    ] = {}
+    ] = Field(default_factory=dict, json_schema_extra={"default": {}})

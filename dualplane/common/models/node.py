@@ -94,13 +94,13 @@ class Node(BaseModel):
     needs: Annotated[
         list[str],
         Field(description='Ids of nodes that must be terminal before this one runs.'),
-    ] = []
+    ] = Field(default_factory=list, json_schema_extra={"default": []})
     params: Annotated[
         dict[str, Any],
         Field(
             description='Task parameters; `{"$ref": "node.output.field"}` values are replaced by upstream outputs before the task runs.'
         ),
-    ] = {}
+    ] = Field(default_factory=dict, json_schema_extra={"default": {}})
     pool: Annotated[
         str,
         Field(
@@ -142,7 +142,7 @@ class Node(BaseModel):
             description='Objects this node wrote to the artifact store.',
             validate_default=True,
         ),
-    ] = []
+    ] = Field(default_factory=list, json_schema_extra={"default": []})
     error: NodeError | None = None
     reason: Annotated[
         str | None, Field(description='Why the node was skipped or cancelled.')
