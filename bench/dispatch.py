@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis.asyncio as aioredis
 
 from dualplane.cli.planes import run_async
@@ -192,6 +193,27 @@ def pct(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=100)[int(q) - 1] if len(samples) > 1 else samples[0]
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds used so far by each named process."""
+    times = {}
+    for name, pid in pids.items():
+        used = psutil.Process(pid).cpu_times()
+        times[name] = used.user + used.system
+    return times
+
+
+async def costed(pids: dict[str, int], client: aioredis.Redis, run: Any, count: int) -> tuple[float, str]:
+    """``await run`` (a throughput run of ``count`` jobs), and what it cost per job: each
+    process's CPU-ms and Redis's commands. On this shared 2-core VM the rates swing by tens of
+    percent from run to run; CPU per job moves far less, so it is the figure to compare."""
+    before, commands = cpu_seconds(pids), int((await client.info("stats"))["total_commands_processed"])
+    rate = await run
+    after = cpu_seconds(pids)
+    commands = int((await client.info("stats"))["total_commands_processed"]) - commands
+    costs = ", ".join(f"{name} {(after[name] - before[name]) * 1000 / count:.3f}" for name in pids)
+    return rate, f"CPU-ms/job: {costs}; redis commands/job {commands / count:.1f}"
+
+
 async def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dp-bench-"))
     with start_redis(tmp / "redis") as server:
@@ -202,6 +224,8 @@ async def run(args: argparse.Namespace) -> None:
         client = aioredis.Redis.from_url(server.url)
         done = Completions(plane, client)
         await done.start()
+        redis_pid = int((await client.info("server"))["process_id"])
+        pids = {"control plane": os.getpid(), "worker": worker.pid, "redis": redis_pid}
         try:
             await throughput(done, SINGLE, 500)  # warm-up: imports, caches, connections
             for name, graph in (("single-node", SINGLE), ("3-node", THREE)):
@@ -209,12 +233,12 @@ async def run(args: argparse.Namespace) -> None:
                 report(args, f"idle submit->completed latency, {name}: p50 {pct(samples, 50):.2f} ms, "
                              f"p99 {pct(samples, 99):.2f} ms ({args.latency} jobs, one at a time); "
                              f"median hops since the submit call:\n{hop_table(hops)}")
-            single = await throughput(done, SINGLE, args.jobs)
+            single, cost = await costed(pids, client, throughput(done, SINGLE, args.jobs), args.jobs)
             report(args, f"single-node no-op python jobs: {single:,.0f} jobs/s ({args.jobs} jobs, "
-                         f"{IN_FLIGHT} submissions in flight)")
-            three = await throughput(done, THREE, args.graphs)
+                         f"{IN_FLIGHT} submissions in flight); {cost}")
+            three, cost = await costed(pids, client, throughput(done, THREE, args.graphs), args.graphs)
             report(args, f"3-node control->python->control graphs: {three:,.0f} graphs/s ({args.graphs} graphs, "
-                         f"{IN_FLIGHT} in flight)")
+                         f"{IN_FLIGHT} in flight); {cost} (per graph)")
         finally:
             await done.stop()
             await client.aclose()
