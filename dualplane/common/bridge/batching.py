@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -83,12 +84,18 @@ async def send_and_read(connection: Any, commands: Sequence[Sequence[Any]]) -> l
     try:
         await connection.send_packed_command(connection.pack_commands(commands))
         replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await connection.read_response())
-            except ResponseError as exc:  # that command's error; the replies after it still come
-                replies.append(exc)
+        # one deadline (the socket timeout) for all the replies: redis-py arms a timer for each
+        # read otherwise, two or three a job on the dispatch path
+        async with asyncio.timeout(connection.socket_timeout):
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response(timeout=math.inf))
+                except ResponseError as exc:  # that command's error; the replies after it still come
+                    replies.append(exc)
         return replies
+    except TimeoutError as exc:
+        await connection.disconnect()
+        raise redis.TimeoutError(f"no reply from Redis within {connection.socket_timeout} s") from exc
     except BaseException:
         await connection.disconnect()
         raise
