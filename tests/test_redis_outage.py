@@ -5,6 +5,7 @@ never duplicates a job."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from redis import exceptions as redis_exceptions
 
 from dualplane.client import AsyncClient
 from dualplane.common.bridge import Bridge
-from dualplane.common.errors import BridgeError, RedisUnavailable, Unavailable
+from dualplane.common.errors import BridgeError, RedisUnavailable, Unavailable, UnknownJob
 from dualplane.common.settings import Settings
 from dualplane.control_plane import ControlPlane, create_app
 from dualplane.control_plane.auth import Authenticator
@@ -200,3 +201,32 @@ async def test_the_bridge_translates_every_redis_error(settings: Settings, redis
             await bridge.claim("j", 1)
     finally:
         await bridge.close()
+
+
+async def test_a_redis_that_stops_answering_fails_batched_and_direct_calls_and_they_recover(
+        settings: Settings, tmp_path: Path):
+    """A frozen Redis (SIGSTOP: the socket stays open, nothing answers) fails a pipelined script
+    call and a raw read once the socket timeout has passed, as a RedisUnavailable; once Redis
+    answers again, the next calls work (the timed-out connection is not reused mid-reply)."""
+    server = start_redis(tmp_path / unique_name("redis"))
+    url = f"{server.url}?socket_timeout=0.5"
+    bridge = await Bridge(settings.model_copy(update={"redis_url": url}).bridge_config()).connect()
+    try:
+        assert not (await bridge.claim("j", 1)).ok  # the connection is open and warm
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(RedisUnavailable) as batched:
+                await asyncio.wait_for(bridge.claim("j", 1), 30)
+            assert isinstance(batched.value.__cause__, redis_exceptions.TimeoutError)
+            with pytest.raises(RedisUnavailable) as direct:
+                await asyncio.wait_for(bridge.get_job("j"), 30)  # the raw HGETALL of the hot reads
+            assert isinstance(direct.value.__cause__, redis_exceptions.TimeoutError)
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        claim = await bridge.claim("j", 1)
+        assert not claim.ok and claim.gone
+        with pytest.raises(UnknownJob):
+            await bridge.get_job("j")
+    finally:
+        await bridge.close()
+        server.stop()
