@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import httpx
 import pytest
 
@@ -34,6 +36,28 @@ async def test_graph_crosses_planes_control_python_control(control_plane: Contro
     assert job.handoff_seq == 4
     planes = {(e.node_id, e.plane) for e in await control_plane.bridge.events(job.id) if e.status == "running"}
     assert ("prep", "control") in planes and ("sum", "python") in planes and ("done", "control") in planes
+
+
+async def test_runtime_state_a_client_sends_is_ignored_and_every_node_runs(
+    control_plane: ControlPlane, worker: RunningWorker
+):
+    forged = {"status": "succeeded", "attempts": 7, "progress": 1.0, "started_at": 1.0, "finished_at": 2.0,
+              "output": {"sha256": "forged"}, "reason": "forged",
+              "artifacts": [{"name": "x", "bucket": "b", "key": "k", "size": 1, "sha256": "0" * 64,
+                             "content_type": "text/plain"}]}
+    graph = cross_plane_graph()
+    graph["nodes"] = [{**n, **forged} for n in graph["nodes"]]
+    submitted = await control_plane.submit(graph)
+    as_queued = submitted.job  # the job as the create script stored it
+    assert [n.status for n in as_queued.graph.nodes] == ["queued", "pending", "pending"]
+    assert {(n.attempts, n.progress, n.started_at, n.finished_at, n.output, n.reason, tuple(n.artifacts))
+            for n in as_queued.graph.nodes} == {(0, 0.0, None, None, None, None, ())}
+    job = await wait_for_job(control_plane, submitted.job_id)
+    assert job.status == "succeeded"
+    assert [n.attempts for n in job.graph.nodes] == [1, 1, 1]
+    assert node(job, "sum").output["sha256"] == hashlib.sha256(b"hello").hexdigest()
+    assert [a.name for n in job.graph.nodes for a in n.artifacts] == ["checksum.txt"]  # its own, not the forged one
+    assert node(job, "prep").started_at > 2.0 and node(job, "prep").reason is None
 
 
 async def test_checksum_artifact_is_recorded_with_size_sha_and_type(
