@@ -298,3 +298,13 @@ async def test_a_brief_cannot_name_another_users_upload(api, control_plane):
         response = await api("alice").post("/compose", json=body)
         assert response.status_code == 422, response.text  # the key is checked like any submitted graph
         assert theirs in response.text and "bob" not in response.text.replace(theirs, "")
+
+
+@pytest.mark.parametrize("mode", ["major", "minor"])
+def test_every_key_the_song_params_admit_makes_a_plan(mode: str):
+    # the key pattern admits every letter with # or b, Cb, Fb, E# and B# included (POST /compose
+    # answered 500 for "Cb major", found by the API fuzz test)
+    for letter in "ABCDEFG":
+        for accidental in ("", "#", "b"):
+            key = f"{letter}{accidental} {mode}"
+            assert make_plan(SongParams.model_validate({"narrative": "rain at night", "key": key}))["chords"], key

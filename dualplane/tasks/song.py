@@ -54,8 +54,9 @@ _TONICS = {"minor": ("A", "D", "E", "C", "G"), "major": ("C", "G", "F", "D", "A"
 _PROGRESSIONS = {"major": ((1, 5, 6, 4), (1, 6, 4, 5), (1, 4, 5, 4)),
                  "minor": ((1, 6, 4, 5), (1, 4, 6, 5), (1, 7, 6, 5))}
 _NOTE_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+#: Every name the ``key`` pattern admits, the enharmonic ones (Cb, Fb, E#, B#) included.
 _SEMITONES = {"C": 0, "C#": 1, "Db": 1, "D": 2, "D#": 3, "Eb": 3, "E": 4, "F": 5, "F#": 6, "Gb": 6, "G": 7,
-              "G#": 8, "Ab": 8, "A": 9, "A#": 10, "Bb": 10, "B": 11}
+              "G#": 8, "Ab": 8, "A": 9, "A#": 10, "Bb": 10, "B": 11, "Cb": 11, "Fb": 4, "E#": 5, "B#": 0}
 _SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
 #: Chord quality of each scale degree (1-based) in a mode.
 #: (Minor uses the harmonic minor's major V: the leading tone is what makes a minor key sound minor.)
