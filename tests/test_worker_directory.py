@@ -8,6 +8,7 @@ import time
 from dualplane.common.bridge import Bridge
 from dualplane.common.bridge.directory import FORGET_AFTER_S
 from dualplane.common.settings import Settings
+from dualplane.data_plane import worker as worker_module
 
 
 def _bridge(redis_server, redis) -> Bridge:
@@ -50,3 +51,22 @@ async def test_the_lane_streams_are_listed_from_noted_and_served_pools_without_a
         bridge.keys.control_stream(): 0, bridge.keys.data_stream("cpu-big"): 0,
         bridge.keys.data_stream("default"): 0, bridge.keys.data_stream("gpu"): 1}
     assert dead == 0 and "scan" not in commands and "keys" not in commands
+
+
+async def test_a_worker_stops_even_when_its_heartbeat_swallows_a_cancellation(worker_factory, monkeypatch):
+    # Python 3.11's wait_for can swallow a cancel (the heartbeat's model refresh waits so); the
+    # heartbeat must still end when the worker stops, or the worker's shutdown waits on it for ever
+    monkeypatch.setattr(worker_module, "MANIFEST_TTL_S", 0.03)  # beats every 10 ms
+    running = await worker_factory()
+    beating = asyncio.Event()
+
+    async def announce_swallowing_cancellation() -> None:
+        beating.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return  # swallowed, as wait_for may
+
+    monkeypatch.setattr(running.worker, "_announce", announce_swallowing_cancellation)
+    await asyncio.wait_for(beating.wait(), 10)
+    await running.stop()  # raises AssertionError, naming the tasks, if it does not stop within 30 s

@@ -162,7 +162,8 @@ class Worker:
         bucket = await self.artifacts.ensure_bucket_soon() if self.artifacts is not None else None
         await self._announce()  # visible to routing (and to its pool's check) before it consumes
         consume = asyncio.create_task(self.consumer.run(), name="consume")
-        beat = asyncio.create_task(self._publish_manifest(), name="manifest")
+        halt = asyncio.Event()
+        beat = asyncio.create_task(self._publish_manifest(halt), name="manifest")
         server = self._http_server() if serve_http else None
         serve = asyncio.create_task(server.serve()) if server else None
         stopped = asyncio.ensure_future(stop.wait())
@@ -170,6 +171,7 @@ class Worker:
             await asyncio.wait({stopped, consume}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
+            halt.set()
             await self.consumer.stop(self.settings.shutdown_grace_s)
             background = [t for t in (consume, beat, bucket, self._models_read) if t is not None]
             for task in background:
@@ -183,9 +185,16 @@ class Worker:
         if self.consumer.failure is not None:
             raise PlaneFailed(f"worker {self.worker_id}: the consume loop died") from self.consumer.failure
 
-    async def _publish_manifest(self) -> None:
+    async def _publish_manifest(self, halt: asyncio.Event) -> None:
+        """Renew the manifest until ``halt`` is set. The loop ends on the flag, not only on its
+        cancellation: on Python 3.11 a cancel that lands as ``wait_for``'s inner wait completes is
+        swallowed (gh-86296; ``_refresh_models`` waits so), and the loop went on sleeping while
+        the worker's shutdown waited for it (a test teardown that hung for 30 s, twice in CI runs)."""
         while True:
-            await asyncio.sleep(MANIFEST_TTL_S / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(halt.wait(), MANIFEST_TTL_S / 3)
+            if halt.is_set():
+                return
             await self._announce()
 
     async def _refresh_models(self) -> None:
